@@ -1,0 +1,95 @@
+# hpc-broker: the few targets a newcomer needs. Run as root on Debian (apt installs Slurm).
+#   make up     - install what is missing, start real Slurm + the local stack, print the API address
+#   make test   - the whole suite: lint, template checks, unit, functional, integration (real Slurm)
+#   make demo   - up, submit a job through the HTTP API, poll it to completion, tear down
+#   make down   - stop the local stack and Slurm
+#   make bench  - API latency benchmark against the local stack, side by side with a baseline
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+SAM_VENV := .venv-sam
+BIN := $(VENV)/bin
+SLURM := scripts/slurm.sh
+SLURM_ENV := $(or $(HPCB_SLURM_PREFIX),/var/tmp/hpc-broker/slurm)/env
+API_PORT ?= 8080
+export SAM_CLI_TELEMETRY := 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
+        functional integration bench lock clean
+
+setup: system-deps venv sam
+
+system-deps:
+	scripts/install-system-deps.sh
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements/dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements/dev.lock
+	touch $@
+
+# The SAM CLI pins its own boto3/click/pydantic: it lives in a virtual environment of its own.
+sam: $(SAM_VENV)/.installed
+$(SAM_VENV)/.installed: requirements/sam.lock
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install -q --disable-pip-version-check -r requirements/sam.lock
+	touch $@
+
+up: system-deps venv
+	$(SLURM) up
+	$(BIN)/python -m broker.local up --detach --api-port $(API_PORT) --slurm-env $(SLURM_ENV)
+
+down:
+	-[ -x $(BIN)/python ] && $(BIN)/python -m broker.local down
+	$(SLURM) down
+
+status:
+	$(SLURM) status
+	$(BIN)/python -m broker.local status
+
+demo: system-deps venv
+	$(SLURM) up
+	$(BIN)/python -m broker.demo --slurm-env $(SLURM_ENV)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+template: venv sam
+	$(BIN)/cfn-lint template.yaml
+	$(SAM_VENV)/bin/sam validate --lint --region us-east-1 --template template.yaml
+
+unit: venv
+	$(BIN)/pytest tests/unit -q
+
+functional: venv
+	$(BIN)/pytest tests/functional -q
+
+integration: system-deps venv
+	$(SLURM) up
+	source $(SLURM_ENV) && $(BIN)/pytest tests/integration -q
+
+# The whole suite. REQUIRE_SLURM=1 (set by .ci/run) turns a missing Slurm into a failure.
+test: system-deps venv sam lint template
+	$(SLURM) up
+	source $(SLURM_ENV) && $(BIN)/pytest tests -q
+
+bench: system-deps venv
+	$(SLURM) up
+	source $(SLURM_ENV) && $(BIN)/python -m bench.api_latency
+
+# Re-pin: regenerate the lock files from requirements/*.in (then commit them).
+lock:
+	rm -rf /tmp/hpcb-lock && $(PYTHON) -m venv /tmp/hpcb-lock
+	/tmp/hpcb-lock/bin/pip install -q -r requirements/app.in
+	/tmp/hpcb-lock/bin/pip freeze --exclude-editable > requirements/app.lock
+	/tmp/hpcb-lock/bin/pip install -q -r requirements/dev.in
+	/tmp/hpcb-lock/bin/pip freeze --exclude-editable > requirements/dev.lock
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

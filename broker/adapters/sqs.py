@@ -1,0 +1,62 @@
+"""SQS request queue: send one message; shorten a failed message's visibility for back-off."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from broker.adapters.aws import translate
+from broker.models import JobSubmitMessage
+
+
+class SqsRequestQueue:
+    """RequestQueue port on SQS."""
+
+    def __init__(self, client: Any, queue_url: str | None) -> None:
+        self._sqs = client
+        self._url = queue_url
+
+    def send(self, message: JobSubmitMessage) -> None:
+        """Enqueue one job submission (the kind also travels as a message attribute)."""
+        if self._url is None:
+            raise RuntimeError("this queue adapter was built without a queue URL")
+        try:
+            self._sqs.send_message(
+                QueueUrl=self._url,
+                MessageBody=message.model_dump_json(),
+                MessageAttributes={"kind": {"DataType": "String", "StringValue": message.kind}},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "enqueue request") from exc
+
+    def delay_retry(self, event_source_arn: str, receipt_handle: str, seconds: int) -> None:
+        """Make a received message visible again after ``seconds`` (best effort).
+
+        Lambda's event source mapping returns a failed message to the queue only when its
+        visibility timeout (15 min here, 6x the worker timeout) runs out; shortening it gives a
+        transient failure an exponential back-off instead. If this call fails, the message
+        still comes back, later: nothing is lost, so the error is swallowed by the caller.
+        """
+        try:
+            self._sqs.change_message_visibility(
+                QueueUrl=self._queue_url_of(event_source_arn),
+                ReceiptHandle=receipt_handle,
+                VisibilityTimeout=max(0, min(seconds, 43200)),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "delay retry") from exc
+
+    def _queue_url_of(self, arn: str) -> str:
+        return _url_of(self._sqs, arn)
+
+
+@lru_cache(maxsize=64)
+def _url_of(sqs: Any, arn: str) -> str:
+    # arn:aws:sqs:<region>:<account>:<name>
+    parts = arn.split(":")
+    if len(parts) != 6 or parts[2] != "sqs":
+        raise ValueError(f"not an SQS queue ARN: {arn}")
+    answer = sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])
+    return str(answer["QueueUrl"])

@@ -1,0 +1,102 @@
+"""The broker's small error taxonomy.
+
+Every error the domain raises is a ``BrokerError``. The edges map them to the outside world:
+the API turns each class into an HTTP status and a stable ``code``; workers re-raise
+``TransientError`` (SQS retries it, then the DLQ path records it) and record
+``PermanentError`` as a FAILED request (never retried).
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of every error the broker raises on purpose.
+
+    Attributes:
+        code: stable, machine-readable error code (UPPER_SNAKE_CASE); part of the public API.
+        message: what happened, in words a person can act on.
+        transient: whether trying again later may succeed.
+    """
+
+    code = "BROKER_ERROR"
+    transient = False
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class NotFoundError(BrokerError):
+    """The thing does not exist, or is not visible to the caller (never reveal which)."""
+
+    code = "NOT_FOUND"
+
+
+class ClusterNotFoundError(NotFoundError):
+    """No cluster of that name is known to the broker."""
+
+    code = "CLUSTER_NOT_FOUND"
+
+
+class ConflictError(BrokerError):
+    """The write conflicts with the current state (exists already, invalid transition)."""
+
+    code = "CONFLICT"
+
+
+class InvalidTransitionError(ConflictError):
+    """A state machine refused a move (backwards, or out of a final state)."""
+
+    code = "INVALID_TRANSITION"
+
+
+class ValidationError(BrokerError):
+    """Input the broker cannot accept; the caller must change it."""
+
+    code = "VALIDATION_ERROR"
+
+
+class PayloadTooLargeError(ValidationError):
+    """A body or script is larger than the documented limit."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class PermanentError(BrokerError):
+    """Trying again will not help: the scheduler rejected the job, access was denied, ..."""
+
+    code = "PERMANENT_ERROR"
+
+
+class SchedulerRejectedError(PermanentError):
+    """Slurm refused the job (bad partition, invalid option, limit); message is Slurm's own."""
+
+    code = "SCHEDULER_REJECTED"
+
+
+class TransientError(BrokerError):
+    """Trying again later may succeed: throttling, timeouts, scheduler or head node unreachable."""
+
+    code = "TRANSIENT_ERROR"
+    transient = True
+
+
+class RunnerTimeoutError(TransientError):
+    """The head-node command did not finish in time; its outcome is unknown.
+
+    Safe to retry: the agent de-duplicates submissions by token, so a retry never makes a
+    second Slurm job.
+    """
+
+    code = "RUNNER_TIMEOUT"
+
+
+class ThrottledError(TransientError):
+    """An AWS API or the scheduler asked us to slow down."""
+
+    code = "THROTTLED"

@@ -1,0 +1,239 @@
+"""The one schema: API bodies, queue messages and request records, as pydantic models.
+
+Inbound models forbid unknown fields; closed sets are enums or literals; every public field
+has a description, so the OpenAPI document (generated from these models) is the reference.
+Storage items live in the DynamoDB adapter and convert to and from these models explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from broker.states import RequestState
+
+#: Largest job script accepted, in UTF-8 bytes. Larger scripts answer 413. The limit keeps a
+#: request record well under DynamoDB's 400 KB item limit and a queue message under SQS's.
+MAX_SCRIPT_BYTES = 64 * 1024
+
+#: Cluster names follow ParallelCluster's rule: a letter, then letters, digits, hyphens (<= 60).
+ClusterName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,59}$", max_length=60)
+]
+_SLURM_WORD = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+JobName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+SlurmWord = Annotated[str, StringConstraints(pattern=_SLURM_WORD)]
+#: Slurm time limits: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED.
+TimeLimit = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^(UNLIMITED|\d{1,7}|\d{1,7}:\d{1,2}|\d{1,7}:\d{1,2}:\d{1,2}"
+        r"|\d{1,4}-\d{1,2}(:\d{1,2}){0,2})$"
+    ),
+]
+#: Memory per node: a number with an optional K/M/G/T suffix (Slurm's --mem).
+Memory = Annotated[str, StringConstraints(pattern=r"^[1-9]\d{0,8}[KMGT]?$")]
+#: An absolute path without NUL or newlines ('..' components are refused by a validator).
+AbsPath = Annotated[str, StringConstraints(pattern=r"^/[^\x00\n\r]{0,1023}$")]
+
+
+class StrictModel(BaseModel):
+    """Base of inbound models: unknown fields are errors, strings are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class JobSpec(StrictModel):
+    """A batch job to submit to Slurm: an inline script plus scheduler options.
+
+    Each option is validated against a tight pattern here and again by the head-node agent,
+    and passed to ``sbatch`` as its own argument; the script is passed as data on sbatch's
+    standard input, never on a command line.
+    """
+
+    script: str = Field(
+        description=(
+            "The batch script, starting with a shebang line (e.g. '#!/bin/bash'). Arbitrary text, "
+            f"at most {MAX_SCRIPT_BYTES} bytes UTF-8."
+        ),
+        min_length=3,
+    )
+    name: JobName | None = Field(default=None, description="Slurm job name (--job-name).")
+    partition: SlurmWord | None = Field(default=None, description="Slurm partition (--partition).")
+    account: SlurmWord | None = Field(default=None, description="Slurm account (--account).")
+    qos: SlurmWord | None = Field(default=None, description="Slurm quality of service (--qos).")
+    time_limit: TimeLimit | None = Field(
+        default=None,
+        description="Wall-clock limit (--time): minutes, or [D-]HH:MM:SS, or UNLIMITED.",
+    )
+    nodes: int | None = Field(default=None, ge=1, le=10000, description="Node count (--nodes).")
+    ntasks: int | None = Field(default=None, ge=1, le=1000000, description="Tasks (--ntasks).")
+    cpus_per_task: int | None = Field(
+        default=None, ge=1, le=1024, description="CPUs per task (--cpus-per-task)."
+    )
+    mem: Memory | None = Field(default=None, description="Memory per node (--mem), e.g. '4G'.")
+    working_directory: AbsPath | None = Field(
+        default=None, description="Absolute working directory on the cluster (--chdir)."
+    )
+
+    @field_validator("script")
+    @classmethod
+    def _script_is_a_script(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("the script must not contain NUL characters")
+        if not value.startswith("#!"):
+            raise ValueError("the script must start with a shebang line, e.g. '#!/bin/bash'")
+        return value
+
+    @field_validator("working_directory")
+    @classmethod
+    def _no_parent_components(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value.split("/"):
+            raise ValueError("the path must not contain '..' components")
+        return value
+
+
+class ErrorInfo(BaseModel):
+    """Why a request failed."""
+
+    code: str = Field(description="Stable machine-readable error code, e.g. SCHEDULER_REJECTED.")
+    message: str = Field(description="What happened, in words a person can act on.")
+    transient: bool = Field(description="Whether the same request may succeed if sent again.")
+
+
+class JobResult(BaseModel):
+    """What a successful job submission produced."""
+
+    job_id: str = Field(description="Slurm job id on the cluster.")
+    cluster: str = Field(description="Cluster the job was submitted to.")
+    reused: bool = Field(
+        default=False,
+        description="True when a retried delivery found the job already in Slurm (no duplicate).",
+    )
+
+
+RequestKind = Literal["job.submit"]
+
+
+class RequestRecord(BaseModel):
+    """A broker request: one accepted API write and everything known about its progress."""
+
+    request_id: str = Field(description="Broker request id (also in the job's Slurm comment).")
+    kind: RequestKind = Field(description="What the request does.")
+    owner: str = Field(description="Authenticated principal (IAM ARN) that made the request.")
+    cluster: str = Field(description="Target cluster name.")
+    state: RequestState = Field(description="Current state.")
+    attempts: int = Field(default=0, ge=0, description="How many times a worker took it.")
+    created_at: datetime = Field(description="When the API accepted it (UTC).")
+    updated_at: datetime = Field(description="Last state change (UTC).")
+    result: JobResult | None = Field(default=None, description="Set when SUCCEEDED.")
+    error: ErrorInfo | None = Field(
+        default=None, description="Set when FAILED; while retrying, the last transient error."
+    )
+    spec: JobSpec | None = Field(default=None, description="The submitted job specification.")
+
+
+class RequestView(BaseModel):
+    """The API's view of a request (``GET /v1/requests/{id}``)."""
+
+    request_id: str
+    kind: RequestKind
+    cluster: str
+    state: RequestState
+    status: RequestState = Field(description="Alias of state, kept for clients that read 'status'.")
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    result: JobResult | None = None
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def of(cls, record: RequestRecord) -> RequestView:
+        """Build the public view of a record (the owner and spec stay private)."""
+        return cls(
+            request_id=record.request_id,
+            kind=record.kind,
+            cluster=record.cluster,
+            state=record.state,
+            status=record.state,
+            attempts=record.attempts,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            result=record.result,
+            error=record.error,
+        )
+
+
+class AcceptedResponse(BaseModel):
+    """Answer to an accepted write (HTTP 202)."""
+
+    request_id: str = Field(description="Poll GET /v1/requests/{request_id} for progress.")
+    status: Literal["ACCEPTED"] = Field(default="ACCEPTED", description="Always ACCEPTED.")
+    location: str = Field(description="Path of the request resource (also the Location header).")
+
+
+class FieldError(BaseModel):
+    """One bad field of a rejected body."""
+
+    field: str = Field(description="Dotted path of the field, e.g. 'body.nodes'.")
+    message: str = Field(description="What is wrong with it.")
+    type: str = Field(
+        description="Machine-readable kind of problem, e.g. 'string_pattern_mismatch'."
+    )
+
+
+class ErrorDetail(BaseModel):
+    """The error object of every 4xx/5xx answer."""
+
+    code: str = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="What went wrong, for a person.")
+    transient: bool = Field(default=False, description="Whether retrying the same call may help.")
+    fields: list[FieldError] = Field(default_factory=list, description="Each bad field, if any.")
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error answer."""
+
+    error: ErrorDetail
+
+
+class JobSubmitMessage(BaseModel):
+    """Queue message: one job submission for the job worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["job.submit"] = "job.submit"
+    request_id: str
+    owner: str
+    cluster: str
+    spec: JobSpec
+
+
+def utcnow() -> datetime:
+    """Current time, timezone-aware UTC, millisecond precision (what DynamoDB stores)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+def new_request_id() -> str:
+    """A time-ordered, unguessable request id: ``r`` + 12 hex ms timestamp + 16 hex random.
+
+    Time-ordered so that listings sort by creation; random so that ids cannot be enumerated.
+    Only ``[a-z0-9]``: safe in URLs, Slurm comments and DynamoDB keys.
+    """
+    return f"r{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+def slurm_token(request_id: str) -> str:
+    """The deterministic token a job carries in its Slurm comment for de-duplication."""
+    return f"hpcb:{request_id}"
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """JSON-compatible dict of a model (datetimes as ISO strings)."""
+    return model.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,72 @@
+"""Typed settings, one model per function, read from the environment once at cold start.
+
+Nothing else in the code base reads ``os.environ``. Names are the environment variables set in
+``template.yaml`` (and by the local stack, from the same template).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every function needs."""
+
+    model_config = SettingsConfigDict(env_prefix="HPCB_", frozen=True, extra="ignore")
+
+    table_name: str = Field(description="DynamoDB table of requests (and later jobs, clusters).")
+    clusters_mode: Literal["ec2", "local"] = Field(
+        default="ec2",
+        description="ec2: clusters are ParallelCluster head nodes found by EC2 tags; "
+        "local: the clusters named in HPCB_LOCAL_CLUSTERS run on this machine's Slurm.",
+    )
+    local_clusters: str = Field(
+        default="local", description="Comma-separated cluster names served by this machine."
+    )
+    ec2_cache_seconds: int = Field(default=60, ge=0, description="Head-node lookup cache TTL.")
+
+    @property
+    def local_cluster_names(self) -> frozenset[str]:
+        """The set of local cluster names."""
+        return frozenset(n.strip() for n in self.local_clusters.split(",") if n.strip())
+
+
+class ApiSettings(CommonSettings):
+    """The API function."""
+
+    queue_url: str = Field(description="URL of the requests queue.")
+
+
+class JobWorkerSettings(CommonSettings):
+    """The job worker function."""
+
+    agent_timeout_seconds: int = Field(
+        default=120, ge=5, le=800, description="How long one head-node command may take."
+    )
+    ssm_poll_seconds: float = Field(default=1.0, gt=0, description="SSM invocation poll period.")
+    staging_bucket: str | None = Field(
+        default=None, description="S3 bucket for payloads and answers too large to go inline."
+    )
+    retry_base_seconds: int = Field(
+        default=2, ge=0, description="First retry delay after a transient error (doubles)."
+    )
+    retry_max_seconds: int = Field(default=300, ge=0, le=43200, description="Retry delay cap.")
+    local_agent_python: str = Field(
+        default="", description="Python for the local runner's agent (default: this one)."
+    )
+
+
+@lru_cache(maxsize=1)
+def api_settings() -> ApiSettings:
+    """The API function's settings (validated once)."""
+    return ApiSettings()  # type: ignore[call-arg]
+
+
+@lru_cache(maxsize=1)
+def job_worker_settings() -> JobWorkerSettings:
+    """The job worker's settings (validated once)."""
+    return JobWorkerSettings()  # type: ignore[call-arg]
