@@ -1,0 +1,201 @@
+"""Routes of the HTTP API (Powertools REST resolver, validated by the pydantic models).
+
+Every write answers 202 with a request id at once; the work happens in a worker. The caller's
+identity is the IAM principal API Gateway authenticated (``requestContext.identity.userArn``),
+never a field of the request.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+
+from broker import __version__
+from broker.api.errors import (
+    ERROR_RESPONSES,
+    broker_error_response,
+    error_response,
+    field_errors,
+)
+from broker.errors import BrokerError
+from broker.models import AcceptedResponse, JobSpec, RequestView
+from broker.observability import logger, metrics
+from broker.wiring import request_service
+
+#: Largest request body accepted, in bytes (the script limit is lower; see MAX_SCRIPT_BYTES).
+MAX_BODY_BYTES = 1024 * 1024
+
+CLUSTER_PATTERN = r"^[A-Za-z][A-Za-z0-9-]{0,59}$"
+REQUEST_ID_PATTERN = r"^r[0-9a-f]{28}$"
+
+app = APIGatewayRestResolver(enable_validation=True)
+_TITLE = "hpc-broker API"
+_DESCRIPTION = (
+    "Asynchronous broker for AWS ParallelCluster clusters and their Slurm jobs. "
+    "Writes answer 202 with a request id; poll GET /v1/requests/{request_id}. "
+    "Sign every call with AWS SigV4 (service execute-api)."
+)
+_SECURITY = {"sigv4": APIKey(name="Authorization", in_=APIKeyIn.header, description="AWS SigV4")}
+app.enable_swagger(
+    path="/v1/docs",
+    title=_TITLE,
+    version=__version__,
+    description=_DESCRIPTION,
+    security_schemes=_SECURITY,  # type: ignore[arg-type]
+    security=[{"sigv4": []}],
+)
+
+
+def caller() -> str:
+    """The authenticated principal of the current call.
+
+    Raises:
+        _Unauthenticated: no identity in the request context (API not behind IAM auth).
+    """
+    arn = app.current_event.request_context.identity.user_arn
+    if not arn:
+        raise _UnauthenticatedError("the call carries no authenticated IAM identity")
+    return arn
+
+
+class _UnauthenticatedError(BrokerError):
+    code = "UNAUTHENTICATED"
+
+
+def _accepted(request_id: str) -> Response[AcceptedResponse]:
+    location = f"/v1/requests/{request_id}"
+    body = AcceptedResponse(request_id=request_id, location=location)
+    return Response(
+        status_code=HTTPStatus.ACCEPTED,
+        content_type=content_types.APPLICATION_JSON,
+        body=body,
+        headers={"Location": location},
+    )
+
+
+@app.post(
+    "/v1/clusters/<cluster>/jobs",
+    summary="Submit a batch job",
+    description="Validates and records the job, queues it, and answers 202 at once. No Slurm "
+    "call happens in the request. The job's Slurm comment carries the request id.",
+    tags=["jobs"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses={
+        HTTPStatus.ACCEPTED: {
+            "description": "Accepted; poll the Location.",
+            "content": {"application/json": {"model": AcceptedResponse}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def submit_job(
+    cluster: Annotated[str, Path(pattern=CLUSTER_PATTERN, description="Cluster name.")],
+    spec: Annotated[JobSpec, Body(description="The job to submit.")],
+) -> Response[AcceptedResponse]:
+    """POST a job: record it, enqueue it, answer 202."""
+    record = request_service().submit_job(caller(), cluster, spec)
+    metrics.add_metric(name="JobsAccepted", unit="Count", value=1)
+    return _accepted(record.request_id)
+
+
+@app.get(
+    "/v1/requests/<request_id>",
+    summary="Get a request's state",
+    tags=["requests"],
+    responses={
+        HTTPStatus.OK: {
+            "description": "The request.",
+            "content": {"application/json": {"model": RequestView}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def get_request(
+    request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN, description="Request id.")],
+) -> RequestView:
+    """GET a request (404 if it is not the caller's)."""
+    return RequestView.of(request_service().get_request(caller(), request_id))
+
+
+@app.get("/v1/openapi.json", include_in_schema=False)
+def openapi_document() -> Response[Any]:
+    """The OpenAPI document (also at /v1/docs?format=json)."""
+    schema = app.get_openapi_json_schema(
+        title=_TITLE,
+        version=__version__,
+        description=_DESCRIPTION,
+        security_schemes=_SECURITY,  # type: ignore[arg-type]
+        security=[{"sigv4": []}],
+    )
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=schema)
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid(error: RequestValidationError) -> Response[Any]:
+    fields = field_errors(error.errors())
+    if any(f.type == "json_invalid" for f in fields):
+        return error_response(HTTPStatus.BAD_REQUEST, "INVALID_JSON", "the body is not valid JSON")
+    names = ", ".join(f.field for f in fields)
+    return error_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+        f"invalid input: {names}",
+        fields=fields,
+    )
+
+
+@app.exception_handler(_UnauthenticatedError)
+def _unauthenticated(error: _UnauthenticatedError) -> Response[Any]:
+    return error_response(HTTPStatus.FORBIDDEN, error.code, error.message)
+
+
+@app.exception_handler(BrokerError)
+def _broker_error(error: BrokerError) -> Response[Any]:
+    if error.transient:
+        logger.warning("transient error", extra={"code": error.code, "error": error.message})
+    return broker_error_response(error)
+
+
+@app.not_found
+def _not_found(_: Exception) -> Response[Any]:
+    return error_response(HTTPStatus.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
+
+
+@app.exception_handler(Exception)
+def _unexpected(error: Exception) -> Response[Any]:
+    logger.exception("unexpected error")
+    return error_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "INTERNAL_ERROR",
+        "unexpected error; safe to retry",
+        transient=True,
+    )
+
+
+def oversized(event: dict[str, Any]) -> Response[Any] | None:
+    """The 413 answer when a body is over MAX_BODY_BYTES (checked before parsing)."""
+    body = event.get("body") or ""
+    if len(body) > MAX_BODY_BYTES:
+        return error_response(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes",
+        )
+    return None
+
+
+def render(response: Response[Any]) -> dict[str, Any]:
+    """A Response as an API Gateway proxy result (for answers made outside the resolver)."""
+    headers = {"Content-Type": response.headers.get("Content-Type", "application/json")}
+    return {
+        "statusCode": response.status_code,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "body": response.body if isinstance(response.body, str) else json.dumps(response.body),
+        "isBase64Encoded": False,
+    }

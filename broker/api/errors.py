@@ -1,0 +1,96 @@
+"""Map broker errors and validation failures to HTTP answers with one error schema."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+
+from broker.errors import (
+    BrokerError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ThrottledError,
+    TransientError,
+    ValidationError,
+)
+from broker.models import ErrorDetail, ErrorResponse, FieldError
+
+#: Seconds a client should wait before retrying a 503/429.
+RETRY_AFTER_SECONDS = 2
+
+_STATUS: list[tuple[type[BrokerError], HTTPStatus]] = [
+    # Most specific first.
+    (PayloadTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    (ValidationError, HTTPStatus.UNPROCESSABLE_ENTITY),
+    (NotFoundError, HTTPStatus.NOT_FOUND),
+    (ConflictError, HTTPStatus.CONFLICT),
+    (ThrottledError, HTTPStatus.SERVICE_UNAVAILABLE),
+    (TransientError, HTTPStatus.SERVICE_UNAVAILABLE),
+]
+
+
+def status_of(error: BrokerError) -> HTTPStatus:
+    """HTTP status for a broker error (500 for anything unexpected)."""
+    for kind, status in _STATUS:
+        if isinstance(error, kind):
+            return status
+    return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def error_response(
+    status: HTTPStatus,
+    code: str,
+    message: str,
+    *,
+    transient: bool = False,
+    fields: Sequence[FieldError] = (),
+) -> Response[Any]:
+    """A JSON error answer in the documented ErrorResponse schema."""
+    body = ErrorResponse(
+        error=ErrorDetail(code=code, message=message, transient=transient, fields=list(fields))
+    )
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if transient else None
+    return Response(
+        status_code=int(status),
+        content_type=content_types.APPLICATION_JSON,
+        body=body.model_dump_json(),
+        headers=headers,
+    )
+
+
+def broker_error_response(error: BrokerError) -> Response[Any]:
+    """The HTTP answer for a broker error."""
+    return error_response(status_of(error), error.code, error.message, transient=error.transient)
+
+
+def field_errors(errors: Sequence[Any]) -> list[FieldError]:
+    """Pydantic/Powertools validation errors as FieldErrors (``loc`` joined with dots)."""
+    result = []
+    for err in errors:
+        loc = ".".join(str(part) for part in err.get("loc", ()))
+        result.append(
+            FieldError(field=loc, message=str(err.get("msg", "invalid")), type=str(err.get("type")))
+        )
+    return result
+
+
+#: OpenAPI description of the error answers every route may give.
+ERROR_RESPONSES: dict[int, Any] = {
+    int(status): {
+        "description": text,
+        "content": {"application/json": {"model": ErrorResponse}},
+    }
+    for status, text in [
+        (HTTPStatus.BAD_REQUEST, "The body is not valid JSON."),
+        (HTTPStatus.FORBIDDEN, "The call carries no authenticated identity."),
+        (HTTPStatus.NOT_FOUND, "No such resource visible to the caller."),
+        (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "The body or the script is over its limit."),
+        (HTTPStatus.UNPROCESSABLE_ENTITY, "Invalid input; `error.fields` lists each bad field."),
+        (HTTPStatus.INTERNAL_SERVER_ERROR, "Unexpected failure; safe to retry."),
+        (HTTPStatus.SERVICE_UNAVAILABLE, "Try again after Retry-After seconds."),
+    ]
+}

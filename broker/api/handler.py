@@ -1,0 +1,22 @@
+"""Lambda entry point of the API function (``broker.api.handler.lambda_handler``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from broker.api.app import app, oversized, render
+from broker.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Resolve one API Gateway REST proxy event."""
+    too_big = oversized(event)
+    if too_big is not None:
+        return render(too_big)
+    return app.resolve(event, context)

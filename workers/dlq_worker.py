@@ -1,0 +1,45 @@
+"""DLQ worker Lambda (``workers.dlq_worker.lambda_handler``).
+
+A message lands in the DLQ after MaxReceiveCount failed deliveries. Its request is then marked
+FAILED with ``RETRIES_EXHAUSTED`` and the last transient error, so the caller sees an end state
+instead of a request stuck in progress.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from broker.observability import logger, metrics, tracer
+from broker.wiring import dead_letter_service
+from workers.job_worker import request_id_of
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def record_handler(record: SQSRecord) -> None:
+    """Mark one dead-lettered request FAILED (unreadable messages are logged and dropped)."""
+    request_id = request_id_of(record.body)
+    if request_id is None:
+        logger.error("unreadable dead letter", extra={"message_id": record.message_id})
+        metrics.add_metric(name="UnreadableDeadLetters", unit="Count", value=1)
+        return
+    if dead_letter_service().give_up(request_id):
+        metrics.add_metric(name="RequestsExhausted", unit="Count", value=1)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Process a batch of dead letters."""
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

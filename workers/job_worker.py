@@ -1,0 +1,80 @@
+"""Job worker Lambda (``workers.job_worker.lambda_handler``): drains the requests queue.
+
+Each SQS record is one job submission. Permanent errors are recorded on the request (FAILED)
+and the record is acknowledged; transient errors shorten the message's visibility (exponential
+back-off) and fail the record, so SQS delivers it again, and after MaxReceiveCount moves it to
+the DLQ, where the DLQ worker marks the request FAILED. Nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
+from broker.errors import BrokerError, TransientError
+from broker.models import JobSubmitMessage
+from broker.observability import logger, metrics, tracer
+from broker.settings import job_worker_settings
+from broker.wiring import request_queue, submit_dispatcher
+
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def backoff_seconds(receive_count: int, base: int, cap: int) -> int:
+    """Delay before the next delivery: base * 2^(n-1), capped, with up to 20 % jitter."""
+    delay = min(cap, base * 2 ** max(0, receive_count - 1))
+    return int(delay + random.uniform(0, delay * 0.2))  # noqa: S311 - jitter, not crypto
+
+
+@tracer.capture_method
+def record_handler(record: SQSRecord) -> None:
+    """Dispatch one queued submission (raises to mark the record failed)."""
+    try:
+        message = JobSubmitMessage.model_validate_json(record.body)
+    except ValidationError:
+        # Cannot be processed, ever; fail it so it reaches the DLQ and stays inspectable.
+        logger.exception("malformed queue message", extra={"message_id": record.message_id})
+        raise
+    logger.append_keys(request_id=message.request_id, cluster=message.cluster)
+    try:
+        outcome = submit_dispatcher().handle(message)
+    except TransientError:
+        settings = job_worker_settings()
+        count = int(record.attributes.approximate_receive_count or 1)
+        delay = backoff_seconds(count, settings.retry_base_seconds, settings.retry_max_seconds)
+        metrics.add_metric(name="JobSubmitRetries", unit="Count", value=1)
+        try:
+            request_queue().delay_retry(record.event_source_arn, record.receipt_handle, delay)
+        except BrokerError:
+            logger.warning("could not shorten the retry delay; the message returns later")
+        raise
+    metrics.add_metric(name=f"JobSubmit_{outcome}", unit="Count", value=1)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Process an SQS batch, reporting partial failures."""
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
+
+
+def request_id_of(body: str) -> str | None:
+    """The request id of a (possibly malformed) message body, if it has one."""
+    try:
+        value = json.loads(body).get("request_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
