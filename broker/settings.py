@@ -63,10 +63,10 @@ class JobWorkerSettings(CommonSettings):
 @lru_cache(maxsize=1)
 def api_settings() -> ApiSettings:
     """The API function's settings (validated once)."""
-    return ApiSettings()  # type: ignore[call-arg]
+    return ApiSettings()
 
 
 @lru_cache(maxsize=1)
 def job_worker_settings() -> JobWorkerSettings:
     """The job worker's settings (validated once)."""
-    return JobWorkerSettings()  # type: ignore[call-arg]
+    return JobWorkerSettings()

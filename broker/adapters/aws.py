@@ -60,7 +60,7 @@ _CONFIG = Config(
 @cache
 def client(service: str) -> Any:
     """A cached boto3 client for ``service`` (endpoint and region from the environment)."""
-    return boto3.session.Session().client(service, config=_CONFIG)  # type: ignore[call-overload]
+    return boto3.session.Session().client(service, config=_CONFIG)
 
 
 def error_code(exc: ClientError) -> str:

@@ -136,7 +136,6 @@ def openapi_document() -> Response[Any]:
     return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=schema)
 
 
-@app.exception_handler(RequestValidationError)
 def _invalid(error: RequestValidationError) -> Response[Any]:
     fields = field_errors(error.errors())
     if any(f.type == "json_invalid" for f in fields):
@@ -150,12 +149,10 @@ def _invalid(error: RequestValidationError) -> Response[Any]:
     )
 
 
-@app.exception_handler(_UnauthenticatedError)
 def _unauthenticated(error: _UnauthenticatedError) -> Response[Any]:
     return error_response(HTTPStatus.FORBIDDEN, error.code, error.message)
 
 
-@app.exception_handler(BrokerError)
 def _broker_error(error: BrokerError) -> Response[Any]:
     if error.transient:
         logger.warning("transient error", extra={"code": error.code, "error": error.message})
@@ -167,7 +164,6 @@ def _not_found(_: Exception) -> Response[Any]:
     return error_response(HTTPStatus.NOT_FOUND, "ROUTE_NOT_FOUND", "no such route")
 
 
-@app.exception_handler(Exception)
 def _unexpected(error: Exception) -> Response[Any]:
     logger.exception("unexpected error")
     return error_response(
@@ -176,6 +172,14 @@ def _unexpected(error: Exception) -> Response[Any]:
         "unexpected error; safe to retry",
         transient=True,
     )
+
+
+# Registered by call, not decorator: Powertools' decorator is untyped (mypy --strict).
+# Order does not matter: Powertools picks the handler of the most specific class (MRO).
+app.exception_handler(RequestValidationError)(_invalid)
+app.exception_handler(_UnauthenticatedError)(_unauthenticated)
+app.exception_handler(BrokerError)(_broker_error)
+app.exception_handler(Exception)(_unexpected)
 
 
 def oversized(event: dict[str, Any]) -> Response[Any] | None:

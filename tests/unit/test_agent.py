@@ -1,0 +1,697 @@
+"""The head-node agent's pure parts: sbatch argv, output parsing, error classification, token
+lookup, payload handling and answer staging. No Slurm, no network: effects are injected."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.agent import hpcb_agent as agent
+from broker.agent.hpcb_agent import Agent, AgentError, SbatchCommand
+
+DEDUP = "hpcb:r0123456789abcdef"  # the job's de-duplication token
+SCRIPT = "#!/bin/bash\necho hello\n"
+
+# Recorded from Slurm 22.05.8 (scripts/slurm.sh) and from Slurm's own error strings.
+STDERR_BAD_PARTITION = (
+    "sbatch: error: invalid partition specified: nope\n"
+    "sbatch: error: Batch job submission failed: Invalid partition name specified\n"
+)
+STDERR_NO_SHEBANG = (
+    "sbatch: error: This does not look like a batch script.  The first\n"
+    "sbatch: error: line must start with #! followed by the path to an interpreter.\n"
+    "sbatch: error: For instance: #!/bin/sh\n"
+)
+STDERR_SOCKET_TIMEOUT = (
+    "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n"
+)
+STDERR_NO_CONTROLLER = (
+    "sbatch: error: Batch job submission failed: "
+    "Unable to contact slurm controller (connect failure)\n"
+)
+STDERR_EAGAIN = "sbatch: error: Batch job submission failed: Resource temporarily unavailable\n"
+STDERR_BUSY = "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n"
+
+
+def job(**options: Any) -> dict[str, Any]:
+    return {"token": DEDUP, "script": SCRIPT, "options": options}
+
+
+def b64(document: Any) -> str:
+    return base64.b64encode(json.dumps(document).encode()).decode()
+
+
+class FakeSlurm:
+    """Records every argv; answers squeue/sacct/sbatch from canned outputs."""
+
+    def __init__(
+        self,
+        squeue: str = "",
+        sacct: tuple[int, str, str] = (0, "", ""),
+        sbatch: Callable[[list[str], bytes], tuple[int, str, str]] | None = None,
+    ) -> None:
+        self.calls: list[tuple[list[str], bytes | None]] = []
+        self.squeue = squeue
+        self.sacct = sacct
+        self.next_id = 1000
+        self.sbatch = sbatch or self._submit
+
+    def _submit(self, argv: list[str], script: bytes) -> tuple[int, str, str]:
+        self.next_id += 1
+        return 0, f"{self.next_id}\n", ""
+
+    def __call__(
+        self, argv: list[str], stdin: bytes | None, timeout: float
+    ) -> tuple[int, str, str]:
+        self.calls.append((argv, stdin))
+        if argv[0] == "squeue":
+            return 0, self.squeue, ""
+        if argv[0] == "sacct":
+            return self.sacct
+        if argv[:2] == ["sbatch", "--version"]:
+            return 0, "slurm-wlm 22.05.8\n", ""
+        return self.sbatch(argv, stdin or b"")
+
+    def commands(self, name: str) -> list[list[str]]:
+        return [argv for argv, _ in self.calls if argv[0] == name]
+
+
+def make_agent(tmp_path: Path, slurm: FakeSlurm, **kwargs: Any) -> Agent:
+    return Agent(run=slurm, lock_path=str(tmp_path / "agent.lock"), user="root", **kwargs)
+
+
+def answer(tmp_path: Path, slurm: FakeSlurm, request: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(make_agent(tmp_path, slurm, **kw).answer(b64(request)))
+    return result
+
+
+# ---- argv building ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "argument"),
+    [
+        ("name", "my-job_1.v2", "--job-name=my-job_1.v2"),
+        ("partition", "compute", "--partition=compute"),
+        ("account", "proj-42", "--account=proj-42"),
+        ("qos", "normal", "--qos=normal"),
+        ("time_limit", "1-02:03:04", "--time=1-02:03:04"),
+        ("nodes", 2, "--nodes=2"),
+        ("ntasks", 64, "--ntasks=64"),
+        ("cpus_per_task", 4, "--cpus-per-task=4"),
+        ("mem", "4G", "--mem=4G"),
+        ("working_directory", "/shared/home/alice/run 1", "--chdir=/shared/home/alice/run 1"),
+    ],
+)
+def test_each_option_becomes_its_own_sbatch_argument(key: str, value: Any, argument: str) -> None:
+    # GIVEN a job with one option
+    command = SbatchCommand(job(**{key: value}))
+    # WHEN building argv
+    argv = command.argv()
+    # THEN the option is exactly one argument after the fixed prefix
+    assert argv == ["sbatch", "--parsable", f"--comment={DEDUP}", argument]
+
+
+def test_all_options_keep_a_stable_order() -> None:
+    # GIVEN every option at once, in scrambled order
+    options = {"mem": "1G", "nodes": 1, "name": "a", "working_directory": "/tmp", "qos": "q"}
+    # WHEN building argv
+    argv = SbatchCommand(job(**options)).argv()
+    # THEN the arguments follow the fixed option table order
+    assert argv[3:] == ["--job-name=a", "--qos=q", "--nodes=1", "--mem=1G", "--chdir=/tmp"]
+
+
+def test_script_travels_on_stdin_never_in_argv() -> None:
+    # GIVEN a script full of shell syntax
+    script = "#!/bin/bash\necho $(touch /tmp/pwned) '; rm -rf /' `id`\n"
+    command = SbatchCommand({"token": DEDUP, "script": script, "options": {"name": "x"}})
+    # WHEN building the command
+    argv, stdin = command.argv(), command.stdin()
+    # THEN the script is stdin data only
+    assert stdin == script.encode()
+    assert not any("touch" in arg or "rm -rf" in arg for arg in argv)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("name", "x; rm -rf /"),
+        ("name", "$(id)"),
+        ("partition", "$(id)"),
+        ("partition", "compute\n--uid=0"),
+        ("partition", "compute\n"),
+        ("account", "-A"),
+        ("qos", "a b"),
+        ("time_limit", "1:00 --wrap=id"),
+        ("mem", "4G;id"),
+        ("working_directory", "/tmp/../etc"),
+        ("working_directory", "relative/path"),
+        ("nodes", 0),
+        ("nodes", 10001),
+        ("nodes", True),
+        ("ntasks", "5; id"),
+        ("cpus_per_task", 1.5),
+        ("partition", 7),
+    ],
+)
+def test_malicious_or_malformed_option_is_rejected_by_the_agent(key: str, value: Any) -> None:
+    # GIVEN a job whose option did not come through the API's validation
+    # WHEN the agent builds the command
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand(job(**{key: value}))
+    # THEN it is a permanent INVALID_OPTION error
+    assert caught.value.code == agent.INVALID_OPTION
+    assert not caught.value.transient
+
+
+def test_unknown_option_key_is_rejected() -> None:
+    # GIVEN an option sbatch would accept but the agent does not know
+    # WHEN building the command
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand(job(wrap="id"))
+    # THEN INVALID_OPTION names the key
+    assert caught.value.code == agent.INVALID_OPTION
+    assert "wrap" in caught.value.message
+
+
+def test_integer_options_accept_digit_strings() -> None:
+    # GIVEN integers sent as strings (the protocol allows str | int)
+    # WHEN building argv / THEN they are normalized
+    assert SbatchCommand(job(nodes="3")).argv()[-1] == "--nodes=3"
+
+
+@pytest.mark.parametrize(
+    "token", ["hpcb:UPPER", "hpcb:", "other:abc", "hpcb:abc;id", "hpcb:abc\n", None, 5]
+)
+def test_malformed_token_is_rejected(token: Any) -> None:
+    # GIVEN a job with a bad token / WHEN building the command / THEN INVALID_JOB
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand({"token": token, "script": SCRIPT})
+    assert caught.value.code == agent.INVALID_JOB
+
+
+@pytest.mark.parametrize("script", ["echo no shebang", "#!/bin/sh\n\x00", 42, "#!" + "x" * 70000])
+def test_unacceptable_script_is_rejected(script: Any) -> None:
+    # GIVEN a script without shebang, with NUL, not text, or too large
+    # WHEN building the command / THEN INVALID_SCRIPT
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand({"token": DEDUP, "script": script})
+    assert caught.value.code == agent.INVALID_SCRIPT
+
+
+# ---- sbatch output ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stdout", "job_id"),
+    [("4242\n", "4242"), ("4242;cluster-a\n", "4242"), ("\n4242\n\n", "4242")],
+)
+def test_parsable_output_gives_the_job_id(stdout: str, job_id: str) -> None:
+    # GIVEN sbatch --parsable output / WHEN parsed / THEN the job id, without the cluster
+    assert SbatchCommand(job()).parse(0, stdout, "") == job_id
+
+
+@pytest.mark.parametrize("stdout", ["", "Submitted batch job 12\n", "abc;def\n", "\u0663\n"])
+def test_success_without_a_job_id_is_transient(stdout: str) -> None:
+    # GIVEN sbatch exit 0 but no parsable id / WHEN parsed
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand(job()).parse(0, stdout, "")
+    # THEN transient: the job may exist; a retry finds it by token
+    assert caught.value.code == agent.SBATCH_BAD_OUTPUT
+    assert caught.value.transient
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [STDERR_SOCKET_TIMEOUT, STDERR_NO_CONTROLLER, STDERR_EAGAIN, STDERR_BUSY],
+)
+def test_scheduler_unavailable_messages_are_transient(stderr: str) -> None:
+    # GIVEN sbatch failing because the controller cannot take the job now
+    # WHEN classified
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand(job()).parse(1, "", stderr)
+    # THEN transient SCHEDULER_UNAVAILABLE with sbatch's message
+    assert caught.value.code == agent.SCHEDULER_UNAVAILABLE
+    assert caught.value.transient
+    assert caught.value.message.startswith("sbatch: error:")
+
+
+def test_rejection_is_permanent_with_slurms_message() -> None:
+    # GIVEN sbatch refusing a partition
+    # WHEN classified
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand(job(partition="nope")).parse(1, "", STDERR_BAD_PARTITION)
+    # THEN permanent SCHEDULER_REJECTED carrying Slurm's words, lines joined
+    assert caught.value.code == agent.SCHEDULER_REJECTED
+    assert not caught.value.transient
+    assert caught.value.message == (
+        "sbatch: error: invalid partition specified: nope; "
+        "sbatch: error: Batch job submission failed: Invalid partition name specified"
+    )
+
+
+def test_long_stderr_is_trimmed() -> None:
+    # GIVEN a very long error output / WHEN classified / THEN the message is bounded
+    error = agent.classify_sbatch_failure(1, STDERR_NO_SHEBANG * 100)
+    assert len(error.message) <= agent.MAX_MESSAGE_CHARS
+    assert error.message.endswith("...")
+
+
+def test_empty_stderr_still_explains_the_failure() -> None:
+    # GIVEN sbatch failing silently / WHEN classified / THEN the exit status is the message
+    assert agent.classify_sbatch_failure(2, "").message == "sbatch exited with status 2"
+
+
+# ---- finding existing tokens --------------------------------------------------------------------
+
+
+def test_token_lines_map_tokens_to_base_job_ids() -> None:
+    # GIVEN recorded squeue -o '%i|%u|%k' output with arrays, het jobs and no-comment jobs
+    squeue = (
+        "2|root|(null)\n"
+        "504_[1-3]|root|hpcb:rarray\n"
+        "505_7|root|hpcb:rtask\n"
+        "506+0|root|hpcb:rhet\n"
+        "507|root|hpcb:rplain\n"
+    )
+    # WHEN parsed
+    found = agent.parse_token_lines(squeue, "root")
+    # THEN each token maps to the base job id; (null) comments are ignored
+    assert found == {
+        "hpcb:rarray": "504",
+        "hpcb:rtask": "505",
+        "hpcb:rhet": "506",
+        "hpcb:rplain": "507",
+    }
+
+
+def test_other_users_jobs_do_not_count() -> None:
+    # GIVEN another user's job carrying one of our tokens
+    squeue = "77|mallory|hpcb:rvictim\n78|root|hpcb:rmine\n"
+    # WHEN parsed for the agent's user
+    found = agent.parse_token_lines(squeue, "root")
+    # THEN only our own job counts
+    assert found == {"hpcb:rmine": "78"}
+
+
+def test_comment_containing_a_pipe_is_not_a_token() -> None:
+    # GIVEN comments with '|' (the comment is the last field, so it is split off intact)
+    sacct = "10|root|hpcb:rabc|x\n11|root|free text | with pipes\n12|root|hpcb:rdef\n"
+    # WHEN parsed
+    found = agent.parse_token_lines(sacct, "root")
+    # THEN only exact tokens count
+    assert found == {"hpcb:rdef": "12"}
+
+
+def test_duplicate_token_maps_to_the_first_job() -> None:
+    # GIVEN one token on two jobs (e.g. submitted by hand)
+    # WHEN parsed / THEN the lowest job id wins, deterministically
+    assert agent.parse_token_lines("30|root|hpcb:rdup\n9|root|hpcb:rdup\n", "root") == {
+        "hpcb:rdup": "9"
+    }
+
+
+def test_garbage_lines_are_skipped() -> None:
+    # GIVEN lines that are not jobid|user|comment / WHEN parsed / THEN ignored
+    assert agent.parse_token_lines("junk\n|root|hpcb:rx\nabc|root|hpcb:ry\n", None) == {}
+
+
+# ---- submit flow (exactly once) -----------------------------------------------------------------
+
+
+def test_submit_runs_one_squeue_and_one_sacct_for_many_jobs(tmp_path: Path) -> None:
+    # GIVEN an empty Slurm and three jobs
+    slurm = FakeSlurm()
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(3)]
+    # WHEN submitted in one call
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs})
+    # THEN one squeue, one sacct, three sbatch, and three new job ids
+    assert len(slurm.commands("squeue")) == 1
+    assert len(slurm.commands("sacct")) == 1
+    assert len(slurm.commands("sbatch")) == 3
+    assert [r["job_id"] for r in result["results"]] == ["1001", "1002", "1003"]
+    assert result["info"] == {"dedup": "squeue+sacct"}
+
+
+def test_token_already_in_squeue_is_reused_not_resubmitted(tmp_path: Path) -> None:
+    # GIVEN a job with our token already pending
+    slurm = FakeSlurm(squeue=f"77|root|{DEDUP}\n")
+    # WHEN the same job is submitted again
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job()]})
+    # THEN the existing job is answered with reused=true and sbatch is not called
+    assert result["results"] == [{"token": DEDUP, "job_id": "77", "reused": True}]
+    assert slurm.commands("sbatch") == []
+
+
+def test_token_only_in_sacct_is_reused(tmp_path: Path) -> None:
+    # GIVEN a finished job that left squeue but is in accounting
+    slurm = FakeSlurm(sacct=(0, f"55|root|{DEDUP}\n", ""))
+    # WHEN submitted again / THEN reused from sacct
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job()]})
+    assert result["results"][0] == {"token": DEDUP, "job_id": "55", "reused": True}
+
+
+def test_failing_sacct_is_tolerated_and_reported(tmp_path: Path) -> None:
+    # GIVEN a cluster without accounting
+    slurm = FakeSlurm(sacct=(1, "", "sacct: error: Slurm accounting storage is disabled\n"))
+    # WHEN submitting
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job()]})
+    # THEN the job is submitted, and the answer says only squeue was consulted
+    assert result["results"][0]["job_id"] == "1001"
+    assert result["info"]["dedup"].startswith("squeue (sacct failed")
+
+
+def test_failing_squeue_fails_the_call_transiently(tmp_path: Path) -> None:
+    # GIVEN a controller that squeue cannot reach
+    slurm = FakeSlurm()
+    slurm.squeue = ""
+
+    def run(argv: list[str], stdin: bytes | None, timeout: float) -> tuple[int, str, str]:
+        if argv[0] == "squeue":
+            return 1, "", "squeue: error: Unable to contact slurm controller\n"
+        return slurm(argv, stdin, timeout)
+
+    # WHEN submitting
+    agent_ = Agent(run=run, lock_path=str(tmp_path / "l"), user="root")
+    result = json.loads(agent_.answer(b64({"v": 1, "op": "submit", "jobs": [job()]})))
+    # THEN nothing is submitted and the whole call is a transient error
+    assert result["ok"] is False
+    assert result["error"]["code"] == agent.SCHEDULER_UNAVAILABLE
+    assert result["error"]["transient"] is True
+    assert slurm.commands("sbatch") == []
+
+
+def test_same_token_twice_in_one_call_submits_once(tmp_path: Path) -> None:
+    # GIVEN a request listing the same job twice
+    slurm = FakeSlurm()
+    # WHEN submitted
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job(), job()]})
+    # THEN one sbatch; the second answer reuses the first job
+    assert len(slurm.commands("sbatch")) == 1
+    assert result["results"][1] == {"token": DEDUP, "job_id": "1001", "reused": True}
+
+
+def test_invalid_job_fails_alone(tmp_path: Path) -> None:
+    # GIVEN one good and one malicious job
+    slurm = FakeSlurm()
+    bad = {"token": "hpcb:rbad", "script": SCRIPT, "options": {"partition": "$(id)"}}
+    # WHEN submitted together
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job(), bad]})
+    # THEN the good one gets a job id, the bad one a permanent per-job error
+    assert result["ok"] is True
+    assert result["results"][0]["job_id"] == "1001"
+    assert result["results"][1]["token"] == bad["token"]
+    assert result["results"][1]["error"]["code"] == agent.INVALID_OPTION
+    assert len(slurm.commands("sbatch")) == 1
+
+
+def test_unreachable_controller_stops_further_sbatch_calls(tmp_path: Path) -> None:
+    # GIVEN sbatch timing out on the controller
+    def sbatch(argv: list[str], script: bytes) -> tuple[int, str, str]:
+        return 1, "", STDERR_SOCKET_TIMEOUT
+
+    slurm = FakeSlurm(sbatch=sbatch)
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(5)]
+    # WHEN submitting five jobs
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs})
+    # THEN only the first is attempted; all five are transient errors
+    assert len(slurm.commands("sbatch")) == 1
+    assert all(r["error"]["transient"] for r in result["results"])
+    assert result["results"][4]["error"]["message"].startswith("not attempted:")
+
+
+def test_sbatch_timeout_is_transient(tmp_path: Path) -> None:
+    # GIVEN sbatch hanging
+    def sbatch(argv: list[str], script: bytes) -> tuple[int, str, str]:
+        raise subprocess.TimeoutExpired(argv, 30)
+
+    # WHEN submitting / THEN transient SCHEDULER_UNAVAILABLE
+    result = answer(tmp_path, FakeSlurm(sbatch=sbatch), {"v": 1, "op": "submit", "jobs": [job()]})
+    assert result["results"][0]["error"]["code"] == agent.SCHEDULER_UNAVAILABLE
+    assert result["results"][0]["error"]["transient"] is True
+
+
+def test_missing_sbatch_is_permanent_slurm_not_found(tmp_path: Path) -> None:
+    # GIVEN a machine without sbatch
+    def sbatch(argv: list[str], script: bytes) -> tuple[int, str, str]:
+        raise FileNotFoundError(2, "not found", "sbatch")
+
+    # WHEN submitting / THEN permanent SLURM_NOT_FOUND
+    result = answer(tmp_path, FakeSlurm(sbatch=sbatch), {"v": 1, "op": "submit", "jobs": [job()]})
+    assert result["results"][0]["error"] == {
+        "code": agent.SLURM_NOT_FOUND,
+        "message": "sbatch is not installed or not on PATH",
+        "transient": False,
+    }
+
+
+def test_lock_held_elsewhere_makes_the_call_busy(tmp_path: Path) -> None:
+    # GIVEN another agent call holding the lock
+    lock_path = str(tmp_path / "agent.lock")
+    slurm = FakeSlurm()
+    busy = Agent(run=slurm, lock_path=lock_path, lock_wait=0.1, user="root")
+    with agent.FileLock(lock_path):
+        # WHEN this call cannot get the lock in time
+        result = json.loads(busy.answer(b64({"v": 1, "op": "submit", "jobs": [job()]})))
+    # THEN it gives up with a transient AGENT_BUSY, having run nothing
+    assert result["error"]["code"] == agent.AGENT_BUSY
+    assert result["error"]["transient"] is True
+    assert slurm.calls == []
+
+
+def test_lock_is_released_after_a_call(tmp_path: Path) -> None:
+    # GIVEN a finished submit call
+    lock_path = str(tmp_path / "agent.lock")
+    Agent(run=FakeSlurm(), lock_path=lock_path, user="root").answer(
+        b64({"v": 1, "op": "submit", "jobs": [job()]})
+    )
+    # WHEN another call takes the lock / THEN it gets it at once
+    with agent.FileLock(lock_path, wait_seconds=0):
+        pass
+
+
+# ---- payloads and ops ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", ["not base64!", base64.b64encode(b"not json").decode(), "W10="])
+def test_undecodable_payload_gets_a_json_error_answer(tmp_path: Path, payload: str) -> None:
+    # GIVEN a payload that is not base64 JSON of an object
+    # WHEN answered
+    result = json.loads(make_agent(tmp_path, FakeSlurm()).answer(payload))
+    # THEN a permanent BAD_PAYLOAD answer, not a crash
+    assert result["ok"] is False
+    assert result["error"]["code"] == agent.BAD_PAYLOAD
+    assert result["error"]["transient"] is False
+
+
+def test_unknown_op_is_a_bad_request(tmp_path: Path) -> None:
+    # GIVEN an unknown op / WHEN answered / THEN BAD_REQUEST
+    result = answer(tmp_path, FakeSlurm(), {"v": 1, "op": "rm"})
+    assert result["error"]["code"] == agent.BAD_REQUEST
+
+
+def test_other_protocol_version_is_refused(tmp_path: Path) -> None:
+    # GIVEN a request from a newer worker / WHEN answered / THEN UNSUPPORTED_VERSION
+    result = answer(tmp_path, FakeSlurm(), {"v": 2, "op": "ping"})
+    assert result["error"]["code"] == agent.UNSUPPORTED_VERSION
+
+
+def test_ping_reports_versions_and_host(tmp_path: Path) -> None:
+    # GIVEN a working sbatch / WHEN pinged
+    result = answer(tmp_path, FakeSlurm(), {"v": 1, "op": "ping"})
+    # THEN ok, with agent, python and sbatch versions and the hostname
+    assert result["ok"] is True
+    assert result["info"]["sbatch"] == "slurm-wlm 22.05.8"
+    assert result["info"]["agent_version"] == agent.AGENT_VERSION
+    assert set(result["info"]) == {"agent_version", "python", "sbatch", "hostname"}
+
+
+def test_fetch_downloads_and_processes_the_real_request(tmp_path: Path) -> None:
+    # GIVEN a staged submit request behind a URL
+    staged = {"v": 1, "op": "submit", "jobs": [job()]}
+    fetched: list[str] = []
+
+    def get(url: str) -> bytes:
+        fetched.append(url)
+        return json.dumps(staged).encode()
+
+    slurm = FakeSlurm()
+    # WHEN the agent receives a fetch
+    request = {"v": 1, "op": "fetch", "payload_url": "https://bucket.s3/payloads/x?sig=1"}
+    result = answer(tmp_path, slurm, request, get=get)
+    # THEN it downloads the request and answers it as a submit
+    assert fetched == ["https://bucket.s3/payloads/x?sig=1"]
+    assert result["op"] == "submit"
+    assert result["results"][0]["job_id"] == "1001"
+
+
+def test_fetch_of_a_fetch_is_refused(tmp_path: Path) -> None:
+    # GIVEN a staged request that is itself a fetch
+    def get(url: str) -> bytes:
+        return json.dumps({"v": 1, "op": "fetch", "payload_url": "https://x/y"}).encode()
+
+    # WHEN fetched / THEN BAD_REQUEST, no second download loop
+    result = answer(
+        tmp_path, FakeSlurm(), {"v": 1, "op": "fetch", "payload_url": "https://x"}, get=get
+    )
+    assert result["error"]["code"] == agent.BAD_REQUEST
+
+
+@pytest.mark.parametrize("url", ["file:///etc/shadow", "ftp://x/y", None, 5])
+def test_fetch_accepts_only_http_urls(tmp_path: Path, url: Any) -> None:
+    # GIVEN a payload URL with another scheme / WHEN fetched / THEN refused without download
+    def get(url: str) -> bytes:
+        raise AssertionError("must not download")
+
+    result = answer(tmp_path, FakeSlurm(), {"v": 1, "op": "fetch", "payload_url": url}, get=get)
+    assert result["error"]["code"] == agent.BAD_REQUEST
+
+
+def test_failed_download_is_transient(tmp_path: Path) -> None:
+    # GIVEN an expired presigned URL
+    def get(url: str) -> bytes:
+        raise OSError("HTTP Error 403: Forbidden")
+
+    # WHEN fetched / THEN a transient FETCH_FAILED (the worker re-stages on retry)
+    result = answer(
+        tmp_path, FakeSlurm(), {"v": 1, "op": "fetch", "payload_url": "https://x"}, get=get
+    )
+    assert result["error"]["code"] == agent.FETCH_FAILED
+    assert result["error"]["transient"] is True
+
+
+# ---- large answers ------------------------------------------------------------------------------
+
+
+class FakePut:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.uploads: list[tuple[str, bytes]] = []
+        self.error = error
+
+    def __call__(self, url: str, body: bytes) -> None:
+        if self.error:
+            raise self.error
+        self.uploads.append((url, body))
+
+
+def many_jobs(count: int) -> list[dict[str, Any]]:
+    return [{"token": f"hpcb:r{i:08d}", "script": SCRIPT} for i in range(count)]
+
+
+def test_large_answer_is_put_and_a_staged_marker_printed(tmp_path: Path) -> None:
+    # GIVEN a request whose answer exceeds inline_limit, with a result URL
+    put = FakePut()
+    request = {
+        "v": 1,
+        "op": "submit",
+        "jobs": many_jobs(20),
+        "result_put_url": "https://bucket.s3/results/r1?sig=2",
+        "inline_limit": 500,
+    }
+    # WHEN answered
+    line = make_agent(tmp_path, FakeSlurm(), put=put).answer(b64(request))
+    # THEN the full answer went to the URL and stdout has only the marker
+    assert json.loads(line) == {"v": 1, "ok": True, "op": "submit", "staged": True}
+    ((url, body),) = put.uploads
+    assert url == "https://bucket.s3/results/r1?sig=2"
+    assert len(json.loads(body)["results"]) == 20
+
+
+def test_small_answer_stays_inline(tmp_path: Path) -> None:
+    # GIVEN a result URL but a small answer / WHEN answered / THEN nothing is uploaded
+    put = FakePut()
+    request = {"v": 1, "op": "submit", "jobs": [job()], "result_put_url": "https://x/y"}
+    result = json.loads(make_agent(tmp_path, FakeSlurm(), put=put).answer(b64(request)))
+    assert result["results"][0]["job_id"] == "1001"
+    assert put.uploads == []
+
+
+def test_large_answer_without_url_stays_inline(tmp_path: Path) -> None:
+    # GIVEN no result URL (local runner) / WHEN the answer is large / THEN printed inline
+    request = {"v": 1, "op": "submit", "jobs": many_jobs(20), "inline_limit": 100}
+    result = answer(tmp_path, FakeSlurm(), request)
+    assert len(result["results"]) == 20
+
+
+def test_failed_upload_is_a_transient_error(tmp_path: Path) -> None:
+    # GIVEN an upload that fails
+    put = FakePut(error=OSError("connection reset"))
+    request = {
+        "v": 1,
+        "op": "submit",
+        "jobs": many_jobs(20),
+        "result_put_url": "https://x/y",
+        "inline_limit": 100,
+    }
+    # WHEN answered
+    result = json.loads(make_agent(tmp_path, FakeSlurm(), put=put).answer(b64(request)))
+    # THEN transient: the jobs exist, a retry finds them by token
+    assert result["error"]["code"] == agent.RESULT_UPLOAD_FAILED
+    assert result["error"]["transient"] is True
+
+
+def test_fetched_request_stages_with_its_own_result_url(tmp_path: Path) -> None:
+    # GIVEN a staged request carrying the result URL and a small inline limit
+    staged = {
+        "v": 1,
+        "op": "submit",
+        "jobs": many_jobs(10),
+        "result_put_url": "https://x/inner",
+        "inline_limit": 100,
+    }
+    put = FakePut()
+    # WHEN the agent fetches and answers it
+    fetching = make_agent(
+        tmp_path, FakeSlurm(), put=put, get=lambda url: json.dumps(staged).encode()
+    )
+    result = json.loads(fetching.answer(b64({"v": 1, "op": "fetch", "payload_url": "https://x/p"})))
+    # THEN the answer goes to the inner request's URL
+    assert result == {"v": 1, "ok": True, "op": "submit", "staged": True}
+    assert put.uploads[0][0] == "https://x/inner"
+
+
+# ---- the script entry point ---------------------------------------------------------------------
+
+
+def test_main_prints_one_json_line_and_exits_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an undecodable payload on the command line
+    # WHEN the script runs
+    code = agent.main(["%%%"])
+    # THEN exit 0 with exactly one JSON line
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("\n") == 1
+    assert json.loads(out)["error"]["code"] == agent.BAD_PAYLOAD
+
+
+def test_main_without_payload_answers_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN no argument / WHEN run / THEN a JSON error answer, exit 0
+    assert agent.main([]) == 0
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == agent.BAD_PAYLOAD
+
+
+def test_crash_still_prints_a_transient_json_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an unexpected exception inside the agent
+    def boom(self: Agent, payload: str) -> str:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Agent, "answer", boom)
+    # WHEN run
+    code = agent.main([b64({"v": 1, "op": "ping"})])
+    # THEN a non-zero exit, and a transient AGENT_CRASHED answer on stdout
+    assert code != 0
+    assert json.loads(capsys.readouterr().out)["error"] == {
+        "code": agent.AGENT_CRASHED,
+        "message": "RuntimeError: boom",
+        "transient": True,
+    }
