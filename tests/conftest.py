@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Powertools reads these when broker.observability is first imported: set them before any
+# broker import (template.yaml sets them in AWS).
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "HpcBrokerTests")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "hpc-broker-tests")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+
 import boto3
 import pytest
 import requests
