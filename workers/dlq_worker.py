@@ -22,7 +22,9 @@ from broker.observability import logger, metrics, tracer
 from broker.wiring import dead_letter_service
 from workers.job_worker import request_id_of
 
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose every record failed is reported as such (all items listed), not raised: the
+# outcome is the same (every message comes back) without counting a function error.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def record_handler(record: SQSRecord) -> None:

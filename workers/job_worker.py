@@ -28,7 +28,9 @@ from broker.observability import logger, metrics, tracer
 from broker.settings import job_worker_settings
 from broker.wiring import request_queue, submit_dispatcher
 
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch whose every record failed is reported as such (all items listed), not raised: the
+# outcome is the same (every message comes back) without counting a function error.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def backoff_seconds(receive_count: int, base: int, cap: int) -> int:
@@ -47,6 +49,14 @@ def record_handler(record: SQSRecord) -> None:
         logger.exception("malformed queue message", extra={"message_id": record.message_id})
         raise
     logger.append_keys(request_id=message.request_id, cluster=message.cluster)
+    try:
+        _dispatch(record, message)
+    finally:
+        # Keys persist across records and invocations; keep each record's logs its own.
+        logger.remove_keys(["request_id", "cluster"])
+
+
+def _dispatch(record: SQSRecord, message: JobSubmitMessage) -> None:
     try:
         outcome = submit_dispatcher().handle(message)
     except TransientError:

@@ -1,0 +1,179 @@
+"""Job and DLQ worker handlers on real SQS/DynamoDB (moto over HTTP), runner scripted.
+
+Messages are sent by the API's service, received from SQS, and turned into the Lambda event by
+the local stack's event builder, exactly as the pollers do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from broker.adapters.aws import client
+from broker.adapters.dynamodb import DynamoRequestStore
+from broker.adapters.sqs import SqsRequestQueue
+from broker.errors import RunnerTimeoutError
+from broker.local.context import LambdaContext
+from broker.local.pollers import build_sqs_event
+from broker.models import JobSpec, slurm_token
+from broker.service import RequestService, SubmitDispatcher
+from broker.settings import job_worker_settings
+from broker.states import RequestState
+from tests.conftest import REGION, AwsResources
+from tests.fakes import FakeDirectory, ScriptedRunner, submitted
+from workers import dlq_worker, job_worker
+
+OWNER = "arn:aws:iam::123456789012:user/alice"
+SPEC = JobSpec(script="#!/bin/bash\necho hi\n")
+
+
+@dataclass
+class World:
+    resources: AwsResources
+    store: DynamoRequestStore
+    api: RequestService
+    runner: ScriptedRunner
+    sqs: Any
+
+    def queue_url(self, logical_id: str = "RequestsQueue") -> str:
+        return self.resources.provisioned.queue_url(logical_id)
+
+    def queue_arn(self, logical_id: str = "RequestsQueue") -> str:
+        return self.resources.provisioned.attribute(logical_id, "Arn")
+
+    def receive(self, logical_id: str = "RequestsQueue") -> dict[str, Any]:
+        answer = self.sqs.receive_message(
+            QueueUrl=self.queue_url(logical_id),
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        return build_sqs_event(
+            answer.get("Messages", []), queue_arn=self.queue_arn(logical_id), region=REGION
+        )
+
+
+@pytest.fixture
+def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.setenv("HPCB_TABLE_NAME", aws_resources.ref("RequestsTable"))
+    monkeypatch.setenv("HPCB_RETRY_BASE_SECONDS", "0")
+    job_worker_settings.cache_clear()
+    store = DynamoRequestStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
+    sqs = client("sqs")
+    queue = SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue"))
+    runner = ScriptedRunner()
+    dispatcher = SubmitDispatcher(store, FakeDirectory(), runner.runner_for)
+    monkeypatch.setattr(job_worker, "submit_dispatcher", lambda: dispatcher)
+    monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
+    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: _dead_letters(store))
+    return World(aws_resources, store, RequestService(store, queue, FakeDirectory()), runner, sqs)
+
+
+def context() -> LambdaContext:
+    return LambdaContext(
+        function_name="JobWorkerFunction",
+        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:JobWorkerFunction",
+        memory_limit_in_mb=512,
+        timeout_s=150,
+    )
+
+
+def _dead_letters(store: DynamoRequestStore) -> Any:
+    from broker.service import DeadLetterService  # noqa: PLC0415
+
+    return DeadLetterService(store)
+
+
+def test_a_batch_of_submissions_all_succeed(world: World) -> None:
+    # GIVEN three accepted jobs and an agent that submits each
+    ids = [world.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(3)]
+    world.runner.answers = [submitted(slurm_token(i), str(100 + n)) for n, i in enumerate(ids)]
+    # WHEN the worker gets them as one SQS batch
+    event = world.receive()
+    result = job_worker.lambda_handler(event, context())
+    # THEN no record failed and each request SUCCEEDED with its job id
+    assert len(event["Records"]) == 3
+    assert result == {"batchItemFailures": []}
+    jobs = {i: world.store.get(i) for i in ids}
+    assert all(r.state is RequestState.SUCCEEDED for r in jobs.values())
+    assert sorted(r.result.job_id for r in jobs.values() if r.result) == ["100", "101", "102"]
+
+
+def test_a_transient_failure_fails_only_that_record_and_comes_back(world: World) -> None:
+    # GIVEN two jobs; the head node times out on the second
+    first = world.api.submit_job(OWNER, "local", SPEC).request_id
+    second = world.api.submit_job(OWNER, "local", SPEC).request_id
+    world.runner.answers = [submitted(slurm_token(first)), RunnerTimeoutError("no answer")]
+    # WHEN the worker handles the batch
+    event = world.receive()
+    result = job_worker.lambda_handler(event, context())
+    # THEN only the second is reported failed, and it is still in progress with the error
+    failed_ids = [f["itemIdentifier"] for f in result["batchItemFailures"]]
+    by_request = {json.loads(r["body"])["request_id"]: r["messageId"] for r in event["Records"]}
+    assert failed_ids == [by_request[second]]
+    assert world.store.get(first).state is RequestState.SUCCEEDED
+    retried = world.store.get(second)
+    assert retried.state is RequestState.DISPATCHED
+    assert retried.error is not None
+    assert retried.error.code == "RUNNER_TIMEOUT"
+    # AND its visibility was shortened (back-off 0 s here), so it is delivered again at once
+    # (the local poller, like Lambda, deletes only the successful message)
+    world.sqs.delete_message(
+        QueueUrl=world.queue_url(),
+        ReceiptHandle=next(
+            r["receiptHandle"] for r in event["Records"] if r["messageId"] != failed_ids[0]
+        ),
+    )
+    again = world.receive()
+    assert [json.loads(r["body"])["request_id"] for r in again["Records"]] == [second]
+    assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+
+
+def test_a_permanent_failure_is_recorded_and_acknowledged(world: World) -> None:
+    # GIVEN a job whose cluster vanished before dispatch
+    request_id = world.api.submit_job(OWNER, "local", SPEC).request_id
+    dispatcher = SubmitDispatcher(
+        world.store, FakeDirectory(names=frozenset()), world.runner.runner_for
+    )
+    # WHEN the worker handles it
+    job_worker.submit_dispatcher = lambda: dispatcher  # type: ignore[assignment]
+    result = job_worker.lambda_handler(world.receive(), context())
+    # THEN the record is not retried, and the request FAILED with a permanent error
+    assert result == {"batchItemFailures": []}
+    record = world.store.get(request_id)
+    assert record.state is RequestState.FAILED
+    assert record.error is not None
+    assert (record.error.code, record.error.transient) == ("CLUSTER_NOT_FOUND", False)
+
+
+def test_a_malformed_message_is_failed_not_dropped(world: World) -> None:
+    # GIVEN a message that is not a job submission
+    world.sqs.send_message(QueueUrl=world.queue_url(), MessageBody='{"hello": "world"}')
+    # WHEN the worker handles it / THEN it is reported failed (it will reach the DLQ)
+    event = world.receive()
+    result = job_worker.lambda_handler(event, context())
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == [
+        event["Records"][0]["messageId"]
+    ]
+
+
+def test_a_dead_letter_ends_its_request_failed(world: World) -> None:
+    # GIVEN a request that failed transiently, whose message then reached the DLQ
+    request_id = world.api.submit_job(OWNER, "local", SPEC).request_id
+    world.runner.answers = [RunnerTimeoutError("no answer")]
+    job_worker.lambda_handler(world.receive(), context())
+    body = json.dumps({"version": 1, "kind": "job.submit", "request_id": request_id})
+    world.sqs.send_message(QueueUrl=world.queue_url("RequestsDLQ"), MessageBody=body)
+    # WHEN the DLQ worker handles it
+    result = dlq_worker.lambda_handler(world.receive("RequestsDLQ"), context())
+    # THEN the request is FAILED with RETRIES_EXHAUSTED and the last error
+    assert result == {"batchItemFailures": []}
+    record = world.store.get(request_id)
+    assert record.state is RequestState.FAILED
+    assert record.error is not None
+    assert record.error.code == "RETRIES_EXHAUSTED"
+    assert "RUNNER_TIMEOUT" in record.error.message
