@@ -39,9 +39,24 @@ $(SAM_VENV)/.installed: requirements/sam.lock
 	$(SAM_VENV)/bin/pip install -q --disable-pip-version-check -r requirements/sam.lock
 	touch $@
 
+# Starts the stack in the background (log: .run/local-stack.log) and prints its banner.
 up: system-deps venv
-	$(SLURM) up
-	$(BIN)/python -m broker.local up --detach --api-port $(API_PORT) --slurm-env $(SLURM_ENV)
+	@$(SLURM) up
+	mkdir -p .run
+	if $(BIN)/python -m broker.local status >/dev/null 2>&1; then
+	  echo "The local stack is already running:"
+	else
+	  setsid nohup $(BIN)/python -m broker.local up --api-port $(API_PORT) \
+	    --slurm-env $(SLURM_ENV) > .run/local-stack.log 2>&1 < /dev/null &
+	  pid=$$!
+	  for _ in $$(seq 300); do
+	    grep -q '^Stop with' .run/local-stack.log && break
+	    kill -0 $$pid 2>/dev/null || { cat .run/local-stack.log; exit 1; }
+	    sleep 0.2
+	  done
+	fi
+	sed -n '/local stack is up/,/^Stop with/p' .run/local-stack.log | grep -v '^Stop with'
+	echo "Stop it with: make down"
 
 down:
 	-[ -x $(BIN)/python ] && $(BIN)/python -m broker.local down

@@ -120,10 +120,12 @@ class SubmitDispatcher:
         store: RequestStore,
         clusters: ClusterDirectory,
         runner_for: Callable[[Literal["ssm", "local"]], CommandRunner],
+        default_working_directory: str = "/tmp",  # noqa: S108
     ) -> None:
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
+        self._workdir = default_working_directory
 
     def handle(self, message: JobSubmitMessage) -> Outcome:
         """Dispatch one submission.
@@ -158,7 +160,11 @@ class SubmitDispatcher:
         """Run the submission on the head node; return the job's result (with a job id)."""
         target = self._clusters.resolve(message.cluster)
         token = slurm_token(message.request_id)
-        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, message.spec)])
+        spec = message.spec
+        if spec.working_directory is None:
+            # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
+            spec = spec.model_copy(update={"working_directory": self._workdir})
+        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec)])
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
             raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")

@@ -55,6 +55,11 @@ class JobWorkerSettings(CommonSettings):
         default=2, ge=0, description="First retry delay after a transient error (doubles)."
     )
     retry_max_seconds: int = Field(default=300, ge=0, le=43200, description="Retry delay cap.")
+    default_working_directory: str = Field(
+        default="/tmp",  # noqa: S108 - exists on every node; jobs name their own directory
+        pattern=r"^/[^\x00\n\r]*$",
+        description="--chdir for jobs that name no working_directory (where slurm-<id>.out goes).",
+    )
     local_agent_python: str = Field(
         default="", description="Python for the local runner's agent (default: this one)."
     )

@@ -69,6 +69,7 @@ def submit_dispatcher() -> SubmitDispatcher:
         store=DynamoRequestStore(client("dynamodb"), settings.table_name),
         clusters=cluster_directory(settings),
         runner_for=_runner,
+        default_working_directory=settings.default_working_directory,
     )
 
 
@@ -78,3 +79,12 @@ def dead_letter_service() -> DeadLetterService:
     return DeadLetterService(
         DynamoRequestStore(client("dynamodb"), job_worker_settings().table_name)
     )
+
+
+def reset() -> None:
+    """Forget every cached dependency and setting (tests, and local stacks that restart)."""
+    for cached in (request_service, request_queue, _runner, submit_dispatcher, dead_letter_service):
+        cached.cache_clear()
+    api_settings.cache_clear()
+    job_worker_settings.cache_clear()
+    client.cache_clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 
 from broker.agent.protocol import AgentRequest, AgentResponse, decode_response, encode_request
 from broker.errors import PermanentError, RunnerTimeoutError, TransientError
@@ -48,8 +49,15 @@ class LocalRunner:
         else:
             argv, stdin = [self._python, str(AGENT_PATH), payload], b""
         try:
+            # A fixed cwd, as SSM gives the agent its own: the caller's (e.g. a repository
+            # checkout) must never receive sbatch's default slurm-<id>.out files.
             completed = subprocess.run(
-                argv, input=stdin, capture_output=True, timeout=self._timeout, check=False
+                argv,
+                input=stdin,
+                capture_output=True,
+                timeout=self._timeout,
+                check=False,
+                cwd=tempfile.gettempdir(),
             )
         except subprocess.TimeoutExpired as exc:
             raise RunnerTimeoutError(

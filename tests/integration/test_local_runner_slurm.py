@@ -58,7 +58,7 @@ def created(slurm: dict[str, str]) -> Iterator[list[str]]:
     ids: list[str] = []
     yield ids
     if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, check=False, timeout=30)  # noqa: S607
+        subprocess.run(["scancel", *ids], capture_output=True, check=False, timeout=30)
 
 
 def submit(runner: LocalRunner, spec: JobSpec, token: str | None = None) -> AgentResponse:

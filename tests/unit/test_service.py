@@ -117,7 +117,7 @@ def test_dispatch_success_records_the_slurm_job_id(
     assert record.result.job_id == "42"
     assert record.attempts == 1
     assert runner.calls[0].jobs[0].token == f"hpcb:{message.request_id}"
-    assert runner.calls[0].jobs[0].options == {"name": "hello"}
+    assert runner.calls[0].jobs[0].options == {"name": "hello", "working_directory": "/tmp"}
 
 
 def test_redelivery_after_success_does_not_run_again(
@@ -257,3 +257,16 @@ def test_dead_letter_never_overrides_a_success(
     # WHEN the dead letter is processed / THEN nothing changes
     assert not DeadLetterService(store).give_up(message.request_id)
     assert store.get(message.request_id).state is RequestState.SUCCEEDED
+
+
+def test_a_job_keeps_its_own_working_directory(
+    api: RequestService, store: InMemoryRequestStore, queue: FakeQueue
+) -> None:
+    # GIVEN a job that names its working directory
+    api.submit_job(OWNER, "local", SPEC.model_copy(update={"working_directory": "/home/a/run"}))
+    message = queue.sent[-1]
+    runner = ScriptedRunner([submitted(slurm_token(message.request_id))])
+    dispatcher = SubmitDispatcher(store, FakeDirectory(), runner.runner_for, "/scratch")
+    # WHEN dispatched / THEN the agent gets that directory, not the default
+    dispatcher.handle(message)
+    assert runner.calls[0].jobs[0].options["working_directory"] == "/home/a/run"

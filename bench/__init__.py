@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): figures side by side with a baseline, measured in one run."""

@@ -1,0 +1,124 @@
+"""API latency on the local stack, beside the seed samples' synchronous design.
+
+Measured in one run, on the real local Slurm, with the stack in its own process:
+- hpc-broker: ``POST /v1/clusters/local/jobs`` (202 at once: validate, record, enqueue) and
+  ``GET /v1/requests/{id}`` (one consistent DynamoDB read), p50/p99 over N sequential calls;
+  plus the time from POST to the request's SUCCEEDED (the job is in Slurm).
+- baseline: what a POST costs when the API submits synchronously inside the request, as the
+  public samples do: one head-node agent call running ``sbatch`` (same agent, same Slurm,
+  through the local runner - no SSM round trips, so the real seed is slower still).
+
+Prints a table and a final JSON line. Usage: ``make bench`` (or python -m bench.api_latency -n 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.agent.protocol import AgentJob, AgentRequest
+from broker.client import BrokerClient
+from broker.local.launcher import ROOT, launched_stack
+from broker.models import JobSpec
+from broker.ports import ClusterTarget
+from broker.runners.local import LocalRunner
+
+BENCH_NAME = "hpcb-bench"
+SCRIPT = "#!/bin/bash\ntrue\n"
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The pct-th percentile (nearest rank) of values, in the values' unit."""
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return (time.perf_counter() - start) * 1000, result
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(values), 2),
+        "p99_ms": round(percentile(values, 99), 2),
+        "mean_ms": round(statistics.fmean(values), 2),
+    }
+
+
+def run(n: int, slurm_env: Path) -> dict[str, Any]:
+    """Measure everything; return the figures."""
+    figures: dict[str, Any] = {"calls": n}
+    with launched_stack(slurm_env, ROOT / ".run" / "bench-stack.log") as url:
+        client = BrokerClient(url, principal="arn:aws:iam::000000000000:user/bench")
+        spec = {"script": SCRIPT, "name": BENCH_NAME}
+        client.submit_job("local", spec)  # warm up both handlers' cold start
+        post_ms, ids = [], []
+        for _ in range(n):
+            ms, accepted = timed(lambda: client.submit_job("local", spec))
+            post_ms.append(ms)
+            ids.append(accepted["request_id"])
+        get_ms = [timed(lambda i=i: client.get_request(i))[0] for i in ids]
+        figures["post"] = summary(post_ms)
+        figures["get"] = summary(get_ms)
+        # Time to SUCCEEDED, one job at a time on an idle queue (poll every 20 ms).
+        to_success = []
+        for _ in range(20):
+            start = time.perf_counter()
+            request_id = client.submit_job("local", spec)["request_id"]
+            client.wait(request_id, first_poll=0.02, max_poll=0.02, timeout=60)
+            to_success.append((time.perf_counter() - start) * 1000)
+        figures["post_to_succeeded"] = summary(to_success)
+        drained = time.monotonic()
+        for request_id in ids:
+            client.wait(request_id, timeout=300)
+        figures["drain_after_burst_s"] = round(time.monotonic() - drained, 2)
+
+    runner = LocalRunner()
+    target = ClusterTarget(name="local", mode="local")
+    baseline = []
+    for i in range(min(n, 100)):
+        job = AgentJob.of(f"hpcb:bench{i:06d}{int(time.time())}", JobSpec.model_validate(spec))
+        request = AgentRequest(op="submit", jobs=[job])
+        baseline.append(timed(lambda r=request: runner.run(target, r))[0])
+    figures["baseline_sync_post"] = summary(baseline)
+    figures["speedup_p50"] = round(
+        figures["baseline_sync_post"]["p50_ms"] / figures["post"]["p50_ms"], 1
+    )
+    subprocess.run(["scancel", "--name", BENCH_NAME], check=False)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=200, help="calls per measurement")
+    parser.add_argument("--slurm-env", type=Path, default=Path("/var/tmp/hpc-broker/slurm/env"))
+    args = parser.parse_args()
+    figures = run(args.n, args.slurm_env)
+    post, get, base = figures["post"], figures["get"], figures["baseline_sync_post"]
+    rows = [
+        ("POST /v1/clusters/local/jobs", post, base),
+        ("GET /v1/requests/{id}", get, None),
+        ("POST -> SUCCEEDED (job in Slurm)", figures["post_to_succeeded"], None),
+    ]
+    print(f"\n{'metric':<36}{'hpc-broker p50/p99 ms':>24}{'baseline p50/p99 ms':>24}")
+    for name, ours, theirs in rows:
+        other = f"{theirs['p50_ms']:.1f} / {theirs['p99_ms']:.1f}" if theirs else "-"
+        print(f"{name:<36}{ours['p50_ms']:>12.1f} / {ours['p99_ms']:<9.1f}{other:>24}")
+    print("baseline = synchronous sbatch through the agent inside the request (seed design)")
+    print(
+        f"burst of {figures['calls']} drained to SUCCEEDED {figures['drain_after_burst_s']} s "
+        "after the last GET"
+    )
+    print(json.dumps(figures, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""``make demo``: bring the local stack up, drive the HTTP API as a client would, tear down.
+
+Exits 0 only if every step worked: a job submitted through the API ran on the real local Slurm
+(checked in Slurm's own accounting, with the request id in its comment), a job Slurm rejects
+ended FAILED with Slurm's message, and another principal could not see the first request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.client import ApiError, BrokerClient
+from broker.local.launcher import launched_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = "arn:aws:iam::000000000000:user/alice"
+MALLORY = "arn:aws:iam::000000000000:user/mallory"
+
+
+def _say(text: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _sacct(job_id: str, env: dict[str, str]) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-o", "jobid,state,exitcode,comment", "-j", job_id],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=30,
+    )
+    return out.stdout.strip().split("|") if out.stdout.strip() else []
+
+
+def _wait_in_slurm(job_id: str, env: dict[str, str], timeout: float = 90) -> list[str]:
+    """Wait until Slurm's accounting shows the job finished (sacct lags a few seconds)."""
+    deadline = time.monotonic() + timeout
+    row: list[str] = []
+    while time.monotonic() < deadline:
+        row = _sacct(job_id, env)
+        if row and row[1] not in {"PENDING", "RUNNING", "COMPLETING", "REQUEUED"}:
+            return row
+        time.sleep(0.5)
+    raise RuntimeError(f"job {job_id} not finished in Slurm after {timeout}s (last: {row})")
+
+
+def run(slurm_env_file: Path) -> bool:
+    """The demo; True when every check passed."""
+    env = dict(os.environ)
+    ok = True
+    log_path = ROOT / ".run" / "demo-stack.log"
+    started = time.monotonic()
+    with launched_stack(slurm_env_file, log_path) as url:
+        client = BrokerClient(url, principal=ALICE)
+        _say(
+            f"local stack up at {url} in {time.monotonic() - started:.1f}s "
+            f"(log: {log_path.relative_to(ROOT)})"
+        )
+        for line in slurm_env_file.read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                key, value = line.removeprefix("export ").split("=", 1)
+                env[key] = value
+
+        script = '#!/bin/bash\necho "hello from $(hostname), job $SLURM_JOB_ID"\nsleep 1\n'
+        t0 = time.monotonic()
+        accepted = client.submit_job("local", {"script": script, "name": "demo-hello"})
+        _say(
+            f"POST /v1/clusters/local/jobs -> 202 {accepted} "
+            f"({(time.monotonic() - t0) * 1000:.0f} ms)"
+        )
+        final = client.wait(accepted["request_id"], timeout=120)
+        _say(
+            f"GET {accepted['location']} -> {final['state']} after {final['attempts']} "
+            f"attempt(s): {final.get('result') or final.get('error')}"
+        )
+        if final["state"] != "SUCCEEDED":
+            return False
+        job_id = final["result"]["job_id"]
+        row = _wait_in_slurm(job_id, env)
+        _say(f"sacct says job {job_id}: state={row[1]} exit={row[2]} comment={row[3]}")
+        ok &= row[1] == "COMPLETED" and row[3] == f"hpcb:{accepted['request_id']}"
+        _say(f"POST to job finished in Slurm: {time.monotonic() - t0:.1f}s")
+
+        try:
+            BrokerClient(client.base_url, principal=MALLORY).get_request(accepted["request_id"])
+            _say("FAIL: another principal could read the request")
+            ok = False
+        except ApiError as exc:
+            _say(f"another principal reading it -> {exc.status} (not revealed)")
+            ok &= exc.status == 404
+
+        bad = client.submit_job("local", {"script": "#!/bin/bash\ntrue\n", "partition": "nope"})
+        rejected = client.wait(bad["request_id"], timeout=120)
+        _say(f"a job for partition 'nope' -> {rejected['state']}: {rejected.get('error')}")
+        error: dict[str, Any] = rejected.get("error") or {}
+        ok &= rejected["state"] == "FAILED" and error.get("code") == "SCHEDULER_REJECTED"
+
+        try:
+            client.submit_job("local", {"script": "#!/bin/bash\n", "nodes": 0, "name": "a b"})
+            ok = False
+        except ApiError as exc:
+            fields = [f["field"] for f in exc.body["error"]["fields"]]
+            _say(f"an invalid body -> {exc.status} {exc.body['error']['code']} fields={fields}")
+            ok &= exc.status == 422
+        return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slurm-env", default="/var/tmp/hpc-broker/slurm/env", type=Path)
+    args = parser.parse_args()
+    ok = run(args.slurm_env)
+    _say("DEMO PASSED" if ok else "DEMO FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
