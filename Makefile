@@ -15,6 +15,9 @@ BIN := $(VENV)/bin
 SLURM := scripts/slurm.sh
 SLURM_ENV := $(or $(HPCB_SLURM_PREFIX),/var/tmp/hpc-broker/slurm)/env
 API_PORT ?= 8080
+MOTO_PORT ?= 5000
+RUN_DIR ?= .run
+STACK := $(BIN)/python -m broker.local --run-file $(RUN_DIR)/local-stack.json
 export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -42,29 +45,30 @@ $(SAM_VENV)/.installed: requirements/sam.lock
 # Starts the stack in the background (log: .run/local-stack.log) and prints its banner.
 up: system-deps venv
 	@$(SLURM) up
-	mkdir -p .run
-	if $(BIN)/python -m broker.local status >/dev/null 2>&1; then
+	mkdir -p $(RUN_DIR)
+	log=$(RUN_DIR)/local-stack.log
+	if $(STACK) status >/dev/null 2>&1; then
 	  echo "The local stack is already running:"
 	else
-	  setsid nohup $(BIN)/python -m broker.local up --api-port $(API_PORT) \
-	    --slurm-env $(SLURM_ENV) > .run/local-stack.log 2>&1 < /dev/null &
+	  setsid nohup $(STACK) up --api-port $(API_PORT) --moto-port $(MOTO_PORT) \
+	    --slurm-env $(SLURM_ENV) > $$log 2>&1 < /dev/null &
 	  pid=$$!
 	  for _ in $$(seq 300); do
-	    grep -q '^Stop with' .run/local-stack.log && break
-	    kill -0 $$pid 2>/dev/null || { cat .run/local-stack.log; exit 1; }
+	    grep -q '^Stop with' $$log && break
+	    kill -0 $$pid 2>/dev/null || { cat $$log; exit 1; }
 	    sleep 0.2
 	  done
 	fi
-	sed -n '/local stack is up/,/^Stop with/p' .run/local-stack.log | grep -v '^Stop with'
+	sed -n '/local stack is up/,/^Stop with/p' $$log | grep -v '^Stop with'
 	echo "Stop it with: make down"
 
 down:
-	-[ -x $(BIN)/python ] && $(BIN)/python -m broker.local down
+	-[ -x $(BIN)/python ] && $(STACK) down
 	$(SLURM) down
 
 status:
 	$(SLURM) status
-	$(BIN)/python -m broker.local status
+	$(STACK) status
 
 demo: system-deps venv
 	$(SLURM) up

@@ -61,6 +61,7 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
         spec = {"script": SCRIPT, "name": BENCH_NAME}
         client.submit_job("local", spec)  # warm up both handlers' cold start
         post_ms, ids = [], []
+        burst_start = time.monotonic()
         for _ in range(n):
             ms, accepted = timed(lambda: client.submit_job("local", spec))
             post_ms.append(ms)
@@ -68,6 +69,12 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
         get_ms = [timed(lambda i=i: client.get_request(i))[0] for i in ids]
         figures["post"] = summary(post_ms)
         figures["get"] = summary(get_ms)
+        # The burst through the worker (one poller, one agent run per job in this slice).
+        for request_id in ids:
+            client.wait(request_id, timeout=600)
+        drained = time.monotonic() - burst_start
+        figures["burst_all_succeeded_s"] = round(drained, 2)
+        figures["worker_jobs_per_s"] = round(n / drained, 1)
         # Time to SUCCEEDED, one job at a time on an idle queue (poll every 20 ms).
         to_success = []
         for _ in range(20):
@@ -76,10 +83,6 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
             client.wait(request_id, first_poll=0.02, max_poll=0.02, timeout=60)
             to_success.append((time.perf_counter() - start) * 1000)
         figures["post_to_succeeded"] = summary(to_success)
-        drained = time.monotonic()
-        for request_id in ids:
-            client.wait(request_id, timeout=300)
-        figures["drain_after_burst_s"] = round(time.monotonic() - drained, 2)
 
     runner = LocalRunner()
     target = ClusterTarget(name="local", mode="local")
@@ -114,9 +117,10 @@ def main() -> None:
         print(f"{name:<36}{ours['p50_ms']:>12.1f} / {ours['p99_ms']:<9.1f}{other:>24}")
     print("baseline = synchronous sbatch through the agent inside the request (seed design)")
     print(
-        f"burst of {figures['calls']} drained to SUCCEEDED {figures['drain_after_burst_s']} s "
-        "after the last GET"
+        f"burst of {figures['calls']}: all SUCCEEDED {figures['burst_all_succeeded_s']} s after "
+        f"the first POST ({figures['worker_jobs_per_s']} jobs/s through one worker poller)"
     )
+    print("POST -> SUCCEEDED is measured on an idle queue; it includes the 1 s batching window")
     print(json.dumps(figures, separators=(",", ":")))
 
 
