@@ -74,11 +74,12 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
 
 
 def context() -> LambdaContext:
-    return LambdaContext(
+    return LambdaContext.for_invocation(
         function_name="JobWorkerFunction",
-        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:JobWorkerFunction",
-        memory_limit_in_mb=512,
         timeout_s=150,
+        memory_mb=512,
+        region=REGION,
+        account_id="123456789012",
     )
 
 
