@@ -12,7 +12,14 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
 
 from broker.states import RequestState
 
@@ -41,10 +48,43 @@ Memory = Annotated[str, StringConstraints(pattern=r"^[1-9]\d{0,8}[KMGT]?$")]
 AbsPath = Annotated[str, StringConstraints(pattern=r"^/[^\x00\n\r]{0,1023}$")]
 
 
+#: Slurm array expression: indexes, ranges with optional step, comma-separated, optional %limit.
+ArraySpec = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?(,[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?)*"
+        r"(%[0-9]{1,5})?$",
+        max_length=256,
+    ),
+]
+#: A job another job depends on: a broker job id, or a Slurm job id (optionally an array task).
+JobRef = Annotated[str, StringConstraints(pattern=r"^(r[0-9a-f]{28}|[0-9]{1,10}(_[0-9]{1,7})?)$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+@-]{1,128}$")]
+TagValue = Annotated[str, StringConstraints(pattern=r"^[^\x00]{0,256}$")]
+#: Environment names the broker will not let a caller set (Slurm's own, and the loader's).
+RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "LD_", "BASH_FUNC_")
+RESERVED_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "IFS", "ENV"})
+
+
 class StrictModel(BaseModel):
     """Base of inbound models: unknown fields are errors, strings are not coerced silently."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class Dependency(StrictModel):
+    """A dependency condition on other jobs (all conditions must hold, Slurm's ``,``)."""
+
+    type: Literal["after", "afterok", "afterany", "afternotok"] = Field(
+        description="afterok: start after they all COMPLETED; afternotok: after they all failed; "
+        "afterany: after they all ended; after: after they all started."
+    )
+    jobs: list[JobRef] = Field(
+        min_length=1,
+        max_length=100,
+        description="Broker job ids (the request id of their submission) or Slurm job ids.",
+    )
 
 
 class JobSpec(StrictModel):
@@ -79,6 +119,33 @@ class JobSpec(StrictModel):
     working_directory: AbsPath | None = Field(
         default=None, description="Absolute working directory on the cluster (--chdir)."
     )
+    output: AbsPath | None = Field(
+        default=None,
+        description="stdout file pattern (--output), absolute; Slurm's %j %A %a %x %u allowed. "
+        "Default: <working_directory>/slurm-%j.out (arrays: slurm-%A_%a.out).",
+    )
+    error: AbsPath | None = Field(
+        default=None, description="stderr file pattern (--error); default: with stdout."
+    )
+    array: ArraySpec | None = Field(
+        default=None, description="Job array (--array), e.g. '1-100%10' or '1,3,5-9:2'."
+    )
+    dependency: list[Dependency] | None = Field(
+        default=None,
+        max_length=20,
+        description="Conditions on other jobs (--dependency); a dependency on a job that "
+        "cannot run makes this one fail instead of pending forever.",
+    )
+    environment: dict[EnvName, str] | None = Field(
+        default=None,
+        max_length=128,
+        description="Variables for the job (exported through sbatch's environment, never argv). "
+        "Names starting SLURM_, SBATCH_, LD_ and PATH/HOME/USER/SHELL are reserved.",
+    )
+    hold: bool = Field(default=False, description="Submit held (--hold); release in Slurm.")
+    tags: dict[TagKey, TagValue] | None = Field(
+        default=None, max_length=50, description="Your labels, kept on the broker's job record."
+    )
 
     @field_validator("script")
     @classmethod
@@ -89,7 +156,17 @@ class JobSpec(StrictModel):
             raise ValueError("the script must start with a shebang line, e.g. '#!/bin/bash'")
         return value
 
-    @field_validator("working_directory")
+    @field_validator("environment")
+    @classmethod
+    def _environment_is_safe(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"the variable name {name!r} is reserved")
+            if "\x00" in text or len(text) > 4096:
+                raise ValueError(f"the value of {name!r} must be <= 4096 chars without NUL")
+        return value
+
+    @field_validator("working_directory", "output", "error")
     @classmethod
     def _no_parent_components(cls, value: str | None) -> str | None:
         if value is not None and ".." in value.split("/"):
@@ -108,6 +185,7 @@ class ErrorInfo(BaseModel):
 class JobResult(BaseModel):
     """What a successful job submission produced."""
 
+    kind: Literal["job.submit"] = "job.submit"
     job_id: str = Field(description="Slurm job id on the cluster.")
     cluster: str = Field(description="Cluster the job was submitted to.")
     reused: bool = Field(
@@ -116,7 +194,43 @@ class JobResult(BaseModel):
     )
 
 
-RequestKind = Literal["job.submit"]
+class CancelResult(BaseModel):
+    """What a cancel request did."""
+
+    kind: Literal["job.cancel"] = "job.cancel"
+    job_id: str = Field(description="Broker job id.")
+    slurm_job_id: str | None = Field(default=None, description="Slurm id, if it reached Slurm.")
+    before_submission: bool = Field(
+        default=False, description="True when cancelled while still queued (never in Slurm)."
+    )
+
+
+class OutputPart(BaseModel):
+    """A piece of one output stream of a job."""
+
+    stream: Literal["stdout", "stderr"]
+    path: str | None = Field(default=None, description="File on the cluster.")
+    size: int | None = Field(default=None, description="File size in bytes when read.")
+    offset: int = Field(default=0, description="Byte offset of this piece in the file.")
+    length: int = Field(default=0, description="Bytes in this piece.")
+    eof: bool = Field(default=False, description="Whether the piece reaches the file's end.")
+    data: str | None = Field(default=None, description="The text, when small enough inline.")
+    url: str | None = Field(
+        default=None, description="Presigned URL of the text, when too large to inline."
+    )
+    error: ErrorInfo | None = None
+
+
+class OutputResult(BaseModel):
+    """What an output request retrieved."""
+
+    kind: Literal["job.output"] = "job.output"
+    job_id: str = Field(description="Broker job id.")
+    parts: list[OutputPart] = Field(default_factory=list)
+
+
+RequestResult = Annotated[JobResult | CancelResult | OutputResult, Field(discriminator="kind")]
+RequestKind = Literal["job.submit", "job.cancel", "job.output"]
 
 
 class RequestRecord(BaseModel):
@@ -130,11 +244,14 @@ class RequestRecord(BaseModel):
     attempts: int = Field(default=0, ge=0, description="How many times a worker took it.")
     created_at: datetime = Field(description="When the API accepted it (UTC).")
     updated_at: datetime = Field(description="Last state change (UTC).")
-    result: JobResult | None = Field(default=None, description="Set when SUCCEEDED.")
+    result: RequestResult | None = Field(default=None, description="Set when SUCCEEDED.")
     error: ErrorInfo | None = Field(
         default=None, description="Set when FAILED; while retrying, the last transient error."
     )
     spec: JobSpec | None = Field(default=None, description="The submitted job specification.")
+    job_id: str | None = Field(default=None, description="Broker id of the job concerned.")
+    query: OutputQueryBody | None = Field(default=None, description="For job.output.")
+    notify_pending: str | None = Field(default=None, description="State awaiting its event.")
 
 
 class RequestView(BaseModel):
@@ -148,7 +265,8 @@ class RequestView(BaseModel):
     attempts: int
     created_at: datetime
     updated_at: datetime
-    result: JobResult | None = None
+    job_id: str | None = Field(default=None, description="Broker id of the job concerned.")
+    result: RequestResult | None = None
     error: ErrorInfo | None = None
 
     @classmethod
@@ -163,6 +281,7 @@ class RequestView(BaseModel):
             attempts=record.attempts,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            job_id=record.job_id,
             result=record.result,
             error=record.error,
         )
@@ -201,6 +320,21 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class OutputQueryBody(StrictModel):
+    """Which output to fetch (``POST /v1/clusters/{cluster}/jobs/{job_id}/output``)."""
+
+    stream: Literal["stdout", "stderr", "both"] = Field(
+        default="both", description="Which stream(s)."
+    )
+    offset: int | None = Field(
+        default=None, ge=0, description="Byte offset to read from; omitted: the tail."
+    )
+    max_bytes: int = Field(
+        default=64 * 1024, ge=1, le=64 * 1024, description="Bytes per stream, at most 64 KiB."
+    )
+    task: int | None = Field(default=None, ge=0, description="Array task index, for arrays.")
+
+
 class JobSubmitMessage(BaseModel):
     """Queue message: one job submission for the job worker."""
 
@@ -212,6 +346,41 @@ class JobSubmitMessage(BaseModel):
     owner: str
     cluster: str
     spec: JobSpec
+
+
+class JobCancelMessage(BaseModel):
+    """Queue message: cancel a job in Slurm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["job.cancel"] = "job.cancel"
+    request_id: str
+    owner: str
+    cluster: str
+    job_id: str
+
+
+class JobOutputMessage(BaseModel):
+    """Queue message: fetch a job's output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["job.output"] = "job.output"
+    request_id: str
+    owner: str
+    cluster: str
+    job_id: str
+    query: OutputQueryBody
+
+
+QueueMessage = Annotated[
+    JobSubmitMessage | JobCancelMessage | JobOutputMessage, Field(discriminator="kind")
+]
+QUEUE_MESSAGE: TypeAdapter[JobSubmitMessage | JobCancelMessage | JobOutputMessage] = TypeAdapter(
+    QueueMessage
+)
 
 
 def utcnow() -> datetime:

@@ -6,11 +6,15 @@ domain and the handlers only ever see these interfaces, so tests can pass fakes 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, AgentResponse
-from broker.models import ErrorInfo, JobResult, JobSubmitMessage, RequestRecord
+from broker.events import Event
+from broker.jobs import JobRecord, JobState
+from broker.models import ErrorInfo, QueueMessage, RequestRecord, RequestResult
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class RequestStore(Protocol):
         Raises NotFoundError when there is no such record.
         """
 
-    def record_success(self, request_id: str, result: JobResult) -> bool:
+    def record_success(self, request_id: str, result: RequestResult) -> bool:
         """Move to SUCCEEDED with the result. Returns False if it was already final."""
 
     def record_failure(self, request_id: str, error: ErrorInfo) -> bool:
@@ -54,11 +58,90 @@ class RequestStore(Protocol):
     def record_retry(self, request_id: str, error: ErrorInfo) -> None:
         """Keep the state, remember the last transient error (visible while retrying)."""
 
+    def record_cancelled(self, request_id: str) -> bool:
+        """Move to CANCELLED (its job was cancelled before submission). False if final."""
+
+
+class JobStore(Protocol):
+    """Durable job records with conditional, forward-only state changes.
+
+    A final transition also marks the record ``notify_pending`` and keeps it in the
+    "needs attention" index until its notification is published (``clear_notification``).
+    """
+
+    def create_submission(self, request: RequestRecord, job: JobRecord) -> None:
+        """Write a submit request and its job together (both or neither)."""
+
+    def create_request(self, request: RequestRecord) -> None:
+        """Write a non-submit request (cancel, output) for an existing job."""
+
+    def get_job(self, job_id: str) -> JobRecord:
+        """Read a job by broker id. Raises NotFoundError."""
+
+    def find_job(self, cluster: str, ref: str) -> JobRecord:
+        """Read a job by broker id or Slurm id on ``cluster``. Raises NotFoundError."""
+
+    def list_jobs(
+        self,
+        owner: str,
+        cluster: str,
+        *,
+        states: frozenset[JobState] | None,
+        name: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        next_token: str | None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """The owner's jobs on a cluster, newest first, one page at a time."""
+
+    def start_submission(self, job_id: str) -> JobRecord | None:
+        """Mark a SUBMITTING job as being submitted; None if it is no longer SUBMITTING."""
+
+    def cancel_unsubmitted(self, job_id: str) -> bool:
+        """SUBMITTING and not started -> CANCELLED. False if the submission already started."""
+
+    def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
+        """SUBMITTING -> PENDING with the Slurm id (and its alias). False if not SUBMITTING."""
+
+    def record_submit_failed(self, job_id: str, reason: str) -> bool:
+        """SUBMITTING -> SUBMIT_FAILED. False if not SUBMITTING."""
+
+    def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
+        """Write ``changes`` (and ``new_state``) if the job is still in ``job.state``."""
+
+    def attention(self) -> tuple[list[JobRecord], list[RequestRecord]]:
+        """Jobs and requests that are not final, or whose notification is pending."""
+
+    def clear_job_notification(self, job_id: str, state: str) -> bool:
+        """Mark the job's ``state`` event published (leaves the attention index if final)."""
+
+    def clear_request_notification(self, request_id: str, state: str) -> bool:
+        """Mark the request's ``state`` event published."""
+
+
+class Store(RequestStore, JobStore, Protocol):
+    """Both record ports (one DynamoDB table in AWS)."""
+
+
+class Notifier(Protocol):
+    """Publishes notification events (SNS)."""
+
+    def publish(self, event: Event) -> None:
+        """Publish one event. Raises TransientError when the topic cannot take it now."""
+
+
+class ArtifactStore(Protocol):
+    """Stores larger outputs and hands out time-limited links to them (S3)."""
+
+    def put_text(self, key: str, text: str) -> str:
+        """Store ``text`` under ``key``; return a presigned GET URL."""
+
 
 class RequestQueue(Protocol):
     """The queue between the API and the job worker."""
 
-    def send(self, message: JobSubmitMessage) -> None:
+    def send(self, message: QueueMessage) -> None:
         """Enqueue one message. Raises TransientError when the queue cannot take it now."""
 
     def delay_retry(self, event_source_arn: str, receipt_handle: str, seconds: int) -> None:

@@ -6,48 +6,74 @@ They depend on ports only (``broker.ports``) and raise broker errors (``broker.e
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Literal
 
-from broker.agent.protocol import AgentErrorInfo, AgentJob, AgentJobResult, AgentRequest
+from broker.agent.protocol import (
+    AgentErrorInfo,
+    AgentJob,
+    AgentJobResult,
+    AgentRequest,
+    OutputQuery,
+)
 from broker.errors import (
     BrokerError,
     ClusterNotFoundError,
+    ConflictError,
     NotFoundError,
     PayloadTooLargeError,
     PermanentError,
     TransientError,
 )
+from broker.jobs import JobRecord, JobState
 from broker.models import (
     MAX_SCRIPT_BYTES,
+    CancelResult,
     ErrorInfo,
+    JobCancelMessage,
+    JobOutputMessage,
     JobResult,
     JobSpec,
     JobSubmitMessage,
+    OutputPart,
+    OutputQueryBody,
+    OutputResult,
+    QueueMessage,
+    RequestKind,
     RequestRecord,
     new_request_id,
     slurm_token,
     utcnow,
 )
 from broker.observability import logger
-from broker.ports import ClusterDirectory, CommandRunner, RequestQueue, RequestStore
+from broker.ports import (
+    ArtifactStore,
+    ClusterDirectory,
+    CommandRunner,
+    RequestQueue,
+    Store,
+)
 from broker.states import RequestState
+from broker.sweep import Announcer
+
+#: Output text above this many characters (both streams) goes to S3 behind a presigned URL
+#: instead of inline in the request record (SSM itself carries at most 24,000 characters).
+INLINE_OUTPUT_CHARS = 24_000
 
 
 class RequestService:
-    """The API's side: accept writes (record, then enqueue) and read requests back."""
+    """The API's side: accept writes (record, then enqueue) and read records back."""
 
-    def __init__(
-        self, store: RequestStore, queue: RequestQueue, clusters: ClusterDirectory
-    ) -> None:
+    def __init__(self, store: Store, queue: RequestQueue, clusters: ClusterDirectory) -> None:
         self._store = store
         self._queue = queue
         self._clusters = clusters
 
     def submit_job(self, owner: str, cluster: str, spec: JobSpec) -> RequestRecord:
-        """Accept a job submission: validate, record it ACCEPTED, enqueue it.
+        """Accept a job submission: validate, record request and job, enqueue.
 
-        The record is written before the message is sent, so a GET right after the POST never
-        answers 404 and a worker never sees a message without its record.
+        The records are written before the message is sent, so a GET right after the POST
+        never answers 404 and a worker never sees a message without its records.
 
         Raises:
             PayloadTooLargeError: the script is over MAX_SCRIPT_BYTES.
@@ -62,24 +88,159 @@ class RequestService:
                 "Keep large inputs in files on the cluster and reference them from the script."
             )
         self._clusters.resolve(cluster)
+        record = self._new_request(owner, cluster, "job.submit", spec=spec)
+        job = JobRecord(
+            job_id=record.request_id,
+            cluster=cluster,
+            owner=owner,
+            name=spec.name,
+            state=JobState.SUBMITTING,
+            created_at=record.created_at,
+            updated_at=record.created_at,
+            array=spec.array,
+            dependency=spec.dependency,
+            working_directory=spec.working_directory,
+            output=spec.output,
+            error=spec.error,
+            tags=spec.tags,
+        )
+        self._store.create_submission(record, job)
+        message = JobSubmitMessage(
+            request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
+        )
+        self._enqueue(record, message, job_id=job.job_id)
+        return record
+
+    def cancel_job(self, owner: str, cluster: str, ref: str) -> RequestRecord:
+        """Accept a cancel. A job still queued in SQS is cancelled at once, never reaching Slurm.
+
+        Raises:
+            NotFoundError: no such job of the caller's.
+            ConflictError: the job has already ended.
+        """
+        job = self.get_job(owner, cluster, ref)
+        if job.state.final:
+            raise ConflictError(f"job {job.job_id} has already ended ({job.state})")
+        if job.state is JobState.SUBMITTING and self._store.cancel_unsubmitted(job.job_id):
+            now = utcnow()
+            record = RequestRecord(
+                request_id=new_request_id(),
+                kind="job.cancel",
+                owner=owner,
+                cluster=cluster,
+                state=RequestState.SUCCEEDED,
+                created_at=now,
+                updated_at=now,
+                job_id=job.job_id,
+                result=CancelResult(job_id=job.job_id, before_submission=True),
+                notify_pending=RequestState.SUCCEEDED.value,
+            )
+            self._store.create_request(record)
+            return record
+        record = self._new_request(owner, cluster, "job.cancel", job_id=job.job_id)
+        self._store.create_request(record)
+        message = JobCancelMessage(
+            request_id=record.request_id, owner=owner, cluster=cluster, job_id=job.job_id
+        )
+        self._enqueue(record, message)
+        return record
+
+    def fetch_output(
+        self, owner: str, cluster: str, ref: str, query: OutputQueryBody
+    ) -> RequestRecord:
+        """Accept an output fetch for a job that reached Slurm.
+
+        Raises:
+            NotFoundError: no such job of the caller's.
+            ConflictError: the job has no Slurm id (not submitted, or never will be).
+        """
+        job = self.get_job(owner, cluster, ref)
+        if job.slurm_job_id is None:
+            raise ConflictError(f"job {job.job_id} has not reached Slurm ({job.state})")
+        if query.task is not None and job.array is None:
+            raise ConflictError(f"job {job.job_id} is not an array; 'task' does not apply")
+        record = self._new_request(owner, cluster, "job.output", job_id=job.job_id, query=query)
+        self._store.create_request(record)
+        message = JobOutputMessage(
+            request_id=record.request_id,
+            owner=owner,
+            cluster=cluster,
+            job_id=job.job_id,
+            query=query,
+        )
+        self._enqueue(record, message)
+        return record
+
+    def get_request(self, owner: str, request_id: str) -> RequestRecord:
+        """Read one of the caller's requests (NotFoundError if absent or someone else's)."""
+        record = self._store.get(request_id)
+        if record.owner != owner:
+            raise NotFoundError(f"no request {request_id}")
+        return record
+
+    def get_job(self, owner: str, cluster: str, ref: str) -> JobRecord:
+        """Read one of the caller's jobs by broker or Slurm id (NotFoundError otherwise)."""
+        self._clusters.resolve(cluster)
+        job = self._store.find_job(cluster, ref)
+        if job.owner != owner or job.cluster != cluster:
+            raise NotFoundError(f"no job {ref} on {cluster}")
+        return job
+
+    def list_jobs(
+        self,
+        owner: str,
+        cluster: str,
+        *,
+        states: frozenset[JobState] | None = None,
+        name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        next_token: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """The caller's jobs on a cluster, newest first (from the table, never Slurm)."""
+        self._clusters.resolve(cluster)
+        return self._store.list_jobs(
+            owner,
+            cluster,
+            states=states,
+            name=name,
+            since=since,
+            until=until,
+            limit=limit,
+            next_token=next_token,
+        )
+
+    def _new_request(
+        self,
+        owner: str,
+        cluster: str,
+        kind: RequestKind,
+        *,
+        spec: JobSpec | None = None,
+        job_id: str | None = None,
+        query: OutputQueryBody | None = None,
+    ) -> RequestRecord:
         now = utcnow()
-        record = RequestRecord(
-            request_id=new_request_id(),
-            kind="job.submit",
+        request_id = new_request_id()
+        return RequestRecord(
+            request_id=request_id,
+            kind=kind,
             owner=owner,
             cluster=cluster,
             state=RequestState.ACCEPTED,
             created_at=now,
             updated_at=now,
             spec=spec,
+            job_id=job_id or (request_id if kind == "job.submit" else None),
+            query=query,
         )
-        self._store.create(record)
+
+    def _enqueue(
+        self, record: RequestRecord, message: QueueMessage, job_id: str | None = None
+    ) -> None:
         try:
-            self._queue.send(
-                JobSubmitMessage(
-                    request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
-                )
-            )
+            self._queue.send(message)
         except BrokerError as exc:
             # Nothing will ever work on this request: say so in its record instead of leaving
             # it ACCEPTED forever, then let the caller know it may retry.
@@ -87,84 +248,94 @@ class RequestService:
                 record.request_id,
                 ErrorInfo(code="ENQUEUE_FAILED", message=exc.message, transient=True),
             )
+            if job_id is not None:
+                self._store.record_submit_failed(job_id, "the submission could not be queued")
             raise TransientError(
                 "the request could not be queued; send it again", code="ENQUEUE_FAILED"
             ) from exc
-        return record
-
-    def get_request(self, owner: str, request_id: str) -> RequestRecord:
-        """Read one of the caller's requests.
-
-        Raises:
-            NotFoundError: no such request, or it belongs to someone else (indistinguishable).
-        """
-        record = self._store.get(request_id)
-        if record.owner != owner:
-            raise NotFoundError(f"no request {request_id}")
-        return record
 
 
-Outcome = Literal["succeeded", "failed", "skipped"]
+Outcome = Literal["succeeded", "failed", "skipped", "cancelled"]
+RunnerFor = Callable[[Literal["ssm", "local"]], CommandRunner]
 
 
-class SubmitDispatcher:
-    """The job worker's side: run one queued submission on the cluster, record the outcome.
+class Dispatcher:
+    """The job worker's side: run one queued request on its cluster, record the outcome.
 
-    Safe to run twice on the same message: state moves are conditional, and the head-node agent
-    de-duplicates by the token in the job's Slurm comment, so a redelivery after ``sbatch``
-    returns the existing job instead of making a second one.
+    Safe to run twice on the same message: state moves are conditional, and the head-node
+    agent de-duplicates submissions by the token in the job's Slurm comment, so a redelivery
+    after ``sbatch`` returns the existing job instead of making a second one.
     """
 
     def __init__(
         self,
-        store: RequestStore,
+        store: Store,
         clusters: ClusterDirectory,
-        runner_for: Callable[[Literal["ssm", "local"]], CommandRunner],
+        runner_for: RunnerFor,
+        announcer: Announcer,
+        *,
+        artifacts: ArtifactStore | None = None,
         default_working_directory: str = "/tmp",  # noqa: S108
     ) -> None:
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
+        self._announce = announcer
+        self._artifacts = artifacts
         self._workdir = default_working_directory
 
-    def handle(self, message: JobSubmitMessage) -> Outcome:
-        """Dispatch one submission.
+    def handle(self, message: QueueMessage) -> Outcome:
+        """Dispatch one message.
 
         Returns:
-            what happened: ``succeeded``, ``failed`` (permanent error, recorded) or ``skipped``
-            (the request was already final: a duplicate delivery).
+            what happened: ``succeeded``, ``failed`` (permanent error, recorded), ``cancelled``
+            (the job was cancelled before submission) or ``skipped`` (already final).
 
         Raises:
             TransientError: try again later (the last error is recorded on the request).
         """
         request_id = message.request_id
-        record = self._store.mark_dispatched(request_id)
-        if record is None:
+        if self._store.mark_dispatched(request_id) is None:
             logger.info("request already final; skipping", extra={"request_id": request_id})
             return "skipped"
         try:
-            result = self._submit(message)
+            if isinstance(message, JobSubmitMessage):
+                return self._submit(message)
+            if isinstance(message, JobCancelMessage):
+                return self._cancel(message)
+            return self._output(message)
         except TransientError as exc:
             self._store.record_retry(request_id, _info(exc))
             raise
-        except (PermanentError, ClusterNotFoundError) as exc:
-            self._store.record_failure(request_id, _info(exc))
+        except (PermanentError, ClusterNotFoundError, NotFoundError, ConflictError) as exc:
+            if isinstance(message, JobSubmitMessage):
+                self._fail_job(message.request_id, exc.message)
+            self._finish(request_id, failure=_info(exc))
             return "failed"
-        self._store.record_success(
-            request_id,
-            JobResult(job_id=str(result.job_id), cluster=message.cluster, reused=result.reused),
-        )
-        return "succeeded"
 
-    def _submit(self, message: JobSubmitMessage) -> AgentJobResult:
-        """Run the submission on the head node; return the job's result (with a job id)."""
+    # -- submit ----------------------------------------------------------------------------
+
+    def _submit(self, message: JobSubmitMessage) -> Outcome:
+        job_id = message.request_id
+        job = self._store.start_submission(job_id)
+        if job is None:
+            current = self._store.get_job(job_id)
+            if current.state is JobState.CANCELLED and current.slurm_job_id is None:
+                if self._store.record_cancelled(message.request_id):
+                    self._announce.request(message.request_id)
+                return "cancelled"
+            if current.slurm_job_id is not None:  # an earlier attempt got this far
+                self._succeed(message.request_id, _submitted(current.slurm_job_id, message))
+                return "succeeded"
+            raise ConflictError(f"job {job_id} is {current.state}; not submitting it")
+        dependency = self._dependency_string(message)
         target = self._clusters.resolve(message.cluster)
         token = slurm_token(message.request_id)
         spec = message.spec
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
-        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec)])
+        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency)])
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
             raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
@@ -175,25 +346,171 @@ class SubmitDispatcher:
             )
         if result.job_id is None:
             raise _error_of(result.error, "AGENT_NO_RESULT", "the agent returned no job id")
-        return result
+        self._store.record_submitted(job_id, result.job_id)
+        self._succeed(message.request_id, _submitted(result.job_id, message, result))
+        return "succeeded"
 
+    def _dependency_string(self, message: JobSubmitMessage) -> str | None:
+        """The spec's dependencies in Slurm's form, broker ids resolved to Slurm ids.
 
-def _error_of(error: AgentErrorInfo | None, code: str, text: str) -> BrokerError:
-    """The broker error for an agent-reported error (no details: assume transient)."""
-    if error is None:
-        return TransientError(text, code=code)
-    kind = TransientError if error.transient else PermanentError
-    return kind(error.message, code=error.code)
+        Raises:
+            PermanentError: a dependency is unknown, not the caller's, or never reached Slurm.
+            TransientError: a dependency is still being submitted (retry shortly).
+        """
+        if not message.spec.dependency:
+            return None
+        parts = []
+        for condition in message.spec.dependency:
+            ids = [self._slurm_id_of(message, ref) for ref in condition.jobs]
+            parts.append(":".join([condition.type, *ids]))
+        return ",".join(parts)
+
+    def _slurm_id_of(self, message: JobSubmitMessage, ref: str) -> str:
+        if not ref.startswith("r"):
+            return ref  # a Slurm id: Slurm itself rejects an unknown one, with its reason
+        try:
+            job = self._store.get_job(ref)
+        except NotFoundError:
+            job = None
+        if job is None or job.owner != message.owner or job.cluster != message.cluster:
+            raise PermanentError(
+                f"dependency {ref} is not a job of yours on {message.cluster}",
+                code="DEPENDENCY_NOT_FOUND",
+            )
+        if job.slurm_job_id is not None:
+            return job.slurm_job_id
+        if job.state.final:
+            raise PermanentError(
+                f"dependency {ref} never reached Slurm ({job.state}); this job could never start",
+                code="DEPENDENCY_FAILED",
+            )
+        raise TransientError(
+            f"dependency {ref} is still being submitted", code="DEPENDENCY_NOT_SUBMITTED"
+        )
+
+    def _fail_job(self, job_id: str, reason: str) -> None:
+        if self._store.record_submit_failed(job_id, reason):
+            self._announce.job(job_id, JobState.SUBMITTING)
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    def _cancel(self, message: JobCancelMessage) -> Outcome:
+        job = self._store.get_job(message.job_id)
+        if job.slurm_job_id is None:
+            if job.state is JobState.SUBMITTING and self._store.cancel_unsubmitted(job.job_id):
+                self._announce.job(job.job_id, JobState.SUBMITTING)
+                result = CancelResult(job_id=job.job_id, before_submission=True)
+                self._succeed(message.request_id, result)
+                return "succeeded"
+            if job.state.final:
+                raise ConflictError(f"job {job.job_id} has already ended ({job.state})")
+            raise TransientError(
+                "the job's submission is in progress; cancelling once it is in Slurm",
+                code="SUBMISSION_IN_PROGRESS",
+            )
+        target = self._clusters.resolve(message.cluster)
+        request = AgentRequest(op="cancel", job_ids=[job.slurm_job_id])
+        response = self._runner_for(target.mode).run(target, request)
+        if not response.ok:
+            raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+        answer = next((c for c in response.cancelled if c.job_id == job.slurm_job_id), None)
+        if answer is None:
+            raise TransientError("the agent did not report the cancel", code="AGENT_NO_RESULT")
+        if not answer.ok:
+            raise _error_of(answer.error, "CANCEL_FAILED", "scancel failed")
+        result = CancelResult(job_id=job.job_id, slurm_job_id=job.slurm_job_id)
+        self._succeed(message.request_id, result)
+        return "succeeded"
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _output(self, message: JobOutputMessage) -> Outcome:
+        job = self._store.get_job(message.job_id)
+        if job.slurm_job_id is None:
+            raise ConflictError(f"job {job.job_id} has not reached Slurm")
+        query = message.query
+        slurm_id = job.slurm_job_id
+        if query.task is not None:
+            slurm_id = f"{slurm_id}_{query.task}"
+        streams: list[Literal["stdout", "stderr"]] = (
+            ["stdout", "stderr"] if query.stream == "both" else [query.stream]
+        )
+        target = self._clusters.resolve(message.cluster)
+        request = AgentRequest(
+            op="output",
+            output=OutputQuery(
+                job_id=slurm_id,
+                streams=streams,
+                offset=query.offset,
+                max_bytes=query.max_bytes,
+                patterns=self._patterns(job),
+                job_name=job.name,
+            ),
+        )
+        response = self._runner_for(target.mode).run(target, request)
+        if not response.ok:
+            raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+        parts = [
+            OutputPart(
+                stream=chunk.stream,
+                path=chunk.path,
+                size=chunk.size,
+                offset=chunk.offset,
+                length=chunk.length,
+                eof=chunk.eof,
+                data=chunk.data,
+                error=None if chunk.error is None else _agent_info(chunk.error),
+            )
+            for chunk in response.output
+        ]
+        if sum(len(p.data or "") for p in parts) > INLINE_OUTPUT_CHARS:
+            parts = self._stage(message.request_id, parts)
+        self._succeed(message.request_id, OutputResult(job_id=job.job_id, parts=parts))
+        return "succeeded"
+
+    def _patterns(self, job: JobRecord) -> dict[Literal["stdout", "stderr"], str]:
+        """The job's output file patterns as submitted (Slurm's defaults where unset)."""
+        workdir = (job.working_directory or self._workdir).rstrip("/")
+        default = f"{workdir}/slurm-%A_%a.out" if job.array else f"{workdir}/slurm-%j.out"
+        stdout = job.output or default
+        return {"stdout": stdout, "stderr": job.error or stdout}
+
+    def _stage(self, request_id: str, parts: list[OutputPart]) -> list[OutputPart]:
+        """Move the text of each part to S3 and give a presigned URL instead."""
+        if self._artifacts is None:
+            raise PermanentError(
+                "the output is too large to return inline and no staging bucket is configured",
+                code="OUTPUT_TOO_LARGE",
+            )
+        staged = []
+        for part in parts:
+            if part.data:
+                url = self._artifacts.put_text(f"outputs/{request_id}/{part.stream}", part.data)
+                staged.append(part.model_copy(update={"data": None, "url": url}))
+            else:
+                staged.append(part)
+        return staged
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def _succeed(self, request_id: str, result: JobResult | CancelResult | OutputResult) -> None:
+        if self._store.record_success(request_id, result):
+            self._announce.request(request_id)
+
+    def _finish(self, request_id: str, *, failure: ErrorInfo) -> None:
+        if self._store.record_failure(request_id, failure):
+            self._announce.request(request_id)
 
 
 class DeadLetterService:
     """The DLQ worker's side: a message whose deliveries ran out marks its request FAILED."""
 
-    def __init__(self, store: RequestStore) -> None:
+    def __init__(self, store: Store, announcer: Announcer) -> None:
         self._store = store
+        self._announce = announcer
 
     def give_up(self, request_id: str) -> bool:
-        """Record that retries ran out, keeping the last error's words.
+        """Record that retries ran out, keeping the last error's words (and fail its job).
 
         Returns:
             False when the request was already final (a success that raced the DLQ wins) or
@@ -206,7 +523,7 @@ class DeadLetterService:
             return False
         last = record.error
         reason = f"; last error: {last.code}: {last.message}" if last else ""
-        return self._store.record_failure(
+        failed = self._store.record_failure(
             request_id,
             ErrorInfo(
                 code="RETRIES_EXHAUSTED",
@@ -214,6 +531,31 @@ class DeadLetterService:
                 transient=True,
             ),
         )
+        if failed:
+            job_id = record.job_id if record.kind == "job.submit" else None
+            if job_id and self._store.record_submit_failed(job_id, "retries exhausted"):
+                self._announce.job(job_id, JobState.SUBMITTING)
+            self._announce.request(request_id)
+        return failed
+
+
+def _submitted(
+    slurm_job_id: str, message: JobSubmitMessage, result: AgentJobResult | None = None
+) -> JobResult:
+    reused = result.reused if result is not None else True
+    return JobResult(job_id=slurm_job_id, cluster=message.cluster, reused=reused)
+
+
+def _error_of(error: AgentErrorInfo | None, code: str, text: str) -> BrokerError:
+    """The broker error for an agent-reported error (no details: assume transient)."""
+    if error is None:
+        return TransientError(text, code=code)
+    kind = TransientError if error.transient else PermanentError
+    return kind(error.message, code=error.code)
+
+
+def _agent_info(error: AgentErrorInfo) -> ErrorInfo:
+    return ErrorInfo(code=error.code, message=error.message, transient=error.transient)
 
 
 def _info(exc: BrokerError) -> ErrorInfo:

@@ -63,6 +63,21 @@ class JobWorkerSettings(CommonSettings):
     local_agent_python: str = Field(
         default="", description="Python for the local runner's agent (default: this one)."
     )
+    topic_arn: str = Field(description="SNS topic for notifications.")
+
+
+class SweeperSettings(JobWorkerSettings):
+    """The sweeper function."""
+
+    sweep_interval_seconds: float = Field(
+        default=15, gt=0, description="Seconds between sweeps within one invocation."
+    )
+    sweep_window_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="How long one invocation keeps sweeping (0: a single sweep). EventBridge "
+        "fires at most once a minute; sweeping every 15 s for 50 s lowers notification latency.",
+    )
 
 
 @lru_cache(maxsize=1)
@@ -75,3 +90,9 @@ def api_settings() -> ApiSettings:
 def job_worker_settings() -> JobWorkerSettings:
     """The job worker's settings (validated once)."""
     return JobWorkerSettings()
+
+
+@lru_cache(maxsize=1)
+def sweeper_settings() -> SweeperSettings:
+    """The sweeper's settings (validated once)."""
+    return SweeperSettings()

@@ -21,6 +21,8 @@ class RequestState(StrEnum):
     """Done; the result holds what was produced (e.g. the Slurm job id)."""
     FAILED = "FAILED"
     """Ended without success; the error says why and whether it was transient."""
+    CANCELLED = "CANCELLED"
+    """Ended without running: its job was cancelled while the submission was still queued."""
 
     @property
     def final(self) -> bool:
@@ -28,19 +30,30 @@ class RequestState(StrEnum):
         return self in _FINAL
 
 
-_FINAL = frozenset({RequestState.SUCCEEDED, RequestState.FAILED})
+_FINAL = frozenset({RequestState.SUCCEEDED, RequestState.FAILED, RequestState.CANCELLED})
 
 #: The one transition table: from-state -> states it may move to.
 TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     RequestState.ACCEPTED: frozenset(
-        {RequestState.DISPATCHED, RequestState.SUCCEEDED, RequestState.FAILED}
+        {
+            RequestState.DISPATCHED,
+            RequestState.SUCCEEDED,
+            RequestState.FAILED,
+            RequestState.CANCELLED,
+        }
     ),
     # DISPATCHED -> DISPATCHED is a retry of the same work (attempts + 1).
     RequestState.DISPATCHED: frozenset(
-        {RequestState.DISPATCHED, RequestState.SUCCEEDED, RequestState.FAILED}
+        {
+            RequestState.DISPATCHED,
+            RequestState.SUCCEEDED,
+            RequestState.FAILED,
+            RequestState.CANCELLED,
+        }
     ),
     RequestState.SUCCEEDED: frozenset(),
     RequestState.FAILED: frozenset(),
+    RequestState.CANCELLED: frozenset(),
 }
 
 

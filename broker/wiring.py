@@ -9,15 +9,24 @@ from functools import cache
 from typing import Literal
 
 from broker.adapters.aws import client
-from broker.adapters.dynamodb import DynamoRequestStore
+from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.ec2 import Ec2ClusterDirectory
 from broker.adapters.local_directory import LocalClusterDirectory
+from broker.adapters.s3 import S3ArtifactStore
+from broker.adapters.sns import SnsNotifier
 from broker.adapters.sqs import SqsRequestQueue
 from broker.ports import ClusterDirectory, CommandRunner
 from broker.runners.local import LocalRunner
 from broker.runners.ssm import SsmRunner
-from broker.service import DeadLetterService, RequestService, SubmitDispatcher
-from broker.settings import CommonSettings, api_settings, job_worker_settings
+from broker.service import DeadLetterService, Dispatcher, RequestService
+from broker.settings import (
+    CommonSettings,
+    JobWorkerSettings,
+    api_settings,
+    job_worker_settings,
+    sweeper_settings,
+)
+from broker.sweep import Announcer, Sweeper
 
 
 def cluster_directory(settings: CommonSettings) -> ClusterDirectory:
@@ -32,7 +41,7 @@ def request_service() -> RequestService:
     """The API's service."""
     settings = api_settings()
     return RequestService(
-        store=DynamoRequestStore(client("dynamodb"), settings.table_name),
+        store=DynamoStore(client("dynamodb"), settings.table_name),
         queue=SqsRequestQueue(client("sqs"), settings.queue_url),
         clusters=cluster_directory(settings),
     )
@@ -61,14 +70,25 @@ def _runner(mode: Literal["ssm", "local"]) -> CommandRunner:
     )
 
 
+def _announcer(settings: JobWorkerSettings) -> Announcer:
+    store = DynamoStore(client("dynamodb"), settings.table_name)
+    return Announcer(store, SnsNotifier(client("sns"), settings.topic_arn))
+
+
 @cache
-def submit_dispatcher() -> SubmitDispatcher:
+def dispatcher() -> Dispatcher:
     """The job worker's service."""
     settings = job_worker_settings()
-    return SubmitDispatcher(
-        store=DynamoRequestStore(client("dynamodb"), settings.table_name),
+    return Dispatcher(
+        store=DynamoStore(client("dynamodb"), settings.table_name),
         clusters=cluster_directory(settings),
         runner_for=_runner,
+        announcer=_announcer(settings),
+        artifacts=(
+            S3ArtifactStore(client("s3"), settings.staging_bucket)
+            if settings.staging_bucket
+            else None
+        ),
         default_working_directory=settings.default_working_directory,
     )
 
@@ -76,15 +96,36 @@ def submit_dispatcher() -> SubmitDispatcher:
 @cache
 def dead_letter_service() -> DeadLetterService:
     """The DLQ worker's service."""
+    settings = job_worker_settings()
     return DeadLetterService(
-        DynamoRequestStore(client("dynamodb"), job_worker_settings().table_name)
+        DynamoStore(client("dynamodb"), settings.table_name), _announcer(settings)
+    )
+
+
+@cache
+def sweeper() -> Sweeper:
+    """The sweeper's service."""
+    settings = sweeper_settings()
+    return Sweeper(
+        store=DynamoStore(client("dynamodb"), settings.table_name),
+        clusters=cluster_directory(settings),
+        runner_for=_runner,
+        announcer=_announcer(settings),
     )
 
 
 def reset() -> None:
     """Forget every cached dependency and setting (tests, and local stacks that restart)."""
-    for cached in (request_service, request_queue, _runner, submit_dispatcher, dead_letter_service):
+    for cached in (
+        request_service,
+        request_queue,
+        _runner,
+        dispatcher,
+        dead_letter_service,
+        sweeper,
+    ):
         cached.cache_clear()
     api_settings.cache_clear()
     job_worker_settings.cache_clear()
+    sweeper_settings.cache_clear()
     client.cache_clear()

@@ -1,31 +1,48 @@
 """In-memory fakes of the ports, for tests that need no AWS and no Slurm.
 
-The request store fake follows the same transition table as the DynamoDB adapter; the contract
-tests in tests/functional/test_request_store.py run the same cases against both.
+The store fake follows the same conditional rules as the DynamoDB adapter; the contract tests
+in tests/functional/test_store_contract.py run the same cases against both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse
 from broker.errors import ClusterNotFoundError, ConflictError, NotFoundError
-from broker.models import ErrorInfo, JobResult, JobSubmitMessage, RequestRecord, utcnow
+from broker.events import Event
+from broker.jobs import JobRecord, JobState
+from broker.models import (
+    ErrorInfo,
+    QueueMessage,
+    RequestRecord,
+    RequestResult,
+    utcnow,
+)
 from broker.ports import ClusterTarget, CommandRunner
 from broker.states import RequestState, can_transition
 
 
-class InMemoryRequestStore:
-    """RequestStore with the adapter's conditional semantics, in a dict."""
+class InMemoryStore:
+    """RequestStore + JobStore with the adapter's conditional semantics, in dicts."""
 
     def __init__(self) -> None:
         self.records: dict[str, RequestRecord] = {}
+        self.jobs: dict[str, JobRecord] = {}
+        self.aliases: dict[tuple[str, str], str] = {}
+        self.writes = 0
 
+    # requests
     def create(self, record: RequestRecord) -> None:
         if record.request_id in self.records:
             raise ConflictError(f"request {record.request_id} exists already")
         self.records[record.request_id] = record
+        self.writes += 1
+
+    create_request = create
 
     def get(self, request_id: str) -> RequestRecord:
         try:
@@ -33,39 +50,174 @@ class InMemoryRequestStore:
         except KeyError:
             raise NotFoundError(f"no request {request_id}") from None
 
-    def _move(self, request_id: str, new: RequestState, **changes: object) -> RequestRecord | None:
+    def _move(self, request_id: str, new: RequestState, **changes: Any) -> RequestRecord | None:
         current = self.get(request_id)
         if not can_transition(current.state, new):
             return None
+        if new.final:
+            changes["notify_pending"] = new.value
         updated = current.model_copy(update={"state": new, "updated_at": utcnow(), **changes})
         self.records[request_id] = updated
+        self.writes += 1
         return updated
 
     def mark_dispatched(self, request_id: str) -> RequestRecord | None:
         current = self.get(request_id)
         return self._move(request_id, RequestState.DISPATCHED, attempts=current.attempts + 1)
 
-    def record_success(self, request_id: str, result: JobResult) -> bool:
+    def record_success(self, request_id: str, result: RequestResult) -> bool:
         return self._move(request_id, RequestState.SUCCEEDED, result=result, error=None) is not None
 
     def record_failure(self, request_id: str, error: ErrorInfo) -> bool:
         return self._move(request_id, RequestState.FAILED, error=error) is not None
 
+    def record_cancelled(self, request_id: str) -> bool:
+        return self._move(request_id, RequestState.CANCELLED) is not None
+
     def record_retry(self, request_id: str, error: ErrorInfo) -> None:
         current = self.get(request_id)
         if not current.state.final:
             self.records[request_id] = current.model_copy(update={"error": error})
+            self.writes += 1
+
+    def clear_request_notification(self, request_id: str, state: str) -> bool:
+        current = self.get(request_id)
+        if current.notify_pending != state:
+            return False
+        self.records[request_id] = current.model_copy(update={"notify_pending": None})
+        self.writes += 1
+        return True
+
+    # jobs
+    def create_submission(self, request: RequestRecord, job: JobRecord) -> None:
+        if request.request_id in self.records or job.job_id in self.jobs:
+            raise ConflictError(f"request {request.request_id} exists already")
+        self.records[request.request_id] = request
+        self.jobs[job.job_id] = job
+        self.writes += 2
+
+    def get_job(self, job_id: str) -> JobRecord:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise NotFoundError(f"no job {job_id}") from None
+
+    def find_job(self, cluster: str, ref: str) -> JobRecord:
+        if ref.startswith("r"):
+            job = self.get_job(ref)
+            if job.cluster != cluster:
+                raise NotFoundError(f"no job {ref}")
+            return job
+        job_id = self.aliases.get((cluster, ref.split("_", 1)[0]))
+        if job_id is None:
+            raise NotFoundError(f"no job {ref}")
+        return self.get_job(job_id)
+
+    def list_jobs(
+        self,
+        owner: str,
+        cluster: str,
+        *,
+        states: frozenset[JobState] | None,
+        name: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        next_token: str | None,
+    ) -> tuple[list[JobRecord], str | None]:
+        mine = sorted(
+            (j for j in self.jobs.values() if j.owner == owner and j.cluster == cluster),
+            key=lambda j: (j.created_at, j.job_id),
+            reverse=True,
+        )
+        start = int(next_token or 0)
+        page = mine[start : start + limit]
+        token = str(start + limit) if start + limit < len(mine) else None
+        kept = [
+            j
+            for j in page
+            if (not states or j.state in states)
+            and (name is None or j.name == name)
+            and (since is None or j.created_at >= since)
+            and (until is None or j.created_at <= until)
+        ]
+        return kept, token
+
+    def _update_job(self, job_id: str, expect: JobState, **changes: Any) -> JobRecord | None:
+        current = self.get_job(job_id)
+        if current.state is not expect:
+            return None
+        updated = current.model_copy(update={**changes, "updated_at": utcnow()})
+        self.jobs[job_id] = updated
+        self.writes += 1
+        return updated
+
+    def start_submission(self, job_id: str) -> JobRecord | None:
+        return self._update_job(job_id, JobState.SUBMITTING, submit_started=True)
+
+    def cancel_unsubmitted(self, job_id: str) -> bool:
+        if self.get_job(job_id).submit_started:
+            return False
+        moved = self._update_job(
+            job_id,
+            JobState.SUBMITTING,
+            state=JobState.CANCELLED,
+            reason="cancelled before it reached Slurm",
+            notify_pending=JobState.CANCELLED.value,
+        )
+        return moved is not None
+
+    def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
+        moved = self._update_job(
+            job_id, JobState.SUBMITTING, state=JobState.PENDING, slurm_job_id=slurm_job_id
+        )
+        if moved is not None:
+            self.aliases[(moved.cluster, slurm_job_id)] = job_id
+        return moved is not None
+
+    def record_submit_failed(self, job_id: str, reason: str) -> bool:
+        moved = self._update_job(
+            job_id,
+            JobState.SUBMITTING,
+            state=JobState.SUBMIT_FAILED,
+            reason=reason,
+            notify_pending=JobState.SUBMIT_FAILED.value,
+        )
+        return moved is not None
+
+    def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
+        extra: dict[str, Any] = {**changes, "state": new_state}
+        if new_state.final and not job.state.final:
+            extra["notify_pending"] = new_state.value
+        return self._update_job(job.job_id, job.state, **extra) is not None
+
+    def clear_job_notification(self, job_id: str, state: str) -> bool:
+        current = self.get_job(job_id)
+        if current.notify_pending != state:
+            return False
+        self.jobs[job_id] = current.model_copy(update={"notify_pending": None})
+        self.writes += 1
+        return True
+
+    def attention(self) -> tuple[list[JobRecord], list[RequestRecord]]:
+        jobs = [j for j in self.jobs.values() if not j.state.final or j.notify_pending]
+        requests = [r for r in self.records.values() if not r.state.final or r.notify_pending]
+        return jobs, requests
+
+
+# Kept for tests written before jobs existed.
+InMemoryRequestStore = InMemoryStore
 
 
 @dataclass
 class FakeQueue:
     """RequestQueue that keeps what was sent; can be told to fail."""
 
-    sent: list[JobSubmitMessage] = field(default_factory=list)
+    sent: list[QueueMessage] = field(default_factory=list)
     delays: list[tuple[str, str, int]] = field(default_factory=list)
     fail_with: Exception | None = None
 
-    def send(self, message: JobSubmitMessage) -> None:
+    def send(self, message: QueueMessage) -> None:
         if self.fail_with is not None:
             raise self.fail_with
         self.sent.append(message)
@@ -103,6 +255,30 @@ class ScriptedRunner:
 
     def runner_for(self, mode: Literal["ssm", "local"]) -> CommandRunner:
         return self
+
+
+@dataclass
+class RecordingNotifier:
+    """Notifier that keeps what was published; can be told to fail."""
+
+    published: list[Event] = field(default_factory=list)
+    fail_with: Exception | None = None
+
+    def publish(self, event: Event) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.published.append(event)
+
+
+@dataclass
+class MemoryArtifacts:
+    """ArtifactStore keeping texts in a dict; URLs are fake."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def put_text(self, key: str, text: str) -> str:
+        self.texts[key] = text
+        return f"https://artifacts.invalid/{key}"
 
 
 def submitted(token: str, job_id: str = "42", *, reused: bool = False) -> AgentResponse:

@@ -1,9 +1,10 @@
 """Job worker Lambda (``workers.job_worker.lambda_handler``): drains the requests queue.
 
-Each SQS record is one job submission. Permanent errors are recorded on the request (FAILED)
-and the record is acknowledged; transient errors shorten the message's visibility (exponential
-back-off) and fail the record, so SQS delivers it again, and after MaxReceiveCount moves it to
-the DLQ, where the DLQ worker marks the request FAILED. Nothing is silently dropped.
+Each SQS record is one request: a job submission, cancel or output fetch. Permanent errors are
+recorded on the request (FAILED) and the record is acknowledged; transient errors shorten the
+message's visibility (exponential back-off) and fail the record, so SQS delivers it again, and
+after MaxReceiveCount moves it to the DLQ, where the DLQ worker marks the request FAILED.
+Nothing is silently dropped.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from broker.errors import BrokerError, TransientError
-from broker.models import JobSubmitMessage
+from broker.models import QUEUE_MESSAGE, JobCancelMessage, JobOutputMessage, JobSubmitMessage
 from broker.observability import logger, metrics, tracer
 from broker.settings import job_worker_settings
-from broker.wiring import request_queue, submit_dispatcher
+from broker.wiring import dispatcher, request_queue
 
 # A batch whose every record failed is reported as such (all items listed), not raised: the
 # outcome is the same (every message comes back) without counting a function error.
@@ -43,7 +44,7 @@ def backoff_seconds(receive_count: int, base: int, cap: int) -> int:
 def record_handler(record: SQSRecord) -> None:
     """Dispatch one queued submission (raises to mark the record failed)."""
     try:
-        message = JobSubmitMessage.model_validate_json(record.body)
+        message = QUEUE_MESSAGE.validate_json(record.body)
     except ValidationError:
         # Cannot be processed, ever; fail it so it reaches the DLQ and stays inspectable.
         logger.exception("malformed queue message", extra={"message_id": record.message_id})
@@ -56,20 +57,22 @@ def record_handler(record: SQSRecord) -> None:
         logger.remove_keys(["request_id", "cluster"])
 
 
-def _dispatch(record: SQSRecord, message: JobSubmitMessage) -> None:
+def _dispatch(
+    record: SQSRecord, message: JobSubmitMessage | JobCancelMessage | JobOutputMessage
+) -> None:
     try:
-        outcome = submit_dispatcher().handle(message)
+        outcome = dispatcher().handle(message)
     except TransientError:
         settings = job_worker_settings()
         count = int(record.attributes.approximate_receive_count or 1)
         delay = backoff_seconds(count, settings.retry_base_seconds, settings.retry_max_seconds)
-        metrics.add_metric(name="JobSubmitRetries", unit="Count", value=1)
+        metrics.add_metric(name=f"{message.kind}.retry", unit="Count", value=1)
         try:
             request_queue().delay_retry(record.event_source_arn, record.receipt_handle, delay)
         except BrokerError:
             logger.warning("could not shorten the retry delay; the message returns later")
         raise
-    metrics.add_metric(name=f"JobSubmit_{outcome}", unit="Count", value=1)
+    metrics.add_metric(name=f"{message.kind}.{outcome}", unit="Count", value=1)
 
 
 @logger.inject_lambda_context

@@ -1,88 +1,118 @@
-"""DynamoDB request store: one table, conditional writes, monotonic states.
+"""DynamoDB store of requests and jobs: one table, conditional writes, forward-only states.
 
-Item layout (single table, shared later with jobs and clusters):
-    pk = "REQ#<request_id>", sk = "REQ"
-    gsi1pk = "OWNER#<owner>", gsi1sk = "REQ#<created_at>#<request_id>"
-    (the GSI lists a caller's requests in creation order)
-Every state change is conditional on the states it may come from (``broker.states``), so two
-deliveries of the same message, or a late retry, can never move a request backwards or out of a
-final state.
+Items (single table):
+    request  pk "REQ#<id>", sk "REQ"; gsi1 "OWNER#<owner>" / "REQ#<created>#<id>"
+    job      pk "JOB#<id>", sk "JOB"; gsi1 "JOBS#<owner>#<cluster>" / "<created>#<id>"
+    alias    pk "SLURM#<cluster>#<slurm id>", sk "ALIAS" -> job_id (a job by its Slurm id)
+The sparse index gsi2 ("ACTIVE#<cluster>" / "REQ#<id>" | "JOB#<id>") holds exactly the items
+that need attention: not final yet, or final with their notification still to publish. The
+sweep reads only that index, so its cost follows active work, not history.
+
+Every state change is conditional on the states it may come from (``broker.states`` for
+requests, ``broker.jobs`` ranks for jobs): two deliveries of the same message, overlapping
+sweeps or a late retry can never move an item backwards or out of a final state.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, ConfigDict
 
 from broker.adapters.aws import error_code, translate
-from broker.errors import ConflictError, NotFoundError
-from broker.models import ErrorInfo, JobResult, RequestRecord, dump, utcnow
+from broker.errors import ConflictError, NotFoundError, ValidationError
+from broker.jobs import JobRecord, JobState
+from broker.models import ErrorInfo, RequestRecord, RequestResult, dump, utcnow
 from broker.states import RequestState, sources_of
 
 _SER = TypeSerializer()
 _DESER = TypeDeserializer()
 
-#: Request records expire (DynamoDB TTL) this long after creation.
+#: Records expire (DynamoDB TTL) this long after creation.
 RETENTION = timedelta(days=90)
+_KEYS = ("pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "expires_at")
 
 
-class RequestItem(BaseModel):
-    """The stored shape of a request record (keys + attributes)."""
+def request_key(request_id: str) -> dict[str, Any]:
+    """The DynamoDB key of a request."""
+    return {"pk": {"S": f"REQ#{request_id}"}, "sk": {"S": "REQ"}}
 
-    model_config = ConfigDict(extra="ignore")
 
-    pk: str
-    sk: str = "REQ"
-    gsi1pk: str
-    gsi1sk: str
-    expires_at: int
-    record: dict[str, Any]
+def job_key(job_id: str) -> dict[str, Any]:
+    """The DynamoDB key of a job."""
+    return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}}
 
-    @staticmethod
-    def key(request_id: str) -> dict[str, Any]:
-        """The DynamoDB key of a request."""
-        return {"pk": {"S": f"REQ#{request_id}"}, "sk": {"S": "REQ"}}
 
-    @classmethod
-    def of(cls, record: RequestRecord) -> RequestItem:
-        """Storage item of a domain record."""
-        created = record.created_at.isoformat()
-        return cls(
-            pk=f"REQ#{record.request_id}",
-            gsi1pk=f"OWNER#{record.owner}",
-            gsi1sk=f"REQ#{created}#{record.request_id}",
-            expires_at=int((record.created_at + RETENTION).timestamp()),
-            record=dump(record),
-        )
+def alias_key(cluster: str, slurm_job_id: str) -> dict[str, Any]:
+    """The DynamoDB key of the item that maps a Slurm id to a broker job id."""
+    return {"pk": {"S": f"SLURM#{cluster}#{slurm_job_id}"}, "sk": {"S": "ALIAS"}}
 
-    def to_dynamo(self) -> dict[str, Any]:
-        """Attribute-value map: keys plus the record's fields at top level (updatable singly)."""
-        flat: dict[str, Any] = {
-            "pk": self.pk,
-            "sk": self.sk,
-            "gsi1pk": self.gsi1pk,
-            "gsi1sk": self.gsi1sk,
-            "expires_at": self.expires_at,
-            **self.record,
-        }
-        return {k: _SER.serialize(v) for k, v in flat.items()}
 
-    @staticmethod
-    def record_from_dynamo(item: dict[str, Any]) -> RequestRecord:
-        """Domain record of a stored attribute-value map."""
-        plain = {k: _DESER.deserialize(v) for k, v in item.items()}
-        for key in ("pk", "sk", "gsi1pk", "gsi1sk", "expires_at"):
-            plain.pop(key, None)
-        return RequestRecord.model_validate(_plain_numbers(plain))
+def request_item(record: RequestRecord) -> dict[str, Any]:
+    """Attribute-value map of a request: keys, index keys, then the record's fields."""
+    created = record.created_at.isoformat()
+    plain: dict[str, Any] = {
+        "pk": f"REQ#{record.request_id}",
+        "sk": "REQ",
+        "gsi1pk": f"OWNER#{record.owner}",
+        "gsi1sk": f"REQ#{created}#{record.request_id}",
+        "expires_at": int((record.created_at + RETENTION).timestamp()),
+        **dump(record),
+    }
+    if not record.state.final or record.notify_pending:
+        plain["gsi2pk"] = f"ACTIVE#{record.cluster}"
+        plain["gsi2sk"] = f"REQ#{record.request_id}"
+    return _serialize(plain)
+
+
+def job_item(job: JobRecord) -> dict[str, Any]:
+    """Attribute-value map of a job."""
+    created = job.created_at.isoformat()
+    plain: dict[str, Any] = {
+        "pk": f"JOB#{job.job_id}",
+        "sk": "JOB",
+        "gsi1pk": f"JOBS#{job.owner}#{job.cluster}",
+        "gsi1sk": f"{created}#{job.job_id}",
+        "expires_at": int((job.created_at + RETENTION).timestamp()),
+        **dump(job),
+    }
+    if not job.state.final or job.notify_pending:
+        plain["gsi2pk"] = f"ACTIVE#{job.cluster}"
+        plain["gsi2sk"] = f"JOB#{job.job_id}"
+    return _serialize(plain)
+
+
+def _serialize(plain: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _SER.serialize(_dynamo_value(v)) for k, v in plain.items()}
+
+
+def _dynamo_value(value: Any) -> Any:
+    """DynamoDB numbers must be Decimal, not float."""
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _dynamo_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dynamo_value(v) for v in value]
+    return value
+
+
+def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored item as plain Python values, without its keys."""
+    values = {k: _plain_numbers(_DESER.deserialize(v)) for k, v in item.items()}
+    for key in _KEYS:
+        values.pop(key, None)
+    return values
 
 
 def _plain_numbers(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; the models want int."""
+    """DynamoDB numbers come back as Decimal; the models want int (or float)."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
@@ -92,148 +122,459 @@ def _plain_numbers(value: Any) -> Any:
     return value
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat()
+def record_of(item: Mapping[str, Any]) -> RequestRecord:
+    """Domain request record of a stored item."""
+    return RequestRecord.model_validate(_plain(item))
 
 
-class DynamoRequestStore:
-    """RequestStore port on DynamoDB (low-level client, so conditions stay explicit)."""
+def job_of(item: Mapping[str, Any]) -> JobRecord:
+    """Domain job record of a stored item."""
+    return JobRecord.model_validate(_plain(item))
+
+
+class DynamoStore:
+    """RequestStore and JobStore ports on DynamoDB (low-level client: explicit conditions)."""
 
     def __init__(self, client: Any, table_name: str) -> None:
         self._ddb = client
         self._table = table_name
 
+    # -- requests --------------------------------------------------------------------------
+
     def create(self, record: RequestRecord) -> None:
-        """Write a new record; the id must not exist (``attribute_not_exists``)."""
-        try:
-            self._ddb.put_item(
-                TableName=self._table,
-                Item=RequestItem.of(record).to_dynamo(),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                raise ConflictError(f"request {record.request_id} exists already") from exc
-            raise translate(exc, "write request record") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "write request record") from exc
+        """Write a new request; the id must not exist (``attribute_not_exists``)."""
+        self._put(request_item(record), f"request {record.request_id}")
+
+    create_request = create
 
     def get(self, request_id: str) -> RequestRecord:
-        """Read a record (strongly consistent: a GET right after a POST sees it)."""
-        try:
-            answer = self._ddb.get_item(
-                TableName=self._table, Key=RequestItem.key(request_id), ConsistentRead=True
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, "read request record") from exc
-        if "Item" not in answer:
-            raise NotFoundError(f"no request {request_id}")
-        return RequestItem.record_from_dynamo(answer["Item"])
+        """Read a request (strongly consistent: a GET right after a POST sees it)."""
+        return record_of(self._get(request_key(request_id), f"request {request_id}"))
 
     def mark_dispatched(self, request_id: str) -> RequestRecord | None:
         """ACCEPTED|DISPATCHED -> DISPATCHED, attempts + 1; None when already final."""
-        updated = self._update(
-            request_id,
-            RequestState.DISPATCHED,
-            sets={"attempts": "attempts + :one"},
-            values={":one": {"N": "1"}},
-        )
+        updated = self._move_request(request_id, RequestState.DISPATCHED, add={"attempts": 1})
         if updated is None:
             current = self.get(request_id)  # raises NotFoundError when absent
             if current.state.final:
                 return None
-            # Neither final nor a valid source: cannot happen with the table in broker.states.
             raise ConflictError(f"request {request_id} is {current.state}, cannot dispatch")
         return updated
 
-    def record_success(self, request_id: str, result: JobResult) -> bool:
+    def record_success(self, request_id: str, result: RequestResult) -> bool:
         """-> SUCCEEDED with the result, clearing any retry error; False if already final."""
-        updated = self._update(
-            request_id,
-            RequestState.SUCCEEDED,
-            sets={"#result": ":result"},
-            values={":result": _SER.serialize(dump(result))},
-            remove=("#error",),
+        moved = self._move_request(
+            request_id, RequestState.SUCCEEDED, sets={"result": dump(result)}, remove=("error",)
         )
-        return updated is not None
+        return moved is not None
 
     def record_failure(self, request_id: str, error: ErrorInfo) -> bool:
         """-> FAILED with the error; False if already final."""
-        updated = self._update(
-            request_id,
-            RequestState.FAILED,
-            sets={"#error": ":error"},
-            values={":error": _SER.serialize(dump(error))},
-        )
-        return updated is not None
+        moved = self._move_request(request_id, RequestState.FAILED, sets={"error": dump(error)})
+        return moved is not None
+
+    def record_cancelled(self, request_id: str) -> bool:
+        """-> CANCELLED; False if already final."""
+        return self._move_request(request_id, RequestState.CANCELLED) is not None
 
     def record_retry(self, request_id: str, error: ErrorInfo) -> None:
         """Remember the last transient error while the request is still in progress."""
+        self._update(
+            request_key(request_id),
+            sets={"error": dump(error), "updated_at": utcnow().isoformat()},
+            condition="#state IN (:c0, :c1)",
+            condition_values={
+                ":c0": RequestState.ACCEPTED.value,
+                ":c1": RequestState.DISPATCHED.value,
+            },
+            what="record retry",
+        )
+
+    def clear_request_notification(self, request_id: str, state: str) -> bool:
+        """The request's final event is published: it leaves the attention index."""
+        return (
+            self._update(
+                request_key(request_id),
+                remove=("notify_pending", "gsi2pk", "gsi2sk"),
+                condition="notify_pending = :c0",
+                condition_values={":c0": state},
+                what="clear request notification",
+            )
+            is not None
+        )
+
+    def _move_request(
+        self,
+        request_id: str,
+        new: RequestState,
+        *,
+        sets: Mapping[str, Any] | None = None,
+        add: Mapping[str, int] | None = None,
+        remove: tuple[str, ...] = (),
+    ) -> RequestRecord | None:
+        """Conditionally move a request to ``new``; None when the condition fails.
+
+        The condition lists exactly the states ``new`` may come from, taken from the
+        transition table, so the table is the single source of truth for which moves are legal.
+        A final move also marks the request's notification pending.
+        """
+        sources = sorted(s.value for s in sources_of(new))
+        values = {f":c{i}": s for i, s in enumerate(sources)}
+        all_sets: dict[str, Any] = {"state": new.value, "updated_at": utcnow().isoformat()}
+        all_sets.update(sets or {})
+        if new.final:
+            all_sets["notify_pending"] = new.value
+        item = self._update(
+            request_key(request_id),
+            sets=all_sets,
+            add=add,
+            remove=remove,
+            condition=f"attribute_exists(pk) AND #state IN ({', '.join(values)})",
+            condition_values=values,
+            what=f"move request to {new.value}",
+        )
+        return None if item is None else record_of(item)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def create_submission(self, request: RequestRecord, job: JobRecord) -> None:
+        """Write a submit request and its job in one transaction (both or neither)."""
+        absent = "attribute_not_exists(pk)"
         try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key=RequestItem.key(request_id),
-                UpdateExpression="SET #error = :error, updated_at = :now",
-                ConditionExpression="#state IN (:accepted, :dispatched)",
-                ExpressionAttributeNames={"#error": "error", "#state": "state"},
-                ExpressionAttributeValues={
-                    ":error": _SER.serialize(dump(error)),
-                    ":now": {"S": _iso(utcnow())},
-                    ":accepted": {"S": RequestState.ACCEPTED.value},
-                    ":dispatched": {"S": RequestState.DISPATCHED.value},
-                },
+            self._ddb.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self._table, "Item": request_item(request),
+                             "ConditionExpression": absent}},
+                    {"Put": {"TableName": self._table, "Item": job_item(job),
+                             "ConditionExpression": absent}},
+                ]
+            )  # fmt: skip
+        except ClientError as exc:
+            if _condition_failed(exc):
+                raise ConflictError(f"request {request.request_id} exists already") from exc
+            raise translate(exc, "write submission") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "write submission") from exc
+
+    def get_job(self, job_id: str) -> JobRecord:
+        """Read a job by its broker id."""
+        return job_of(self._get(job_key(job_id), f"job {job_id}"))
+
+    def find_job(self, cluster: str, ref: str) -> JobRecord:
+        """Read a job by broker id, or by Slurm id (``123``, or ``123_4`` -> its array)."""
+        if ref.startswith("r"):
+            job = self.get_job(ref)
+            if job.cluster != cluster:
+                raise NotFoundError(f"no job {ref} on {cluster}")
+            return job
+        alias = self._get(alias_key(cluster, ref.split("_", 1)[0]), f"job {ref}")
+        return self.get_job(str(_DESER.deserialize(alias["job_id"])))
+
+    def list_jobs(
+        self,
+        owner: str,
+        cluster: str,
+        *,
+        states: frozenset[JobState] | None,
+        name: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        next_token: str | None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """The owner's jobs on a cluster, newest first, filtered, one page at a time."""
+        names = {"#pk": "gsi1pk"}
+        values: dict[str, Any] = {":pk": {"S": f"JOBS#{owner}#{cluster}"}}
+        key = "#pk = :pk"
+        if since or until:
+            names["#sk"] = "gsi1sk"
+            low = since.isoformat() if since else ""
+            high = (until.isoformat() if until else "9999") + "~"
+            values[":lo"], values[":hi"] = {"S": low}, {"S": high}
+            key += " AND #sk BETWEEN :lo AND :hi"
+        filters = []
+        if states:
+            names["#state"] = "state"
+            marks = []
+            for i, state in enumerate(sorted(states)):
+                values[f":s{i}"] = {"S": state.value}
+                marks.append(f":s{i}")
+            filters.append(f"#state IN ({', '.join(marks)})")
+        if name:
+            names["#name"] = "name"
+            values[":name"] = {"S": name}
+            filters.append("#name = :name")
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "gsi1",
+            "KeyConditionExpression": key,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if filters:
+            query["FilterExpression"] = " AND ".join(filters)
+        if next_token:
+            query["ExclusiveStartKey"] = _decode_token(next_token)
+        try:
+            answer = self._ddb.query(**query)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "list jobs") from exc
+        token = _encode_token(answer["LastEvaluatedKey"]) if "LastEvaluatedKey" in answer else None
+        return [job_of(item) for item in answer.get("Items", [])], token
+
+    def start_submission(self, job_id: str) -> JobRecord | None:
+        """SUBMITTING -> (still SUBMITTING, submit_started); None if no longer SUBMITTING."""
+        item = self._update(
+            job_key(job_id),
+            sets={"submit_started": True, "updated_at": utcnow().isoformat()},
+            condition="#state = :c0",
+            condition_values={":c0": JobState.SUBMITTING.value},
+            what="start submission",
+        )
+        return None if item is None else job_of(item)
+
+    def cancel_unsubmitted(self, job_id: str) -> bool:
+        """SUBMITTING, not started -> CANCELLED (the submission will be skipped)."""
+        item = self._update(
+            job_key(job_id),
+            sets={
+                "state": JobState.CANCELLED.value,
+                "reason": "cancelled before it reached Slurm",
+                "notify_pending": JobState.CANCELLED.value,
+                "updated_at": utcnow().isoformat(),
+            },
+            condition="#state = :c0 AND submit_started = :c1",
+            condition_values={":c0": JobState.SUBMITTING.value, ":c1": False},
+            what="cancel unsubmitted job",
+        )
+        return item is not None
+
+    def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
+        """SUBMITTING -> PENDING with the Slurm id, plus the alias item, in one transaction."""
+        job = self.get_job(job_id)
+        now = utcnow().isoformat()
+        try:
+            self._ddb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": job_key(job_id),
+                            "UpdateExpression": "SET #state = :pending, slurm_job_id = :id, "
+                            "updated_at = :now",
+                            "ConditionExpression": "#state = :submitting",
+                            "ExpressionAttributeNames": {"#state": "state"},
+                            "ExpressionAttributeValues": _serialize(
+                                {
+                                    ":pending": JobState.PENDING.value,
+                                    ":submitting": JobState.SUBMITTING.value,
+                                    ":id": slurm_job_id,
+                                    ":now": now,
+                                }
+                            ),
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": {
+                                **alias_key(job.cluster, slurm_job_id),
+                                "job_id": {"S": job_id},
+                                "expires_at": {"N": str(int(job.created_at.timestamp()
+                                                            + RETENTION.total_seconds()))},
+                            },
+                        }
+                    },
+                ]
+            )  # fmt: skip
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return False
+            raise translate(exc, "record submission") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "record submission") from exc
+        return True
+
+    def record_submit_failed(self, job_id: str, reason: str) -> bool:
+        """SUBMITTING -> SUBMIT_FAILED (final; its notification pending)."""
+        item = self._update(
+            job_key(job_id),
+            sets={
+                "state": JobState.SUBMIT_FAILED.value,
+                "reason": reason[:1000],
+                "notify_pending": JobState.SUBMIT_FAILED.value,
+                "updated_at": utcnow().isoformat(),
+            },
+            condition="#state = :c0",
+            condition_values={":c0": JobState.SUBMITTING.value},
+            what="record failed submission",
+        )
+        return item is not None
+
+    def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
+        """Write ``changes`` and ``new_state`` if the job is still in ``job.state``.
+
+        Only real changes reach here (the sweep computes them), so unchanged jobs cost no write.
+        """
+        updated = job.model_copy(update={**changes, "state": new_state})
+        stored = dump(updated)
+        sets = {k: stored[k] for k in changes if k in stored}
+        remove = tuple(k for k in changes if k not in stored)
+        sets["state"] = new_state.value
+        sets["updated_at"] = utcnow().isoformat()
+        if new_state.final and not job.state.final:
+            sets["notify_pending"] = new_state.value
+        item = self._update(
+            job_key(job.job_id),
+            sets=sets,
+            remove=remove,
+            condition="#state = :c0",
+            condition_values={":c0": job.state.value},
+            what="update job",
+        )
+        return item is not None
+
+    def clear_job_notification(self, job_id: str, state: str) -> bool:
+        """The job's final event is published: it leaves the attention index."""
+        item = self._update(
+            job_key(job_id),
+            remove=("notify_pending", "gsi2pk", "gsi2sk"),
+            condition="notify_pending = :c0",
+            condition_values={":c0": state},
+            what="clear job notification",
+        )
+        return item is not None
+
+    def attention(self) -> tuple[list[JobRecord], list[RequestRecord]]:
+        """Every item in the sparse attention index (jobs, then requests)."""
+        jobs: list[JobRecord] = []
+        requests: list[RequestRecord] = []
+        for item in self._scan_index("gsi2"):
+            pk = item["pk"]["S"]
+            if pk.startswith("JOB#"):
+                jobs.append(job_of(item))
+            elif pk.startswith("REQ#"):
+                requests.append(record_of(item))
+        return jobs, requests
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _put(self, item: dict[str, Any], what: str) -> None:
+        try:
+            self._ddb.put_item(
+                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
             )
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
-                return  # already final: the retry note no longer matters
-            raise translate(exc, "record retry") from exc
+                raise ConflictError(f"{what} exists already") from exc
+            raise translate(exc, f"write {what}") from exc
         except BotoCoreError as exc:
-            raise translate(exc, "record retry") from exc
+            raise translate(exc, f"write {what}") from exc
+
+    def _get(self, key: dict[str, Any], what: str) -> dict[str, Any]:
+        try:
+            answer = self._ddb.get_item(TableName=self._table, Key=key, ConsistentRead=True)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"read {what}") from exc
+        if "Item" not in answer:
+            raise NotFoundError(f"no {what}")
+        return dict(answer["Item"])
 
     def _update(
         self,
-        request_id: str,
-        new_state: RequestState,
+        key: dict[str, Any],
         *,
-        sets: dict[str, str],
-        values: dict[str, Any],
-        remove: tuple[str, ...] = (),
-    ) -> RequestRecord | None:
-        """Conditionally move to ``new_state``; None when the condition fails.
+        sets: Mapping[str, Any] | None = None,
+        add: Mapping[str, int] | None = None,
+        remove: Iterable[str] = (),
+        condition: str,
+        condition_values: Mapping[str, Any],
+        what: str,
+    ) -> dict[str, Any] | None:
+        """One conditional UpdateItem; the new item, or None when the condition failed.
 
-        The condition lists exactly the states ``new_state`` may be reached from, taken from the
-        transition table, so the table is the single source of truth for which moves are legal.
-        ``sets`` maps attribute (or ``#name``) to value expression; ``remove`` lists attributes.
+        Every attribute name goes through a placeholder (``#a0``…), so reserved words such as
+        ``state``, ``name`` or ``error`` need no special care; ``#state`` is always defined.
         """
-        sources = sorted(s.value for s in sources_of(new_state))
-        placeholders = {f":src{i}": {"S": s} for i, s in enumerate(sources)}
-        assignments = ["#state = :new", "updated_at = :now"]
-        assignments += [f"{attr} = {expr}" for attr, expr in sets.items()]
-        expression = "SET " + ", ".join(assignments)
-        if remove:
-            expression += " REMOVE " + ", ".join(remove)
-        names = {"#state": "state", "#result": "result", "#error": "error"}
-        used = {k: v for k, v in names.items() if k in expression}
-        condition = f"attribute_exists(pk) AND #state IN ({', '.join(placeholders)})"
+        names: dict[str, str] = {"#state": "state"}
+        values = _serialize(condition_values)
+        clauses: list[str] = []
+
+        def placeholder(attribute: str) -> str:
+            mark = f"#a{len(names)}"
+            names[mark] = attribute
+            return mark
+
+        set_parts = []
+        for i, (attribute, value) in enumerate((sets or {}).items()):
+            values[f":v{i}"] = _SER.serialize(_dynamo_value(value))
+            set_parts.append(f"{placeholder(attribute)} = :v{i}")
+        for i, (attribute, amount) in enumerate((add or {}).items()):
+            values[f":n{i}"] = {"N": str(amount)}
+            mark = placeholder(attribute)
+            set_parts.append(f"{mark} = if_not_exists({mark}, :zero) + :n{i}")
+            values[":zero"] = {"N": "0"}
+        if set_parts:
+            clauses.append("SET " + ", ".join(set_parts))
+        removed = [placeholder(attribute) for attribute in remove]
+        if removed:
+            clauses.append("REMOVE " + ", ".join(removed))
+        expression = " ".join(clauses)
+        if "#state" not in condition and "#state" not in expression:
+            del names["#state"]  # DynamoDB refuses names that no expression uses
         try:
             answer = self._ddb.update_item(
                 TableName=self._table,
-                Key=RequestItem.key(request_id),
+                Key=key,
                 UpdateExpression=expression,
                 ConditionExpression=condition,
-                ExpressionAttributeNames=used,
-                ExpressionAttributeValues={
-                    ":new": {"S": new_state.value},
-                    ":now": {"S": _iso(utcnow())},
-                    **placeholders,
-                    **values,
-                },
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return None
-            raise translate(exc, f"move request to {new_state.value}") from exc
+            raise translate(exc, what) from exc
         except BotoCoreError as exc:
-            raise translate(exc, f"move request to {new_state.value}") from exc
-        return RequestItem.record_from_dynamo(answer["Attributes"])
+            raise translate(exc, what) from exc
+        return dict(answer["Attributes"])
+
+    def _scan_index(self, index: str) -> Iterable[dict[str, Any]]:
+        start: dict[str, Any] | None = None
+        while True:
+            scan: dict[str, Any] = {"TableName": self._table, "IndexName": index}
+            if start:
+                scan["ExclusiveStartKey"] = start
+            try:
+                answer = self._ddb.scan(**scan)
+            except (ClientError, BotoCoreError) as exc:
+                raise translate(exc, f"scan {index}") from exc
+            yield from answer.get("Items", [])
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return
+
+
+def _condition_failed(exc: ClientError) -> bool:
+    """Whether a (transactional) write failed on its condition."""
+    if error_code(exc) == "ConditionalCheckFailedException":
+        return True
+    reasons = exc.response.get("CancellationReasons") or []
+    return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
+
+
+def _encode_token(key: Mapping[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode()
+
+
+def _decode_token(token: str) -> dict[str, Any]:
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError) as exc:
+        raise ValidationError("next_token is not a token this API issued") from exc
+    if not isinstance(decoded, dict):
+        raise ValidationError("next_token is not a token this API issued")
+    return decoded

@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import translate
-from broker.models import JobSubmitMessage
+from broker.models import QueueMessage
 
 
 class SqsRequestQueue:
@@ -18,8 +18,8 @@ class SqsRequestQueue:
         self._sqs = client
         self._url = queue_url
 
-    def send(self, message: JobSubmitMessage) -> None:
-        """Enqueue one job submission (the kind also travels as a message attribute)."""
+    def send(self, message: QueueMessage) -> None:
+        """Enqueue one request (its kind also travels as a message attribute)."""
         if self._url is None:
             raise RuntimeError("this queue adapter was built without a queue URL")
         try:

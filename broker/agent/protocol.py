@@ -26,7 +26,12 @@ from broker.models import JobSpec
 PROTOCOL_VERSION = 1
 _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 
-AgentOp = Literal["ping", "submit", "fetch"]
+AgentOp = Literal["ping", "submit", "fetch", "status", "cancel", "output"]
+
+#: A Slurm job id as the agent accepts it: a base id, or an array task ``<base>_<index>``.
+SLURM_JOB_ID = r"^[0-9]{1,10}(_[0-9]{1,7})?$"
+#: Largest output chunk per stream and call (the API's limit as well).
+MAX_OUTPUT_BYTES = 64 * 1024
 
 
 class AgentErrorInfo(BaseModel):
@@ -38,29 +43,80 @@ class AgentErrorInfo(BaseModel):
 
 
 class AgentJob(BaseModel):
-    """One job for the agent to submit, identified by its de-duplication token."""
+    """One job for the agent to submit, identified by its de-duplication token.
+
+    ``options`` are sbatch options by JobSpec field name (each becomes one ``--opt=value``
+    argument; ``hold: 1`` becomes ``--hold``; ``dependency`` is already in Slurm's form, e.g.
+    ``afterok:123:124,afterany:125``, with broker job ids resolved by the worker).
+    ``environment`` is exported to the job through sbatch's process environment, never argv.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     token: str = Field(pattern=r"^hpcb:[a-z0-9]{1,64}$")
     script: str
     options: dict[str, str | int] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, token: str, spec: JobSpec) -> AgentJob:
-        """Build the agent's view of a validated job spec (options without the script)."""
-        options = spec.model_dump(exclude={"script"}, exclude_none=True)
-        return cls(token=token, script=spec.script, options=options)
+    def of(cls, token: str, spec: JobSpec, dependency: str | None = None) -> AgentJob:
+        """Build the agent's view of a validated job spec.
+
+        Args:
+            token: the de-duplication token (``hpcb:<job id>``).
+            spec: the validated spec.
+            dependency: the spec's dependencies in Slurm's form (Slurm ids), if any.
+        """
+        options: dict[str, str | int] = {}
+        for key, value in spec.model_dump(
+            exclude={"script", "environment", "tags", "dependency", "hold"}, exclude_none=True
+        ).items():
+            options[key] = value
+        if spec.hold:
+            options["hold"] = 1
+        if dependency:
+            options["dependency"] = dependency
+        return cls(
+            token=token, script=spec.script, options=options, environment=spec.environment or {}
+        )
+
+
+def _stdout_only() -> list[Literal["stdout", "stderr"]]:
+    return ["stdout"]
+
+
+class OutputQuery(BaseModel):
+    """Which part of a job's output files to read (op ``output``).
+
+    ``offset`` None reads the tail (the last ``max_bytes``); otherwise from that byte offset.
+    ``patterns`` are the job's ``--output``/``--error`` filename patterns as submitted
+    (Slurm's ``%j %A %a %x %u %%``), used when Slurm no longer remembers the job's paths.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(pattern=SLURM_JOB_ID)
+    streams: list[Literal["stdout", "stderr"]] = Field(default_factory=_stdout_only)
+    offset: int | None = Field(default=None, ge=0)
+    max_bytes: int = Field(default=MAX_OUTPUT_BYTES, ge=1, le=MAX_OUTPUT_BYTES)
+    patterns: dict[Literal["stdout", "stderr"], str] = Field(default_factory=dict)
+    job_name: str | None = None
 
 
 class AgentRequest(BaseModel):
-    """What the worker asks of the agent."""
+    """What the worker asks of the agent.
+
+    ``jobs`` for ``submit``; ``job_ids`` (Slurm base ids) for ``status`` and ``cancel``;
+    ``output`` for ``output``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     v: int = PROTOCOL_VERSION
     op: AgentOp
     jobs: list[AgentJob] = Field(default_factory=list)
+    job_ids: list[str] = Field(default_factory=list)
+    output: OutputQuery | None = None
     payload_url: str | None = None
     result_put_url: str | None = None
     inline_limit: int = 20000
@@ -75,6 +131,47 @@ class AgentJobResult(BaseModel):
     error: AgentErrorInfo | None = None
 
 
+class SlurmJobStatus(BaseModel):
+    """What Slurm says about one job or array task (op ``status``), as raw as Slurm says it.
+
+    Mapping to broker states is the broker's business (``broker.jobs``), not the agent's.
+    Times are ISO 8601 as Slurm prints them (head-node local time, no zone) or None.
+    """
+
+    job_id: str = Field(description="Full id: '123', or '123_4' for an array task.")
+    base_id: str = Field(description="The job's (or array's) base id, '123'.")
+    array_task: str | None = Field(default=None, description="Task index ('4'), if a task.")
+    state: str = Field(description="Slurm state word, e.g. COMPLETED, CANCELLED, PENDING.")
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    submit_time: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    source: Literal["squeue", "sacct", "scontrol"]
+
+
+class OutputChunk(BaseModel):
+    """A piece of one output stream (op ``output``)."""
+
+    stream: Literal["stdout", "stderr"]
+    path: str | None = None
+    size: int | None = Field(default=None, description="File size in bytes when read.")
+    offset: int = Field(default=0, description="Byte offset of ``data`` in the file.")
+    length: int = Field(default=0, description="Bytes in ``data`` (before UTF-8 decoding).")
+    data: str = Field(default="", description="The bytes, decoded as UTF-8 (invalid -> U+FFFD).")
+    eof: bool = Field(default=False, description="True when ``data`` reaches the file's end.")
+    error: AgentErrorInfo | None = None
+
+
+class CancelResult(BaseModel):
+    """The agent's answer for one job to cancel."""
+
+    job_id: str
+    ok: bool
+    error: AgentErrorInfo | None = None
+
+
 class AgentResponse(BaseModel):
     """What the agent answers."""
 
@@ -82,6 +179,15 @@ class AgentResponse(BaseModel):
     ok: bool
     op: str = ""
     results: list[AgentJobResult] = Field(default_factory=list)
+    statuses: list[SlurmJobStatus] = Field(default_factory=list)
+    missing: list[str] = Field(
+        default_factory=list, description="Asked-for ids neither squeue nor sacct know (yet)."
+    )
+    accounting: bool | None = Field(
+        default=None, description="Whether sacct answered (None: not asked)."
+    )
+    cancelled: list[CancelResult] = Field(default_factory=list)
+    output: list[OutputChunk] = Field(default_factory=list)
     info: dict[str, str] = Field(default_factory=dict)
     error: AgentErrorInfo | None = None
     staged: bool = False

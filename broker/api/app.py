@@ -8,13 +8,14 @@ never a field of the request.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 
 from broker import __version__
 from broker.api.errors import (
@@ -24,7 +25,8 @@ from broker.api.errors import (
     field_errors,
 )
 from broker.errors import BrokerError
-from broker.models import AcceptedResponse, JobSpec, RequestView
+from broker.jobs import JobList, JobState, JobView
+from broker.models import AcceptedResponse, JobSpec, OutputQueryBody, RequestView
 from broker.observability import logger, metrics
 from broker.wiring import request_service
 
@@ -33,6 +35,19 @@ MAX_BODY_BYTES = 1024 * 1024
 
 CLUSTER_PATTERN = r"^[A-Za-z][A-Za-z0-9-]{0,59}$"
 REQUEST_ID_PATTERN = r"^r[0-9a-f]{28}$"
+JOB_ID_PATTERN = r"^(r[0-9a-f]{28}|[0-9]{1,10}(_[0-9]{1,7})?)$"
+ClusterParam = Annotated[str, Path(pattern=CLUSTER_PATTERN, description="Cluster name.")]
+JobIdParam = Annotated[
+    str,
+    Path(pattern=JOB_ID_PATTERN, description="Broker job id (r…), or the Slurm job id."),
+]
+_ACCEPTED = {
+    HTTPStatus.ACCEPTED: {
+        "description": "Accepted; poll the Location.",
+        "content": {"application/json": {"model": AcceptedResponse}},
+    },
+    **ERROR_RESPONSES,
+}
 
 app = APIGatewayRestResolver(enable_validation=True)
 _TITLE = "hpc-broker API"
@@ -86,16 +101,10 @@ def _accepted(request_id: str) -> Response[AcceptedResponse]:
     "call happens in the request. The job's Slurm comment carries the request id.",
     tags=["jobs"],
     status_code=HTTPStatus.ACCEPTED,
-    responses={
-        HTTPStatus.ACCEPTED: {
-            "description": "Accepted; poll the Location.",
-            "content": {"application/json": {"model": AcceptedResponse}},
-        },
-        **ERROR_RESPONSES,
-    },
+    responses=_ACCEPTED,
 )
 def submit_job(
-    cluster: Annotated[str, Path(pattern=CLUSTER_PATTERN, description="Cluster name.")],
+    cluster: ClusterParam,
     spec: Annotated[JobSpec, Body(description="The job to submit.")],
 ) -> Response[AcceptedResponse]:
     """POST a job: record it, enqueue it, answer 202."""
@@ -121,6 +130,98 @@ def get_request(
 ) -> RequestView:
     """GET a request (404 if it is not the caller's)."""
     return RequestView.of(request_service().get_request(caller(), request_id))
+
+
+@app.get(
+    "/v1/clusters/<cluster>/jobs",
+    summary="List your jobs",
+    description="Your jobs on the cluster, newest first, from the broker's records (never a "
+    "live scheduler call). Filters: state (repeatable), name, since/until (creation time). "
+    "Pages: pass next_token from the previous answer.",
+    tags=["jobs"],
+    responses={
+        HTTPStatus.OK: {
+            "description": "A page.",
+            "content": {"application/json": {"model": JobList}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def list_jobs(
+    cluster: ClusterParam,
+    *,
+    state: Annotated[list[JobState] | None, Query(description="Only these states.")] = None,
+    name: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Job name.")
+    ] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    until: Annotated[datetime | None, Query(description="Created at or before (ISO 8601).")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    next_token: Annotated[str | None, Query(max_length=2048, description="Next page.")] = None,
+) -> JobList:
+    """GET the caller's jobs on a cluster."""
+    jobs, token = request_service().list_jobs(
+        caller(),
+        cluster,
+        states=frozenset(state) if state else None,
+        name=name,
+        since=since,
+        until=until,
+        limit=limit,
+        next_token=next_token,
+    )
+    return JobList(jobs=[JobView.of(j, with_tasks=False) for j in jobs], next_token=token)
+
+
+@app.get(
+    "/v1/clusters/<cluster>/jobs/<job_id>",
+    summary="Get a job",
+    description="State, Slurm's state and reason, exit code, times, and array tasks.",
+    tags=["jobs"],
+    responses={
+        HTTPStatus.OK: {
+            "description": "The job.",
+            "content": {"application/json": {"model": JobView}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def get_job(cluster: ClusterParam, job_id: JobIdParam) -> JobView:
+    """GET one of the caller's jobs (404 if it is someone else's)."""
+    return JobView.of(request_service().get_job(caller(), cluster, job_id))
+
+
+@app.delete(
+    "/v1/clusters/<cluster>/jobs/<job_id>",
+    summary="Cancel a job",
+    description="202 with a request id. A job whose submission is still queued is cancelled "
+    "at once and never reaches Slurm; otherwise the worker runs scancel. 409 if it has ended.",
+    tags=["jobs"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses=_ACCEPTED,
+)
+def cancel_job(cluster: ClusterParam, job_id: JobIdParam) -> Response[AcceptedResponse]:
+    """DELETE a job: cancel it."""
+    return _accepted(request_service().cancel_job(caller(), cluster, job_id).request_id)
+
+
+@app.post(
+    "/v1/clusters/<cluster>/jobs/<job_id>/output",
+    summary="Fetch a job's output",
+    description="202 with a request id; its result holds up to 64 KiB per stream (the tail, "
+    "or from a byte offset) with offsets for paging. Text larger than fits in a response "
+    "comes as a presigned URL instead.",
+    tags=["jobs"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses=_ACCEPTED,
+)
+def fetch_output(
+    cluster: ClusterParam,
+    job_id: JobIdParam,
+    query: Annotated[OutputQueryBody, Body(description="Which output.")],
+) -> Response[AcceptedResponse]:
+    """POST an output fetch."""
+    return _accepted(request_service().fetch_output(caller(), cluster, job_id, query).request_id)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

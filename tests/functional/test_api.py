@@ -6,6 +6,7 @@ broker.api.handler.lambda_handler; the service behind it is wired to in-memory f
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -14,11 +15,12 @@ from werkzeug.test import Client, TestResponse
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
 from broker.errors import TransientError
+from broker.jobs import JobState
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.models import MAX_SCRIPT_BYTES
 from broker.service import RequestService
 from broker.states import RequestState
-from tests.fakes import FakeDirectory, FakeQueue, InMemoryRequestStore
+from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 BOB = "arn:aws:sts::123456789012:assumed-role/Researcher/bob"
@@ -28,7 +30,7 @@ SCRIPT = "#!/bin/bash\necho hello\n"
 class Api:
     """A test client that speaks to the handler through API Gateway events."""
 
-    def __init__(self, store: InMemoryRequestStore, queue: FakeQueue) -> None:
+    def __init__(self, store: InMemoryStore, queue: FakeQueue) -> None:
         route = ApiRoute(
             resource="/{proxy+}", method="ANY", handler=lambda_handler, function_name="ApiFunction"
         )
@@ -45,7 +47,7 @@ class Api:
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Api:
-    store, queue = InMemoryRequestStore(), FakeQueue()
+    store, queue = InMemoryStore(), FakeQueue()
     service = RequestService(store, queue, FakeDirectory())
     monkeypatch.setattr(api_app, "request_service", lambda: service)
     return Api(store, queue)
@@ -198,3 +200,132 @@ def test_swagger_ui_is_served(api: Api) -> None:
     answer = api.get("/v1/docs")
     assert answer.status_code == 200
     assert "text/html" in answer.headers["Content-Type"]
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def _submit(api: Api, body: dict[str, Any] | None = None, principal: str = ALICE) -> str:
+    answer = api.post("/v1/clusters/local/jobs", body or {"script": SCRIPT}, principal=principal)
+    assert answer.status_code == 202, answer.get_json()
+    return str(answer.get_json()["request_id"])
+
+
+def _in_slurm(api: Api, job_id: str, slurm_id: str) -> None:
+    api.store.start_submission(job_id)
+    api.store.record_submitted(job_id, slurm_id)
+
+
+def test_a_submitted_job_is_visible_at_once_by_both_ids(api: Api) -> None:
+    # GIVEN a job accepted and then submitted to Slurm as 555
+    job_id = _submit(api, {"script": SCRIPT, "name": "sweep-1", "tags": {"project": "x"}})
+    assert api.get(f"/v1/clusters/local/jobs/{job_id}").get_json()["state"] == "SUBMITTING"
+    _in_slurm(api, job_id, "555")
+    # WHEN read by broker id and by Slurm id
+    by_broker = api.get(f"/v1/clusters/local/jobs/{job_id}").get_json()
+    by_slurm = api.get("/v1/clusters/local/jobs/555").get_json()
+    # THEN both give the same PENDING job with its name and tags, and no owner
+    assert by_broker == by_slurm
+    assert (by_broker["state"], by_broker["slurm_job_id"], by_broker["name"]) == (
+        "PENDING",
+        "555",
+        "sweep-1",
+    )
+    assert by_broker["tags"] == {"project": "x"}
+    assert "owner" not in by_broker
+
+
+def test_jobs_are_listed_newest_first_filtered_and_paginated(api: Api) -> None:
+    # GIVEN three of alice's jobs (one named 'b') and one of bob's
+    ids = []
+    for name in ("a", "b", "c"):
+        time.sleep(0.002)
+        ids.append(_submit(api, {"script": SCRIPT, "name": name}))
+    _submit(api, principal=BOB)
+    # WHEN alice lists them two at a time
+    first = api.get("/v1/clusters/local/jobs?limit=2").get_json()
+    second = api.get(f"/v1/clusters/local/jobs?limit=2&next_token={first['next_token']}").get_json()
+    # THEN she sees her three, newest first, and never bob's
+    assert [j["job_id"] for j in first["jobs"] + second["jobs"]] == list(reversed(ids))
+    assert "next_token" not in second or second["next_token"] is None
+    # AND filters by name and state work
+    named = api.get("/v1/clusters/local/jobs?name=b").get_json()["jobs"]
+    assert [j["job_id"] for j in named] == [ids[1]]
+    states = api.get("/v1/clusters/local/jobs?state=PENDING&state=RUNNING").get_json()["jobs"]
+    assert states == []
+
+
+def test_an_invalid_state_filter_is_a_422(api: Api) -> None:
+    # GIVEN a state that does not exist / THEN 422 naming the query field
+    answer = api.get("/v1/clusters/local/jobs?state=SLEEPING")
+    assert answer.status_code == 422
+    assert answer.get_json()["error"]["fields"][0]["field"].startswith("query.state")
+
+
+def test_someone_elses_job_is_404_for_read_cancel_and_output(api: Api) -> None:
+    # GIVEN alice's job in Slurm
+    job_id = _submit(api)
+    _in_slurm(api, job_id, "556")
+    # WHEN bob reads, cancels or fetches its output / THEN 404 each time
+    assert api.get(f"/v1/clusters/local/jobs/{job_id}", principal=BOB).status_code == 404
+    cancel = api.client.delete(
+        f"/v1/clusters/local/jobs/{job_id}", headers={"X-Hpcb-Local-Principal": BOB}
+    )
+    assert cancel.status_code == 404
+    output = api.post(f"/v1/clusters/local/jobs/{job_id}/output", {}, principal=BOB)
+    assert output.status_code == 404
+
+
+def test_cancel_answers_202_and_a_queued_job_is_cancelled_at_once(api: Api) -> None:
+    # GIVEN a job still queued / WHEN cancelled
+    job_id = _submit(api)
+    answer = api.client.delete(f"/v1/clusters/local/jobs/{job_id}")
+    # THEN 202 with a request that is already SUCCEEDED, and the job CANCELLED
+    assert answer.status_code == 202
+    request = api.get(answer.headers["Location"]).get_json()
+    assert request["state"] == "SUCCEEDED"
+    assert request["result"]["before_submission"] is True
+    assert api.store.get_job(job_id).state is JobState.CANCELLED
+    # AND cancelling it again is a 409
+    again = api.client.delete(f"/v1/clusters/local/jobs/{job_id}")
+    assert again.status_code == 409
+
+
+def test_output_of_a_job_not_in_slurm_is_409(api: Api) -> None:
+    # GIVEN a job still queued / WHEN its output is asked for / THEN 409
+    job_id = _submit(api)
+    answer = api.post(f"/v1/clusters/local/jobs/{job_id}/output", {"stream": "stdout"})
+    assert answer.status_code == 409
+
+
+def test_output_request_is_queued_for_a_job_in_slurm(api: Api) -> None:
+    # GIVEN a job in Slurm / WHEN its stderr tail is asked for
+    job_id = _submit(api)
+    _in_slurm(api, job_id, "557")
+    answer = api.post(f"/v1/clusters/local/jobs/{job_id}/output", {"stream": "stderr"})
+    # THEN 202, and the queued message names the job and the stream
+    assert answer.status_code == 202
+    message = api.queue.sent[-1]
+    assert message.kind == "job.output"
+    assert message.query.stream == "stderr"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"array": "1-10%x"}, "body.array"),
+        ({"array": "a-b"}, "body.array"),
+        ({"dependency": [{"type": "afterok", "jobs": ["12;rm"]}]}, "body.dependency.0.jobs.0"),
+        ({"dependency": [{"type": "whenever", "jobs": ["12"]}]}, "body.dependency.0.type"),
+        ({"environment": {"LD_PRELOAD": "/x.so"}}, "body.environment"),
+        ({"output": "/tmp/../etc/out"}, "body.output"),
+    ],
+)
+def test_malformed_array_dependency_environment_and_paths_are_422(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
+    # GIVEN a malformed field / WHEN posted / THEN 422 naming it; nothing queued
+    answer = api.post("/v1/clusters/local/jobs", {"script": SCRIPT, **body})
+    assert answer.status_code == 422
+    assert field in [f["field"] for f in answer.get_json()["error"]["fields"]]
+    assert api.queue.sent == []

@@ -13,17 +13,18 @@ from typing import Any
 import pytest
 
 from broker.adapters.aws import client
-from broker.adapters.dynamodb import DynamoRequestStore
+from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.errors import RunnerTimeoutError
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
 from broker.models import JobSpec, slurm_token
-from broker.service import RequestService, SubmitDispatcher
+from broker.service import DeadLetterService, Dispatcher, RequestService
 from broker.settings import job_worker_settings
 from broker.states import RequestState
+from broker.sweep import Announcer
 from tests.conftest import REGION, AwsResources
-from tests.fakes import FakeDirectory, ScriptedRunner, submitted
+from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner, submitted
 from workers import dlq_worker, job_worker
 
 OWNER = "arn:aws:iam::123456789012:user/alice"
@@ -33,7 +34,7 @@ SPEC = JobSpec(script="#!/bin/bash\necho hi\n")
 @dataclass
 class World:
     resources: AwsResources
-    store: DynamoRequestStore
+    store: DynamoStore
     api: RequestService
     runner: ScriptedRunner
     sqs: Any
@@ -61,15 +62,19 @@ class World:
 def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setenv("HPCB_TABLE_NAME", aws_resources.ref("RequestsTable"))
     monkeypatch.setenv("HPCB_RETRY_BASE_SECONDS", "0")
+    monkeypatch.setenv("HPCB_TOPIC_ARN", aws_resources.ref("NotificationsTopic"))
     job_worker_settings.cache_clear()
-    store = DynamoRequestStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
+    store = DynamoStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
     sqs = client("sqs")
     queue = SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue"))
     runner = ScriptedRunner()
-    dispatcher = SubmitDispatcher(store, FakeDirectory(), runner.runner_for)
-    monkeypatch.setattr(job_worker, "submit_dispatcher", lambda: dispatcher)
+    announcer = Announcer(store, RecordingNotifier())
+    dispatcher = Dispatcher(store, FakeDirectory(), runner.runner_for, announcer)
+    monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
-    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: _dead_letters(store))
+    monkeypatch.setattr(
+        dlq_worker, "dead_letter_service", lambda: DeadLetterService(store, announcer)
+    )
     return World(aws_resources, store, RequestService(store, queue, FakeDirectory()), runner, sqs)
 
 
@@ -81,12 +86,6 @@ def context() -> LambdaContext:
         region=REGION,
         account_id="123456789012",
     )
-
-
-def _dead_letters(store: DynamoRequestStore) -> Any:
-    from broker.service import DeadLetterService  # noqa: PLC0415
-
-    return DeadLetterService(store)
 
 
 def test_a_batch_of_submissions_all_succeed(world: World) -> None:
@@ -137,11 +136,14 @@ def test_a_transient_failure_fails_only_that_record_and_comes_back(world: World)
 def test_a_permanent_failure_is_recorded_and_acknowledged(world: World) -> None:
     # GIVEN a job whose cluster vanished before dispatch
     request_id = world.api.submit_job(OWNER, "local", SPEC).request_id
-    dispatcher = SubmitDispatcher(
-        world.store, FakeDirectory(names=frozenset()), world.runner.runner_for
+    dispatcher = Dispatcher(
+        world.store,
+        FakeDirectory(names=frozenset()),
+        world.runner.runner_for,
+        Announcer(world.store, RecordingNotifier()),
     )
     # WHEN the worker handles it
-    job_worker.submit_dispatcher = lambda: dispatcher  # type: ignore[assignment]
+    job_worker.dispatcher = lambda: dispatcher  # type: ignore[assignment]
     result = job_worker.lambda_handler(world.receive(), context())
     # THEN the record is not retried, and the request FAILED with a permanent error
     assert result == {"batchItemFailures": []}

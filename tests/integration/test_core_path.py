@@ -17,7 +17,7 @@ import pytest
 
 from broker import wiring
 from broker.adapters.aws import client
-from broker.adapters.dynamodb import DynamoRequestStore
+from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentJob, AgentRequest
@@ -186,7 +186,7 @@ def test_redelivery_after_sbatch_but_before_the_record_makes_no_duplicate(
 ) -> None:
     # GIVEN a submission whose first attempt ran sbatch and then died before writing its
     # result (simulated: the agent submits the token, then the message is (re)delivered)
-    store = DynamoRequestStore(client("dynamodb"), stack.resources["RequestsTable"])
+    store = DynamoStore(client("dynamodb"), stack.resources["RequestsTable"])
     spec = JobSpec(script=HELLO, name="it-crash")
     token_holder: dict[str, str] = {}
 

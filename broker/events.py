@@ -1,0 +1,125 @@
+"""Notification events published to the SNS topic: versioned JSON plus message attributes.
+
+Subscribers filter with SNS filter policies on the message attributes ``type``, ``cluster``,
+``owner`` and ``state`` - for example ``{"owner": ["arn:…:user/alice"], "state": ["FAILED"]}``
+delivers only alice's failures. ``version`` changes only for incompatible changes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from broker.jobs import JobRecord, JobState
+from broker.models import ErrorInfo, RequestRecord, RequestResult, utcnow
+from broker.states import RequestState
+
+
+class Links(BaseModel):
+    """API paths of the resources an event is about."""
+
+    job: str | None = None
+    request: str | None = None
+
+
+class JobEvent(BaseModel):
+    """A job reached a final state."""
+
+    type: Literal["job.state_changed"] = "job.state_changed"
+    version: Literal[1] = 1
+    job_id: str = Field(description="Broker job id.")
+    cluster: str
+    owner: str
+    name: str | None = None
+    old_state: JobState | None = None
+    new_state: JobState
+    final: bool
+    slurm_job_id: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    task_counts: dict[str, int] = Field(default_factory=dict)
+    submit_time: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    time: datetime = Field(default_factory=utcnow, description="When the broker saw it (UTC).")
+    links: Links
+
+    @classmethod
+    def of(cls, job: JobRecord, old_state: JobState | None) -> JobEvent:
+        """The event for ``job`` having reached its current state."""
+        return cls(
+            job_id=job.job_id,
+            cluster=job.cluster,
+            owner=job.owner,
+            name=job.name,
+            old_state=old_state,
+            new_state=job.state,
+            final=job.state.final,
+            slurm_job_id=job.slurm_job_id,
+            exit_code=job.exit_code,
+            signal=job.signal,
+            task_counts=job.task_counts,
+            submit_time=job.submit_time,
+            start_time=job.start_time,
+            end_time=job.end_time,
+            links=Links(
+                job=f"/v1/clusters/{job.cluster}/jobs/{job.job_id}",
+                request=f"/v1/requests/{job.job_id}",
+            ),
+        )
+
+    def attributes(self) -> dict[str, str]:
+        """SNS message attributes for filter policies."""
+        return {
+            "type": self.type,
+            "cluster": self.cluster,
+            "owner": self.owner,
+            "state": self.new_state.value,
+        }
+
+
+class RequestEvent(BaseModel):
+    """A request reached a final state."""
+
+    type: Literal["request.finished"] = "request.finished"
+    version: Literal[1] = 1
+    request_id: str
+    kind: str
+    cluster: str
+    owner: str
+    new_state: RequestState
+    job_id: str | None = None
+    result: RequestResult | None = None
+    error: ErrorInfo | None = None
+    time: datetime = Field(default_factory=utcnow)
+    links: Links
+
+    @classmethod
+    def of(cls, record: RequestRecord) -> RequestEvent:
+        """The event for ``record`` having reached its current (final) state."""
+        job_link = f"/v1/clusters/{record.cluster}/jobs/{record.job_id}" if record.job_id else None
+        return cls(
+            request_id=record.request_id,
+            kind=record.kind,
+            cluster=record.cluster,
+            owner=record.owner,
+            new_state=record.state,
+            job_id=record.job_id,
+            result=record.result,
+            error=record.error,
+            links=Links(request=f"/v1/requests/{record.request_id}", job=job_link),
+        )
+
+    def attributes(self) -> dict[str, str]:
+        """SNS message attributes for filter policies."""
+        return {
+            "type": self.type,
+            "cluster": self.cluster,
+            "owner": self.owner,
+            "state": self.new_state.value,
+        }
+
+
+Event = JobEvent | RequestEvent

@@ -1,0 +1,241 @@
+"""Store contract: the DynamoDB adapter (moto over HTTP) and the in-memory fake obey the same
+conditional, forward-only rules, for requests and for jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from broker.adapters.aws import client
+from broker.adapters.dynamodb import DynamoStore
+from broker.errors import ConflictError, NotFoundError
+from broker.jobs import JobRecord, JobState
+from broker.models import ErrorInfo, JobResult, JobSpec, RequestRecord, new_request_id, utcnow
+from broker.ports import Store
+from broker.states import RequestState
+from tests.conftest import AwsResources
+from tests.fakes import InMemoryStore
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        yield InMemoryStore()
+        return
+    resources: AwsResources = request.getfixturevalue("aws_resources")
+    yield DynamoStore(client("dynamodb"), resources.ref("RequestsTable"))
+
+
+def accepted() -> RequestRecord:
+    now = utcnow()
+    return RequestRecord(
+        request_id=new_request_id(),
+        kind="job.submit",
+        owner="arn:aws:iam::123456789012:user/alice",
+        cluster="local",
+        state=RequestState.ACCEPTED,
+        created_at=now,
+        updated_at=now,
+        spec=JobSpec(script="#!/bin/sh\necho 'quotes' \"and\" $(subshells)\n", name="j1"),
+    )
+
+
+def test_created_record_reads_back_identically(store: Store) -> None:
+    # GIVEN a new record / WHEN created and read / THEN every field round-trips
+    record = accepted()
+    store.create(record)
+    assert store.get(record.request_id) == record
+
+
+def test_creating_the_same_id_twice_conflicts(store: Store) -> None:
+    # GIVEN an existing record / WHEN created again / THEN conflict (attribute_not_exists)
+    record = accepted()
+    store.create(record)
+    with pytest.raises(ConflictError):
+        store.create(record)
+
+
+def test_reading_an_unknown_id_is_not_found(store: Store) -> None:
+    # GIVEN nothing / WHEN reading / THEN not found
+    with pytest.raises(NotFoundError):
+        store.get(new_request_id())
+
+
+def test_dispatch_counts_attempts_each_delivery(store: Store) -> None:
+    # GIVEN an accepted record / WHEN dispatched twice (a redelivery)
+    record = accepted()
+    store.create(record)
+    store.mark_dispatched(record.request_id)
+    second = store.mark_dispatched(record.request_id)
+    # THEN it is DISPATCHED with two attempts
+    assert second is not None
+    assert (second.state, second.attempts) == (RequestState.DISPATCHED, 2)
+
+
+def test_success_is_final_and_clears_the_retry_error(store: Store) -> None:
+    # GIVEN a dispatched record that saw a transient error
+    record = accepted()
+    store.create(record)
+    store.mark_dispatched(record.request_id)
+    store.record_retry(record.request_id, ErrorInfo(code="X", message="y", transient=True))
+    assert store.get(record.request_id).error is not None
+    # WHEN it succeeds
+    assert store.record_success(record.request_id, JobResult(job_id="12", cluster="local"))
+    # THEN it is SUCCEEDED with the job id and no error
+    done = store.get(record.request_id)
+    assert done.state is RequestState.SUCCEEDED
+    assert done.result == JobResult(job_id="12", cluster="local")
+    assert done.error is None
+
+
+def test_nothing_moves_a_final_record(store: Store) -> None:
+    # GIVEN a succeeded record
+    record = accepted()
+    store.create(record)
+    store.record_success(record.request_id, JobResult(job_id="12", cluster="local"))
+    # WHEN a late failure, a late dispatch and a late retry note arrive
+    failed = store.record_failure(
+        record.request_id, ErrorInfo(code="X", message="y", transient=False)
+    )
+    dispatched = store.mark_dispatched(record.request_id)
+    store.record_retry(record.request_id, ErrorInfo(code="X", message="y", transient=True))
+    # THEN none of them changes it
+    assert failed is False
+    assert dispatched is None
+    final = store.get(record.request_id)
+    assert final.state is RequestState.SUCCEEDED
+    assert final.error is None
+
+
+def test_dispatching_an_unknown_request_is_not_found(store: Store) -> None:
+    # GIVEN no record / WHEN a worker dispatches it / THEN not found (not a silent create)
+    with pytest.raises(NotFoundError):
+        store.mark_dispatched(new_request_id())
+
+
+def submission(
+    owner: str = "arn:aws:iam::123456789012:user/alice",
+) -> tuple[RequestRecord, JobRecord]:
+    record = accepted().model_copy(update={"owner": owner})
+    record = record.model_copy(update={"job_id": record.request_id})
+    job = JobRecord(
+        job_id=record.request_id,
+        cluster="local",
+        owner=owner,
+        name="j1",
+        state=JobState.SUBMITTING,
+        created_at=record.created_at,
+        updated_at=record.created_at,
+    )
+    return record, job
+
+
+def test_a_submission_writes_request_and_job_together(store: Store) -> None:
+    # GIVEN a submission / WHEN created / THEN both read back
+    record, job = submission()
+    store.create_submission(record, job)
+    assert store.get(record.request_id) == record
+    assert store.get_job(job.job_id) == job
+    # AND a second write of the same submission conflicts (neither is overwritten)
+    with pytest.raises(ConflictError):
+        store.create_submission(record, job)
+
+
+def test_a_submitted_job_is_found_by_its_slurm_id(store: Store) -> None:
+    # GIVEN a job submitted as Slurm 77
+    record, job = submission()
+    store.create_submission(record, job)
+    assert store.start_submission(job.job_id) is not None
+    assert store.record_submitted(job.job_id, "77")
+    # WHEN looked up by Slurm id (or an array task of it) / THEN found, PENDING
+    assert store.find_job("local", "77").job_id == job.job_id
+    assert store.find_job("local", "77_3").job_id == job.job_id
+    assert store.get_job(job.job_id).state is JobState.PENDING
+    # AND a late second record_submitted changes nothing
+    assert not store.record_submitted(job.job_id, "78")
+    with pytest.raises(NotFoundError):
+        store.find_job("other", "77")
+
+
+def test_cancel_wins_only_before_the_submission_started(store: Store) -> None:
+    # GIVEN two submissions; the second has been taken by a worker
+    first, first_job = submission()
+    second, second_job = submission()
+    store.create_submission(first, first_job)
+    store.create_submission(second, second_job)
+    store.start_submission(second_job.job_id)
+    # WHEN both are cancelled while queued
+    # THEN the untouched one is CANCELLED, the started one is not (the worker owns it)
+    assert store.cancel_unsubmitted(first_job.job_id)
+    assert not store.cancel_unsubmitted(second_job.job_id)
+    assert store.get_job(first_job.job_id).state is JobState.CANCELLED
+    assert store.start_submission(first_job.job_id) is None
+
+
+def test_job_updates_are_conditional_on_the_state_read(store: Store) -> None:
+    # GIVEN a pending job read by two sweeps
+    record, job = submission()
+    store.create_submission(record, job)
+    store.start_submission(job.job_id)
+    store.record_submitted(job.job_id, "90")
+    seen = store.get_job(job.job_id)
+    # WHEN both write the final state / THEN only the first write lands
+    assert store.update_job(seen, JobState.FAILED, {"exit_code": 3, "end_time": "t1"})
+    assert not store.update_job(seen, JobState.FAILED, {"exit_code": 3, "end_time": "t1"})
+    final = store.get_job(job.job_id)
+    assert (final.state, final.exit_code, final.notify_pending) == (JobState.FAILED, 3, "FAILED")
+
+
+def test_the_attention_index_holds_exactly_what_needs_attention(store: Store) -> None:
+    # GIVEN a running job, and a finished one whose event is then published
+    running_req, running = submission()
+    done_req, done = submission()
+    for record, job in ((running_req, running), (done_req, done)):
+        store.create_submission(record, job)
+        store.start_submission(job.job_id)
+        store.record_submitted(job.job_id, job.job_id[-6:])
+    store.update_job(store.get_job(done.job_id), JobState.COMPLETED, {"exit_code": 0})
+    jobs, _ = store.attention()
+    assert {j.job_id for j in jobs} == {running.job_id, done.job_id}
+    # WHEN the finished job's event is marked published
+    assert store.clear_job_notification(done.job_id, "COMPLETED")
+    # THEN only the running job is left
+    jobs, _ = store.attention()
+    assert {j.job_id for j in jobs} == {running.job_id}
+
+
+def test_listing_is_per_owner_newest_first_filtered_and_paginated(store: Store) -> None:
+    # GIVEN three of alice's jobs (one failed) and one of bob's
+    alice = "arn:aws:iam::123456789012:user/alice"
+    ids = []
+    for _ in range(3):
+        time.sleep(0.002)  # distinct creation times: "newest first" is by creation time
+        record, job = submission(alice)
+        store.create_submission(record, job)
+        ids.append(job.job_id)
+    bob_record, bob_job = submission("arn:aws:iam::123456789012:user/bob")
+    store.create_submission(bob_record, bob_job)
+    store.record_submit_failed(ids[0], "nope")
+    # WHEN alice lists two per page
+    page, token = store.list_jobs(alice, "local", states=None, name=None, since=None,
+                                  until=None, limit=2, next_token=None)  # fmt: skip
+    rest, end = store.list_jobs(alice, "local", states=None, name=None, since=None,
+                                until=None, limit=2, next_token=token)  # fmt: skip
+    # THEN she sees her three jobs, newest first, and never bob's
+    assert [j.job_id for j in page + rest] == list(reversed(ids))
+    assert token is not None
+    assert end is None
+    # AND a state filter keeps only the failed one
+    failed, _ = store.list_jobs(
+        alice,
+        "local",
+        states=frozenset({JobState.SUBMIT_FAILED}),
+        name=None,
+        since=None,
+        until=None,
+        limit=10,
+        next_token=None,
+    )
+    assert [j.job_id for j in failed] == [ids[0]]

@@ -1,0 +1,154 @@
+"""The sweep with fakes: one head-node command per cluster, real transitions only, exactly one
+notification per terminal transition, and repair of a notification lost in a crash."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from broker.agent.protocol import AgentResponse, SlurmJobStatus
+from broker.errors import TransientError
+from broker.events import JobEvent
+from broker.jobs import JobState
+from broker.models import JobSpec, utcnow
+from broker.service import RequestService
+from broker.sweep import REANNOUNCE_AFTER, Announcer, Sweeper
+from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner
+
+OWNER = "arn:aws:iam::111122223333:user/alice"
+
+
+def in_slurm(store: InMemoryStore, count: int, cluster: str = "local") -> list[str]:
+    """``count`` jobs accepted and submitted as Slurm ids 1000, 1001, ..."""
+    api = RequestService(store, FakeQueue(), FakeDirectory(frozenset({"local", "other"})))
+    ids = []
+    for _ in range(count):
+        job_id = api.submit_job(OWNER, cluster, JobSpec(script="#!/bin/sh\ntrue\n")).request_id
+        store.start_submission(job_id)
+        store.record_submitted(job_id, str(1000 + len(store.aliases)))
+        ids.append(job_id)
+    return ids
+
+
+def answer(states: dict[str, str], *, exit_code: int = 0, accounting: bool = True) -> AgentResponse:
+    statuses = [
+        SlurmJobStatus(job_id=i, base_id=i, state=s, exit_code=exit_code, signal=0, source="sacct")
+        for i, s in states.items()
+    ]
+    return AgentResponse(ok=True, op="status", statuses=statuses, accounting=accounting)
+
+
+def sweeper(store: InMemoryStore, runner: ScriptedRunner, notifier: RecordingNotifier) -> Sweeper:
+    directory = FakeDirectory(frozenset({"local", "other"}))
+    return Sweeper(store, directory, runner.runner_for, Announcer(store, notifier))
+
+
+@pytest.mark.parametrize("jobs", [1, 100, 1000])
+def test_one_head_node_command_per_cluster_whatever_the_job_count(jobs: int) -> None:
+    # GIVEN n active jobs on one cluster
+    store = InMemoryStore()
+    in_slurm(store, jobs)
+    runner = ScriptedRunner([answer({})])
+    # WHEN swept / THEN exactly one command, asking for all n ids
+    report = sweeper(store, runner, RecordingNotifier()).sweep()
+    assert report.head_node_commands == 1
+    assert len(runner.calls) == 1
+    assert len(runner.calls[0].job_ids) == jobs
+
+
+def test_two_clusters_cost_two_commands() -> None:
+    # GIVEN jobs on two clusters / WHEN swept / THEN one command each
+    store = InMemoryStore()
+    in_slurm(store, 3, "local")
+    in_slurm(store, 2, "other")
+    runner = ScriptedRunner([answer({}), answer({})])
+    report = sweeper(store, runner, RecordingNotifier()).sweep()
+    assert (report.clusters, report.head_node_commands) == (2, 2)
+
+
+def test_unchanged_jobs_cost_no_write() -> None:
+    # GIVEN a job already recorded RUNNING
+    store = InMemoryStore()
+    (job_id,) = in_slurm(store, 1)
+    runner = ScriptedRunner([answer({"1000": "RUNNING"}), answer({"1000": "RUNNING"})])
+    notifier = RecordingNotifier()
+    sweeper(store, runner, notifier).sweep()
+    writes = store.writes
+    # WHEN swept again with the same answer / THEN no write
+    report = sweeper(store, runner, notifier).sweep()
+    assert (report.transitions, store.writes) == (0, writes)
+    assert store.get_job(job_id).state is JobState.RUNNING
+
+
+def test_a_terminal_transition_is_announced_exactly_once_across_overlapping_sweeps() -> None:
+    # GIVEN a running job, and two sweeps that both read it before either wrote
+    store = InMemoryStore()
+    (job_id,) = in_slurm(store, 1)
+    notifier = RecordingNotifier()
+    first = sweeper(store, ScriptedRunner([answer({"1000": "FAILED"}, exit_code=3)]), notifier)
+    second = sweeper(store, ScriptedRunner([answer({"1000": "FAILED"}, exit_code=3)]), notifier)
+    stale_view = store.attention()
+    first.sweep()
+    store.attention = lambda: stale_view  # type: ignore[method-assign]
+    # WHEN the second sweep writes from its stale read
+    second.sweep()
+    # THEN the job is FAILED with exit code 3 and exactly one event was published
+    job = store.get_job(job_id)
+    assert (job.state, job.exit_code) == (JobState.FAILED, 3)
+    events = [e for e in notifier.published if isinstance(e, JobEvent)]
+    assert [(e.job_id, e.old_state, e.new_state, e.exit_code) for e in events] == [
+        (job_id, JobState.PENDING, JobState.FAILED, 3)
+    ]
+    assert events[0].attributes() == {
+        "type": "job.state_changed",
+        "cluster": "local",
+        "owner": OWNER,
+        "state": "FAILED",
+    }
+
+
+def test_a_notification_lost_in_a_crash_is_published_by_a_later_sweep() -> None:
+    # GIVEN a job whose final transition was written but whose publish failed
+    store = InMemoryStore()
+    (job_id,) = in_slurm(store, 1)
+    notifier = RecordingNotifier(fail_with=TransientError("SNS down"))
+    sweeper(store, ScriptedRunner([answer({"1000": "COMPLETED"})]), notifier).sweep()
+    assert store.get_job(job_id).notify_pending == "COMPLETED"
+    # WHEN a sweep runs after REANNOUNCE_AFTER, with SNS back
+    notifier.fail_with = None
+    later = utcnow() + REANNOUNCE_AFTER + timedelta(seconds=1)
+    late = Sweeper(store, FakeDirectory(), ScriptedRunner().runner_for,
+                   Announcer(store, notifier), now=lambda: later)  # fmt: skip
+    report = late.sweep()
+    # THEN the event is published once, the mark cleared, and no head-node call was needed
+    assert report.announced == 1
+    assert [e.new_state for e in notifier.published] == [JobState.COMPLETED]
+    assert store.get_job(job_id).notify_pending is None
+
+
+def test_a_cluster_whose_head_node_fails_does_not_stop_the_others() -> None:
+    # GIVEN two clusters; the first one's head node is unreachable
+    store = InMemoryStore()
+    in_slurm(store, 1, "local")
+    (other,) = in_slurm(store, 1, "other")
+    runner = ScriptedRunner([TransientError("unreachable"), answer({"1001": "RUNNING"})])
+    # WHEN swept / THEN the error is reported and the other cluster's job still moves
+    report = sweeper(store, runner, RecordingNotifier()).sweep()
+    assert "local" in report.errors
+    assert store.get_job(other).state is JobState.RUNNING
+
+
+def test_without_accounting_the_sweep_says_what_it_cannot_know() -> None:
+    # GIVEN no slurmdbd, and squeue/scontrol saying COMPLETED without an exit code
+    store = InMemoryStore()
+    (job_id,) = in_slurm(store, 1)
+    statuses = [SlurmJobStatus(job_id="1000", base_id="1000", state="COMPLETED", source="squeue")]
+    runner = ScriptedRunner([AgentResponse(ok=True, op="status", statuses=statuses,
+                                           accounting=False)])  # fmt: skip
+    # WHEN swept / THEN COMPLETED, with a reason saying the exit code is unknown
+    report = sweeper(store, runner, RecordingNotifier()).sweep()
+    job = store.get_job(job_id)
+    assert report.accounting == {"local": False}
+    assert job.state is JobState.COMPLETED
+    assert job.reason == "no accounting: exit code unknown"
