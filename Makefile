@@ -101,6 +101,7 @@ test: system-deps venv sam lint template
 bench: system-deps venv
 	$(SLURM) up
 	source $(SLURM_ENV) && $(BIN)/python -m bench.api_latency
+	source $(SLURM_ENV) && $(BIN)/python -m bench.lifecycle
 
 # Re-pin: regenerate the lock files from requirements/*.in (then commit them).
 lock:

@@ -17,7 +17,7 @@ import urllib.request
 from typing import Any
 
 LOCAL_PRINCIPAL_HEADER = "X-Hpcb-Local-Principal"
-FINAL_STATES = frozenset({"SUCCEEDED", "FAILED"})
+FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
 class ApiError(Exception):

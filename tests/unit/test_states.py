@@ -6,7 +6,7 @@ import pytest
 
 from broker.states import TRANSITIONS, RequestState, can_transition, sources_of
 
-FINAL = [RequestState.SUCCEEDED, RequestState.FAILED]
+FINAL = [RequestState.SUCCEEDED, RequestState.FAILED, RequestState.CANCELLED]
 
 
 @pytest.mark.parametrize("final", FINAL)
@@ -31,7 +31,7 @@ def test_a_retry_of_dispatched_work_is_allowed() -> None:
 
 
 def test_only_final_states_are_final() -> None:
-    # GIVEN every state / THEN exactly SUCCEEDED and FAILED are final, and they have no exits
+    # GIVEN every state / THEN exactly SUCCEEDED, FAILED, CANCELLED are final, with no exits
     assert {s for s in RequestState if s.final} == set(FINAL)
     assert all(not TRANSITIONS[s] for s in FINAL)
 
