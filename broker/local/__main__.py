@@ -1,10 +1,15 @@
-"""``python -m broker.local up|down|status`` — run the broker locally in the foreground.
+"""``python -m broker.local up|down|status|notifications`` — run the broker locally.
 
 ``up`` loads the local Slurm client environment (``export KEY=VALUE`` lines, e.g. ``SLURM_CONF``)
 if the file exists, starts :class:`~broker.local.stack.LocalStack` with the local-mode overrides,
-prints the API address and a curl example, writes ``.run/local-stack.json`` (pid, URLs) and
-runs until SIGINT/SIGTERM, then stops cleanly and removes the file. ``down`` signals the running
-one and waits (bounded); ``status`` prints the run file and whether its process is alive.
+prints the API address, schedules, topics and a curl example, writes ``.run/local-stack.json``
+(pid, URLs, the notifications inbox) and runs in the foreground until SIGINT/SIGTERM, then stops
+cleanly and removes the file. Schedules tick every ``--schedule-seconds`` (default 2 s, or
+``HPCB_LOCAL_SCHEDULE_SECONDS``; 0: the template's own rate), so job states move while you watch.
+
+``down`` signals the running one and waits (bounded); ``status`` prints the run file and whether
+its process is alive; ``notifications [--follow]`` reads (and consumes) what the functions
+published to the template's SNS topics, one JSON line per notification.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from broker.local.apigw import DEFAULT_PRINCIPAL, PRINCIPAL_HEADER
 from broker.local.template import LocalStackError, load_template
+
+if TYPE_CHECKING:
+    from broker.local.stack import LocalStack
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULT_RUN_FILE: Final = REPO_ROOT / ".run" / "local-stack.json"
@@ -35,8 +43,21 @@ LOCAL_OVERRIDES: Final = {
     "HPCB_CLUSTERS_MODE": "local",
     "HPCB_LOCAL_CLUSTERS": "local",
     "POWERTOOLS_TRACE_DISABLED": "true",
+    # The schedule ticks every --schedule-seconds here, so one sweep per tick (0: a single
+    # sweep) instead of the deployed 50 s of sweeps within each once-a-minute invocation.
+    "HPCB_SWEEP_WINDOW_SECONDS": "0",
+    # template.yaml gives the job worker 120 and the sweeper 60 (to fit its 120 s Lambda
+    # timeout); every handler shares this process's environment, and nothing enforces Lambda
+    # timeouts locally, so both get the job worker's value.
+    "HPCB_AGENT_TIMEOUT_SECONDS": "120",
 }
 _ENV_LINE: Final = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+# Local default: a schedule every 2 s instead of the template's minute, so states move visibly.
+SCHEDULE_SECONDS_ENV: Final = "HPCB_LOCAL_SCHEDULE_SECONDS"
+DEFAULT_SCHEDULE_SECONDS: Final = 2.0
+# moto's answers do not depend on credentials; boto3 only needs some to sign with.
+_MOTO_CREDENTIALS: Final = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+_FOLLOW_WAIT_S: Final = 20.0
 
 logger = logging.getLogger("broker.local")
 
@@ -111,16 +132,49 @@ def curl_example(api_url: str) -> str:
     )
 
 
-def _write_run_file(run_file: Path, api_url: str, moto_url: str, template: Path) -> None:
+def _notifications_queue_url(stack: LocalStack) -> str | None:
+    try:
+        return stack.notifications_queue_url
+    except LocalStackError:
+        return None
+
+
+def _write_run_file(run_file: Path, stack: LocalStack, template: Path) -> None:
     run_file.parent.mkdir(parents=True, exist_ok=True)
     info = {
         "pid": os.getpid(),
-        "api_url": api_url,
-        "moto_url": moto_url,
+        "api_url": stack.api_url,
+        "moto_url": stack.moto_url,
+        "region": stack.region,
         "template": str(template),
         "started_at": time.time(),
+        "topic_arns": stack.topic_arns,
+        "notifications_queue_url": _notifications_queue_url(stack),
+        "schedule_seconds": stack.schedule_seconds,
+        "schedules": {s.name: s.describe() for s in stack.schedules},
     }
     run_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def print_banner(stack: LocalStack, principal: str) -> None:
+    """What is running and how to use it (``make up`` waits for the last line)."""
+    print(f"hpc-broker local stack is up (pid {os.getpid()})")
+    print(f"  API:  {stack.api_url}   (routes under /v1; caller = {principal})")
+    print(f"  AWS:  {stack.moto_url}  (moto; AWS_ENDPOINT_URL for the aws CLI and boto3)")
+    for poller in stack.pollers:
+        print(f"  SQS:  {poller.name} <- {poller.queue_url}")
+    for schedule in stack.schedules:
+        state = "" if stack.schedules_enabled else " [timers off]"
+        print(f"  Schedule: {schedule.name} {schedule.describe()}{state}")
+    for logical_id, arn in stack.topic_arns.items():
+        print(f"  SNS:  {logical_id} {arn}")
+    inbox = _notifications_queue_url(stack)
+    if inbox:
+        print(f"  Notifications inbox: {inbox}")
+        print("        read with `python -m broker.local notifications --follow`")
+    print("Try:")
+    print(curl_example(stack.api_url))
+    print("Stop with Ctrl-C or `python -m broker.local down`.", flush=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -157,6 +211,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    if args.schedule_seconds < 0:
+        print("--schedule-seconds must be >= 0 (0: the template's own schedule)", file=sys.stderr)
+        return 2
     stack = LocalStack(
         args.template,
         api_port=args.api_port,
@@ -164,6 +221,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         env_overrides=overrides,
         principal=args.principal,
         pollers_per_mapping=args.pollers,
+        schedule_seconds=args.schedule_seconds or None,
+        schedules_enabled=not args.no_schedules,
     )
     try:
         stack.start()
@@ -172,15 +231,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     try:
         if run_file is not None:
-            _write_run_file(run_file, stack.api_url, stack.moto_url, args.template)
-        print(f"hpc-broker local stack is up (pid {os.getpid()})")
-        print(f"  API:  {stack.api_url}   (routes under /v1; caller = {args.principal})")
-        print(f"  AWS:  {stack.moto_url}  (moto; AWS_ENDPOINT_URL for the aws CLI and boto3)")
-        for poller in stack.pollers:
-            print(f"  SQS:  {poller.name} <- {poller.queue_url}")
-        print("Try:")
-        print(curl_example(stack.api_url))
-        print("Stop with Ctrl-C or `python -m broker.local down`.", flush=True)
+            _write_run_file(run_file, stack, args.template)
+        print_banner(stack, args.principal)
         while not stopping.wait(1.0):
             pass
     finally:
@@ -226,6 +278,56 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if alive else 3
 
 
+def cmd_notifications(args: argparse.Namespace) -> int:
+    """Print the running stack's notifications, one JSON line each (reading consumes them)."""
+    import boto3  # noqa: PLC0415 - only this command talks to AWS itself
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+    from broker.local.notifications import drain  # noqa: PLC0415
+
+    info = _read_run_file(args.run_file)
+    pid = int(info.get("pid", 0)) if info else 0
+    # Only liveness: the stack may also run inside another process (a test, the demo).
+    if info is None or pid <= 0 or not _pid_alive(pid):
+        print("not running (start it with `python -m broker.local up`)", file=sys.stderr)
+        return 3
+    queue_url = info.get("notifications_queue_url")
+    if not queue_url:
+        print("the running stack has no notifications inbox (no SNS topic?)", file=sys.stderr)
+        return 1
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=str(info["moto_url"]),
+        region_name=str(info.get("region") or "us-east-1"),
+        **_MOTO_CREDENTIALS,
+    )
+    try:
+        while True:
+            wait = _FOLLOW_WAIT_S if args.follow else args.wait
+            for notification in drain(sqs, str(queue_url), wait_s=wait):
+                print(notification.to_json(), flush=True)
+            if not args.follow:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    except (BotoCoreError, ClientError) as exc:
+        print(f"cannot read the inbox (has the stack stopped?): {exc}", file=sys.stderr)
+        return 1
+
+
+def _default_schedule_seconds() -> float:
+    raw = os.environ.get(SCHEDULE_SECONDS_ENV)
+    if raw is None:
+        return DEFAULT_SCHEDULE_SECONDS
+    try:
+        return float(raw)
+    except ValueError:
+        logger.warning(
+            "%s=%r is not a number; using %s", SCHEDULE_SECONDS_ENV, raw, DEFAULT_SCHEDULE_SECONDS
+        )
+        return DEFAULT_SCHEDULE_SECONDS
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(
@@ -245,6 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment"
     )
     up.add_argument(
+        "--schedule-seconds",
+        type=float,
+        default=_default_schedule_seconds(),
+        metavar="S",
+        help=f"seconds between ticks of every schedule (default {DEFAULT_SCHEDULE_SECONDS:g}, "
+        f"or ${SCHEDULE_SECONDS_ENV}; 0: the template's own rate/cron)",
+    )
+    up.add_argument(
+        "--no-schedules",
+        action="store_true",
+        help="do not run the schedules' timers (scheduled functions then never run by themselves)",
+    )
+    up.add_argument(
         "--no-state-file",
         action="store_true",
         help="do not read or write .run/local-stack.json (for stacks run by a parent process)",
@@ -257,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="is a local stack running?")
     status.set_defaults(func=cmd_status)
+
+    notifications = sub.add_parser(
+        "notifications", help="print what was published to the SNS topics (one JSON line each)"
+    )
+    notifications.add_argument(
+        "--follow", action="store_true", help="keep printing new notifications until Ctrl-C"
+    )
+    notifications.add_argument(
+        "--wait", type=float, default=1.0, help="seconds to wait for one (without --follow)"
+    )
+    notifications.set_defaults(func=cmd_notifications)
     return parser
 
 

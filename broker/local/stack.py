@@ -10,9 +10,16 @@
 4. imports each handler by its ``Handler`` string — after step 3, because handlers read their
    settings at cold start;
 5. serves the ``Api`` functions with :class:`~broker.local.apigw.ApiGatewayApp` on a threaded
-   werkzeug server, and runs one :class:`~broker.local.pollers.SqsPoller` per ``SQS`` event.
+   werkzeug server, runs one :class:`~broker.local.pollers.SqsPoller` per ``SQS`` event and one
+   :class:`~broker.local.scheduler.ScheduledInvoker` per ``Schedule``/``ScheduleV2`` event
+   (at the template's rate, or every ``schedule_seconds``; :meth:`LocalStack.trigger` runs one
+   invocation on demand);
+6. subscribes a local inbox queue (``<prefix>-notifications``, see
+   :mod:`broker.local.notifications`) to every SNS topic of the template, so what the functions
+   publish can be read (:attr:`LocalStack.notifications_queue_url`).
 
-``stop()`` undoes it: pollers and API server stop, moto is reset, the environment is restored.
+``stop()`` undoes it: schedules, pollers and API server stop, moto is reset, the environment is
+restored.
 
 One moto server per process, reused across start/stop
 -------------------------------------------------------
@@ -48,8 +55,10 @@ from broker.local.apigw import (
     QuietRequestHandler,
     RawHeadersRequestHandler,
 )
+from broker.local.notifications import Inbox, create_inbox
 from broker.local.pollers import SqsPoller
 from broker.local.provision import Provisioned, provision
+from broker.local.scheduler import ScheduledInvoker, ScheduleStats
 from broker.local.template import (
     DEFAULT_NAME_PREFIX,
     FunctionDef,
@@ -177,6 +186,11 @@ class LocalStack:
         poll_wait_seconds: long-poll wait of the pollers (short: ``stop()`` waits for it).
         access_log: log one line per API request.
         allow_remote: permit a non-loopback ``api_host``.
+        schedule_seconds: seconds between the ticks of every recurring schedule (``None``: each
+            schedule's own rate or cron).
+        schedules_enabled: run the schedules' timers; without them only :meth:`trigger`
+            invokes the scheduled functions (for tests).
+        notifications_inbox: subscribe the ``<prefix>-notifications`` queue to every SNS topic.
     """
 
     def __init__(
@@ -195,6 +209,9 @@ class LocalStack:
         poll_wait_seconds: int = 1,
         access_log: bool = True,
         allow_remote: bool = False,
+        schedule_seconds: float | None = None,
+        schedules_enabled: bool = True,
+        notifications_inbox: bool = True,
     ) -> None:
         if not allow_remote and not _is_loopback(api_host):
             raise ValueError(
@@ -213,14 +230,21 @@ class LocalStack:
         self.name_prefix = name_prefix
         self.poll_wait_seconds = poll_wait_seconds
         self.access_log = access_log
+        if schedule_seconds is not None and schedule_seconds <= 0:
+            raise ValueError("schedule_seconds must be positive (or None: the template's own)")
+        self.schedule_seconds = schedule_seconds
+        self.schedules_enabled = schedules_enabled
+        self.notifications_inbox = notifications_inbox
 
         self.template: Template | None = None
         self.functions: list[FunctionDef] = []
         self.handlers: dict[str, Handler] = {}
         self.pollers: list[SqsPoller] = []
+        self.schedules: list[ScheduledInvoker] = []
         self.api_app: ApiGatewayApp | None = None
         self.account_id = ""
         self._provisioned: Provisioned | None = None
+        self._inbox: Inbox | None = None
         self._moto_url: str | None = None
         self._api_server: BaseWSGIServer | None = None
         self._api_thread: threading.Thread | None = None
@@ -262,6 +286,62 @@ class LocalStack:
         return self.provisioned.queue_url(logical_id)
 
     @property
+    def topic_arns(self) -> dict[str, str]:
+        """Logical id -> ARN of each SNS topic of the template."""
+        return {
+            k: v.ref for k, v in self.provisioned.resources.items() if v.type == "AWS::SNS::Topic"
+        }
+
+    @property
+    def notifications_queue_url(self) -> str:
+        """URL of the local inbox subscribed to every topic (read it with
+        :func:`broker.local.notifications.drain`)."""
+        if self._inbox is None:
+            raise LocalStackError(
+                "no notifications inbox (not started, notifications_inbox=False, or no topics)"
+            )
+        return self._inbox.queue_url
+
+    def schedule(self, name: str) -> ScheduledInvoker:
+        """A schedule by ``Function/Event``, or by ``Function`` when it has only one.
+
+        Raises:
+            LocalStackError: no such schedule, or a function name that is ambiguous.
+        """
+        matches = [s for s in self.schedules if name in (s.name, s.function_logical_id)]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(s.name for s in self.schedules) or "none"
+        if not matches:
+            raise LocalStackError(f"no schedule {name!r} (running stack has: {known})")
+        raise LocalStackError(f"{name!r} has several schedules ({known}): name one as Fn/Event")
+
+    def trigger(self, name: str, timeout_s: float | None = None) -> Any:
+        """Invoke a scheduled function once, now, with its schedule's event; wait for the result.
+
+        Runs in the caller's thread after any running invocation of the function (never two at
+        once), whether or not the timers run (``schedules_enabled``) and even for a schedule the
+        template disables.
+
+        Args:
+            name: ``Function/Event``, or ``Function`` when it has one schedule.
+            timeout_s: how long to wait for a running invocation (``None``: no limit).
+
+        Returns:
+            What the handler returned.
+
+        Raises:
+            LocalStackError: unknown or ambiguous ``name``.
+            TimeoutError: the running invocation did not finish in time.
+            Exception: whatever the handler raised.
+        """
+        return self.schedule(name).trigger(timeout_s)
+
+    def schedule_stats(self) -> dict[str, ScheduleStats]:
+        """``Function/Event`` -> counters (invocations, errors, skipped ticks, last duration)."""
+        return {s.name: s.stats() for s in self.schedules}
+
+    @property
     def environment(self) -> dict[str, str]:
         """The environment the handlers run with (union of the functions' + overrides)."""
         return {k: os.environ[k] for k in self._function_env_keys() if k in os.environ}
@@ -292,7 +372,9 @@ class LocalStack:
         global _active  # noqa: PLW0603
         if not self._started:
             return
-        # All pollers at once: each may be inside a long poll of up to poll_wait_seconds.
+        # All at once: a poller may be inside a long poll, a schedule inside an invocation.
+        for schedule in self.schedules:
+            schedule.request_stop()
         for poller in self.pollers:
             poller.request_stop()
         if self._api_server is not None:
@@ -302,6 +384,16 @@ class LocalStack:
             self._api_thread.join(_STOP_TIMEOUT_S)
         for poller in self.pollers:
             poller.stop(_STOP_TIMEOUT_S)
+        for schedule in self.schedules:
+            schedule.stop(_STOP_TIMEOUT_S)
+            stats = schedule.stats()
+            logger.info(
+                "schedule %s: %d invocation(s), %d error(s), %d skipped tick(s)",
+                schedule.name,
+                stats.invocations,
+                stats.errors,
+                stats.skipped,
+            )
         if self._moto_url is not None:
             try:
                 _reset_moto(self._moto_url)
@@ -311,6 +403,8 @@ class LocalStack:
         self._api_server = None
         self._api_thread = None
         self.pollers = []
+        self.schedules = []
+        self._inbox = None
         self.handlers = {}
         self.api_app = None
         self._started = False
@@ -355,10 +449,17 @@ class LocalStack:
         )
         for skipped in self._provisioned.skipped:
             logger.debug("not provisioned locally: %s (%s)", skipped.logical_id, skipped.type)
+        if self.notifications_inbox and self.topic_arns:
+            self._inbox = create_inbox(
+                boto3.client("sqs", region_name=self.region, endpoint_url=self._moto_url),
+                boto3.client("sns", region_name=self.region, endpoint_url=self._moto_url),
+                name=f"{self.name_prefix}-notifications",
+                topic_arns=self.topic_arns.values(),
+            )
         self.functions = read_functions(template, self._provisioned.resolver)
         self._set_env(self._union_environment(self.functions))
 
-        served = [f for f in self.functions if f.api_events or f.sqs_events]
+        served = [f for f in self.functions if f.api_events or f.sqs_events or f.schedule_events]
         code_dir = str(self.template_path.resolve().parent)
         if code_dir not in sys.path:
             sys.path.append(code_dir)
@@ -366,11 +467,14 @@ class LocalStack:
             self.handlers[function.logical_id] = _import_handler(function)
         self._start_api(template, [f for f in served if f.api_events])
         self._start_pollers([f for f in served if f.sqs_events])
+        self._start_schedules([f for f in served if f.schedule_events])
         logger.info(
-            "local stack up: api %s, moto %s, %d poller(s)",
+            "local stack up: api %s, moto %s, %d poller(s), %d schedule(s)%s",
             self.api_url if self._api_server else "-",
             self._moto_url,
             len(self.pollers),
+            len(self.schedules),
+            "" if self.schedules_enabled else " (timers off)",
         )
 
     def _union_environment(self, functions: list[FunctionDef]) -> dict[str, str]:
@@ -459,6 +563,27 @@ class LocalStack:
                 )
                 poller.start()
                 self.pollers.append(poller)
+
+    def _start_schedules(self, functions: list[FunctionDef]) -> None:
+        for function in functions:
+            # One lock per function: its schedules never invoke it concurrently.
+            lock = threading.Lock()
+            for event in function.schedule_events:
+                invoker = ScheduledInvoker(
+                    function_logical_id=function.logical_id,
+                    function_name=self.function_name(function.logical_id),
+                    handler=self.handlers[function.logical_id],
+                    event=event,
+                    region=self.region,
+                    account_id=self.account_id,
+                    timeout_s=function.timeout,
+                    memory_mb=function.memory,
+                    period_s=self.schedule_seconds,
+                    lock=lock,
+                )
+                if self.schedules_enabled:
+                    invoker.start()
+                self.schedules.append(invoker)
 
     # -- environment ---------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ Three parts:
   ``Fn::Sub`` and the few pure functions around them) against parameters, pseudo parameters and
   the physical ids of what :mod:`broker.local.provision` created.
 * :func:`read_functions` extracts each ``AWS::Serverless::Function`` (handler, merged and
-  resolved environment, SQS and Api events) as typed dataclasses.
+  resolved environment, SQS, Api and Schedule/ScheduleV2 events) as typed dataclasses;
+  :func:`parse_schedule_expression` reads EventBridge's ``rate(...)``, ``cron(...)`` and
+  ``at(...)`` expressions, and :class:`CronExpression` computes when a cron schedule fires.
 
 Nothing here talks to the network; this module is pure and unit-tested against the real
 ``template.yaml``.
@@ -20,11 +22,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -33,16 +39,20 @@ __all__ = [
     "FUNCTION_TYPE",
     "PROVISIONED_TYPES",
     "ApiEventDef",
+    "CronExpression",
     "FunctionDef",
     "LocalStackError",
     "PhysicalResource",
     "Resolver",
     "ResourceDef",
+    "ScheduleEventDef",
+    "ScheduleExpression",
     "SqsEventDef",
     "Template",
     "TemplateError",
     "load_template",
     "local_api_id",
+    "parse_schedule_expression",
     "physical_name",
     "read_functions",
     "references",
@@ -60,6 +70,8 @@ PROVISIONED_TYPES: Final = frozenset(
     }
 )
 DEFAULT_NAME_PREFIX: Final = "hpcb-local"
+
+logger = logging.getLogger(__name__)
 
 # SAM's defaults for an SQS event source (and Lambda's, which SAM does not override).
 _SQS_DEFAULT_BATCH_SIZE: Final = 10
@@ -231,6 +243,117 @@ class ApiEventDef:
 
 
 @dataclass(frozen=True)
+class CronExpression:
+    """The six fields of an EventBridge ``cron(...)`` expression, each as its allowed values.
+
+    Fields are minutes, hours, day-of-month, month, day-of-week (``1`` = Sunday … ``7`` =
+    Saturday, as EventBridge counts) and year. ``None`` for a day field is its ``?``: no
+    constraint. ``approximate`` says a field used ``L``, ``W`` or ``#``, which are not emulated:
+    that field allows every value (a warning is logged when it is parsed).
+    """
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days_of_month: frozenset[int] | None
+    months: frozenset[int]
+    days_of_week: frozenset[int] | None
+    years: frozenset[int]
+    approximate: bool = False
+
+    def matches(self, moment: datetime) -> bool:
+        """Whether the schedule fires in the minute of ``moment`` (wall time of its zone)."""
+        return (
+            moment.year in self.years
+            and moment.month in self.months
+            and self._day_matches(moment)
+            and moment.hour in self.hours
+            and moment.minute in self.minutes
+        )
+
+    def next_after(self, moment: datetime) -> datetime | None:
+        """The first firing minute strictly after ``moment`` (same zone), or ``None`` if never.
+
+        Walks forward a year, month, day, hour or minute at a time, whichever field fails
+        first: a few thousand steps at most, even for a once-a-leap-day expression.
+        """
+        t = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        last_year = max(self.years)
+        while t.year <= last_year:
+            if t.year not in self.years:
+                t = t.replace(year=t.year + 1, month=1, day=1, hour=0, minute=0)
+            elif t.month not in self.months:
+                first = t.replace(day=1, hour=0, minute=0)
+                t = (first + timedelta(days=32)).replace(day=1)
+            elif not self._day_matches(t):
+                t = t.replace(hour=0, minute=0) + timedelta(days=1)
+            elif t.hour not in self.hours:
+                t = t.replace(minute=0) + timedelta(hours=1)
+            elif t.minute not in self.minutes:
+                t += timedelta(minutes=1)
+            else:
+                return t
+        return None
+
+    def _day_matches(self, moment: datetime) -> bool:
+        if self.days_of_month is not None and moment.day not in self.days_of_month:
+            return False
+        # datetime: Monday = 0 … Sunday = 6; EventBridge: Sunday = 1 … Saturday = 7.
+        weekday = (moment.weekday() + 1) % 7 + 1
+        return self.days_of_week is None or weekday in self.days_of_week
+
+
+@dataclass(frozen=True)
+class ScheduleExpression:
+    """A parsed EventBridge schedule expression.
+
+    ``rate``: every ``period_s`` seconds; ``cron``: at the minutes ``cron`` allows, in
+    ``timezone``; ``at`` (EventBridge Scheduler only): once, at ``at``.
+    """
+
+    text: str
+    kind: Literal["rate", "cron", "at"]
+    period_s: float | None = None
+    cron: CronExpression | None = None
+    at: datetime | None = None
+    timezone: str = "UTC"
+
+    def next_after(self, moment: datetime) -> datetime | None:
+        """When the schedule fires next after ``moment`` (aware, UTC); ``None``: never again.
+
+        A rate counts from ``moment`` (the previous firing), as EventBridge counts from the
+        rule's creation.
+        """
+        if self.kind == "rate":
+            assert self.period_s is not None  # noqa: S101 - set for every rate
+            return moment + timedelta(seconds=self.period_s)
+        if self.kind == "at":
+            assert self.at is not None  # noqa: S101 - set for every at()
+            return self.at if self.at > moment else None
+        assert self.cron is not None  # noqa: S101 - set for every cron()
+        zone = ZoneInfo(self.timezone)
+        found = self.cron.next_after(moment.astimezone(zone))
+        return found.astimezone(UTC) if found is not None else None
+
+
+@dataclass(frozen=True)
+class ScheduleEventDef:
+    """A ``Schedule`` (EventBridge rule) or ``ScheduleV2`` (EventBridge Scheduler) event.
+
+    ``rule_arn`` is the local ARN of the rule (``arn:aws:events:…:rule/<name>``) or of the
+    schedule (``arn:aws:scheduler:…:schedule/<group>/<name>``): what the event's
+    ``resources`` names. ``input`` is the ``Input`` JSON text, sent instead of the default event.
+    """
+
+    name: str
+    type: Literal["Schedule", "ScheduleV2"]
+    expression: ScheduleExpression
+    rule_name: str
+    rule_arn: str
+    enabled: bool = True
+    input: str | None = None
+
+
+@dataclass(frozen=True)
 class FunctionDef:
     """An ``AWS::Serverless::Function`` as the local stack runs it."""
 
@@ -241,6 +364,7 @@ class FunctionDef:
     memory: int
     sqs_events: list[SqsEventDef] = field(default_factory=list)
     api_events: list[ApiEventDef] = field(default_factory=list)
+    schedule_events: list[ScheduleEventDef] = field(default_factory=list)
 
 
 def load_template(path: str | Path) -> Template:
@@ -648,8 +772,205 @@ def _api_event(
     return ApiEventDef(name=name, path=path, method=method, rest_api_logical_id=rest_api_id)
 
 
+# -- schedules ---------------------------------------------------------------------------------
+
+_RATE: Final = re.compile(r"^rate\(\s*(\d+)\s+(minute|minutes|hour|hours|day|days)\s*\)$")
+_CRON: Final = re.compile(r"^cron\((.*)\)$")
+_AT: Final = re.compile(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$")
+_RATE_UNIT_S: Final = {"minute": 60, "hour": 3600, "day": 86400}
+_MONTHS: Final = {
+    name: number
+    for number, name in enumerate(
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1
+    )
+}
+_WEEKDAYS: Final = {
+    name: number for number, name in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"), 1)
+}
+# (low, high, names) of the six cron fields, in order.
+_CRON_FIELDS: Final[tuple[tuple[str, int, int, Mapping[str, int]], ...]] = (
+    ("minutes", 0, 59, {}),
+    ("hours", 0, 23, {}),
+    ("day-of-month", 1, 31, {}),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 1, 7, _WEEKDAYS),
+    ("year", 1970, 2199, {}),
+)
+_NOT_EMULATED: Final = re.compile(r"[LW#]")
+
+
+def parse_schedule_expression(text: str, *, timezone: str = "UTC") -> ScheduleExpression:
+    """Parse ``rate(N unit)``, ``cron(min hour dom month dow year)`` or ``at(yyyy-mm-ddThh:mm:ss)``.
+
+    As EventBridge does: a rate of 1 takes a singular unit and any other value a plural one;
+    a cron has six fields and exactly one of day-of-month and day-of-week is ``?``. Cron's
+    ``L``, ``W`` and ``#`` are accepted but not emulated (that field allows every value; a
+    warning says so).
+
+    Args:
+        text: the expression.
+        timezone: IANA zone of cron and at() expressions (``ScheduleExpressionTimezone``).
+
+    Raises:
+        TemplateError: an expression EventBridge would refuse, or an unknown time zone.
+    """
+    expression = text.strip()
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise TemplateError(f"unknown time zone {timezone!r} for {text!r}") from exc
+    rate = _RATE.match(expression)
+    if rate:
+        value, unit = int(rate.group(1)), rate.group(2)
+        if value < 1:
+            raise TemplateError(f"{text!r}: a rate must be a positive number")
+        if (value == 1) == unit.endswith("s"):
+            raise TemplateError(
+                f"{text!r}: EventBridge wants the singular unit for 1 and the plural otherwise"
+            )
+        period = float(value * _RATE_UNIT_S[unit.rstrip("s")])
+        return ScheduleExpression(expression, "rate", period_s=period, timezone=timezone)
+    cron = _CRON.match(expression)
+    if cron:
+        return ScheduleExpression(
+            expression, "cron", cron=_parse_cron(cron.group(1), text), timezone=timezone
+        )
+    at = _AT.match(expression)
+    if at:
+        moment = datetime.fromisoformat(at.group(1)).replace(tzinfo=ZoneInfo(timezone))
+        return ScheduleExpression(expression, "at", at=moment.astimezone(UTC), timezone=timezone)
+    raise TemplateError(
+        f"{text!r} is not a schedule expression (rate(N unit), cron(6 fields) or at(...))"
+    )
+
+
+def _parse_cron(body: str, text: str) -> CronExpression:
+    fields = body.split()
+    if len(fields) != len(_CRON_FIELDS):
+        raise TemplateError(f"{text!r}: cron needs 6 fields, got {len(fields)}")
+    dom, dow = fields[2], fields[4]
+    if (dom == "?") == (dow == "?"):
+        raise TemplateError(f"{text!r}: exactly one of day-of-month and day-of-week must be '?'")
+    values: list[frozenset[int] | None] = []
+    approximate = False
+    for raw, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        if raw == "?" and name in ("day-of-month", "day-of-week"):
+            values.append(None)
+        elif _NOT_EMULATED.search(raw):
+            approximate = True
+            logger.warning(
+                "%s: %s %r uses L/W/#, which the local scheduler does not emulate; "
+                "that field matches every value locally",
+                text,
+                name,
+                raw,
+            )
+            values.append(frozenset(range(low, high + 1)))
+        else:
+            values.append(_cron_field(raw, low, high, names, f"{text!r} {name}"))
+    minutes, hours, days, months, weekdays, years = values
+    # Only the two day fields can be None ("?").
+    assert minutes is not None  # noqa: S101
+    assert hours is not None  # noqa: S101
+    assert months is not None  # noqa: S101
+    assert years is not None  # noqa: S101
+    return CronExpression(minutes, hours, days, months, weekdays, years, approximate)
+
+
+def _cron_value(token: str, names: Mapping[str, int], where: str) -> int:
+    upper = token.upper()
+    if upper in names:
+        return names[upper]
+    if not token.isdigit():
+        raise TemplateError(f"{where}: {token!r} is not a number")
+    return int(token)
+
+
+def _cron_field(
+    raw: str, low: int, high: int, names: Mapping[str, int], where: str
+) -> frozenset[int]:
+    allowed: set[int] = set()
+    for part in raw.split(","):
+        base, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) < 1:
+                raise TemplateError(f"{where}: bad increment in {part!r}")
+            step = int(step_text)
+        if base == "*":
+            start, end = low, high
+        elif "-" in base:
+            first, _, last = base.partition("-")
+            start, end = _cron_value(first, names, where), _cron_value(last, names, where)
+        else:
+            start = _cron_value(base, names, where)
+            # "5/15" means from 5 to the end of the range, every 15.
+            end = high if slash else start
+        if not low <= start <= end <= high:
+            raise TemplateError(f"{where}: {part!r} is outside {low}-{high} (or reversed)")
+        allowed.update(range(start, end + 1, step))
+    return frozenset(allowed)
+
+
+def _schedule_event(
+    resolver: Resolver,
+    function_id: str,
+    name: str,
+    kind: Literal["Schedule", "ScheduleV2"],
+    props: Mapping[str, Any],
+) -> ScheduleEventDef:
+    where = f"{function_id}.Events.{name}"
+    key = "Schedule" if kind == "Schedule" else "ScheduleExpression"
+    if key not in props:
+        raise TemplateError(f"{where}: a {kind} event needs {key}")
+    timezone = resolver.resolve_str(props.get("ScheduleExpressionTimezone", "UTC"))
+    try:
+        expression = parse_schedule_expression(resolver.resolve_str(props[key]), timezone=timezone)
+    except TemplateError as exc:
+        raise TemplateError(f"{where}: {exc}") from exc
+    if expression.kind == "at" and kind == "Schedule":
+        raise TemplateError(f"{where}: at() is only for ScheduleV2 (EventBridge Scheduler)")
+    # SAM: Enabled (a boolean) or State; a rule without either is enabled.
+    state = resolver.resolve_str(props.get("State", "ENABLED")).upper()
+    enabled = state != "DISABLED"
+    if "Enabled" in props:
+        enabled = enabled and resolver.resolve_str(props["Enabled"]) == "true"
+    input_text = resolver.resolve_str(props["Input"]) if "Input" in props else None
+    if input_text is not None:
+        try:
+            json.loads(input_text)
+        except ValueError as exc:
+            raise TemplateError(f"{where}: Input must be JSON text: {exc}") from exc
+    # SAM names the generated rule (or schedule) <Function><Event>; CloudFormation then gives
+    # a rule a stack-prefixed physical name, which is what the local prefix stands for.
+    logical = f"{function_id}{name}"
+    partition, region, account = resolver.partition, resolver.region, resolver.account_id
+    if kind == "Schedule":
+        rule_name = (
+            resolver.resolve_str(props["Name"])
+            if "Name" in props
+            else physical_name(resolver.name_prefix, logical)
+        )
+        arn = f"arn:{partition}:events:{region}:{account}:rule/{rule_name}"
+    else:
+        rule_name = resolver.resolve_str(props["Name"]) if "Name" in props else logical
+        group = resolver.resolve_str(props.get("GroupName", "default"))
+        arn = f"arn:{partition}:scheduler:{region}:{account}:schedule/{group}/{rule_name}"
+    return ScheduleEventDef(
+        name=name,
+        type=kind,
+        expression=expression,
+        rule_name=rule_name,
+        rule_arn=arn,
+        enabled=enabled,
+        input=input_text,
+    )
+
+
 def read_functions(template: Template, resolver: Resolver) -> list[FunctionDef]:
     """Every active ``AWS::Serverless::Function`` with its resolved environment and events.
+
+    Events read: ``SQS``, ``Api``, ``Schedule`` and ``ScheduleV2``; other types are ignored.
 
     The environment is ``Globals.Function.Environment`` merged with the function's own (the
     function wins, as SAM merges them); ``Timeout``/``MemorySize`` fall back to the globals, then
@@ -672,6 +993,7 @@ def read_functions(template: Template, resolver: Resolver) -> list[FunctionDef]:
         }
         sqs_events: list[SqsEventDef] = []
         api_events: list[ApiEventDef] = []
+        schedule_events: list[ScheduleEventDef] = []
         for name, event in (props.get("Events") or {}).items():
             kind = event.get("Type")
             event_props = event.get("Properties") or {}
@@ -679,6 +1001,10 @@ def read_functions(template: Template, resolver: Resolver) -> list[FunctionDef]:
                 sqs_events.append(_sqs_event(resolver, res.logical_id, name, event_props))
             elif kind == "Api":
                 api_events.append(_api_event(resolver, res.logical_id, name, event_props))
+            elif kind in ("Schedule", "ScheduleV2"):
+                schedule_events.append(
+                    _schedule_event(resolver, res.logical_id, name, kind, event_props)
+                )
         handler = props.get("Handler", glob.get("Handler"))
         if not isinstance(handler, str) or "." not in handler:
             raise TemplateError(f"{res.logical_id}: Handler must be 'module.function'")
@@ -699,6 +1025,7 @@ def read_functions(template: Template, resolver: Resolver) -> list[FunctionDef]:
                 ),
                 sqs_events=sqs_events,
                 api_events=api_events,
+                schedule_events=schedule_events,
             )
         )
     return functions

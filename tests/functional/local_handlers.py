@@ -5,6 +5,9 @@ how often each message was delivered. A worker message's JSON body steers the ou
 ``{"id": ..., "fail_until": n, "mode": "report" | "raise"}`` fails the record while its
 ApproximateReceiveCount is at most ``n`` — by listing it in ``batchItemFailures`` ("report") or
 by raising for the whole batch ("raise").
+
+``scheduled_handler`` records every scheduled invocation and how many ran at once; tests steer
+it through :func:`set_schedule_mode` (sleep, raise) and read :func:`scheduled_calls`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -25,6 +29,11 @@ API_CONTEXTS: list[Any] = []
 # message id in the body -> list of (function, ApproximateReceiveCount)
 DELIVERIES: dict[str, list[tuple[str, int]]] = defaultdict(list)
 WORKER_EVENTS: list[dict[str, Any]] = []
+# (event, context) of each scheduled invocation, in the order they started.
+SCHEDULED_CALLS: list[tuple[Any, Any]] = []
+_schedule_mode: dict[str, Any] = {"sleep_s": 0.0, "raise": False}
+_schedule_active = 0
+_schedule_max_active = 0
 
 
 def deliveries(message_id: str) -> list[tuple[str, int]]:
@@ -93,3 +102,49 @@ def dlq_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Accept every dead letter."""
     _record("dlq", event)
     return {"batchItemFailures": []}
+
+
+def set_schedule_mode(*, sleep_s: float = 0.0, fail: bool = False) -> None:
+    """How the next scheduled invocations behave: sleep first, then raise or answer."""
+    with _lock:
+        _schedule_mode.update({"sleep_s": sleep_s, "raise": fail})
+
+
+def reset_schedule() -> None:
+    """Forget recorded scheduled calls and concurrency; back to the fast, succeeding mode."""
+    global _schedule_max_active  # noqa: PLW0603 - test bookkeeping
+    with _lock:
+        SCHEDULED_CALLS.clear()
+        _schedule_mode.update({"sleep_s": 0.0, "raise": False})
+        _schedule_max_active = _schedule_active
+
+
+def scheduled_calls() -> list[tuple[Any, Any]]:
+    """A copy of the recorded (event, context) pairs."""
+    with _lock:
+        return list(SCHEDULED_CALLS)
+
+
+def schedule_max_active() -> int:
+    """The most scheduled invocations that ran at the same time since the last reset."""
+    with _lock:
+        return _schedule_max_active
+
+
+def scheduled_handler(event: Any, context: Any) -> dict[str, Any]:
+    """Record the call; sleep and/or raise as set; answer how many calls came before."""
+    global _schedule_active, _schedule_max_active  # noqa: PLW0603 - test bookkeeping
+    with _lock:
+        _schedule_active += 1
+        _schedule_max_active = max(_schedule_max_active, _schedule_active)
+        SCHEDULED_CALLS.append((event, context))
+        mode = dict(_schedule_mode)
+        seen = len(SCHEDULED_CALLS)
+    try:
+        time.sleep(float(mode["sleep_s"]))
+        if mode["raise"]:
+            raise RuntimeError("scheduled handler asked to fail (expected by the test)")
+        return {"call": seen}
+    finally:
+        with _lock:
+            _schedule_active -= 1
