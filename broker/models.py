@@ -62,9 +62,15 @@ JobRef = Annotated[str, StringConstraints(pattern=r"^(r[0-9a-f]{28}|[0-9]{1,10}(
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+@-]{1,128}$")]
 TagValue = Annotated[str, StringConstraints(pattern=r"^[^\x00]{0,256}$")]
-#: Environment names the broker will not let a caller set (Slurm's own, and the loader's).
+#: Environment names the broker will not let a caller set: Slurm's own, the loader's, and
+#: those glibc reads (they become the environment of sbatch, a root process on the head node).
+#: The head-node agent refuses the same (a unit test keeps the two lists equal).
 RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "LD_", "BASH_FUNC_")
-RESERVED_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "IFS", "ENV"})
+RESERVED_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "IFS", "ENV"}
+    | {"GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH"}
+    | {"MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TZDIR"}
+)
 
 
 class StrictModel(BaseModel):

@@ -24,6 +24,7 @@ from broker.errors import (
     PayloadTooLargeError,
     PermanentError,
     TransientError,
+    ValidationError,
 )
 from broker.jobs import JobRecord, JobState
 from broker.models import (
@@ -159,6 +160,10 @@ class RequestService:
             raise ConflictError(f"job {job.job_id} has not reached Slurm ({job.state})")
         if query.task is not None and job.array is None:
             raise ConflictError(f"job {job.job_id} is not an array; 'task' does not apply")
+        if query.task is None and job.array is not None:
+            # Slurm keeps an array's base id on its last task: without a task the answer
+            # would silently be that task's file.
+            raise ValidationError(f"job {job.job_id} is an array ({job.array}): name a 'task'")
         record = self._new_request(owner, cluster, "job.output", job_id=job.job_id, query=query)
         self._store.create_request(record)
         message = JobOutputMessage(

@@ -152,7 +152,11 @@ class Sweeper:
             if seen is None:
                 continue
             changes = dict(seen.changes)
-            if seen.new_state.final and response.accounting is False and job.exit_code is None:
+            if (
+                seen.new_state.final
+                and response.accounting is False
+                and changes.get("exit_code", job.exit_code) is None
+            ):
                 changes.setdefault("reason", "no accounting: exit code unknown")
             if not self._store.update_job(job, seen.new_state, changes):
                 continue  # another sweep or writer moved it first

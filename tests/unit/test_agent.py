@@ -1,11 +1,13 @@
-"""The head-node agent's pure parts: sbatch argv, output parsing, error classification, token
-lookup, payload handling and answer staging. No Slurm, no network: effects are injected."""
+"""The head-node agent's pure parts: sbatch argv and environment, output parsing, error
+classification, token lookup, payload handling and answer staging. No Slurm, no network: effects
+are injected. Ops status/cancel/output: test_agent_status.py and test_agent_output.py."""
 
 from __future__ import annotations
 
 import base64
 import json
 import subprocess
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,17 @@ from broker.agent.hpcb_agent import Agent, AgentError, SbatchCommand
 
 DEDUP = "hpcb:r0123456789abcdef"  # the job's de-duplication token
 SCRIPT = "#!/bin/bash\necho hello\n"
+#: What every sbatch argv starts with.
+PREFIX = ["sbatch", "--parsable", "--export=ALL", f"--comment={DEDUP}"]
+#: The agent's own environment in these tests (what ``base_environment`` picks from).
+AGENT_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "SLURM_CONF": "/etc/slurm/slurm.conf",
+    "AWS_SECRET_ACCESS_KEY": "not-for-jobs",
+    "SQUEUE_FORMAT": "%i",
+}
 
 # Recorded from Slurm 22.05.8 (scripts/slurm.sh) and from Slurm's own error strings.
 STDERR_BAD_PARTITION = (
@@ -57,6 +70,7 @@ class FakeSlurm:
         sbatch: Callable[[list[str], bytes], tuple[int, str, str]] | None = None,
     ) -> None:
         self.calls: list[tuple[list[str], bytes | None]] = []
+        self.envs: list[dict[str, str]] = []
         self.squeue = squeue
         self.sacct = sacct
         self.next_id = 1000
@@ -67,9 +81,10 @@ class FakeSlurm:
         return 0, f"{self.next_id}\n", ""
 
     def __call__(
-        self, argv: list[str], stdin: bytes | None, timeout: float
+        self, argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
     ) -> tuple[int, str, str]:
         self.calls.append((argv, stdin))
+        self.envs.append(env)
         if argv[0] == "squeue":
             return 0, self.squeue, ""
         if argv[0] == "sacct":
@@ -83,7 +98,9 @@ class FakeSlurm:
 
 
 def make_agent(tmp_path: Path, slurm: FakeSlurm, **kwargs: Any) -> Agent:
-    return Agent(run=slurm, lock_path=str(tmp_path / "agent.lock"), user="root", **kwargs)
+    return Agent(
+        run=slurm, lock_path=str(tmp_path / "agent.lock"), user="root", environ=AGENT_ENV, **kwargs
+    )
 
 
 def answer(tmp_path: Path, slurm: FakeSlurm, request: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -107,6 +124,17 @@ def answer(tmp_path: Path, slurm: FakeSlurm, request: dict[str, Any], **kw: Any)
         ("cpus_per_task", 4, "--cpus-per-task=4"),
         ("mem", "4G", "--mem=4G"),
         ("working_directory", "/shared/home/alice/run 1", "--chdir=/shared/home/alice/run 1"),
+        ("output", "/shared/out/%x-%j.out", "--output=/shared/out/%x-%j.out"),
+        ("error", "/shared/out/%A_%a.err", "--error=/shared/out/%A_%a.err"),
+        ("array", "1-100%10", "--array=1-100%10"),
+        ("array", "1,3,5-9:2", "--array=1,3,5-9:2"),
+        (
+            "dependency",
+            "afterok:123:124_2,afterany:125",
+            "--dependency=afterok:123:124_2,afterany:125",
+        ),
+        ("dependency", "afternotok:7", "--dependency=afternotok:7"),
+        ("hold", 1, "--hold"),
     ],
 )
 def test_each_option_becomes_its_own_sbatch_argument(key: str, value: Any, argument: str) -> None:
@@ -115,16 +143,133 @@ def test_each_option_becomes_its_own_sbatch_argument(key: str, value: Any, argum
     # WHEN building argv
     argv = command.argv()
     # THEN the option is exactly one argument after the fixed prefix
-    assert argv == ["sbatch", "--parsable", f"--comment={DEDUP}", argument]
+    assert argv == [*PREFIX, argument]
 
 
 def test_all_options_keep_a_stable_order() -> None:
     # GIVEN every option at once, in scrambled order
-    options = {"mem": "1G", "nodes": 1, "name": "a", "working_directory": "/tmp", "qos": "q"}
+    options = {
+        "hold": 1,
+        "mem": "1G",
+        "dependency": "after:1",
+        "nodes": 1,
+        "array": "1-2",
+        "name": "a",
+        "working_directory": "/tmp",
+        "qos": "q",
+    }
     # WHEN building argv
     argv = SbatchCommand(job(**options)).argv()
     # THEN the arguments follow the fixed option table order
-    assert argv[3:] == ["--job-name=a", "--qos=q", "--nodes=1", "--mem=1G", "--chdir=/tmp"]
+    assert argv[len(PREFIX) :] == [
+        "--job-name=a",
+        "--qos=q",
+        "--nodes=1",
+        "--mem=1G",
+        "--chdir=/tmp",
+        "--array=1-2",
+        "--dependency=after:1",
+        "--hold",
+    ]
+
+
+@pytest.mark.parametrize("value", [0, "0", None])
+def test_hold_zero_or_absent_adds_no_argument(value: Any) -> None:
+    # GIVEN hold switched off / WHEN building argv / THEN only the fixed prefix
+    assert SbatchCommand(job(hold=value)).argv() == PREFIX
+
+
+def test_export_all_is_always_passed() -> None:
+    # GIVEN a job without environment (the job's environment is sbatch's either way)
+    # WHEN building argv / THEN --export=ALL is there, explicitly
+    assert "--export=ALL" in SbatchCommand(job()).argv()
+
+
+# ---- the job's environment -------------------------------------------------------------------
+
+
+def env_job(environment: dict[str, Any]) -> dict[str, Any]:
+    return {"token": DEDUP, "script": SCRIPT, "environment": environment}
+
+
+def test_environment_never_reaches_argv() -> None:
+    # GIVEN variables whose values look like options and shell syntax
+    command = SbatchCommand(env_job({"MYVAR": "--uid=0", "OTHER": "$(id); a,b=c\nx"}))
+    # WHEN building the command
+    argv = command.argv()
+    # THEN no value and no name is in argv
+    assert not any("--uid" in arg or "MYVAR" in arg or "$(id)" in arg for arg in argv)
+
+
+def test_sbatch_environment_is_the_clean_base_plus_the_job_variables() -> None:
+    # GIVEN the agent's environment with secrets and a site squeue format, and a job variable
+    command = SbatchCommand(env_job({"MYVAR": "a b,c=d;$(id)\nline2"}))
+    base = agent.base_environment(AGENT_ENV)
+    # WHEN computing sbatch's environment
+    env = command.env(base)
+    # THEN it is exactly PATH/HOME/LANG/SLURM_CONF from the agent plus MYVAR, verbatim
+    assert env == {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "MYVAR": "a b,c=d;$(id)\nline2",
+    }
+
+
+def test_base_environment_has_a_path_even_when_the_agent_has_none() -> None:
+    # GIVEN an agent started with an empty environment / WHEN the base is built
+    # THEN Slurm clients still get a standard PATH
+    assert agent.base_environment({}) == {"PATH": agent.DEFAULT_PATH}
+
+
+def test_submit_runs_sbatch_with_the_job_environment(tmp_path: Path) -> None:
+    # GIVEN a job with a variable
+    slurm = FakeSlurm()
+    request = {"v": 1, "op": "submit", "jobs": [env_job({"MYVAR": "42"})]}
+    # WHEN submitted
+    answer(tmp_path, slurm, request)
+    # THEN sbatch ran with the clean base plus MYVAR, and squeue without MYVAR
+    envs = {argv[0]: env for (argv, _), env in zip(slurm.calls, slurm.envs, strict=True)}
+    assert envs["sbatch"]["MYVAR"] == "42"
+    assert "AWS_SECRET_ACCESS_KEY" not in envs["sbatch"]
+    assert envs["squeue"] == agent.base_environment(AGENT_ENV)
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"LD_PRELOAD": "/tmp/evil.so"},
+        {"SLURM_CONF": "/tmp/evil.conf"},
+        {"SBATCH_EXPORT": "NONE"},
+        {"BASH_FUNC_x%%": "() { id; }"},
+        {"PATH": "/tmp"},
+        {"IFS": " "},
+        {"GLIBC_TUNABLES": "glibc.malloc.mxfast=1"},
+        {"HOSTALIASES": "/tmp/hosts"},
+        {"1BAD": "x"},
+        {"BAD-NAME": "x"},
+        {"A": "nul\x00byte"},
+        {"A": "x" * 4097},
+        {"A": 5},
+        {f"V{i}": "x" for i in range(129)},
+    ],
+)
+def test_unacceptable_environment_is_rejected(environment: dict[str, Any]) -> None:
+    # GIVEN a reserved, loader-relevant or malformed variable
+    # WHEN the agent builds the command
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand(env_job(environment))
+    # THEN a permanent INVALID_OPTION
+    assert caught.value.code == agent.INVALID_OPTION
+    assert not caught.value.transient
+
+
+def test_environment_must_be_an_object() -> None:
+    # GIVEN a list instead of a mapping / WHEN building / THEN INVALID_OPTION
+    with pytest.raises(AgentError) as caught:
+        SbatchCommand(env_job(["A=1"]))  # type: ignore[arg-type]
+    assert caught.value.code == agent.INVALID_OPTION
 
 
 def test_script_travels_on_stdin_never_in_argv() -> None:
@@ -158,6 +303,26 @@ def test_script_travels_on_stdin_never_in_argv() -> None:
         ("ntasks", "5; id"),
         ("cpus_per_task", 1.5),
         ("partition", 7),
+        ("dependency", "afterok:1;id"),
+        ("dependency", "afterok:1 afterok:2"),
+        ("dependency", "afterok"),
+        ("dependency", "afterok:"),
+        ("dependency", "before:1"),
+        ("dependency", "afterok:1?afterany:2"),
+        ("dependency", "singleton"),
+        ("dependency", "afterok:1\n"),
+        ("array", "1-10x"),
+        ("array", "a-b"),
+        ("array", "1-10%"),
+        ("array", "1," * 200 + "1"),
+        ("output", "/tmp/../etc/passwd"),
+        ("output", "/tmp/..//x"),
+        ("output", "relative/out"),
+        ("output", "/tmp/a\nb"),
+        ("error", "/tmp/x\x00"),
+        ("hold", 2),
+        ("hold", "yes"),
+        ("hold", True),
     ],
 )
 def test_malicious_or_malformed_option_is_rejected_by_the_agent(key: str, value: Any) -> None:
@@ -372,10 +537,12 @@ def test_failing_squeue_fails_the_call_transiently(tmp_path: Path) -> None:
     slurm = FakeSlurm()
     slurm.squeue = ""
 
-    def run(argv: list[str], stdin: bytes | None, timeout: float) -> tuple[int, str, str]:
+    def run(
+        argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
+    ) -> tuple[int, str, str]:
         if argv[0] == "squeue":
             return 1, "", "squeue: error: Unable to contact slurm controller\n"
-        return slurm(argv, stdin, timeout)
+        return slurm(argv, stdin, timeout, env)
 
     # WHEN submitting
     agent_ = Agent(run=run, lock_path=str(tmp_path / "l"), user="root")
@@ -695,3 +862,36 @@ def test_crash_still_prints_a_transient_json_answer(
         "message": "RuntimeError: boom",
         "transient": True,
     }
+
+
+# ---- what the head node runs --------------------------------------------------------------------
+
+PYTHON37 = Path.home() / ".pyenv/versions/3.7.16/bin/python"
+
+
+@pytest.mark.skipif(not PYTHON37.exists(), reason="Python 3.7 is not installed (pyenv)")
+def test_agent_runs_under_python_37_without_slurm(tmp_path: Path) -> None:
+    # GIVEN Python 3.7 (Amazon Linux 2's python3), no Slurm on PATH, and a job's output file
+    (tmp_path / "slurm-77.out").write_text("héllo\n")
+    query = {"job_id": "77", "patterns": {"stdout": f"{tmp_path}/slurm-%j.out"}}
+    payload = b64({"v": 1, "op": "output", "output": query})
+    # WHEN the agent script runs there
+    completed = subprocess.run(
+        [str(PYTHON37), str(Path(agent.__file__)), payload],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": str(tmp_path / "empty")},
+        timeout=30,
+    )
+    # THEN one JSON answer with the file's text (patterns expanded, file read, no crash)
+    assert completed.returncode == 0, completed.stderr
+    (chunk,) = json.loads(completed.stdout)["output"]
+    assert (chunk["data"], chunk["eof"]) == ("héllo\n", True)
+
+
+def test_compressed_agent_leaves_room_in_an_ssm_command() -> None:
+    # GIVEN the agent as the SSM runner embeds it (zlib, base64) in a 32 KiB inline command
+    embedded = base64.b64encode(zlib.compress(Path(agent.__file__).read_bytes(), 9))
+    # WHEN measured / THEN it leaves at least 6 KiB for the payload (larger ones go through S3)
+    assert len(embedded) < 26 * 1024

@@ -111,3 +111,19 @@ def test_queue_messages_round_trip_and_forbid_extras() -> None:
     # AND an unknown field in a message is an error
     with pytest.raises(ValidationError):
         JobSubmitMessage.model_validate({**message.model_dump(), "extra": 1})
+
+
+def test_the_api_and_the_agent_refuse_the_same_environment_names() -> None:
+    # GIVEN both lists / THEN equal, so a user gets a 422 instead of a failed submission
+    from broker import models  # noqa: PLC0415
+    from broker.agent import hpcb_agent  # noqa: PLC0415
+
+    assert models.RESERVED_ENV_NAMES == hpcb_agent.RESERVED_ENV_NAMES | hpcb_agent.LIBC_ENV_NAMES
+    assert models.RESERVED_ENV_PREFIXES == hpcb_agent.RESERVED_ENV_PREFIXES
+
+
+@pytest.mark.parametrize("name", ["GLIBC_TUNABLES", "LD_PRELOAD", "SLURM_JOB_ID", "PATH"])
+def test_reserved_environment_names_are_rejected(name: str) -> None:
+    # GIVEN a reserved variable name / WHEN validated / THEN rejected naming it
+    with pytest.raises(ValidationError, match=name):
+        spec(environment={name: "x"})

@@ -17,7 +17,7 @@ from broker.agent.protocol import (
     is_safe_payload,
 )
 from broker.errors import TransientError
-from broker.models import JobSpec, slurm_token
+from broker.models import Dependency, JobSpec, slurm_token
 
 
 def submit_request() -> AgentRequest:
@@ -50,10 +50,57 @@ def test_agent_job_carries_options_without_the_script() -> None:
 
 
 def test_every_agent_job_option_is_known_to_the_agent() -> None:
-    # GIVEN every JobSpec field except the script
-    fields = set(JobSpec.model_fields) - {"script"}
+    # GIVEN every JobSpec field that becomes an sbatch option (the script travels on stdin, the
+    # environment through sbatch's process environment, tags stay with the broker)
+    fields = set(JobSpec.model_fields) - {"script", "environment", "tags"}
     # WHEN compared with the agent's option table / THEN they are the same set
     assert fields == {key for key, _, _ in hpcb_agent.OPTIONS}
+
+
+def test_agent_accepts_a_job_built_from_a_spec_using_every_field() -> None:
+    # GIVEN a spec with every field set, and its dependencies resolved to Slurm ids
+    spec = JobSpec(
+        script="#!/bin/bash\ntrue\n",
+        name="all-fields",
+        partition="compute",
+        account="proj",
+        qos="normal",
+        time_limit="1:00:00",
+        nodes=1,
+        ntasks=2,
+        cpus_per_task=1,
+        mem="1G",
+        working_directory="/shared/run",
+        output="/shared/run/%x-%A_%a.out",
+        error="/shared/run/%x-%A_%a.err",
+        array="1-10%2",
+        dependency=[Dependency(type="afterok", jobs=["12", "13_2"])],
+        environment={"MYVAR": "x y"},
+        hold=True,
+        tags={"team": "a"},
+    )
+    job = AgentJob.of(slurm_token("rall"), spec, dependency="afterok:12:13_2")
+    # WHEN the agent validates it as it arrives (JSON)
+    command = hpcb_agent.SbatchCommand(json.loads(job.model_dump_json()))
+    # THEN every option became one argument and the variable stayed out of argv
+    assert command.argv()[4:] == [
+        "--job-name=all-fields",
+        "--partition=compute",
+        "--account=proj",
+        "--qos=normal",
+        "--time=1:00:00",
+        "--nodes=1",
+        "--ntasks=2",
+        "--cpus-per-task=1",
+        "--mem=1G",
+        "--chdir=/shared/run",
+        "--output=/shared/run/%x-%A_%a.out",
+        "--error=/shared/run/%x-%A_%a.err",
+        "--array=1-10%2",
+        "--dependency=afterok:12:13_2",
+        "--hold",
+    ]
+    assert command.environment == {"MYVAR": "x y"}
 
 
 def test_encoded_request_is_a_safe_payload() -> None:
