@@ -65,10 +65,17 @@ INLINE_OUTPUT_CHARS = 24_000
 class RequestService:
     """The API's side: accept writes (record, then enqueue) and read records back."""
 
-    def __init__(self, store: Store, queue: RequestQueue, clusters: ClusterDirectory) -> None:
+    def __init__(
+        self,
+        store: Store,
+        queue: RequestQueue,
+        clusters: ClusterDirectory,
+        announcer: Announcer | None = None,
+    ) -> None:
         self._store = store
         self._queue = queue
         self._clusters = clusters
+        self._announce = announcer
 
     def submit_job(self, owner: str, cluster: str, spec: JobSpec) -> RequestRecord:
         """Accept a job submission: validate, record request and job, enqueue.
@@ -137,6 +144,9 @@ class RequestService:
                 notify_pending=RequestState.SUCCEEDED.value,
             )
             self._store.create_request(record)
+            if self._announce is not None:  # else the sweep publishes both, a minute later
+                self._announce.job(job.job_id, JobState.SUBMITTING)
+                self._announce.request(record.request_id)
             return record
         record = self._new_request(owner, cluster, "job.cancel", job_id=job.job_id)
         self._store.create_request(record)

@@ -39,6 +39,9 @@ class ApiSettings(CommonSettings):
     """The API function."""
 
     queue_url: str = Field(description="URL of the requests queue.")
+    topic_arn: str | None = Field(
+        default=None, description="SNS topic: events of cancels done at once by the API."
+    )
 
 
 class JobWorkerSettings(CommonSettings):

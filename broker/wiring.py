@@ -40,10 +40,17 @@ def cluster_directory(settings: CommonSettings) -> ClusterDirectory:
 def request_service() -> RequestService:
     """The API's service."""
     settings = api_settings()
+    store = DynamoStore(client("dynamodb"), settings.table_name)
+    announcer = (
+        Announcer(store, SnsNotifier(client("sns"), settings.topic_arn))
+        if settings.topic_arn
+        else None
+    )
     return RequestService(
-        store=DynamoStore(client("dynamodb"), settings.table_name),
+        store=store,
         queue=SqsRequestQueue(client("sqs"), settings.queue_url),
         clusters=cluster_directory(settings),
+        announcer=announcer,
     )
 
 

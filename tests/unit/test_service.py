@@ -79,7 +79,7 @@ def world() -> World:
     worker = Dispatcher(
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts
     )
-    api = RequestService(store, queue, FakeDirectory())
+    api = RequestService(store, queue, FakeDirectory(), Announcer(store, notifier))
     return World(store, queue, api, runner, notifier, artifacts, worker)
 
 
@@ -334,6 +334,11 @@ def test_cancel_while_queued_skips_the_submission_entirely(world: World) -> None
     assert world.worker.handle(message) == "cancelled"
     assert world.runner.calls == []
     assert world.store.get(message.request_id).state is RequestState.CANCELLED
+    # AND one CANCELLED job event and one event per finished request were published at once
+    assert [e.new_state for e in world.events(JobEvent)] == [JobState.CANCELLED]
+    assert sorted(e.request_id for e in world.events(RequestEvent)) == sorted(
+        [cancel.request_id, message.request_id]
+    )
 
 
 def test_cancel_of_a_job_in_slurm_runs_scancel(world: World) -> None:
