@@ -56,8 +56,8 @@ def summary(values: list[float]) -> dict[str, float]:
 def run(n: int, slurm_env: Path) -> dict[str, Any]:
     """Measure everything; return the figures."""
     figures: dict[str, Any] = {"calls": n}
-    with launched_stack(slurm_env, ROOT / ".run" / "bench-stack.log") as url:
-        client = BrokerClient(url, principal="arn:aws:iam::000000000000:user/bench")
+    with launched_stack(slurm_env, ROOT / ".run" / "bench-stack.log") as stack:
+        client = BrokerClient(stack.url, principal="arn:aws:iam::000000000000:user/bench")
         spec = {"script": SCRIPT, "name": BENCH_NAME}
         client.submit_job("local", spec)  # warm up both handlers' cold start
         post_ms, ids = [], []

@@ -8,6 +8,7 @@ ended FAILED with Slurm's message, and another principal could not see the first
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 from broker.client import ApiError, BrokerClient
-from broker.local.launcher import launched_stack
+from broker.local.launcher import Launched, launched_stack
+from broker.local.notifications import Notification, drain
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = "arn:aws:iam::000000000000:user/alice"
@@ -51,16 +55,48 @@ def _wait_in_slurm(job_id: str, env: dict[str, str], timeout: float = 90) -> lis
     raise RuntimeError(f"job {job_id} not finished in Slurm after {timeout}s (last: {row})")
 
 
+def _wait_job_final(client: BrokerClient, job_id: str, timeout: float = 90) -> dict[str, Any]:
+    """Poll the job resource (served from the table, kept fresh by the sweeper) until final."""
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.call("GET", f"/v1/clusters/local/jobs/{job_id}")
+        if job["final"]:
+            return job
+        time.sleep(0.5)
+    return job
+
+
+def _notification_for(stack: Launched, job_id: str, timeout: float = 30) -> Notification | None:
+    """The job's state-change event, as the local inbox (an SNS subscriber) received it."""
+    if stack.notifications_queue_url is None:
+        return None
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=stack.moto_url,
+        region_name=stack.region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - moto
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for note in drain(sqs, stack.notifications_queue_url, wait_s=1):
+            message = note.message if isinstance(note.message, dict) else {}
+            if message.get("type") == "job.state_changed" and message.get("job_id") == job_id:
+                return note
+    return None
+
+
 def run(slurm_env_file: Path) -> bool:
     """The demo; True when every check passed."""
     env = dict(os.environ)
     ok = True
     log_path = ROOT / ".run" / "demo-stack.log"
     started = time.monotonic()
-    with launched_stack(slurm_env_file, log_path) as url:
-        client = BrokerClient(url, principal=ALICE)
+    with launched_stack(slurm_env_file, log_path) as stack:
+        client = BrokerClient(stack.url, principal=ALICE)
         _say(
-            f"local stack up at {url} in {time.monotonic() - started:.1f}s "
+            f"local stack up at {stack.url} in {time.monotonic() - started:.1f}s "
             f"(log: {log_path.relative_to(ROOT)})"
         )
         for line in slurm_env_file.read_text().splitlines():
@@ -87,6 +123,19 @@ def run(slurm_env_file: Path) -> bool:
         _say(f"sacct says job {job_id}: state={row[1]} exit={row[2]} comment={row[3]}")
         ok &= row[1] == "COMPLETED" and row[3] == f"hpcb:{accepted['request_id']}"
         _say(f"POST to job finished in Slurm: {time.monotonic() - t0:.1f}s")
+        job = _wait_job_final(client, accepted["request_id"])
+        _say(
+            f"GET /v1/clusters/local/jobs/{accepted['request_id']} -> {job['state']} "
+            f"exit={job['exit_code']} start={job['start_time']} end={job['end_time']}"
+        )
+        ok &= job["state"] == "COMPLETED" and job["exit_code"] == 0
+        note = _notification_for(stack, accepted["request_id"])
+        if note is None:
+            _say("FAIL: no notification for the finished job")
+            ok = False
+        else:
+            _say(f"SNS notification a subscriber received: attributes={note.message_attributes}")
+            _say(f"  message={json.dumps(note.message, sort_keys=True)}")
 
         try:
             BrokerClient(client.base_url, principal=MALLORY).get_request(accepted["request_id"])

@@ -1,20 +1,24 @@
 """Run the local stack as a child process (what ``make demo`` and ``make bench`` do).
 
 The stack runs in its own process, as it does under ``make up``, so clients measure it over
-real HTTP without sharing an interpreter (or its GIL) with it.
+real HTTP without sharing an interpreter (or its GIL) with it. Ports are free ones and the run
+file is private, so a developer's own ``make up`` stack is left alone.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,32 +31,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Launched:
+    """Where a launched stack answers."""
+
+    url: str
+    moto_url: str
+    region: str
+    notifications_queue_url: str | None
+
+
 @contextmanager
-def launched_stack(slurm_env: Path, log_path: Path, timeout: float = 60) -> Iterator[str]:
-    """Start ``python -m broker.local up`` on a free port; yield its base URL; stop it.
+def launched_stack(slurm_env: Path, log_path: Path, timeout: float = 60) -> Iterator[Launched]:
+    """Start ``python -m broker.local up`` on free ports; yield where it answers; stop it.
 
     Raises:
         RuntimeError: the stack exited or did not answer within ``timeout`` seconds.
     """
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "broker.local",
-        "up",
-        "--api-port",
-        str(port),
-        "--slurm-env",
-        str(slurm_env),
-        "--no-state-file",
-    ]
+    run_file = Path(tempfile.mkdtemp(prefix="hpcb-launch-")) / "stack.json"
+    command = [sys.executable, "-m", "broker.local", "--run-file", str(run_file), "up"]
+    command += ["--api-port", str(port), "--moto-port", "0", "--slurm-env", str(slurm_env)]
     with log_path.open("wb") as log:
         stack = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, stack, timeout)
-        yield url
+        info = json.loads(run_file.read_text())
+        yield Launched(
+            url=url,
+            moto_url=info["moto_url"],
+            region=info["region"],
+            notifications_queue_url=info.get("notifications_queue_url"),
+        )
     finally:
         stack.send_signal(signal.SIGTERM)
         try:
