@@ -210,5 +210,10 @@ def test_redelivery_after_sbatch_but_before_the_record_makes_no_duplicate(
     final = alice.wait(request_id, timeout=60)
     # THEN the request reuses the job sbatch already made, and Slurm holds exactly one
     assert final["state"] == "SUCCEEDED"
-    assert final["result"] == {"job_id": token_holder["job_id"], "cluster": "local", "reused": True}
+    assert final["result"] == {
+        "kind": "job.submit",
+        "job_id": token_holder["job_id"],
+        "cluster": "local",
+        "reused": True,
+    }
     assert slurm_jobs_with(slurm_token(request_id)) == [token_holder["job_id"]]
