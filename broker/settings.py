@@ -42,6 +42,9 @@ class ApiSettings(CommonSettings):
     topic_arn: str | None = Field(
         default=None, description="SNS topic: events of cancels done at once by the API."
     )
+    idempotency_table: str | None = Field(
+        default=None, description="DynamoDB table of Idempotency-Key records."
+    )
 
 
 class JobWorkerSettings(CommonSettings):

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
 from broker import __version__
 from broker.api.errors import (
@@ -24,10 +24,19 @@ from broker.api.errors import (
     error_response,
     field_errors,
 )
-from broker.errors import BrokerError
+from broker.api.idempotency import (
+    IDEMPOTENCY_TTL_SECONDS,
+    KEY_PATTERN,
+    IdempotentCall,
+    Route,
+    accept_once,
+    was_replayed,
+)
+from broker.errors import BrokerError, ValidationError
 from broker.jobs import JobList, JobState, JobView
-from broker.models import AcceptedResponse, JobSpec, OutputQueryBody, RequestView
+from broker.models import AcceptedResponse, JobSpec, OutputQueryBody, RequestView, dump
 from broker.observability import logger, metrics
+from broker.settings import api_settings
 from broker.wiring import request_service
 
 #: Largest request body accepted, in bytes (the script limit is lower; see MAX_SCRIPT_BYTES).
@@ -40,6 +49,15 @@ ClusterParam = Annotated[str, Path(pattern=CLUSTER_PATTERN, description="Cluster
 JobIdParam = Annotated[
     str,
     Path(pattern=JOB_ID_PATTERN, description="Broker job id (r…), or the Slurm job id."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        pattern=KEY_PATTERN,
+        description="Optional. The same key with the same body within "
+        f"{IDEMPOTENCY_TTL_SECONDS // 3600} h returns the original answer (header "
+        "Idempotent-Replayed: true) and does nothing again; with another body: 422.",
+    ),
 ]
 _ACCEPTED = {
     HTTPStatus.ACCEPTED: {
@@ -83,15 +101,50 @@ class _UnauthenticatedError(BrokerError):
     code = "UNAUTHENTICATED"
 
 
-def _accepted(request_id: str) -> Response[AcceptedResponse]:
-    location = f"/v1/requests/{request_id}"
-    body = AcceptedResponse(request_id=request_id, location=location)
+def _accepted_body(request_id: str) -> AcceptedResponse:
+    return AcceptedResponse(request_id=request_id, location=f"/v1/requests/{request_id}")
+
+
+def _accepted(body: AcceptedResponse, *, replayed: bool = False) -> Response[AcceptedResponse]:
+    headers = {"Location": body.location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return Response(
         status_code=HTTPStatus.ACCEPTED,
         content_type=content_types.APPLICATION_JSON,
         body=body,
-        headers={"Location": location},
+        headers=headers,
     )
+
+
+def _run(call: IdempotentCall) -> AcceptedResponse:
+    """Perform one accepted write (what an Idempotency-Key protects)."""
+    args, service = call.args, request_service()
+    if call.route == "submit_job":
+        spec = JobSpec.model_validate(call.body)
+        record = service.submit_job(args["owner"], args["cluster"], spec)
+    elif call.route == "cancel_job":
+        record = service.cancel_job(args["owner"], args["cluster"], args["job_id"])
+    else:
+        query = OutputQueryBody.model_validate(call.body)
+        record = service.fetch_output(args["owner"], args["cluster"], args["job_id"], query)
+    return _accepted_body(record.request_id)
+
+
+def _write(
+    route: Route, key: str | None, args: dict[str, str], body: Any
+) -> Response[AcceptedResponse]:
+    """Run a write once, or at most once per Idempotency-Key when the caller sent one."""
+    owner = caller()
+    args = {"owner": owner, **args}
+    call = IdempotentCall(scope="", route=route, args=args, body=body)
+    if key is None:
+        return _accepted(_run(call))
+    table = api_settings().idempotency_table
+    if not table:
+        raise ValidationError("Idempotency-Key is not supported by this deployment")
+    answer = accept_once(table, _run, owner=owner, key=key, route=route, args=args, body=body)
+    return _accepted(answer, replayed=was_replayed())
 
 
 @app.post(
@@ -106,11 +159,12 @@ def _accepted(request_id: str) -> Response[AcceptedResponse]:
 def submit_job(
     cluster: ClusterParam,
     spec: Annotated[JobSpec, Body(description="The job to submit.")],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[AcceptedResponse]:
     """POST a job: record it, enqueue it, answer 202."""
-    record = request_service().submit_job(caller(), cluster, spec)
+    answer = _write("submit_job", idempotency_key, {"cluster": cluster}, dump(spec))
     metrics.add_metric(name="JobsAccepted", unit="Count", value=1)
-    return _accepted(record.request_id)
+    return answer
 
 
 @app.get(
@@ -201,8 +255,8 @@ def get_job(cluster: ClusterParam, job_id: JobIdParam) -> JobView:
     responses=_ACCEPTED,
 )
 def cancel_job(cluster: ClusterParam, job_id: JobIdParam) -> Response[AcceptedResponse]:
-    """DELETE a job: cancel it."""
-    return _accepted(request_service().cancel_job(caller(), cluster, job_id).request_id)
+    """DELETE a job: cancel it (DELETE is idempotent by nature: a second one answers 409)."""
+    return _write("cancel_job", None, {"cluster": cluster, "job_id": job_id}, None)
 
 
 @app.post(
@@ -219,9 +273,11 @@ def fetch_output(
     cluster: ClusterParam,
     job_id: JobIdParam,
     query: Annotated[OutputQueryBody, Body(description="Which output.")],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[AcceptedResponse]:
     """POST an output fetch."""
-    return _accepted(request_service().fetch_output(caller(), cluster, job_id, query).request_id)
+    args = {"cluster": cluster, "job_id": job_id}
+    return _write("fetch_output", idempotency_key, args, dump(query))
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

@@ -8,6 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from broker.api.app import app, oversized, render
+from broker.api.idempotency import register_lambda_context
 from broker.observability import logger, metrics, tracer
 
 
@@ -16,6 +17,7 @@ from broker.observability import logger, metrics, tracer
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Resolve one API Gateway REST proxy event."""
+    register_lambda_context(context)
     too_big = oversized(event)
     if too_big is not None:
         return render(too_big)
