@@ -100,3 +100,13 @@ class ThrottledError(TransientError):
     """An AWS API or the scheduler asked us to slow down."""
 
     code = "THROTTLED"
+
+
+class BackpressureError(TransientError):
+    """A backlog or in-flight limit is reached: slow down (HTTP 429 with Retry-After)."""
+
+    code = "TOO_MANY_REQUESTS"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

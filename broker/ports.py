@@ -33,6 +33,15 @@ class ClusterTarget:
     instance_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Back-pressure limits on submissions accepted but not yet in Slurm."""
+
+    cluster_backlog: int
+    owner_inflight: int
+    retry_after_seconds: int = 10
+
+
 class RequestStore(Protocol):
     """Durable request records with conditional, monotonic state changes."""
 
@@ -69,8 +78,13 @@ class JobStore(Protocol):
     "needs attention" index until its notification is published (``clear_notification``).
     """
 
-    def create_submission(self, request: RequestRecord, job: JobRecord) -> None:
-        """Write a submit request and its job together (both or neither)."""
+    def create_submission(
+        self, request: RequestRecord, job: JobRecord, limits: Limits | None = None
+    ) -> None:
+        """Write a submit request and its job together (both or neither), within ``limits``.
+
+        Raises BackpressureError when a limit is reached, ConflictError if the id exists.
+        """
 
     def create_request(self, request: RequestRecord) -> None:
         """Write a non-submit request (cancel, output) for an existing job."""

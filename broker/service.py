@@ -51,6 +51,7 @@ from broker.ports import (
     ArtifactStore,
     ClusterDirectory,
     CommandRunner,
+    Limits,
     RequestQueue,
     Store,
 )
@@ -71,11 +72,13 @@ class RequestService:
         queue: RequestQueue,
         clusters: ClusterDirectory,
         announcer: Announcer | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
         self._clusters = clusters
         self._announce = announcer
+        self._limits = limits
 
     def submit_job(self, owner: str, cluster: str, spec: JobSpec) -> RequestRecord:
         """Accept a job submission: validate, record request and job, enqueue.
@@ -112,7 +115,7 @@ class RequestService:
             error=spec.error,
             tags=spec.tags,
         )
-        self._store.create_submission(record, job)
+        self._store.create_submission(record, job, self._limits)
         message = JobSubmitMessage(
             request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
         )

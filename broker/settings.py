@@ -45,6 +45,17 @@ class ApiSettings(CommonSettings):
     idempotency_table: str | None = Field(
         default=None, description="DynamoDB table of Idempotency-Key records."
     )
+    max_cluster_backlog: int = Field(
+        default=50_000,
+        ge=1,
+        description="Submissions accepted but not yet in Slurm, per cluster, before 429.",
+    )
+    max_owner_inflight: int = Field(
+        default=20_000,
+        ge=1,
+        description="Submissions accepted but not yet in Slurm, per caller, before 429.",
+    )
+    retry_after_seconds: int = Field(default=10, ge=1, description="Retry-After of a 429.")
 
 
 class JobWorkerSettings(CommonSettings):

@@ -15,7 +15,7 @@ from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.s3 import S3ArtifactStore
 from broker.adapters.sns import SnsNotifier
 from broker.adapters.sqs import SqsRequestQueue
-from broker.ports import ClusterDirectory, CommandRunner
+from broker.ports import ClusterDirectory, CommandRunner, Limits
 from broker.runners.local import LocalRunner
 from broker.runners.ssm import SsmRunner
 from broker.service import DeadLetterService, Dispatcher, RequestService
@@ -51,6 +51,11 @@ def request_service() -> RequestService:
         queue=SqsRequestQueue(client("sqs"), settings.queue_url),
         clusters=cluster_directory(settings),
         announcer=announcer,
+        limits=Limits(
+            cluster_backlog=settings.max_cluster_backlog,
+            owner_inflight=settings.max_owner_inflight,
+            retry_after_seconds=settings.retry_after_seconds,
+        ),
     )
 
 

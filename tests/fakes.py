@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse
-from broker.errors import ClusterNotFoundError, ConflictError, NotFoundError
+from broker.errors import BackpressureError, ClusterNotFoundError, ConflictError, NotFoundError
 from broker.events import Event
 from broker.jobs import JobRecord, JobState
 from broker.models import (
@@ -22,7 +22,7 @@ from broker.models import (
     RequestResult,
     utcnow,
 )
-from broker.ports import ClusterTarget, CommandRunner
+from broker.ports import ClusterTarget, CommandRunner, Limits
 from broker.states import RequestState, can_transition
 
 
@@ -33,6 +33,7 @@ class InMemoryStore:
         self.records: dict[str, RequestRecord] = {}
         self.jobs: dict[str, JobRecord] = {}
         self.aliases: dict[tuple[str, str], str] = {}
+        self.counters: dict[tuple[str, str], int] = {}
         self.writes = 0
 
     # requests
@@ -89,12 +90,33 @@ class InMemoryStore:
         return True
 
     # jobs
-    def create_submission(self, request: RequestRecord, job: JobRecord) -> None:
+    def create_submission(
+        self, request: RequestRecord, job: JobRecord, limits: Limits | None = None
+    ) -> None:
         if request.request_id in self.records or job.job_id in self.jobs:
             raise ConflictError(f"request {request.request_id} exists already")
+        cluster, owner = ("CLUSTER", job.cluster), ("OWNER", job.owner)
+        if limits is not None:
+            if self.counters.get(cluster, 0) + 1 > limits.cluster_backlog:
+                raise BackpressureError(
+                    "cluster backlog full", retry_after=limits.retry_after_seconds
+                )
+            if self.counters.get(owner, 0) + 1 > limits.owner_inflight:
+                raise BackpressureError(
+                    "too many in flight", retry_after=limits.retry_after_seconds
+                )
+            self.counters[cluster] = self.counters.get(cluster, 0) + 1
+            self.counters[owner] = self.counters.get(owner, 0) + 1
         self.records[request.request_id] = request
         self.jobs[job.job_id] = job
         self.writes += 2
+
+    def backlog(self, kind: str, name: str) -> int:
+        return self.counters.get((kind, name), 0)
+
+    def _count_out(self, job: JobRecord) -> None:
+        for key in (("CLUSTER", job.cluster), ("OWNER", job.owner)):
+            self.counters[key] = self.counters.get(key, 0) - 1
 
     def get_job(self, job_id: str) -> JobRecord:
         try:
@@ -158,32 +180,33 @@ class InMemoryStore:
     def cancel_unsubmitted(self, job_id: str) -> bool:
         if self.get_job(job_id).submit_started:
             return False
-        moved = self._update_job(
+        return self._leave(
             job_id,
-            JobState.SUBMITTING,
             state=JobState.CANCELLED,
             reason="cancelled before it reached Slurm",
             notify_pending=JobState.CANCELLED.value,
         )
-        return moved is not None
 
     def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
-        moved = self._update_job(
-            job_id, JobState.SUBMITTING, state=JobState.PENDING, slurm_job_id=slurm_job_id
-        )
+        moved = self._leave(job_id, state=JobState.PENDING, slurm_job_id=slurm_job_id)
+        if moved:
+            self.aliases[(self.get_job(job_id).cluster, slurm_job_id)] = job_id
+        return moved
+
+    def _leave(self, job_id: str, **changes: Any) -> bool:
+        """Out of SUBMITTING and out of the backlog counters, together."""
+        moved = self._update_job(job_id, JobState.SUBMITTING, **changes)
         if moved is not None:
-            self.aliases[(moved.cluster, slurm_job_id)] = job_id
+            self._count_out(moved)
         return moved is not None
 
     def record_submit_failed(self, job_id: str, reason: str) -> bool:
-        moved = self._update_job(
+        return self._leave(
             job_id,
-            JobState.SUBMITTING,
             state=JobState.SUBMIT_FAILED,
             reason=reason,
             notify_pending=JobState.SUBMIT_FAILED.value,
         )
-        return moved is not None
 
     def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
         extra: dict[str, Any] = {**changes, "state": new_state}

@@ -26,9 +26,10 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import error_code, translate
-from broker.errors import ConflictError, NotFoundError, ValidationError
+from broker.errors import BackpressureError, ConflictError, NotFoundError, ValidationError
 from broker.jobs import JobRecord, JobState
 from broker.models import ErrorInfo, RequestRecord, RequestResult, dump, utcnow
+from broker.ports import Limits
 from broker.states import RequestState, sources_of
 
 _SER = TypeSerializer()
@@ -237,24 +238,70 @@ class DynamoStore:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def create_submission(self, request: RequestRecord, job: JobRecord) -> None:
-        """Write a submit request and its job in one transaction (both or neither)."""
+    def create_submission(
+        self, request: RequestRecord, job: JobRecord, limits: Limits | None = None
+    ) -> None:
+        """Write a submit request and its job in one transaction (both or neither).
+
+        With ``limits``, the same transaction counts the job into its cluster's backlog and its
+        owner's in-flight submissions, and fails whole when either would pass its limit: the
+        limit holds exactly, however many API calls race.
+
+        Raises:
+            ConflictError: the request exists already.
+            BackpressureError: a limit is reached (answer 429).
+        """
         absent = "attribute_not_exists(pk)"
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self._table, "Item": request_item(request),
+                     "ConditionExpression": absent}},
+            {"Put": {"TableName": self._table, "Item": job_item(job),
+                     "ConditionExpression": absent}},
+        ]  # fmt: skip
+        if limits is not None:
+            items.append(self._count("CLUSTER", job.cluster, +1, limits.cluster_backlog))
+            items.append(self._count("OWNER", job.owner, +1, limits.owner_inflight))
         try:
-            self._ddb.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": self._table, "Item": request_item(request),
-                             "ConditionExpression": absent}},
-                    {"Put": {"TableName": self._table, "Item": job_item(job),
-                             "ConditionExpression": absent}},
-                ]
-            )  # fmt: skip
+            self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if _condition_failed(exc):
+            failed = _failed_items(exc)
+            if limits is not None and 2 in failed:
+                raise BackpressureError(
+                    f"cluster {job.cluster} has {limits.cluster_backlog} submissions waiting; "
+                    "retry later",
+                    retry_after=limits.retry_after_seconds,
+                ) from exc
+            if limits is not None and 3 in failed:
+                raise BackpressureError(
+                    f"you have {limits.owner_inflight} submissions not yet in Slurm; retry later",
+                    retry_after=limits.retry_after_seconds,
+                ) from exc
+            if failed or _condition_failed(exc):
                 raise ConflictError(f"request {request.request_id} exists already") from exc
             raise translate(exc, "write submission") from exc
         except BotoCoreError as exc:
             raise translate(exc, "write submission") from exc
+
+    def backlog(self, kind: str, name: str) -> int:
+        """The current count of a backlog counter (CLUSTER or OWNER)."""
+        try:
+            item = self._get(_counter_key(kind, name), f"counter {kind} {name}")
+        except NotFoundError:
+            return 0
+        return int(_DESER.deserialize(item.get("inflight", {"N": "0"})))
+
+    def _count(self, kind: str, name: str, delta: int, limit: int | None) -> dict[str, Any]:
+        """A transaction item adding ``delta`` to a counter, never past ``limit``."""
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": _counter_key(kind, name),
+            "UpdateExpression": "ADD inflight :d",
+            "ExpressionAttributeValues": {":d": {"N": str(delta)}},
+        }
+        if limit is not None:
+            update["ConditionExpression"] = "attribute_not_exists(inflight) OR inflight <= :room"
+            update["ExpressionAttributeValues"][":room"] = {"N": str(limit - delta)}
+        return {"Update": update}
 
     def get_job(self, job_id: str) -> JobRecord:
         """Read a job by its broker id."""
@@ -337,81 +384,71 @@ class DynamoStore:
 
     def cancel_unsubmitted(self, job_id: str) -> bool:
         """SUBMITTING, not started -> CANCELLED (the submission will be skipped)."""
-        item = self._update(
-            job_key(job_id),
-            sets={
-                "state": JobState.CANCELLED.value,
-                "reason": "cancelled before it reached Slurm",
-                "notify_pending": JobState.CANCELLED.value,
-                "updated_at": utcnow().isoformat(),
-            },
-            condition="#state = :c0 AND submit_started = :c1",
-            condition_values={":c0": JobState.SUBMITTING.value, ":c1": False},
-            what="cancel unsubmitted job",
+        sets = {
+            "state": JobState.CANCELLED.value,
+            "reason": "cancelled before it reached Slurm",
+            "notify_pending": JobState.CANCELLED.value,
+        }
+        return self._leave_submitting(
+            job_id, sets, "#state = :c0 AND submit_started = :c1", {":c1": False}
         )
-        return item is not None
 
     def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
         """SUBMITTING -> PENDING with the Slurm id, plus the alias item, in one transaction."""
-        job = self.get_job(job_id)
-        now = utcnow().isoformat()
-        try:
-            self._ddb.transact_write_items(
-                TransactItems=[
-                    {
-                        "Update": {
-                            "TableName": self._table,
-                            "Key": job_key(job_id),
-                            "UpdateExpression": "SET #state = :pending, slurm_job_id = :id, "
-                            "updated_at = :now",
-                            "ConditionExpression": "#state = :submitting",
-                            "ExpressionAttributeNames": {"#state": "state"},
-                            "ExpressionAttributeValues": _serialize(
-                                {
-                                    ":pending": JobState.PENDING.value,
-                                    ":submitting": JobState.SUBMITTING.value,
-                                    ":id": slurm_job_id,
-                                    ":now": now,
-                                }
-                            ),
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": {
-                                **alias_key(job.cluster, slurm_job_id),
-                                "job_id": {"S": job_id},
-                                "expires_at": {"N": str(int(job.created_at.timestamp()
-                                                            + RETENTION.total_seconds()))},
-                            },
-                        }
-                    },
-                ]
-            )  # fmt: skip
-        except ClientError as exc:
-            if _condition_failed(exc):
-                return False
-            raise translate(exc, "record submission") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "record submission") from exc
-        return True
+        sets = {"state": JobState.PENDING.value, "slurm_job_id": slurm_job_id}
+        return self._leave_submitting(job_id, sets, "#state = :c0", {}, alias=slurm_job_id)
 
     def record_submit_failed(self, job_id: str, reason: str) -> bool:
         """SUBMITTING -> SUBMIT_FAILED (final; its notification pending)."""
-        item = self._update(
+        sets = {
+            "state": JobState.SUBMIT_FAILED.value,
+            "reason": reason[:1000],
+            "notify_pending": JobState.SUBMIT_FAILED.value,
+        }
+        return self._leave_submitting(job_id, sets, "#state = :c0", {})
+
+    def _leave_submitting(
+        self,
+        job_id: str,
+        sets: dict[str, Any],
+        condition: str,
+        condition_values: dict[str, Any],
+        alias: str | None = None,
+    ) -> bool:
+        """Move a job out of SUBMITTING and out of the backlog counters, in one transaction.
+
+        False when the job is no longer SUBMITTING (another writer moved it first): the
+        counters then stay as that writer left them, so each job is counted out exactly once.
+        """
+        job = self.get_job(job_id)
+        spec = self._update_spec(
             job_key(job_id),
-            sets={
-                "state": JobState.SUBMIT_FAILED.value,
-                "reason": reason[:1000],
-                "notify_pending": JobState.SUBMIT_FAILED.value,
-                "updated_at": utcnow().isoformat(),
-            },
-            condition="#state = :c0",
-            condition_values={":c0": JobState.SUBMITTING.value},
-            what="record failed submission",
+            sets={**sets, "updated_at": utcnow().isoformat()},
+            condition=condition,
+            condition_values={":c0": JobState.SUBMITTING.value, **condition_values},
         )
-        return item is not None
+        items: list[dict[str, Any]] = [
+            {"Update": spec},
+            self._count("CLUSTER", job.cluster, -1, None),
+            self._count("OWNER", job.owner, -1, None),
+        ]
+        if alias is not None:
+            expires = int(job.created_at.timestamp() + RETENTION.total_seconds())
+            item = {
+                **alias_key(job.cluster, alias),
+                "job_id": {"S": job_id},
+                "expires_at": {"N": str(expires)},
+            }
+            items.append({"Put": {"TableName": self._table, "Item": item}})
+        try:
+            self._ddb.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return False
+            raise translate(exc, "move job out of SUBMITTING") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "move job out of SUBMITTING") from exc
+        return True
 
     def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
         """Write ``changes`` and ``new_state`` if the job is still in ``job.state``.
@@ -493,7 +530,32 @@ class DynamoStore:
         condition_values: Mapping[str, Any],
         what: str,
     ) -> dict[str, Any] | None:
-        """One conditional UpdateItem; the new item, or None when the condition failed.
+        """One conditional UpdateItem; the new item, or None when the condition failed."""
+        spec = self._update_spec(
+            key, sets=sets, add=add, remove=remove, condition=condition,
+            condition_values=condition_values,
+        )  # fmt: skip
+        try:
+            answer = self._ddb.update_item(**spec, ReturnValues="ALL_NEW")
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise translate(exc, what) from exc
+        except BotoCoreError as exc:
+            raise translate(exc, what) from exc
+        return dict(answer["Attributes"])
+
+    def _update_spec(
+        self,
+        key: dict[str, Any],
+        *,
+        sets: Mapping[str, Any] | None = None,
+        add: Mapping[str, int] | None = None,
+        remove: Iterable[str] = (),
+        condition: str,
+        condition_values: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """The parameters of a conditional update (for UpdateItem or a transaction's Update).
 
         Every attribute name goes through a placeholder (``#a0``…), so reserved words such as
         ``state``, ``name`` or ``error`` need no special care; ``#state`` is always defined.
@@ -524,23 +586,14 @@ class DynamoStore:
         expression = " ".join(clauses)
         if "#state" not in condition and "#state" not in expression:
             del names["#state"]  # DynamoDB refuses names that no expression uses
-        try:
-            answer = self._ddb.update_item(
-                TableName=self._table,
-                Key=key,
-                UpdateExpression=expression,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return None
-            raise translate(exc, what) from exc
-        except BotoCoreError as exc:
-            raise translate(exc, what) from exc
-        return dict(answer["Attributes"])
+        return {
+            "TableName": self._table,
+            "Key": key,
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
 
     def _scan_index(self, index: str) -> Iterable[dict[str, Any]]:
         start: dict[str, Any] | None = None
@@ -556,6 +609,17 @@ class DynamoStore:
             start = answer.get("LastEvaluatedKey")
             if not start:
                 return
+
+
+def _counter_key(kind: str, name: str) -> dict[str, Any]:
+    """Key of a backlog counter: submissions not yet in Slurm, per cluster or per owner."""
+    return {"pk": {"S": f"COUNT#{kind}#{name}"}, "sk": {"S": "COUNT"}}
+
+
+def _failed_items(exc: ClientError) -> set[int]:
+    """Indexes of the transaction items whose condition failed."""
+    reasons = exc.response.get("CancellationReasons") or []
+    return {i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
 
 
 def _condition_failed(exc: ClientError) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response, content_types
 
 from broker.errors import (
+    BackpressureError,
     BrokerError,
     ConflictError,
     NotFoundError,
@@ -28,6 +29,7 @@ _STATUS: list[tuple[type[BrokerError], HTTPStatus]] = [
     (ValidationError, HTTPStatus.UNPROCESSABLE_ENTITY),
     (NotFoundError, HTTPStatus.NOT_FOUND),
     (ConflictError, HTTPStatus.CONFLICT),
+    (BackpressureError, HTTPStatus.TOO_MANY_REQUESTS),
     (ThrottledError, HTTPStatus.SERVICE_UNAVAILABLE),
     (TransientError, HTTPStatus.SERVICE_UNAVAILABLE),
 ]
@@ -48,12 +50,13 @@ def error_response(
     *,
     transient: bool = False,
     fields: Sequence[FieldError] = (),
+    retry_after: int = RETRY_AFTER_SECONDS,
 ) -> Response[Any]:
     """A JSON error answer in the documented ErrorResponse schema."""
     body = ErrorResponse(
         error=ErrorDetail(code=code, message=message, transient=transient, fields=list(fields))
     )
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if transient else None
+    headers = {"Retry-After": str(retry_after)} if transient else None
     return Response(
         status_code=int(status),
         content_type=content_types.APPLICATION_JSON,
@@ -64,7 +67,11 @@ def error_response(
 
 def broker_error_response(error: BrokerError) -> Response[Any]:
     """The HTTP answer for a broker error."""
-    return error_response(status_of(error), error.code, error.message, transient=error.transient)
+    retry_after = getattr(error, "retry_after", RETRY_AFTER_SECONDS)
+    return error_response(
+        status_of(error), error.code, error.message, transient=error.transient,
+        retry_after=retry_after,
+    )  # fmt: skip
 
 
 def field_errors(errors: Sequence[Any]) -> list[FieldError]:
@@ -90,6 +97,7 @@ ERROR_RESPONSES: dict[int, Any] = {
         (HTTPStatus.NOT_FOUND, "No such resource visible to the caller."),
         (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "The body or the script is over its limit."),
         (HTTPStatus.UNPROCESSABLE_ENTITY, "Invalid input; `error.fields` lists each bad field."),
+        (HTTPStatus.TOO_MANY_REQUESTS, "Backlog limit reached; retry after Retry-After seconds."),
         (HTTPStatus.INTERNAL_SERVER_ERROR, "Unexpected failure; safe to retry."),
         (HTTPStatus.SERVICE_UNAVAILABLE, "Try again after Retry-After seconds."),
     ]

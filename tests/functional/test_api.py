@@ -18,6 +18,7 @@ from broker.errors import TransientError
 from broker.jobs import JobState
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.models import MAX_SCRIPT_BYTES
+from broker.ports import Limits
 from broker.service import RequestService
 from broker.states import RequestState
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore
@@ -329,3 +330,21 @@ def test_malformed_array_dependency_environment_and_paths_are_422(
     assert answer.status_code == 422
     assert field in [f["field"] for f in answer.get_json()["error"]["fields"]]
     assert api.queue.sent == []
+
+
+def test_a_full_backlog_answers_429_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a cluster whose backlog limit is 1, already reached
+    store, queue = InMemoryStore(), FakeQueue()
+    limits = Limits(cluster_backlog=1, owner_inflight=10, retry_after_seconds=12)
+    service = RequestService(store, queue, FakeDirectory(), limits=limits)
+    monkeypatch.setattr(api_app, "request_service", lambda: service)
+    api = Api(store, queue)
+    assert api.post("/v1/clusters/local/jobs", {"script": SCRIPT}).status_code == 202
+    # WHEN another job is posted
+    answer = api.post("/v1/clusters/local/jobs", {"script": SCRIPT})
+    # THEN 429 TOO_MANY_REQUESTS with the configured Retry-After; nothing queued or recorded
+    assert answer.status_code == 429
+    assert answer.headers["Retry-After"] == "12"
+    assert answer.get_json()["error"]["code"] == "TOO_MANY_REQUESTS"
+    assert len(queue.sent) == 1
+    assert len(store.jobs) == 1

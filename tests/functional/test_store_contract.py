@@ -10,10 +10,10 @@ import pytest
 
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
-from broker.errors import ConflictError, NotFoundError
+from broker.errors import BackpressureError, ConflictError, NotFoundError
 from broker.jobs import JobRecord, JobState
 from broker.models import ErrorInfo, JobResult, JobSpec, RequestRecord, new_request_id, utcnow
-from broker.ports import Store
+from broker.ports import Limits, Store
 from broker.states import RequestState
 from tests.conftest import AwsResources
 from tests.fakes import InMemoryStore
@@ -239,3 +239,44 @@ def test_listing_is_per_owner_newest_first_filtered_and_paginated(store: Store) 
         next_token=None,
     )
     assert [j.job_id for j in failed] == [ids[0]]
+
+
+def test_backlog_limits_hold_exactly_and_count_out_on_every_exit(store: Store) -> None:
+    # GIVEN a cluster backlog limit of 2
+    limits = Limits(cluster_backlog=2, owner_inflight=100, retry_after_seconds=7)
+    first, first_job = submission()
+    second, second_job = submission()
+    store.create_submission(first, first_job, limits)
+    store.create_submission(second, second_job, limits)
+    # WHEN a third submission arrives / THEN refused with the retry delay, nothing written
+    third, third_job = submission()
+    with pytest.raises(BackpressureError) as info:
+        store.create_submission(third, third_job, limits)
+    assert info.value.retry_after == 7
+    with pytest.raises(NotFoundError):
+        store.get(third.request_id)
+    # AND once one job reaches Slurm and the other is cancelled while queued, both counted out
+    store.start_submission(first_job.job_id)
+    assert store.record_submitted(first_job.job_id, "501")
+    assert store.cancel_unsubmitted(second_job.job_id)
+    assert store.backlog("CLUSTER", "local") == 0
+    # AND a late duplicate transition does not count out twice
+    assert not store.record_submitted(first_job.job_id, "501")
+    assert store.backlog("CLUSTER", "local") == 0
+    store.create_submission(third, third_job, limits)
+
+
+def test_a_callers_in_flight_limit_is_separate_from_others(store: Store) -> None:
+    # GIVEN alice at her in-flight limit of 1
+    limits = Limits(cluster_backlog=100, owner_inflight=1)
+    record, job = submission("arn:aws:iam::123456789012:user/alice")
+    store.create_submission(record, job, limits)
+    # WHEN she submits again / THEN refused; bob is not affected
+    again, again_job = submission("arn:aws:iam::123456789012:user/alice")
+    with pytest.raises(BackpressureError):
+        store.create_submission(again, again_job, limits)
+    bob, bob_job = submission("arn:aws:iam::123456789012:user/bob")
+    store.create_submission(bob, bob_job, limits)
+    # AND a failed submission frees her slot
+    assert store.record_submit_failed(job.job_id, "nope")
+    store.create_submission(again, again_job, limits)

@@ -49,6 +49,12 @@ FAKE_PHYSICAL = {
         "hpcb-local-RequestsTable",
         {"Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/hpcb-local-RequestsTable"},
     ),
+    "IdempotencyTable": PhysicalResource(
+        "IdempotencyTable",
+        "AWS::DynamoDB::Table",
+        "hpcb-local-IdempotencyTable",
+        {"Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/hpcb-local-IdempotencyTable"},
+    ),
     "StagingBucket": PhysicalResource(
         "StagingBucket",
         "AWS::S3::Bucket",
@@ -344,6 +350,7 @@ def test_provision_order_creates_the_dlq_before_the_queue_that_names_it(
         "RequestsQueue",
         "RequestsDLQ",
         "RequestsTable",
+        "IdempotencyTable",
         "StagingBucket",
         "NotificationsTopic",
     }
