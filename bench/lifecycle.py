@@ -34,7 +34,7 @@ from broker.client import BrokerClient
 from broker.jobs import JobRecord, JobState
 from broker.local.notifications import drain
 from broker.local.stack import LocalStack
-from broker.models import JobSpec, RequestRecord, new_request_id, slurm_token, utcnow
+from broker.models import JobSpec, RequestRecord, batch_ids, slurm_token, utcnow
 from broker.ports import ClusterTarget, CommandRunner
 from broker.runners.local import LocalRunner
 from broker.states import RequestState
@@ -86,28 +86,38 @@ def start_stack(slurm_env: dict[str, str], schedule_seconds: float | None) -> Lo
 
 
 def held_jobs(store: DynamoStore, count: int, workdir: str) -> list[str]:
-    """``count`` held jobs: one agent call submits them, their records written as the API would."""
-    records = []
-    for _ in range(count):
-        now = utcnow()
-        job_id = new_request_id()
-        spec = JobSpec(script="#!/bin/sh\ntrue\n", name=NAME, hold=True, working_directory=workdir)
-        record = RequestRecord(request_id=job_id, kind="job.submit", owner=OWNER, cluster="local",
-                               state=RequestState.ACCEPTED, created_at=now, updated_at=now,
-                               job_id=job_id, spec=spec)  # fmt: skip
-        job = JobRecord(job_id=job_id, cluster="local", owner=OWNER, name=NAME,
-                        state=JobState.SUBMITTING, created_at=now, updated_at=now)  # fmt: skip
-        store.create_submission(record, job)
-        records.append((job_id, spec))
-    request = AgentRequest(op="submit", jobs=[AgentJob.of(slurm_token(i), s) for i, s in records])
+    """``count`` held jobs, recorded as one batch and submitted by one agent call.
+
+    Records go in as a batch does (one transaction + BatchWriteItem, outcomes 25 per
+    transaction): moto's transactions cost O(table) (broker/local/moto_patches.py).
+    """
+    batch_id, _, ids = batch_ids(count)
+    now = utcnow()
+    spec = JobSpec(script="#!/bin/sh\ntrue\n", name=NAME, hold=True, working_directory=workdir)
+    batch = RequestRecord(request_id=batch_id, kind="job.batch", owner=OWNER, cluster="local",
+                          state=RequestState.ACCEPTED, created_at=now, updated_at=now,
+                          items=count, batch_size=count)  # fmt: skip
+    jobs = [
+        JobRecord(
+            job_id=job_id,
+            cluster="local",
+            owner=OWNER,
+            name=NAME,
+            state=JobState.SUBMITTING,
+            created_at=now,
+            updated_at=now,
+            batch_id=batch_id,
+            batch_index=i,
+        )
+        for i, job_id in enumerate(ids)
+    ]
+    store.create_batch(batch, jobs)
+    store.start_submissions(ids)
+    request = AgentRequest(op="submit", jobs=[AgentJob.of(slurm_token(i), spec) for i in ids])
     answer = LocalRunner(timeout=600).run(TARGET, request)
-    ids = []
-    for result in answer.results:
-        job_id = result.token.split(":", 1)[1]
-        store.start_submission(job_id)
-        store.record_submitted(job_id, str(result.job_id))
-        ids.append(str(result.job_id))
-    return ids
+    submitted = [(r.token.split(":", 1)[1], str(r.job_id)) for r in answer.results if r.job_id]
+    store.record_batch_outcomes(batch, submitted, [])
+    return [slurm_id for _, slurm_id in submitted]
 
 
 def sweep_costs(counts: list[int], workdir: str) -> list[dict[str, Any]]:

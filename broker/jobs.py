@@ -130,6 +130,8 @@ class JobRecord(BaseModel):
     submit_started: bool = False
     notify_pending: str | None = Field(default=None, description="State awaiting its event.")
     final_seen_at: datetime | None = None
+    batch_id: str | None = Field(default=None, description="The batch request it came in.")
+    batch_index: int | None = None
 
 
 def array_indexes(spec: str) -> list[int]:
@@ -307,7 +309,14 @@ class JobView(BaseModel):
     def of(cls, job: JobRecord, *, with_tasks: bool = True) -> JobView:
         """The public view of a record (owner and bookkeeping stay private)."""
         fields = job.model_dump(
-            exclude={"owner", "submit_started", "notify_pending", "final_seen_at", "tasks"}
+            exclude={
+                "owner",
+                "submit_started",
+                "notify_pending",
+                "final_seen_at",
+                "tasks",
+                "batch_index",
+            }
         )
         return cls(**fields, final=job.state.final, tasks=job.tasks if with_tasks else {})
 

@@ -235,8 +235,19 @@ class OutputResult(BaseModel):
     parts: list[OutputPart] = Field(default_factory=list)
 
 
-RequestResult = Annotated[JobResult | CancelResult | OutputResult, Field(discriminator="kind")]
-RequestKind = Literal["job.submit", "job.cancel", "job.output"]
+class BatchResult(BaseModel):
+    """What a batch submission produced, once every item reached an end."""
+
+    kind: Literal["job.batch"] = "job.batch"
+    cluster: str
+    items: int = Field(description="Items accepted into the batch.")
+    counts: dict[str, int] = Field(description="Items by outcome: SUBMITTED, FAILED, CANCELLED.")
+
+
+RequestResult = Annotated[
+    JobResult | CancelResult | OutputResult | BatchResult, Field(discriminator="kind")
+]
+RequestKind = Literal["job.submit", "job.cancel", "job.output", "job.batch"]
 
 
 class RequestRecord(BaseModel):
@@ -258,6 +269,11 @@ class RequestRecord(BaseModel):
     job_id: str | None = Field(default=None, description="Broker id of the job concerned.")
     query: OutputQueryBody | None = Field(default=None, description="For job.output.")
     notify_pending: str | None = Field(default=None, description="State awaiting its event.")
+    items: int | None = Field(default=None, description="job.batch: items accepted.")
+    batch_size: int | None = Field(default=None, description="job.batch: items sent.")
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="job.batch: items by outcome so far."
+    )
 
 
 class RequestView(BaseModel):
@@ -274,6 +290,18 @@ class RequestView(BaseModel):
     job_id: str | None = Field(default=None, description="Broker id of the job concerned.")
     result: RequestResult | None = None
     error: ErrorInfo | None = None
+    items: int | None = Field(default=None, description="job.batch: items accepted.")
+    counts: dict[str, int] | None = Field(
+        default=None,
+        description="job.batch: items by outcome so far (SUBMITTED, FAILED, CANCELLED); the "
+        "rest are still queued.",
+    )
+    item_page: list[BatchItemView] | None = Field(
+        default=None, description="job.batch: a page of items (see items_from, items_limit)."
+    )
+    next_items_from: int | None = Field(
+        default=None, description="job.batch: items_from of the next page, if any."
+    )
 
     @classmethod
     def of(cls, record: RequestRecord) -> RequestView:
@@ -290,7 +318,19 @@ class RequestView(BaseModel):
             job_id=record.job_id,
             result=record.result,
             error=record.error,
+            items=record.items,
+            counts=record.counts if record.kind == "job.batch" else None,
         )
+
+
+class BatchItemView(BaseModel):
+    """One item of a batch, as its job stands."""
+
+    index: int
+    job_id: str = Field(description="Broker job id of the item.")
+    state: str = Field(description="The job's state (SUBMITTING until it reaches Slurm).")
+    slurm_job_id: str | None = None
+    reason: str | None = None
 
 
 class AcceptedResponse(BaseModel):
@@ -299,6 +339,52 @@ class AcceptedResponse(BaseModel):
     request_id: str = Field(description="Poll GET /v1/requests/{request_id} for progress.")
     status: Literal["ACCEPTED"] = Field(default="ACCEPTED", description="Always ACCEPTED.")
     location: str = Field(description="Path of the request resource (also the Location header).")
+
+
+#: Most items a batch may hold, and the largest batch body (Lambda's synchronous payload is
+#: 6 MB; the rest of the event needs room). Larger: 413.
+MAX_BATCH_ITEMS = 10_000
+MAX_BATCH_BODY_BYTES = 5 * 1024 * 1024
+
+
+class BatchBody(StrictModel):
+    """A burst of jobs for one cluster (``POST /v1/clusters/{cluster}/jobs:batch``)."""
+
+    jobs: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_ITEMS,
+        description=f"1 to {MAX_BATCH_ITEMS} job specifications (each as in POST .../jobs); "
+        f"the whole body at most {MAX_BATCH_BODY_BYTES} bytes.",
+    )
+    atomic: bool = Field(
+        default=False,
+        description="true: any invalid item rejects the whole batch (422, nothing accepted); "
+        "false: valid items are accepted and invalid ones listed in the answer.",
+    )
+
+
+class BatchItemError(BaseModel):
+    """Why one item of a batch was rejected."""
+
+    index: int
+    fields: list[FieldError]
+
+
+class BatchAccepted(BaseModel):
+    """Answer to an accepted batch (HTTP 202)."""
+
+    request_id: str = Field(description="The batch's request id; poll its location.")
+    status: Literal["ACCEPTED"] = "ACCEPTED"
+    location: str
+    accepted: int = Field(description="Items accepted.")
+    rejected_count: int = Field(description="Items rejected (not submitted).")
+    rejected: list[BatchItemError] = Field(
+        description="Rejected items with their errors (the first 1,000)."
+    )
+    job_id_prefix: str = Field(
+        description="Item i's job id is job_id_prefix + i as 6 lowercase hex digits "
+        "(e.g. item 10 -> prefix + '00000a'); rejected indexes have no job."
+    )
 
 
 class FieldError(BaseModel):
@@ -381,12 +467,42 @@ class JobOutputMessage(BaseModel):
     query: OutputQueryBody
 
 
-QueueMessage = Annotated[
-    JobSubmitMessage | JobCancelMessage | JobOutputMessage, Field(discriminator="kind")
-]
-QUEUE_MESSAGE: TypeAdapter[JobSubmitMessage | JobCancelMessage | JobOutputMessage] = TypeAdapter(
-    QueueMessage
-)
+class BatchItem(BaseModel):
+    """One job of a batch message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    job_id: str
+    spec: JobSpec
+
+
+class JobBatchMessage(BaseModel):
+    """Queue message: a chunk of a batch (up to CHUNK_ITEMS jobs, one agent call)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["job.batch"] = "job.batch"
+    request_id: str
+    owner: str
+    cluster: str
+    items: list[BatchItem]
+
+
+AnyMessage = JobSubmitMessage | JobCancelMessage | JobOutputMessage | JobBatchMessage
+QueueMessage = Annotated[AnyMessage, Field(discriminator="kind")]
+QUEUE_MESSAGE: TypeAdapter[AnyMessage] = TypeAdapter(QueueMessage)
+
+
+def batch_ids(count: int) -> tuple[str, str, list[str]]:
+    """A new batch's request id, its job id prefix, and the job id of each of ``count`` items.
+
+    Ids keep the request id shape (``r`` + 28 hex): 12 hex of time, 10 random, then 6 for the
+    item's index; the batch itself takes index ffffff (a batch has at most 10,000 items).
+    """
+    prefix = new_request_id()[:23]
+    return prefix + "ffffff", prefix, [f"{prefix}{i:06x}" for i in range(count)]
 
 
 def utcnow() -> datetime:

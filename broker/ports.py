@@ -89,6 +89,25 @@ class JobStore(Protocol):
     def create_request(self, request: RequestRecord) -> None:
         """Write a non-submit request (cancel, output) for an existing job."""
 
+    def create_batch(
+        self, request: RequestRecord, jobs: list[JobRecord], limits: Limits | None = None
+    ) -> None:
+        """Write a batch request and its jobs, within ``limits`` (BackpressureError)."""
+
+    def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """Read many jobs at once (absent ids are left out)."""
+
+    def start_submissions(self, job_ids: list[str]) -> set[str]:
+        """Mark many SUBMITTING jobs as being submitted; the ids that were."""
+
+    def record_batch_outcomes(
+        self,
+        batch: RequestRecord,
+        submitted: list[tuple[str, str]],
+        failed: list[tuple[str, str]],
+    ) -> tuple[list[str], list[str]]:
+        """Move many batch jobs out of SUBMITTING (job id + Slurm id, or + reason)."""
+
     def get_job(self, job_id: str) -> JobRecord:
         """Read a job by broker id. Raises NotFoundError."""
 
@@ -157,6 +176,9 @@ class RequestQueue(Protocol):
 
     def send(self, message: QueueMessage) -> None:
         """Enqueue one message. Raises TransientError when the queue cannot take it now."""
+
+    def send_many(self, messages: list[QueueMessage]) -> list[QueueMessage]:
+        """Enqueue many messages (batched); return those that could not be sent."""
 
     def delay_retry(self, event_source_arn: str, receipt_handle: str, seconds: int) -> None:
         """Make a received message visible again after ``seconds`` (retry back-off)."""

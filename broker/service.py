@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
+from pydantic import ValidationError as PydanticValidationError
+
 from broker.agent.protocol import (
     AgentErrorInfo,
     AgentJob,
@@ -29,8 +31,16 @@ from broker.errors import (
 from broker.jobs import JobRecord, JobState
 from broker.models import (
     MAX_SCRIPT_BYTES,
+    BatchAccepted,
+    BatchBody,
+    BatchItem,
+    BatchItemError,
+    BatchItemView,
+    BatchResult,
     CancelResult,
     ErrorInfo,
+    FieldError,
+    JobBatchMessage,
     JobCancelMessage,
     JobOutputMessage,
     JobResult,
@@ -42,6 +52,7 @@ from broker.models import (
     QueueMessage,
     RequestKind,
     RequestRecord,
+    batch_ids,
     new_request_id,
     slurm_token,
     utcnow,
@@ -57,6 +68,54 @@ from broker.ports import (
 )
 from broker.states import RequestState
 from broker.sweep import Announcer
+
+#: How many item errors an answer lists (the count is always given).
+MAX_LISTED_ERRORS = 1000
+#: Jobs per batch chunk (one queue message, one agent call), and the chunk's size bound.
+CHUNK_ITEMS = 1000
+CHUNK_BYTES = 120 * 1024
+
+
+class BatchRejectedError(ValidationError):
+    """Items of a batch are invalid and the batch cannot be accepted (422, fields listed)."""
+
+    code = "BATCH_REJECTED"
+
+    def __init__(self, message: str, fields: list[FieldError]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def chunk_items(items: list[BatchItem]) -> list[list[BatchItem]]:
+    """Items in chunks of at most CHUNK_ITEMS and about CHUNK_BYTES of JSON each.
+
+    A chunk is one queue message and one head-node command: bigger chunks mean fewer commands
+    (SSM carries any size through S3 staging); the bound keeps a message well under SQS's
+    256 KiB and one agent call well inside the runner's timeout (sbatch: ~7-10 ms a job).
+    """
+    chunks: list[list[BatchItem]] = []
+    size = 0
+    for item in items:
+        length = len(item.model_dump_json())
+        if not chunks or len(chunks[-1]) >= CHUNK_ITEMS or size + length > CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += length
+    return chunks
+
+
+def _item_fields(index: int, exc: PydanticValidationError) -> list[FieldError]:
+    """An item's validation errors, located in the batch body."""
+    return [
+        FieldError(
+            field=".".join(["body", "jobs", str(index), *(str(p) for p in error["loc"])]),
+            message=error["msg"],
+            type=error["type"],
+        )
+        for error in exc.errors()
+    ]
+
 
 #: Output text above this many characters (both streams) goes to S3 behind a presigned URL
 #: instead of inline in the request record (SSM itself carries at most 24,000 characters).
@@ -121,6 +180,111 @@ class RequestService:
         )
         self._enqueue(record, message, job_id=job.job_id)
         return record
+
+    def submit_batch(self, owner: str, cluster: str, body: BatchBody) -> BatchAccepted:
+        """Accept a burst: validate each item, record the valid ones, enqueue them in chunks.
+
+        Raises:
+            BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.
+            ClusterNotFoundError, BackpressureError, TransientError: as for one job.
+        """
+        self._clusters.resolve(cluster)
+        valid: list[tuple[int, JobSpec]] = []
+        rejected: list[BatchItemError] = []
+        for index, raw in enumerate(body.jobs):
+            try:
+                spec = JobSpec.model_validate(raw)
+                size = len(spec.script.encode("utf-8"))
+                if size > MAX_SCRIPT_BYTES:
+                    raise PayloadTooLargeError(f"the script is {size} bytes")
+                valid.append((index, spec))
+            except PydanticValidationError as exc:
+                rejected.append(BatchItemError(index=index, fields=_item_fields(index, exc)))
+            except PayloadTooLargeError as exc:
+                error = FieldError(
+                    field=f"body.jobs.{index}.script", message=exc.message, type="too_large"
+                )
+                rejected.append(BatchItemError(index=index, fields=[error]))
+        if rejected and (body.atomic or not valid):
+            raise BatchRejectedError(
+                f"{len(rejected)} of {len(body.jobs)} items are invalid"
+                + ("; the batch is atomic" if body.atomic else ""),
+                [f for item in rejected[:MAX_LISTED_ERRORS] for f in item.fields],
+            )
+        batch_id, prefix, ids = batch_ids(len(body.jobs))
+        now = utcnow()
+        record = RequestRecord(
+            request_id=batch_id, kind="job.batch", owner=owner, cluster=cluster,
+            state=RequestState.ACCEPTED, created_at=now, updated_at=now, items=len(valid),
+            batch_size=len(body.jobs),
+        )  # fmt: skip
+        jobs = [
+            JobRecord(
+                job_id=ids[index],
+                cluster=cluster,
+                owner=owner,
+                name=spec.name,
+                state=JobState.SUBMITTING,
+                created_at=now,
+                updated_at=now,
+                array=spec.array,
+                dependency=spec.dependency,
+                working_directory=spec.working_directory,
+                output=spec.output,
+                error=spec.error,
+                tags=spec.tags,
+                batch_id=batch_id,
+                batch_index=index,
+            )
+            for index, spec in valid
+        ]
+        self._store.create_batch(record, jobs, self._limits)
+        items = [BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid]
+        messages: list[QueueMessage] = [
+            JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, items=chunk)
+            for chunk in chunk_items(items)
+        ]
+        unsent = self._queue.send_many(messages)
+        if unsent:
+            lost = [
+                (i.job_id, "could not be queued")
+                for m in unsent
+                if isinstance(m, JobBatchMessage)
+                for i in m.items
+            ]
+            self._store.record_batch_outcomes(record, [], lost)
+            if len(unsent) == len(messages):
+                self._store.record_failure(
+                    batch_id, ErrorInfo(code="ENQUEUE_FAILED", message="the batch could not "
+                                        "be queued; send it again", transient=True),
+                )  # fmt: skip
+                raise TransientError("the batch could not be queued; send it again",
+                                     code="ENQUEUE_FAILED")  # fmt: skip
+        return BatchAccepted(
+            request_id=batch_id,
+            location=f"/v1/requests/{batch_id}",
+            accepted=len(valid),
+            rejected_count=len(rejected),
+            rejected=rejected[:MAX_LISTED_ERRORS],
+            job_id_prefix=prefix,
+        )
+
+    def batch_page(self, record: RequestRecord, start: int, limit: int) -> list[BatchItemView]:
+        """A page of a batch's items, by index, with their jobs' states."""
+        prefix = record.request_id[:23]
+        ids = [f"{prefix}{i:06x}" for i in range(start, start + limit)]
+        jobs = self._store.jobs_by_id(ids)
+        return [
+            BatchItemView(
+                index=job.batch_index if job.batch_index is not None else -1,
+                job_id=job.job_id,
+                state=job.state.value,
+                slurm_job_id=job.slurm_job_id,
+                reason=job.reason,
+            )
+            for job_id in ids
+            if (job := jobs.get(job_id)) is not None
+        ]
 
     def cancel_job(self, owner: str, cluster: str, ref: str) -> RequestRecord:
         """Accept a cancel. A job still queued in SQS is cancelled at once, never reaching Slurm.
@@ -321,6 +485,8 @@ class Dispatcher:
                 return self._submit(message)
             if isinstance(message, JobCancelMessage):
                 return self._cancel(message)
+            if isinstance(message, JobBatchMessage):
+                return self._batch(message)
             return self._output(message)
         except TransientError as exc:
             self._store.record_retry(request_id, _info(exc))
@@ -409,6 +575,93 @@ class Dispatcher:
     def _fail_job(self, job_id: str, reason: str) -> None:
         if self._store.record_submit_failed(job_id, reason):
             self._announce.job(job_id, JobState.SUBMITTING)
+
+    # -- batch -----------------------------------------------------------------------------
+
+    def _batch(self, message: JobBatchMessage) -> Outcome:
+        """One chunk of a batch: one agent call submits all of its jobs still to submit.
+
+        Items an earlier delivery already recorded, or cancelled while queued, are skipped
+        (``start_submissions`` only starts jobs still SUBMITTING); the agent de-duplicates by
+        token whatever reached Slurm without being recorded. A permanent error fails just its
+        item; a transient one leaves its items to the redelivery of the message.
+        """
+        batch = self._store.get(message.request_id)
+        started = self._store.start_submissions([item.job_id for item in message.items])
+        jobs, failed, retry = self._prepare(message, started)
+        submitted: list[tuple[str, str]] = []
+        if jobs:
+            submitted, rejected, unknown = self._submit_chunk(message.cluster, jobs)
+            failed += rejected
+            retry += unknown
+        _, newly_failed = self._store.record_batch_outcomes(batch, submitted, failed)
+        for job_id in newly_failed:
+            self._announce.job(job_id, JobState.SUBMITTING)
+        self._finish_batch(message.request_id)
+        if retry:
+            raise TransientError(
+                f"{len(retry)} items of this chunk must be retried", code="BATCH_ITEMS_RETRY"
+            )
+        return "succeeded"
+
+    def _prepare(
+        self, message: JobBatchMessage, started: set[str]
+    ) -> tuple[list[AgentJob], list[tuple[str, str]], list[str]]:
+        """The agent jobs of the started items; items failed or to retry (dependencies)."""
+        jobs: list[AgentJob] = []
+        failed: list[tuple[str, str]] = []
+        retry: list[str] = []
+        for item in message.items:
+            if item.job_id not in started:
+                continue
+            single = JobSubmitMessage(
+                request_id=item.job_id, owner=message.owner, cluster=message.cluster,
+                spec=item.spec,
+            )  # fmt: skip
+            try:
+                dependency = self._dependency_string(single)
+            except TransientError:
+                retry.append(item.job_id)
+                continue
+            except PermanentError as exc:
+                failed.append((item.job_id, exc.message))
+                continue
+            spec = item.spec
+            if spec.working_directory is None:
+                spec = spec.model_copy(update={"working_directory": self._workdir})
+            jobs.append(AgentJob.of(slurm_token(item.job_id), spec, dependency))
+        return jobs, failed, retry
+
+    def _submit_chunk(
+        self, cluster: str, jobs: list[AgentJob]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+        """One agent call for all ``jobs``: (submitted, rejected, to retry) job ids."""
+        target = self._clusters.resolve(cluster)
+        response = self._runner_for(target.mode).run(target, AgentRequest(op="submit", jobs=jobs))
+        if not response.ok:
+            raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+        answers = {r.token: r for r in response.results}
+        submitted: list[tuple[str, str]] = []
+        rejected: list[tuple[str, str]] = []
+        retry: list[str] = []
+        for job in jobs:
+            job_id = job.token.split(":", 1)[1]
+            answer = answers.get(job.token)
+            if answer is not None and answer.job_id is not None:
+                submitted.append((job_id, answer.job_id))
+            elif answer is not None and answer.error is not None and not answer.error.transient:
+                rejected.append((job_id, f"{answer.error.code}: {answer.error.message}"))
+            else:
+                retry.append(job_id)
+        return submitted, rejected, retry
+
+    def _finish_batch(self, batch_id: str) -> None:
+        """End the batch request once every item has an outcome."""
+        batch = self._store.get(batch_id)
+        done = sum(batch.counts.values())
+        if batch.items is not None and done >= batch.items and not batch.state.final:
+            result = BatchResult(cluster=batch.cluster, items=batch.items, counts=batch.counts)
+            self._succeed(batch_id, result)
 
     # -- cancel ----------------------------------------------------------------------------
 
@@ -511,7 +764,9 @@ class Dispatcher:
 
     # -- shared ----------------------------------------------------------------------------
 
-    def _succeed(self, request_id: str, result: JobResult | CancelResult | OutputResult) -> None:
+    def _succeed(
+        self, request_id: str, result: JobResult | CancelResult | OutputResult | BatchResult
+    ) -> None:
         if self._store.record_success(request_id, result):
             self._announce.request(request_id)
 

@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from broker.errors import BrokerError, TransientError
-from broker.models import QUEUE_MESSAGE, JobCancelMessage, JobOutputMessage, JobSubmitMessage
+from broker.models import QUEUE_MESSAGE, AnyMessage
 from broker.observability import logger, metrics, tracer
 from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
@@ -57,9 +57,7 @@ def record_handler(record: SQSRecord) -> None:
         logger.remove_keys(["request_id", "cluster"])
 
 
-def _dispatch(
-    record: SQSRecord, message: JobSubmitMessage | JobCancelMessage | JobOutputMessage
-) -> None:
+def _dispatch(record: SQSRecord, message: AnyMessage) -> None:
     try:
         outcome = dispatcher().handle(message)
     except TransientError:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -26,7 +28,14 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import error_code, translate
-from broker.errors import BackpressureError, ConflictError, NotFoundError, ValidationError
+from broker.errors import (
+    BackpressureError,
+    BrokerError,
+    ConflictError,
+    NotFoundError,
+    TransientError,
+    ValidationError,
+)
 from broker.jobs import JobRecord, JobState
 from broker.models import ErrorInfo, RequestRecord, RequestResult, dump, utcnow
 from broker.ports import Limits
@@ -282,6 +291,221 @@ class DynamoStore:
         except BotoCoreError as exc:
             raise translate(exc, "write submission") from exc
 
+    def create_batch(
+        self, request: RequestRecord, jobs: list[JobRecord], limits: Limits | None = None
+    ) -> None:
+        """Write a batch request and its jobs.
+
+        One transaction writes the request and reserves the jobs in the backlog counters (so
+        the limits hold exactly); the jobs follow in BatchWriteItem calls of 25, in parallel.
+        If they cannot all be written, the batch is recorded FAILED and the reservation is
+        given back, so nothing is left half accepted.
+        """
+        count = len(jobs)
+        cluster, owner = request.cluster, request.owner
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self._table, "Item": request_item(request),
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+        ]  # fmt: skip
+        if limits is not None:
+            items.append(self._count("CLUSTER", cluster, count, limits.cluster_backlog))
+            items.append(self._count("OWNER", owner, count, limits.owner_inflight))
+        try:
+            self._ddb.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            failed = _failed_items(exc)
+            if limits is not None and failed & {1, 2}:
+                raise BackpressureError(
+                    f"accepting {count} more submissions would pass a backlog limit "
+                    f"(cluster {limits.cluster_backlog}, caller {limits.owner_inflight}); "
+                    "retry later or send fewer",
+                    retry_after=limits.retry_after_seconds,
+                ) from exc
+            if failed:
+                raise ConflictError(f"request {request.request_id} exists already") from exc
+            raise translate(exc, "write batch") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "write batch") from exc
+        try:
+            self._batch_write([job_item(job) for job in jobs])
+        except BrokerError:
+            self._ddb.transact_write_items(
+                TransactItems=[
+                    self._count("CLUSTER", cluster, -count, None),
+                    self._count("OWNER", owner, -count, None),
+                ]
+            )
+            raise
+
+    def _batch_write(self, items: list[dict[str, Any]]) -> None:
+        """Put items 25 per BatchWriteItem call, 8 calls at a time, retrying unprocessed ones."""
+        chunks = [items[i : i + 25] for i in range(0, len(items), 25)]
+
+        def write(chunk: list[dict[str, Any]]) -> None:
+            pending = [{"PutRequest": {"Item": item}} for item in chunk]
+            for attempt in range(8):
+                try:
+                    answer = self._ddb.batch_write_item(RequestItems={self._table: pending})
+                except (ClientError, BotoCoreError) as exc:
+                    raise translate(exc, "write jobs") from exc
+                pending = answer.get("UnprocessedItems", {}).get(self._table, [])
+                if not pending:
+                    return
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+            raise TransientError(f"{len(pending)} job records were not written", code="THROTTLED")
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for future in [pool.submit(write, chunk) for chunk in chunks]:
+                future.result()
+
+    def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """Read jobs by id (BatchGetItem, 100 per call, strongly consistent)."""
+        found: dict[str, JobRecord] = {}
+        for start in range(0, len(job_ids), 100):
+            keys = [job_key(job_id) for job_id in job_ids[start : start + 100]]
+            request = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            for attempt in range(8):
+                try:
+                    answer = self._ddb.batch_get_item(RequestItems=request)
+                except (ClientError, BotoCoreError) as exc:
+                    raise translate(exc, "read jobs") from exc
+                for item in answer.get("Responses", {}).get(self._table, []):
+                    job = job_of(item)
+                    found[job.job_id] = job
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+        return found
+
+    def start_submissions(self, job_ids: list[str]) -> set[str]:
+        """Mark SUBMITTING jobs as being submitted; return those that were (others moved on).
+
+        Transactions of 100. When some job of a chunk is no longer SUBMITTING (cancelled while
+        queued, or recorded by an earlier delivery), the cancellation reasons say which: the
+        chunk is sent again without them.
+        """
+        started: set[str] = set()
+        now = utcnow().isoformat()
+        for start in range(0, len(job_ids), 100):
+            chunk = job_ids[start : start + 100]
+            while chunk:
+                specs = [{"Update": self._start_spec(job_id, now)} for job_id in chunk]
+                refused = self._transact(specs, "start submissions")
+                if not refused:
+                    started.update(chunk)
+                    break
+                chunk = [job_id for i, job_id in enumerate(chunk) if i not in refused]
+        return started
+
+    def _transact(self, items: list[dict[str, Any]], what: str) -> set[int]:
+        """Run a transaction; the indexes of items whose condition failed (empty: done)."""
+        try:
+            self._ddb.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            refused = _failed_items(exc)
+            if refused:
+                return refused
+            raise translate(exc, what) from exc
+        except BotoCoreError as exc:
+            raise translate(exc, what) from exc
+        return set()
+
+    def _start_spec(self, job_id: str, now: str) -> dict[str, Any]:
+        return self._update_spec(
+            job_key(job_id),
+            sets={"submit_started": True, "updated_at": now},
+            condition="#state = :c0",
+            condition_values={":c0": JobState.SUBMITTING.value},
+        )
+
+    def record_batch_outcomes(
+        self,
+        batch: RequestRecord,
+        submitted: list[tuple[str, str]],
+        failed: list[tuple[str, str]],
+    ) -> tuple[list[str], list[str]]:
+        """Record many jobs of one batch leaving SUBMITTING, 25 per transaction.
+
+        Each transaction moves its jobs, writes their aliases, counts them out of the backlog
+        counters and into the batch's outcome counts, all or nothing; a chunk where some job
+        already moved (an earlier delivery) is redone job by job. Returns the job ids of the
+        moves this call made (submitted, failed).
+        """
+        done_ok: list[str] = []
+        done_failed: list[str] = []
+        outcomes = [(j, s, "SUBMITTED") for j, s in submitted] + [
+            (j, r, "FAILED") for j, r in failed
+        ]
+        for start in range(0, len(outcomes), 25):
+            chunk = outcomes[start : start + 25]
+            while chunk:
+                now = utcnow().isoformat()
+                items: list[dict[str, Any]] = []
+                owner_of: list[int] = []  # transaction item index -> chunk index
+                counts: dict[str, int] = {}
+                for position, (job_id, value, outcome) in enumerate(chunk):
+                    moves = self._leave_items(batch, job_id, value, outcome, now)
+                    items.extend(moves)
+                    owner_of.extend([position] * len(moves))
+                    counts[outcome] = counts.get(outcome, 0) + 1
+                items += self._count_items(batch, -len(chunk), counts)
+                refused = self._transact(items, "record batch outcomes")
+                if not refused:
+                    for job_id, _, outcome in chunk:
+                        (done_ok if outcome == "SUBMITTED" else done_failed).append(job_id)
+                    break
+                # Jobs an earlier delivery already moved: send the chunk again without them.
+                gone = {owner_of[i] for i in refused if i < len(owner_of)}
+                chunk = [c for position, c in enumerate(chunk) if position not in gone]
+        return done_ok, done_failed
+
+    def _leave_items(
+        self, batch: RequestRecord, job_id: str, value: str, outcome: str, now: str
+    ) -> list[dict[str, Any]]:
+        """Transaction items moving one batch job out of SUBMITTING (no counters)."""
+        if outcome == "SUBMITTED":
+            sets: dict[str, Any] = {"state": JobState.PENDING.value, "slurm_job_id": value}
+        else:
+            sets = {
+                "state": JobState.SUBMIT_FAILED.value,
+                "reason": value[:1000],
+                "notify_pending": JobState.SUBMIT_FAILED.value,
+            }
+        spec = self._update_spec(
+            job_key(job_id),
+            sets={**sets, "updated_at": now},
+            condition="#state = :c0",
+            condition_values={":c0": JobState.SUBMITTING.value},
+        )
+        items: list[dict[str, Any]] = [{"Update": spec}]
+        if outcome == "SUBMITTED":
+            expires = int(batch.created_at.timestamp() + RETENTION.total_seconds())
+            alias = {**alias_key(batch.cluster, value), "job_id": {"S": job_id},
+                     "expires_at": {"N": str(expires)}}  # fmt: skip
+            items.append({"Put": {"TableName": self._table, "Item": alias}})
+        return items
+
+    def _count_items(
+        self, batch: RequestRecord, delta: int, outcomes: Mapping[str, int]
+    ) -> list[dict[str, Any]]:
+        """Backlog counters by ``delta``; the batch's outcome counts up by ``outcomes``."""
+        names = {f"#o{i}": name for i, name in enumerate(outcomes)}
+        values = {f":o{i}": {"N": str(n)} for i, n in enumerate(outcomes.values())}
+        adds = ", ".join(f"counts.{mark} :o{i}" for i, mark in enumerate(names))
+        batch_update = {
+            "TableName": self._table,
+            "Key": request_key(batch.request_id),
+            "UpdateExpression": f"ADD {adds}",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        return [
+            self._count("CLUSTER", batch.cluster, delta, None),
+            self._count("OWNER", batch.owner, delta, None),
+            {"Update": batch_update},
+        ]
+
     def backlog(self, kind: str, name: str) -> int:
         """The current count of a backlog counter (CLUSTER or OWNER)."""
         try:
@@ -390,13 +614,16 @@ class DynamoStore:
             "notify_pending": JobState.CANCELLED.value,
         }
         return self._leave_submitting(
-            job_id, sets, "#state = :c0 AND submit_started = :c1", {":c1": False}
-        )
+            job_id, sets, "#state = :c0 AND submit_started = :c1", {":c1": False},
+            outcome="CANCELLED",
+        )  # fmt: skip
 
     def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
         """SUBMITTING -> PENDING with the Slurm id, plus the alias item, in one transaction."""
         sets = {"state": JobState.PENDING.value, "slurm_job_id": slurm_job_id}
-        return self._leave_submitting(job_id, sets, "#state = :c0", {}, alias=slurm_job_id)
+        return self._leave_submitting(
+            job_id, sets, "#state = :c0", {}, alias=slurm_job_id, outcome="SUBMITTED"
+        )
 
     def record_submit_failed(self, job_id: str, reason: str) -> bool:
         """SUBMITTING -> SUBMIT_FAILED (final; its notification pending)."""
@@ -405,7 +632,7 @@ class DynamoStore:
             "reason": reason[:1000],
             "notify_pending": JobState.SUBMIT_FAILED.value,
         }
-        return self._leave_submitting(job_id, sets, "#state = :c0", {})
+        return self._leave_submitting(job_id, sets, "#state = :c0", {}, outcome="FAILED")
 
     def _leave_submitting(
         self,
@@ -414,8 +641,12 @@ class DynamoStore:
         condition: str,
         condition_values: dict[str, Any],
         alias: str | None = None,
+        *,
+        outcome: str,
     ) -> bool:
         """Move a job out of SUBMITTING and out of the backlog counters, in one transaction.
+
+        A job of a batch also counts ``outcome`` in its batch's counts, in the same transaction.
 
         False when the job is no longer SUBMITTING (another writer moved it first): the
         counters then stay as that writer left them, so each job is counted out exactly once.
@@ -440,6 +671,18 @@ class DynamoStore:
                 "expires_at": {"N": str(expires)},
             }
             items.append({"Put": {"TableName": self._table, "Item": item}})
+        if job.batch_id is not None:
+            items.append(
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": request_key(job.batch_id),
+                        "UpdateExpression": "ADD counts.#o :one",
+                        "ExpressionAttributeNames": {"#o": outcome},
+                        "ExpressionAttributeValues": {":one": {"N": "1"}},
+                    }
+                }
+            )
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:

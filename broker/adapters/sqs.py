@@ -31,6 +31,33 @@ class SqsRequestQueue:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "enqueue request") from exc
 
+    def send_many(self, messages: list[QueueMessage]) -> list[QueueMessage]:
+        """Enqueue with SendMessageBatch: up to 10 messages and 240 KiB per call.
+
+        Returns the messages SQS did not take (the caller records them as failed).
+        """
+        if self._url is None:
+            raise RuntimeError("this queue adapter was built without a queue URL")
+        failed: list[QueueMessage] = []
+        for group in _groups(messages):
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": body,
+                    "MessageAttributes": {
+                        "kind": {"DataType": "String", "StringValue": message.kind}
+                    },
+                }
+                for i, (message, body) in enumerate(group)
+            ]
+            try:
+                answer = self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)
+            except (ClientError, BotoCoreError):
+                failed.extend(message for message, _ in group)
+                continue
+            failed.extend(group[int(f["Id"])][0] for f in answer.get("Failed", []))
+        return failed
+
     def delay_retry(self, event_source_arn: str, receipt_handle: str, seconds: int) -> None:
         """Make a received message visible again after ``seconds`` (best effort).
 
@@ -50,6 +77,25 @@ class SqsRequestQueue:
 
     def _queue_url_of(self, arn: str) -> str:
         return _url_of(self._sqs, arn)
+
+
+#: SendMessageBatch: at most 10 entries and 256 KiB in all (a margin is kept for attributes).
+_BATCH_ENTRIES = 10
+_BATCH_BYTES = 240 * 1024
+
+
+def _groups(messages: list[QueueMessage]) -> list[list[tuple[QueueMessage, str]]]:
+    """Messages packed into SendMessageBatch calls by count and size."""
+    groups: list[list[tuple[QueueMessage, str]]] = []
+    size = 0
+    for message in messages:
+        body = message.model_dump_json()
+        if not groups or len(groups[-1]) == _BATCH_ENTRIES or size + len(body) > _BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append((message, body))
+        size += len(body)
+    return groups
 
 
 @lru_cache(maxsize=64)

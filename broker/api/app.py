@@ -34,7 +34,16 @@ from broker.api.idempotency import (
 )
 from broker.errors import BrokerError, ValidationError
 from broker.jobs import JobList, JobState, JobView
-from broker.models import AcceptedResponse, JobSpec, OutputQueryBody, RequestView, dump
+from broker.models import (
+    MAX_BATCH_BODY_BYTES,
+    AcceptedResponse,
+    BatchAccepted,
+    BatchBody,
+    JobSpec,
+    OutputQueryBody,
+    RequestView,
+    dump,
+)
 from broker.observability import logger, metrics
 from broker.settings import api_settings
 from broker.wiring import request_service
@@ -105,7 +114,7 @@ def _accepted_body(request_id: str) -> AcceptedResponse:
     return AcceptedResponse(request_id=request_id, location=f"/v1/requests/{request_id}")
 
 
-def _accepted(body: AcceptedResponse, *, replayed: bool = False) -> Response[AcceptedResponse]:
+def _accepted(body: AcceptedResponse | BatchAccepted, *, replayed: bool = False) -> Response[Any]:
     headers = {"Location": body.location}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -117,9 +126,12 @@ def _accepted(body: AcceptedResponse, *, replayed: bool = False) -> Response[Acc
     )
 
 
-def _run(call: IdempotentCall) -> AcceptedResponse:
+def _run(call: IdempotentCall) -> AcceptedResponse | BatchAccepted:
     """Perform one accepted write (what an Idempotency-Key protects)."""
     args, service = call.args, request_service()
+    if call.route == "submit_batch":
+        batch = BatchBody.model_validate(call.body)
+        return service.submit_batch(args["owner"], args["cluster"], batch)
     if call.route == "submit_job":
         spec = JobSpec.model_validate(call.body)
         record = service.submit_job(args["owner"], args["cluster"], spec)
@@ -131,9 +143,7 @@ def _run(call: IdempotentCall) -> AcceptedResponse:
     return _accepted_body(record.request_id)
 
 
-def _write(
-    route: Route, key: str | None, args: dict[str, str], body: Any
-) -> Response[AcceptedResponse]:
+def _write(route: Route, key: str | None, args: dict[str, str], body: Any) -> Response[Any]:
     """Run a write once, or at most once per Idempotency-Key when the caller sent one."""
     owner = caller()
     args = {"owner": owner, **args}
@@ -143,7 +153,10 @@ def _write(
     table = api_settings().idempotency_table
     if not table:
         raise ValidationError("Idempotency-Key is not supported by this deployment")
-    answer = accept_once(table, _run, owner=owner, key=key, route=route, args=args, body=body)
+    model = BatchAccepted if route == "submit_batch" else AcceptedResponse
+    answer = accept_once(
+        table, _run, owner=owner, key=key, route=route, args=args, body=body, model=model
+    )
     return _accepted(answer, replayed=was_replayed())
 
 
@@ -167,6 +180,35 @@ def submit_job(
     return answer
 
 
+@app.post(
+    "/v1/clusters/<cluster>/jobs:batch",
+    summary="Submit a burst of jobs",
+    description="Up to 10,000 jobs (body at most 5 MiB; larger: 413) in one call. Each item is "
+    "validated on its own: with atomic=false (default) valid items are accepted and invalid "
+    "ones listed with their errors; with atomic=true any invalid item rejects the batch (422). "
+    "Item i's job id is job_id_prefix + i in 6 hex digits. Poll the batch's request for counts "
+    "and pages of items. Past a backlog limit: 429 with Retry-After.",
+    tags=["jobs"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses={
+        HTTPStatus.ACCEPTED: {
+            "description": "Accepted (possibly with rejected items listed).",
+            "content": {"application/json": {"model": BatchAccepted}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def submit_batch(
+    cluster: ClusterParam,
+    batch: Annotated[BatchBody, Body(description="The jobs.")],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[BatchAccepted]:
+    """POST a batch: validate each item, record and enqueue the valid ones, answer 202."""
+    answer = _write("submit_batch", idempotency_key, {"cluster": cluster}, dump(batch))
+    metrics.add_metric(name="BatchesAccepted", unit="Count", value=1)
+    return answer
+
+
 @app.get(
     "/v1/requests/<request_id>",
     summary="Get a request's state",
@@ -181,9 +223,19 @@ def submit_job(
 )
 def get_request(
     request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN, description="Request id.")],
+    items_from: Annotated[int, Query(ge=0, description="job.batch: first item index.")] = 0,
+    items_limit: Annotated[int, Query(ge=0, le=1000, description="job.batch: page size.")] = 100,
 ) -> RequestView:
-    """GET a request (404 if it is not the caller's)."""
-    return RequestView.of(request_service().get_request(caller(), request_id))
+    """GET a request (404 if it is not the caller's); a batch with a page of its items."""
+    service = request_service()
+    record = service.get_request(caller(), request_id)
+    view = RequestView.of(record)
+    if record.kind == "job.batch" and items_limit:
+        size = record.batch_size or 0
+        end = min(size, items_from + items_limit)
+        view.item_page = service.batch_page(record, items_from, max(0, end - items_from))
+        view.next_items_from = end if end < size else None
+    return view
 
 
 @app.get(
@@ -340,13 +392,15 @@ app.exception_handler(Exception)(_unexpected)
 
 
 def oversized(event: dict[str, Any]) -> Response[Any] | None:
-    """The 413 answer when a body is over MAX_BODY_BYTES (checked before parsing)."""
+    """The 413 answer when a body is over its limit (checked before parsing)."""
     body = event.get("body") or ""
-    if len(body) > MAX_BODY_BYTES:
+    path = str(event.get("path") or "")
+    limit = MAX_BATCH_BODY_BYTES if path.endswith("/jobs:batch") else MAX_BODY_BYTES
+    if len(body) > limit:
         return error_response(
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
-            f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes",
+            f"the body is {len(body)} bytes; the limit is {limit} bytes",
         )
     return None
 

@@ -68,9 +68,10 @@ def error_response(
 def broker_error_response(error: BrokerError) -> Response[Any]:
     """The HTTP answer for a broker error."""
     retry_after = getattr(error, "retry_after", RETRY_AFTER_SECONDS)
+    fields: Sequence[FieldError] = getattr(error, "fields", ())
     return error_response(
         status_of(error), error.code, error.message, transient=error.transient,
-        retry_after=retry_after,
+        retry_after=retry_after, fields=fields,
     )  # fmt: skip
 
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from broker.adapters.aws import client
 from broker.errors import BrokerError, ConflictError, ValidationError
-from broker.models import AcceptedResponse
+from broker.models import AcceptedResponse, BatchAccepted
 
 #: How long a key is remembered (the records' TTL). Documented: 48 hours.
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600
@@ -45,7 +45,8 @@ KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 #: How long a duplicate waits for the first call with its key to finish.
 IN_PROGRESS_WAIT_SECONDS = 3.0
 
-Route = Literal["submit_job", "cancel_job", "fetch_output"]
+Route = Literal["submit_job", "cancel_job", "fetch_output", "submit_batch"]
+Answer = AcceptedResponse | BatchAccepted
 
 
 class IdempotentCall(BaseModel):
@@ -103,11 +104,12 @@ def register_lambda_context(context: LambdaContext) -> None:
 
 
 @cache
-def _once(table: str, run: Callable[[IdempotentCall], AcceptedResponse]) -> Any:
-    """``run`` wrapped by Powertools' idempotent_function (one persistence layer per function)."""
+def _once(table: str, run: Callable[[IdempotentCall], Any], model: type[BaseModel]) -> Any:
+    """``run`` wrapped by Powertools' idempotent_function (one persistence layer per function;
+    one function per answer model, so stored answers come back as that model)."""
     persistence = DynamoDBPersistenceLayer(table_name=table, boto3_client=client("dynamodb"))
 
-    def accept(call: IdempotentCall) -> AcceptedResponse:
+    def accept(call: IdempotentCall) -> Any:
         return run(call)
 
     return idempotent_function(
@@ -115,20 +117,21 @@ def _once(table: str, run: Callable[[IdempotentCall], AcceptedResponse]) -> Any:
         data_keyword_argument="call",
         persistence_store=persistence,
         config=_CONFIG,
-        output_serializer=PydanticSerializer(model=AcceptedResponse),
+        output_serializer=PydanticSerializer(model=model),
     )
 
 
 def accept_once(
     table: str,
-    run: Callable[[IdempotentCall], AcceptedResponse],
+    run: Callable[[IdempotentCall], Answer],
     *,
     owner: str,
     key: str,
     route: Route,
     args: dict[str, str],
     body: Any,
-) -> AcceptedResponse:
+    model: type[BaseModel] = AcceptedResponse,
+) -> Answer:
     """Run ``run(call)`` at most once per (owner, route, path arguments, key) and body.
 
     Raises:
@@ -139,7 +142,7 @@ def accept_once(
     _replayed.set(False)
     path = "/".join(f"{k}={v}" for k, v in sorted(args.items()))
     call = IdempotentCall(scope=f"{owner}|{route}|{path}|{key}", route=route, args=args, body=body)
-    accept = _once(table, run)
+    accept = _once(table, run, model)
     deadline = time.monotonic() + IN_PROGRESS_WAIT_SECONDS
     while True:
         try:

@@ -1,0 +1,246 @@
+"""Batch submission on real SQS/DynamoDB (moto over HTTP) with a scripted head-node agent:
+per-item validation, chunked queueing, one agent call per chunk, exact counts across
+redeliveries, back-pressure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from broker import service as service_module
+from broker.adapters.aws import client
+from broker.adapters.dynamodb import DynamoStore
+from broker.adapters.sqs import SqsRequestQueue
+from broker.agent.protocol import AgentErrorInfo, AgentJobResult, AgentRequest, AgentResponse
+from broker.api import app as api_app
+from broker.api.handler import lambda_handler
+from broker.jobs import JobState
+from broker.local.apigw import ApiGatewayApp, ApiRoute
+from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage
+from broker.ports import ClusterTarget, Limits
+from broker.service import Dispatcher, RequestService
+from broker.states import RequestState
+from broker.sweep import Announcer
+from tests.conftest import AwsResources
+from tests.fakes import FakeDirectory, RecordingNotifier
+
+ALICE = "arn:aws:iam::123456789012:user/alice"
+SCRIPT = "#!/bin/bash\ntrue\n"
+
+
+class FakeSlurm:
+    """An agent that submits every job (ids from 1000), remembering tokens like the real one."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+        self.calls: list[AgentRequest] = []
+        self.reject: set[int] = set()
+
+    def run(self, target: ClusterTarget, request: AgentRequest) -> AgentResponse:
+        self.calls.append(request)
+        results = []
+        for job in request.jobs:
+            index = int(job.token[-6:], 16)
+            if index in self.reject:
+                error = AgentErrorInfo(code="SCHEDULER_REJECTED", message="nope", transient=False)
+                results.append(AgentJobResult(token=job.token, error=error))
+                continue
+            reused = job.token in self.tokens
+            if not reused:
+                self.tokens[job.token] = str(1000 + len(self.tokens))
+            results.append(
+                AgentJobResult(token=job.token, job_id=self.tokens[job.token], reused=reused)
+            )
+        return AgentResponse(ok=True, op="submit", results=results)
+
+    def runner_for(self, mode: str) -> FakeSlurm:
+        return self
+
+
+@dataclass
+class World:
+    store: DynamoStore
+    api: Client
+    slurm: FakeSlurm
+    worker: Dispatcher
+    sqs: Any
+    queue_url: str
+
+    def post(self, body: dict[str, Any], **headers: str) -> Any:
+        return self.api.post("/v1/clusters/local/jobs:batch", json=body, headers=headers)
+
+    def drain(self) -> list[AnyMessage]:
+        messages: list[AnyMessage] = []
+        while True:
+            answer = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
+            if not answer.get("Messages"):
+                return messages
+            for raw in answer["Messages"]:
+                messages.append(QUEUE_MESSAGE.validate_json(raw["Body"]))
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=raw["ReceiptHandle"])
+
+
+@pytest.fixture
+def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World:
+    store = DynamoStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
+    queue_url = aws_resources.provisioned.queue_url("RequestsQueue")
+    queue = SqsRequestQueue(client("sqs"), queue_url)
+    limits = Limits(cluster_backlog=5000, owner_inflight=5000)
+    service = RequestService(store, queue, FakeDirectory(), limits=limits)
+    monkeypatch.setattr(api_app, "request_service", lambda: service)
+    route = ApiRoute(resource="/{proxy+}", method="ANY", handler=lambda_handler,
+                     function_name="ApiFunction")  # fmt: skip
+    api = Client(ApiGatewayApp([route], default_principal=ALICE))
+    slurm = FakeSlurm()
+    worker = Dispatcher(store, FakeDirectory(), slurm.runner_for,  # type: ignore[arg-type]
+                        Announcer(store, RecordingNotifier()))  # fmt: skip
+    return World(store, api, slurm, worker, client("sqs"), queue_url)
+
+
+def jobs(count: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"script": SCRIPT, "name": f"sweep-{i}", **extra} for i in range(count)]
+
+
+def test_a_batch_is_accepted_with_invalid_items_listed(world: World) -> None:
+    # GIVEN 30 jobs, two of them invalid
+    body = jobs(30)
+    body[3]["nodes"] = 0
+    body[17]["partition"] = "a;b"
+    # WHEN posted
+    answer = world.post({"jobs": body})
+    # THEN 202: 28 accepted, the two listed with their fields, job ids computable from the prefix
+    assert answer.status_code == 202
+    accepted = answer.get_json()
+    assert (accepted["accepted"], accepted["rejected_count"]) == (28, 2)
+    assert [(r["index"], r["fields"][0]["field"]) for r in accepted["rejected"]] == [
+        (3, "body.jobs.3.nodes"), (17, "body.jobs.17.partition"),
+    ]  # fmt: skip
+    prefix = accepted["job_id_prefix"]
+    assert world.store.get_job(f"{prefix}{0:06x}").state is JobState.SUBMITTING
+    # AND the request shows 28 items, none finished, and a page of them
+    view = world.api.get(f"{accepted['location']}?items_limit=5").get_json()
+    assert (view["kind"], view["items"], view["counts"]) == ("job.batch", 28, {})
+    assert [i["index"] for i in view["item_page"]] == [0, 1, 2, 4]
+    assert view["next_items_from"] == 5
+
+
+def test_an_atomic_batch_with_an_invalid_item_is_rejected_whole(world: World) -> None:
+    # GIVEN an atomic batch with one bad item / WHEN posted
+    body = jobs(5)
+    body[2]["array"] = "x"
+    answer = world.post({"jobs": body, "atomic": True})
+    # THEN 422 naming the item's field, and nothing queued
+    assert answer.status_code == 422
+    error = answer.get_json()["error"]
+    assert error["code"] == "BATCH_REJECTED"
+    assert [f["field"] for f in error["fields"]] == ["body.jobs.2.array"]
+    assert world.drain() == []
+
+
+def test_more_than_10000_items_is_422(world: World) -> None:
+    # GIVEN 10,001 items / THEN 422 on body.jobs
+    answer = world.post({"jobs": jobs(10_001)})
+    assert answer.status_code == 422
+    assert answer.get_json()["error"]["fields"][0]["field"] == "body.jobs"
+
+
+def test_a_body_over_5_mib_is_413(world: World) -> None:
+    # GIVEN a batch body over 5 MiB / THEN 413 before anything is parsed
+    big = [{"script": "#!/bin/sh\n" + "y" * 60_000}] * 100  # 6 MB
+    answer = world.post({"jobs": big})
+    assert answer.status_code == 413
+
+
+def test_the_worker_submits_each_chunk_in_one_agent_call_and_counts_exactly(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN chunks of 50 (moto's transactions cost O(table): see broker/local/moto_patches.py),
+    # and an accepted batch of 250 jobs, one of which Slurm rejects
+    monkeypatch.setattr(service_module, "CHUNK_ITEMS", 50)
+    accepted = world.post({"jobs": jobs(250)}).get_json()
+    world.slurm.reject = {7}
+    messages = world.drain()
+    # WHEN the worker handles every chunk, and then every chunk a second time (redelivery)
+    for message in messages + messages:
+        world.worker.handle(message)
+    # THEN chunks were few (<= CHUNK_ITEMS jobs each) and at most one agent call per chunk
+    assert all(isinstance(m, JobBatchMessage) for m in messages)
+    assert len(messages) == len(world.slurm.calls) == 5
+    assert max(len(m.items) for m in messages if isinstance(m, JobBatchMessage)) <= 50
+    # AND every job reached Slurm exactly once, and the counts are exact despite the redelivery
+    assert len(world.slurm.tokens) == 249
+    batch = world.store.get(accepted["request_id"])
+    assert batch.counts == {"SUBMITTED": 249, "FAILED": 1}
+    assert batch.state is RequestState.SUCCEEDED
+    failed = world.store.get_job(f"{accepted['job_id_prefix']}{7:06x}")
+    assert failed.state is JobState.SUBMIT_FAILED
+    assert world.store.backlog("CLUSTER", "local") == 0
+
+
+def test_a_chunk_redelivered_after_sbatch_but_before_the_records_makes_no_duplicate(
+    world: World,
+) -> None:
+    # GIVEN a chunk whose first attempt ran sbatch for all its jobs and then died
+    accepted = world.post({"jobs": jobs(50)}).get_json()
+    (message,) = world.drain()
+    assert isinstance(message, JobBatchMessage)
+    world.slurm.run(ClusterTarget(name="local", mode="local"), _agent_request(message))
+    # WHEN the message is delivered again
+    world.worker.handle(message)
+    # THEN every job is recorded with the job sbatch already made; none was submitted twice
+    assert len(world.slurm.tokens) == 50
+    batch = world.store.get(accepted["request_id"])
+    assert batch.counts == {"SUBMITTED": 50}
+    job = world.store.get_job(message.items[0].job_id)
+    assert job.slurm_job_id == world.slurm.tokens[f"hpcb:{message.items[0].job_id}"]
+
+
+def test_a_batch_past_the_backlog_limit_is_429(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a cluster backlog limit of 100 with 60 waiting
+    store = world.store
+    queue = SqsRequestQueue(world.sqs, world.queue_url)
+    tight = RequestService(store, queue, FakeDirectory(),
+                           limits=Limits(cluster_backlog=100, owner_inflight=1000,
+                                         retry_after_seconds=30))  # fmt: skip
+    monkeypatch.setattr(api_app, "request_service", lambda: tight)
+    assert world.post({"jobs": jobs(60)}).status_code == 202
+    # WHEN 50 more arrive / THEN 429 with Retry-After, nothing recorded for them
+    answer = world.post({"jobs": jobs(50)})
+    assert answer.status_code == 429
+    assert answer.headers["Retry-After"] == "30"
+    assert store.backlog("CLUSTER", "local") == 60
+
+
+def _agent_request(message: JobBatchMessage) -> AgentRequest:
+    from broker.agent.protocol import AgentJob  # noqa: PLC0415
+
+    return AgentRequest(
+        op="submit",
+        jobs=[AgentJob.of(f"hpcb:{i.job_id}", i.spec) for i in message.items],
+    )
+
+
+def test_idempotency_key_replays_a_batch(world: World, monkeypatch: pytest.MonkeyPatch,
+                                         aws_resources: AwsResources) -> None:  # fmt: skip
+    # GIVEN idempotency configured and a batch posted with a key
+    from broker.settings import api_settings  # noqa: PLC0415
+
+    monkeypatch.setenv("HPCB_TABLE_NAME", aws_resources.ref("RequestsTable"))
+    monkeypatch.setenv("HPCB_QUEUE_URL", world.queue_url)
+    monkeypatch.setenv("HPCB_IDEMPOTENCY_TABLE", aws_resources.ref("IdempotencyTable"))
+    api_settings.cache_clear()
+    first = world.post({"jobs": jobs(20)}, **{"Idempotency-Key": "sweep-42"})
+    # WHEN the client retries the same call
+    second = world.post({"jobs": jobs(20)}, **{"Idempotency-Key": "sweep-42"})
+    # THEN the same batch comes back, replayed, and only 20 jobs were queued
+    assert first.get_json() == second.get_json()
+    assert second.headers["Idempotent-Replayed"] == "true"
+    queued = world.drain()
+    assert sum(len(m.items) for m in queued if isinstance(m, JobBatchMessage)) == 20
+    assert json.dumps(first.get_json())
