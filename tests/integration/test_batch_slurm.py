@@ -1,0 +1,85 @@
+"""A burst through the HTTP API onto the real local Slurm: every accepted item reaches Slurm
+exactly once (counted from Slurm's own job list), in few head-node commands.
+
+500 held jobs: moto's TransactWriteItems costs O(table) (broker/local/moto_patches.py), which
+bounds what a CI run can afford locally; `make bench` measures larger bursts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from broker import wiring
+from broker.client import BrokerClient
+from broker.local.stack import LocalStack
+from tests.conftest import TEMPLATE
+
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+
+ALICE = "arn:aws:iam::000000000000:user/alice"
+ITEMS = 500
+NAME = "it-burst"
+
+
+@pytest.fixture(scope="module")
+def stack(slurm: dict[str, str]) -> Iterator[LocalStack]:
+    wiring.reset()
+    local = LocalStack(
+        TEMPLATE,
+        env_overrides={
+            "HPCB_CLUSTERS_MODE": "local",
+            "HPCB_LOCAL_CLUSTERS": "local",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            **slurm,
+        },
+        schedules_enabled=False,
+        access_log=False,
+    )
+    local.start()
+    yield local
+    local.stop()
+    wiring.reset()
+    subprocess.run(["scancel", "--name", NAME], check=False)
+
+
+def slurm_tokens() -> Counter[str]:
+    """How many Slurm jobs carry each broker token (squeue: held jobs stay there)."""
+    out = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%k"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return Counter(line.strip() for line in out.splitlines() if line.startswith("hpcb:"))
+
+
+def test_a_burst_reaches_slurm_exactly_once(stack: LocalStack) -> None:
+    # GIVEN 500 held jobs, and 3 invalid items among them
+    alice = BrokerClient(stack.api_url, principal=ALICE)
+    jobs = [{"script": "#!/bin/sh\ntrue\n", "name": NAME, "hold": True,
+             "working_directory": "/tmp"} for _ in range(ITEMS)]  # fmt: skip
+    for bad in (10, 200, 499):
+        jobs[bad] = {"script": "no shebang"}
+    # WHEN posted as one batch and processed
+    accepted = alice.call("POST", "/v1/clusters/local/jobs:batch", {"jobs": jobs})
+    final = alice.wait(accepted["request_id"], timeout=600, max_poll=2)
+    # THEN 497 accepted, the 3 listed, and the batch ended with every item submitted
+    assert (accepted["accepted"], accepted["rejected_count"]) == (ITEMS - 3, 3)
+    assert [r["index"] for r in accepted["rejected"]] == [10, 200, 499]
+    assert final["state"] == "SUCCEEDED"
+    assert final["counts"] == {"SUBMITTED": ITEMS - 3}
+    # AND Slurm holds exactly one job per accepted item: no duplicate, none lost
+    prefix = accepted["job_id_prefix"]
+    expected = {f"hpcb:{prefix}{i:06x}" for i in range(ITEMS) if i not in (10, 200, 499)}
+    tokens = slurm_tokens()
+    assert {t for t in tokens if t.startswith(f"hpcb:{prefix}")} == expected
+    assert all(tokens[t] == 1 for t in expected)
+    # AND the worker needed one head-node command per chunk: at most one per 100 jobs
+    (worker,) = [p for p in stack.pollers if "JobWorker" in p.name]
+    assert 1 <= worker.stats().records <= ITEMS // 100
+    # AND a page of items shows their Slurm ids
+    page = alice.call("GET", f"{accepted['location']}?items_from=0&items_limit=12")
+    assert [i["index"] for i in page["item_page"]] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11]
+    assert all(i["slurm_job_id"] and i["state"] == "PENDING" for i in page["item_page"])
+    assert page["next_items_from"] == 12
