@@ -105,6 +105,36 @@ def chunk_items(items: list[BatchItem]) -> list[list[BatchItem]]:
     return chunks
 
 
+def new_job(
+    job_id: str,
+    owner: str,
+    cluster: str,
+    spec: JobSpec,
+    now: datetime,
+    *,
+    batch_id: str | None = None,
+    batch_index: int | None = None,
+) -> JobRecord:
+    """The record of a job just accepted (SUBMITTING), with what its spec says about it."""
+    return JobRecord(
+        job_id=job_id,
+        cluster=cluster,
+        owner=owner,
+        name=spec.name,
+        state=JobState.SUBMITTING,
+        created_at=now,
+        updated_at=now,
+        array=spec.array,
+        dependency=spec.dependency,
+        working_directory=spec.working_directory,
+        output=spec.output,
+        error=spec.error,
+        tags=spec.tags,
+        batch_id=batch_id,
+        batch_index=batch_index,
+    )
+
+
 def _item_fields(index: int, exc: PydanticValidationError) -> list[FieldError]:
     """An item's validation errors, located in the batch body."""
     return [
@@ -159,21 +189,7 @@ class RequestService:
             )
         self._clusters.resolve(cluster)
         record = self._new_request(owner, cluster, "job.submit", spec=spec)
-        job = JobRecord(
-            job_id=record.request_id,
-            cluster=cluster,
-            owner=owner,
-            name=spec.name,
-            state=JobState.SUBMITTING,
-            created_at=record.created_at,
-            updated_at=record.created_at,
-            array=spec.array,
-            dependency=spec.dependency,
-            working_directory=spec.working_directory,
-            output=spec.output,
-            error=spec.error,
-            tags=spec.tags,
-        )
+        job = new_job(record.request_id, owner, cluster, spec, record.created_at)
         self._store.create_submission(record, job, self._limits)
         message = JobSubmitMessage(
             request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
@@ -219,23 +235,7 @@ class RequestService:
             batch_size=len(body.jobs),
         )  # fmt: skip
         jobs = [
-            JobRecord(
-                job_id=ids[index],
-                cluster=cluster,
-                owner=owner,
-                name=spec.name,
-                state=JobState.SUBMITTING,
-                created_at=now,
-                updated_at=now,
-                array=spec.array,
-                dependency=spec.dependency,
-                working_directory=spec.working_directory,
-                output=spec.output,
-                error=spec.error,
-                tags=spec.tags,
-                batch_id=batch_id,
-                batch_index=index,
-            )
+            new_job(ids[index], owner, cluster, spec, now, batch_id=batch_id, batch_index=index)
             for index, spec in valid
         ]
         self._store.create_batch(record, jobs, self._limits)

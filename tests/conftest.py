@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,29 @@ def slurm() -> dict[str, str]:
         pytest.skip(reason)
     os.environ.update(env)
     return env
+
+
+@contextmanager
+def local_stack(slurm_env: dict[str, str], **options: Any) -> Iterator[Any]:
+    """The template's local stack in this process, in local cluster mode, on the real Slurm.
+
+    ``options`` go to LocalStack (schedules, inbox, ...); ``env`` adds environment overrides.
+    """
+    from broker import wiring  # noqa: PLC0415
+    from broker.local.stack import LocalStack  # noqa: PLC0415
+
+    env = {
+        "HPCB_CLUSTERS_MODE": "local",
+        "HPCB_LOCAL_CLUSTERS": "local",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        **options.pop("env", {}),
+        **slurm_env,
+    }
+    wiring.reset()
+    stack = LocalStack(TEMPLATE, env_overrides=env, access_log=False, **options)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        wiring.reset()

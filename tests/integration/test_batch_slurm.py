@@ -13,10 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker import wiring
 from broker.client import BrokerClient
 from broker.local.stack import LocalStack
-from tests.conftest import TEMPLATE
+from tests.conftest import local_stack
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -27,23 +26,9 @@ NAME = "it-burst"
 
 @pytest.fixture(scope="module")
 def stack(slurm: dict[str, str]) -> Iterator[LocalStack]:
-    wiring.reset()
-    local = LocalStack(
-        TEMPLATE,
-        env_overrides={
-            "HPCB_CLUSTERS_MODE": "local",
-            "HPCB_LOCAL_CLUSTERS": "local",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-            **slurm,
-        },
-        schedules_enabled=False,
-        access_log=False,
-    )
-    local.start()
-    yield local
-    local.stop()
-    wiring.reset()
+    env = {"POWERTOOLS_LOG_LEVEL": "WARNING"}
+    with local_stack(slurm, schedules_enabled=False, env=env) as running:
+        yield running
     subprocess.run(["scancel", "--name", NAME], check=False)
 
 

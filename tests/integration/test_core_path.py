@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from broker import wiring
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.local_directory import LocalClusterDirectory
@@ -27,7 +26,7 @@ from broker.models import JobSpec, JobSubmitMessage, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 from broker.service import RequestService
-from tests.conftest import TEMPLATE
+from tests.conftest import local_stack
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -38,21 +37,8 @@ HELLO = "#!/bin/bash\necho hello\n"
 
 @pytest.fixture(scope="module")
 def stack(slurm: dict[str, str]) -> Iterator[LocalStack]:
-    wiring.reset()
-    local = LocalStack(
-        TEMPLATE,
-        env_overrides={
-            "HPCB_CLUSTERS_MODE": "local",
-            "HPCB_LOCAL_CLUSTERS": "local",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            **slurm,
-        },
-        access_log=False,
-    )
-    local.start()
-    yield local
-    local.stop()
-    wiring.reset()
+    with local_stack(slurm) as running:
+        yield running
 
 
 @pytest.fixture

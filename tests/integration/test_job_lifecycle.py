@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
-from broker import wiring
 from broker.adapters.aws import client
 from broker.client import ApiError, BrokerClient
 from broker.local.notifications import drain
 from broker.local.stack import LocalStack
-from tests.conftest import TEMPLATE
+from tests.conftest import local_stack
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -56,24 +55,9 @@ class Inbox:
 
 @pytest.fixture(scope="module")
 def stack(slurm: dict[str, str]) -> Iterator[LocalStack]:
-    wiring.reset()
-    local = LocalStack(
-        TEMPLATE,
-        env_overrides={
-            "HPCB_CLUSTERS_MODE": "local",
-            "HPCB_LOCAL_CLUSTERS": "local",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "HPCB_SWEEP_WINDOW_SECONDS": "0",
-            **slurm,
-        },
-        schedule_seconds=1,
-        notifications_inbox=True,
-        access_log=False,
-    )
-    local.start()
-    yield local
-    local.stop()
-    wiring.reset()
+    env = {"HPCB_SWEEP_WINDOW_SECONDS": "0"}
+    with local_stack(slurm, schedule_seconds=1, notifications_inbox=True, env=env) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
