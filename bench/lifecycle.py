@@ -171,7 +171,8 @@ def writes_per_lifecycle(stack: LocalStack, workdir: str) -> dict[str, int]:
             counts["calls"] += 1
 
     ddb = client("dynamodb")
-    ddb.meta.events.register("before-call.dynamodb", count)
+    # provide-client-params carries the API parameters (before-call has the wire request).
+    ddb.meta.events.register("provide-client-params.dynamodb", count)
     alice = BrokerClient(stack.api_url, principal=OWNER)
     job_id = alice.submit_job("local", {"script": "#!/bin/sh\nsleep 1\n", "name": NAME,
                                         "working_directory": workdir})["request_id"]  # fmt: skip
@@ -182,7 +183,7 @@ def writes_per_lifecycle(stack: LocalStack, workdir: str) -> dict[str, int]:
         if job.state.final and job.notify_pending is None:
             break
         time.sleep(0.2)
-    ddb.meta.events.unregister("before-call.dynamodb", count)
+    ddb.meta.events.unregister("provide-client-params.dynamodb", count)
     return counts
 
 
@@ -238,6 +239,7 @@ def main() -> None:
     stack = start_stack(slurm_env, None)
     try:
         figures["sweep"] = sweep_costs([1, 100, 1000], workdir)
+        print("sweep:", json.dumps(figures["sweep"]), flush=True)
     finally:
         stack.stop()
     for interval in (2.0, 15.0):
@@ -245,9 +247,10 @@ def main() -> None:
         try:
             if interval == 2.0:
                 figures["dynamodb_writes_per_job_lifecycle"] = writes_per_lifecycle(stack, workdir)
-            figures[f"notify_latency_sweep_{int(interval)}s"] = notification_latency(
-                stack, args.jobs, workdir
-            )
+                print("writes:", figures["dynamodb_writes_per_job_lifecycle"], flush=True)
+            key = f"notify_latency_sweep_{int(interval)}s"
+            figures[key] = notification_latency(stack, args.jobs, workdir)
+            print(f"{key}:", figures[key], flush=True)
         finally:
             stack.stop()
     subprocess.run(["scancel", "--name", NAME], check=False)
