@@ -656,12 +656,7 @@ class Dispatcher:
         return submitted, rejected, retry
 
     def _finish_batch(self, batch_id: str) -> None:
-        """End the batch request once every item has an outcome."""
-        batch = self._store.get(batch_id)
-        done = sum(batch.counts.values())
-        if batch.items is not None and done >= batch.items and not batch.state.final:
-            result = BatchResult(cluster=batch.cluster, items=batch.items, counts=batch.counts)
-            self._succeed(batch_id, result)
+        finish_batch(self._store, self._announce, batch_id)
 
     # -- cancel ----------------------------------------------------------------------------
 
@@ -775,12 +770,47 @@ class Dispatcher:
             self._announce.request(request_id)
 
 
+def finish_batch(store: Store, announcer: Announcer, batch_id: str) -> None:
+    """End a batch request (SUCCEEDED, with its counts) once every item has an outcome."""
+    batch = store.get(batch_id)
+    done = sum(batch.counts.values())
+    if batch.items is not None and done >= batch.items and not batch.state.final:
+        result = BatchResult(cluster=batch.cluster, items=batch.items, counts=batch.counts)
+        if store.record_success(batch_id, result):
+            announcer.request(batch_id)
+
+
 class DeadLetterService:
     """The DLQ worker's side: a message whose deliveries ran out marks its request FAILED."""
 
     def __init__(self, store: Store, announcer: Announcer) -> None:
         self._store = store
         self._announce = announcer
+
+    def give_up_chunk(self, message: JobBatchMessage) -> int:
+        """A batch chunk ran out of deliveries: its items still SUBMITTING fail (none is left
+        in progress, none keeps its back-pressure reservation); the batch ends if complete.
+
+        Returns:
+            How many items this call failed (others had an outcome already).
+        """
+        try:
+            batch = self._store.get(message.request_id)
+        except NotFoundError:
+            logger.error(
+                "dead letter for an unknown batch", extra={"request_id": message.request_id}
+            )
+            return 0
+        last = batch.error
+        reason = "retries exhausted" + (
+            f"; last error: {last.code}: {last.message}" if last else ""
+        )
+        failed = [(item.job_id, reason) for item in message.items]
+        _, newly_failed = self._store.record_batch_outcomes(batch, [], failed)
+        for job_id in newly_failed:
+            self._announce.job(job_id, JobState.SUBMITTING)
+        finish_batch(self._store, self._announce, message.request_id)
+        return len(newly_failed)
 
     def give_up(self, request_id: str) -> bool:
         """Record that retries ran out, keeping the last error's words (and fail its job).

@@ -17,7 +17,9 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
+from broker.models import QUEUE_MESSAGE, JobBatchMessage
 from broker.observability import logger, metrics, tracer
 from broker.wiring import dead_letter_service
 from workers.job_worker import request_id_of
@@ -28,7 +30,18 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 
 
 def record_handler(record: SQSRecord) -> None:
-    """Mark one dead-lettered request FAILED (unreadable messages are logged and dropped)."""
+    """Mark one dead-lettered request FAILED (unreadable messages are logged and dropped).
+
+    A batch chunk fails its own items only: the other chunks of the batch may well succeed.
+    """
+    try:
+        message = QUEUE_MESSAGE.validate_json(record.body)
+    except ValidationError:
+        message = None
+    if isinstance(message, JobBatchMessage):
+        failed = dead_letter_service().give_up_chunk(message)
+        metrics.add_metric(name="BatchItemsExhausted", unit="Count", value=failed)
+        return
     request_id = request_id_of(record.body)
     if request_id is None:
         logger.error("unreadable dead letter", extra={"message_id": record.message_id})

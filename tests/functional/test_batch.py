@@ -20,13 +20,16 @@ from broker.api import app as api_app
 from broker.api.handler import lambda_handler
 from broker.jobs import JobState
 from broker.local.apigw import ApiGatewayApp, ApiRoute
+from broker.local.context import LambdaContext
+from broker.local.pollers import build_sqs_event
 from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage
 from broker.ports import ClusterTarget, Limits
-from broker.service import Dispatcher, RequestService
+from broker.service import DeadLetterService, Dispatcher, RequestService
 from broker.states import RequestState
 from broker.sweep import Announcer
 from tests.conftest import AwsResources
 from tests.fakes import FakeDirectory, RecordingNotifier
+from workers import dlq_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 SCRIPT = "#!/bin/bash\ntrue\n"
@@ -244,3 +247,35 @@ def test_idempotency_key_replays_a_batch(world: World, monkeypatch: pytest.Monke
     queued = world.drain()
     assert sum(len(m.items) for m in queued if isinstance(m, JobBatchMessage)) == 20
     assert json.dumps(first.get_json())
+
+
+def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a batch of two chunks; the first is submitted, the second exhausts its deliveries
+    monkeypatch.setattr(service_module, "CHUNK_ITEMS", 10)
+    accepted = world.post({"jobs": jobs(20)}).get_json()
+    first, second = world.drain()
+    world.worker.handle(first)
+    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()))
+    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
+    event = build_sqs_event(
+        [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": second.model_dump_json()}],
+        queue_arn="arn:aws:sqs:us-east-1:123456789012:dlq",
+        region="us-east-1",
+    )
+    # WHEN the DLQ worker handles the dead chunk
+    context = LambdaContext.for_invocation(function_name="DlqWorkerFunction", timeout_s=30,
+                                           memory_mb=512, region="us-east-1",
+                                           account_id="123456789012")  # fmt: skip
+    assert dlq_worker.lambda_handler(event, context) == {"batchItemFailures": []}
+    # THEN its 10 items are SUBMIT_FAILED, the others untouched, and the batch ended with counts
+    assert isinstance(second, JobBatchMessage)
+    states = {world.store.get_job(i.job_id).state for i in second.items}
+    assert states == {JobState.SUBMIT_FAILED}
+    batch = world.store.get(accepted["request_id"])
+    assert batch.counts == {"SUBMITTED": 10, "FAILED": 10}
+    assert batch.state is RequestState.SUCCEEDED
+    # AND no back-pressure reservation is left behind
+    assert world.store.backlog("CLUSTER", "local") == 0
+    assert world.store.backlog("OWNER", ALICE) == 0
