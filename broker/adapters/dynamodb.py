@@ -66,35 +66,46 @@ def alias_key(cluster: str, slurm_job_id: str) -> dict[str, Any]:
 
 def request_item(record: RequestRecord) -> dict[str, Any]:
     """Attribute-value map of a request: keys, index keys, then the record's fields."""
-    created = record.created_at.isoformat()
-    plain: dict[str, Any] = {
-        "pk": f"REQ#{record.request_id}",
-        "sk": "REQ",
-        "gsi1pk": f"OWNER#{record.owner}",
-        "gsi1sk": f"REQ#{created}#{record.request_id}",
-        "expires_at": int((record.created_at + RETENTION).timestamp()),
-        **dump(record),
-    }
-    if not record.state.final or record.notify_pending:
-        plain["gsi2pk"] = f"ACTIVE#{record.cluster}"
-        plain["gsi2sk"] = f"REQ#{record.request_id}"
-    return _serialize(plain)
+    created = f"REQ#{record.created_at.isoformat()}#{record.request_id}"
+    active = not record.state.final or record.notify_pending is not None
+    return _item(
+        "REQ", record.request_id, gsi1pk=f"OWNER#{record.owner}", gsi1sk=created,
+        record=record, active=active,
+    )  # fmt: skip
 
 
 def job_item(job: JobRecord) -> dict[str, Any]:
     """Attribute-value map of a job."""
-    created = job.created_at.isoformat()
+    created = f"{job.created_at.isoformat()}#{job.job_id}"
+    active = not job.state.final or job.notify_pending is not None
+    return _item(
+        "JOB", job.job_id, gsi1pk=f"JOBS#{job.owner}#{job.cluster}", gsi1sk=created,
+        record=job, active=active,
+    )  # fmt: skip
+
+
+def _item(
+    kind: str,
+    item_id: str,
+    *,
+    gsi1pk: str,
+    gsi1sk: str,
+    record: RequestRecord | JobRecord,
+    active: bool,
+) -> dict[str, Any]:
+    """The common layout: key, listing index, TTL, fields; and, while ``active``, the
+    sparse attention index (which is what the sweep reads)."""
     plain: dict[str, Any] = {
-        "pk": f"JOB#{job.job_id}",
-        "sk": "JOB",
-        "gsi1pk": f"JOBS#{job.owner}#{job.cluster}",
-        "gsi1sk": f"{created}#{job.job_id}",
-        "expires_at": int((job.created_at + RETENTION).timestamp()),
-        **dump(job),
+        "pk": f"{kind}#{item_id}",
+        "sk": kind,
+        "gsi1pk": gsi1pk,
+        "gsi1sk": gsi1sk,
+        "expires_at": int((record.created_at + RETENTION).timestamp()),
+        **dump(record),
     }
-    if not job.state.final or job.notify_pending:
-        plain["gsi2pk"] = f"ACTIVE#{job.cluster}"
-        plain["gsi2sk"] = f"JOB#{job.job_id}"
+    if active:
+        plain["gsi2pk"] = f"ACTIVE#{record.cluster}"
+        plain["gsi2sk"] = f"{kind}#{item_id}"
     return _serialize(plain)
 
 
