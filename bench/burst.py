@@ -1,0 +1,294 @@
+"""Burst submission on the real local Slurm: N held jobs through the HTTP API, beside two baselines.
+
+Measured in one run, on the same Slurm:
+- ``raw_sbatch_s``: the same jobs by a plain ``sbatch`` loop in bash (one process per job, no
+  broker): the physical limit of one-by-one submission on this machine;
+- ``accept_s``: the one ``POST /v1/clusters/local/jobs:batch`` call, until its 202;
+- ``all_submitted_s``: from that POST until the batch request is SUCCEEDED, i.e. every job is in
+  Slurm *and* its Slurm id is recorded in DynamoDB (what a client polling the batch sees);
+- ``naive_s``: the seed samples' design, one synchronous head-node command per job through the
+  same runner (the agent), measured on a sample and scaled to N - said so in the output;
+- head-node commands (agent runs) and AWS calls by operation, counted from botocore's events
+  in this process (the API, the workers and the emulated event-source mappings all run here);
+- duplicates and lost jobs, counted from Slurm's own job list (tokens in the job comments).
+
+Jobs are trivial and held, so the figures are about submission; everything is cancelled at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Powertools reads these when broker.observability is first imported (below).
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "HpcBrokerBench")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "hpc-broker-bench")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+
+import argparse
+import json
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from broker import wiring
+from broker.adapters.aws import client
+from broker.adapters.dynamodb import request_key
+from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
+from broker.client import BrokerClient
+from broker.local.stack import LocalStack
+from broker.models import JobSpec
+from broker.ports import ClusterTarget
+from broker.runners.local import LocalRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+NAME = "hpcb-bench-burst"
+RAW_NAME = "hpcb-bench-raw"
+NAIVE_NAME = "hpcb-bench-naive"
+OWNER = "arn:aws:iam::000000000000:user/bench"
+SCRIPT = "#!/bin/sh\ntrue\n"
+SERVICES = ("dynamodb", "sqs", "sns", "s3")
+#: Calls the Lambda service makes itself (the event-source mapping, emulated here by pollers).
+ESM_OPERATIONS = frozenset({"ReceiveMessage", "DeleteMessageBatch", "DeleteMessage"})
+
+
+class Calls:
+    """AWS calls by service and operation, from botocore's ``before-call`` events."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.on = False
+
+    def attach(self) -> None:
+        for service in SERVICES:
+            client(service).meta.events.register(f"before-call.{service}", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        if self.on:
+            with self._lock:
+                self.counts[f"{model.service_model.service_name}:{model.name}"] += 1
+
+
+class HeadNodeCommands:
+    """Counts the local runner's head-node commands (agent runs) made by the stack's workers."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._original = LocalRunner.run
+
+    def attach(self) -> None:
+        original = self._original
+
+        def run(runner: LocalRunner, target: ClusterTarget, request: AgentRequest) -> AgentResponse:
+            self.count += 1
+            started = time.perf_counter()
+            try:
+                return original(runner, target, request)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        LocalRunner.run = run  # type: ignore[method-assign,assignment]
+
+    def detach(self) -> None:
+        LocalRunner.run = self._original  # type: ignore[method-assign]
+
+
+def slurm(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def tokens_in_slurm(prefix: str) -> Counter[str]:
+    """How many Slurm jobs carry each token starting with ``prefix`` (held jobs stay in squeue)."""
+    out = slurm("squeue", "-h", "-a", "-t", "all", "-o", "%k")
+    return Counter(line.strip() for line in out.splitlines() if line.startswith(prefix))
+
+
+def cancel(name: str) -> None:
+    subprocess.run(["scancel", "--name", name], check=False)
+
+
+def raw_sbatch(count: int, workdir: str) -> float:
+    """A plain bash loop of ``sbatch`` on the same Slurm: one process per job."""
+    script = Path(workdir) / "raw.sh"
+    script.write_text(SCRIPT)
+    loop = (
+        f"for i in $(seq {count}); do sbatch -Q --parsable --hold -J {RAW_NAME} "
+        f"--comment=hpcb-raw:$i -D {workdir} {script} >/dev/null || exit 1; done"
+    )
+    started = time.perf_counter()
+    subprocess.run(["bash", "-c", loop], check=True)
+    elapsed = time.perf_counter() - started
+    submitted = len(slurm("squeue", "-h", "-t", "PD", "-n", RAW_NAME, "-o", "%i").split())
+    if submitted != count:
+        raise SystemExit(f"raw sbatch loop: {submitted} of {count} jobs in Slurm")
+    return elapsed
+
+
+def naive(count: int, sample: int, workdir: str) -> dict[str, Any]:
+    """One synchronous head-node command per job (the seed design), on a sample, scaled."""
+    target = ClusterTarget(name="local", mode="local")
+    spec = JobSpec(script=SCRIPT, name=NAIVE_NAME, hold=True, working_directory=workdir)
+    runner = LocalRunner()
+    started = time.perf_counter()
+    for i in range(sample):
+        job = AgentJob.of(f"hpcb:naive{i:06x}", spec)
+        answer = runner.run(target, AgentRequest(op="submit", jobs=[job]))
+        if not answer.ok or not answer.results[0].job_id:
+            raise SystemExit(f"naive baseline: submission failed: {answer}")
+    per_job = (time.perf_counter() - started) / sample
+    return {"sample": sample, "per_job_ms": round(per_job * 1000, 1),
+            "naive_s": round(per_job * count, 1)}  # fmt: skip
+
+
+def start_stack(slurm_env: dict[str, str], pollers: int) -> LocalStack:
+    wiring.reset()
+    stack = LocalStack(
+        ROOT / "template.yaml",
+        env_overrides={
+            "HPCB_CLUSTERS_MODE": "local",
+            "HPCB_LOCAL_CLUSTERS": "local",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            **slurm_env,
+        },
+        schedules_enabled=False,
+        access_log=False,
+        pollers_per_mapping=pollers,
+    )
+    return stack.start()
+
+
+def burst(stack: LocalStack, count: int, workdir: str, calls: Calls) -> dict[str, Any]:
+    """One batch POST of ``count`` held jobs, followed until every item has its Slurm id."""
+    jobs = [{"script": SCRIPT, "name": NAME, "hold": True, "working_directory": workdir}
+            for _ in range(count)]  # fmt: skip
+    alice = BrokerClient(stack.api_url, principal=OWNER)
+    calls.on = True
+    started = time.perf_counter()
+    accepted = alice.call("POST", "/v1/clusters/local/jobs:batch", {"jobs": jobs})
+    accept_s = time.perf_counter() - started
+    accept_calls = Counter(calls.counts)
+    if accepted["accepted"] != count:
+        raise SystemExit(f"the API accepted {accepted['accepted']} of {count}")
+    # Followed in DynamoDB with a client of its own (uncounted): GETs would add API calls.
+    final = _wait(stack, accepted["request_id"], timeout=max(600, count // 5))
+    all_submitted_s = time.perf_counter() - started
+    calls.on = False
+    if final["state"] != "SUCCEEDED":
+        raise SystemExit(f"the batch ended {final['state']}: {final.get('counts')}")
+    return {
+        "accept_s": round(accept_s, 3),
+        "all_submitted_s": round(all_submitted_s, 2),
+        "prefix": accepted["job_id_prefix"],
+        "counts": final["counts"],
+        "accept_calls": accept_calls,
+    }
+
+
+def _wait(stack: LocalStack, request_id: str, timeout: float) -> dict[str, Any]:
+    """Follow the batch request from its record, read with a separate (uncounted) client."""
+    ddb = boto3.session.Session().client("dynamodb")
+    table = os.environ["HPCB_TABLE_NAME"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = ddb.get_item(TableName=table, Key=request_key(request_id))["Item"]
+        if item["state"]["S"] in {"SUCCEEDED", "FAILED", "CANCELLED"}:
+            break
+        time.sleep(0.05)
+    return BrokerClient(stack.api_url, principal=OWNER).call("GET", f"/v1/requests/{request_id}")
+
+
+def per_thousand(counts: Counter[str], jobs: int) -> dict[str, float]:
+    return {op: round(n * 1000 / jobs, 1) for op, n in sorted(counts.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slurm-env", type=Path, default=Path("/var/tmp/hpc-broker/slurm/env"))
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--naive-sample", type=int, default=200)
+    parser.add_argument(
+        "--pollers", type=int, default=2, help="concurrent job-worker invocations (Lambda: 5+)"
+    )
+    args = parser.parse_args()
+    slurm_env = {}
+    for line in args.slurm_env.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line.removeprefix("export ").split("=", 1)
+            slurm_env[key] = value
+    os.environ.update(slurm_env)
+    workdir = tempfile.mkdtemp(prefix="hpcb-bench-")
+    Path(workdir).chmod(0o777)
+    count = args.jobs
+    try:
+        raw_s = raw_sbatch(count, workdir)
+        print(f"raw sbatch loop: {count} jobs in {raw_s:.1f} s", flush=True)
+        cancel(RAW_NAME)
+        baseline = naive(count, args.naive_sample, workdir)
+        print(f"naive: {baseline}", flush=True)
+        cancel(NAIVE_NAME)
+        stack = start_stack(slurm_env, args.pollers)
+        calls = Calls()
+        calls.attach()
+        head = HeadNodeCommands()
+        head.attach()
+        try:
+            result = burst(stack, count, workdir, calls)
+        finally:
+            head.detach()
+            stack.stop()
+        tokens = tokens_in_slurm(f"hpcb:{result['prefix']}")
+        expected = {f"hpcb:{result['prefix']}{i:06x}" for i in range(count)}
+        duplicates = sum(n - 1 for t, n in tokens.items() if n > 1)
+        lost = len(expected - set(tokens))
+    finally:
+        for name in (NAME, RAW_NAME, NAIVE_NAME):
+            cancel(name)
+
+    pipeline = Counter(calls.counts)
+    pipeline.subtract(result["accept_calls"])
+    esm = Counter({k: v for k, v in pipeline.items() if k.split(":")[1] in ESM_OPERATIONS})
+    handlers = Counter({k: v for k, v in pipeline.items() if k not in esm and v})
+    figures = {
+        "jobs": count,
+        "accept_s": result["accept_s"],
+        "all_submitted_s": result["all_submitted_s"],
+        "raw_sbatch_s": round(raw_s, 2),
+        "ratio_vs_raw": round(result["all_submitted_s"] / raw_s, 2),
+        "naive_s": baseline["naive_s"],
+        "naive_extrapolated_from": baseline["sample"],
+        "ratio_vs_naive": round(result["all_submitted_s"] / baseline["naive_s"], 3),
+        "head_node_calls": head.count,
+        "aws_calls_per_1000_jobs": {
+            "api": per_thousand(result["accept_calls"], count),
+            "workers": per_thousand(handlers, count),
+            "event_source_mapping": per_thousand(esm, count),
+        },
+        "duplicates": duplicates,
+        "lost": lost,
+    }
+    print()
+    print(f"{'':34}{'seconds':>10}{'head-node cmds':>16}{'jobs/s':>10}")
+    rows = [
+        ("raw sbatch loop (no broker)", raw_s, count),
+        (f"naive: 1 cmd/job (x{count // baseline['sample']} of {baseline['sample']})",
+         baseline["naive_s"], count),
+        ("broker: POST accepted (202)", result["accept_s"], 0),
+        ("broker: all in Slurm + recorded", result["all_submitted_s"], head.count),
+    ]  # fmt: skip
+    for label, seconds, commands in rows:
+        print(f"{label:34}{seconds:>10.2f}{commands:>16}{count / seconds:>10.0f}")
+    print(f"time inside head-node commands: {head.seconds:.2f} s")
+    print(f"duplicates {duplicates}, lost {lost} (from squeue's job comments)")
+    print(json.dumps(figures, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
