@@ -458,8 +458,10 @@ class Dispatcher:
         *,
         artifacts: ArtifactStore | None = None,
         default_working_directory: str = "/tmp",  # noqa: S108
+        submit_concurrency: int | None = None,
     ) -> None:
         self._store = store
+        self._concurrency = submit_concurrency
         self._clusters = clusters
         self._runner_for = runner_for
         self._announce = announcer
@@ -637,7 +639,8 @@ class Dispatcher:
     ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
         """One agent call for all ``jobs``: (submitted, rejected, to retry) job ids."""
         target = self._clusters.resolve(cluster)
-        response = self._runner_for(target.mode).run(target, AgentRequest(op="submit", jobs=jobs))
+        request = AgentRequest(op="submit", jobs=jobs, concurrency=self._concurrency)
+        response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
             raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
         answers = {r.token: r for r in response.results}

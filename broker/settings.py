@@ -64,6 +64,15 @@ class JobWorkerSettings(CommonSettings):
     agent_timeout_seconds: int = Field(
         default=120, ge=5, le=800, description="How long one head-node command may take."
     )
+    submit_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description=(
+            "sbatch processes in flight on a head node within one chunk. One chunk is submitted "
+            "at a time per head node (the agent's lock): this is the broker's pacing of slurmctld."
+        ),
+    )
     ssm_poll_seconds: float = Field(default=1.0, gt=0, description="SSM invocation poll period.")
     staging_bucket: str | None = Field(
         default=None, description="S3 bucket for payloads and answers too large to go inline."

@@ -102,6 +102,7 @@ def dispatcher() -> Dispatcher:
             else None
         ),
         default_working_directory=settings.default_working_directory,
+        submit_concurrency=settings.submit_concurrency,
     )
 
 

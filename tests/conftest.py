@@ -25,7 +25,7 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from broker.adapters import aws
-from broker.local.moto_patches import two_phase_transactions
+from broker.local.moto_patches import patch_moto
 from broker.local.provision import Provisioned, provision
 from broker.local.template import load_template
 
@@ -51,7 +51,7 @@ _FAKE_AWS_ENV = {
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """A moto server on 127.0.0.1 (random port); boto3 reaches it over HTTP via AWS_ENDPOINT_URL."""
-    two_phase_transactions()
+    patch_moto()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

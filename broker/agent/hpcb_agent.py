@@ -47,9 +47,11 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 AGENT_VERSION = "1.0.0"
@@ -61,6 +63,11 @@ DEFAULT_LOCK_PATH = "/var/tmp/hpcb-agent.lock"  # noqa: S108 - opened with O_NOF
 LOCK_WAIT_SECONDS = 90.0
 
 SBATCH_TIMEOUT_SECONDS = 30.0
+#: sbatch processes in flight at once within one submit (the request's ``concurrency``, capped):
+#: the pacing of slurmctld. One submit runs at a time per head node (the lock), so this bounds
+#: the cluster's concurrent submissions from the broker.
+DEFAULT_SUBMIT_CONCURRENCY = 4
+MAX_SUBMIT_CONCURRENCY = 16
 QUERY_TIMEOUT_SECONDS = 30.0
 HTTP_TIMEOUT_SECONDS = 30.0
 #: Largest staged request the agent downloads (a fetch of a bigger object is refused).
@@ -1056,7 +1063,7 @@ class Agent(object):
         if op == "ping":
             return self.ping()
         if op == "submit":
-            return self.submit(request.get("jobs", []))
+            return self.submit(request.get("jobs", []), request.get("concurrency"))
         if op == "status":
             return self.status(request.get("job_ids", []))
         if op == "cancel":
@@ -1106,9 +1113,19 @@ class Agent(object):
             raise AgentError(BAD_PAYLOAD, "the staged request must be a JSON object")
         return inner
 
-    def submit(self, jobs: Any) -> Dict[str, Any]:
+    def submit(self, jobs: Any, concurrency: Any = None) -> Dict[str, Any]:
         if not isinstance(jobs, list):
             raise AgentError(BAD_REQUEST, "jobs must be a list")
+        if concurrency is None:
+            concurrency = DEFAULT_SUBMIT_CONCURRENCY
+        if (
+            not isinstance(concurrency, int)
+            or isinstance(concurrency, bool)
+            or not 1 <= concurrency <= MAX_SUBMIT_CONCURRENCY
+        ):
+            raise AgentError(
+                BAD_REQUEST, "concurrency must be an integer 1..%d" % MAX_SUBMIT_CONCURRENCY
+            )
         results = []  # type: List[Dict[str, Any]]
         commands = []  # type: List[Tuple[int, SbatchCommand]]
         for job in jobs:
@@ -1122,7 +1139,7 @@ class Agent(object):
         if commands:
             with FileLock(self.lock_path, self.lock_wait):
                 known, info["dedup"] = self.existing_tokens()
-                self._submit_all(commands, known, results)
+                self._submit_all(commands, known, results, concurrency)
         response = {
             "v": PROTOCOL_VERSION,
             "ok": True,
@@ -1138,26 +1155,53 @@ class Agent(object):
         commands: List[Tuple[int, SbatchCommand]],
         known: Dict[str, str],
         results: List[Dict[str, Any]],
+        concurrency: int,
     ) -> None:
-        unavailable = None  # type: Optional[AgentError]
+        """sbatch every token not ``known``, ``concurrency`` at a time; the others are reused.
+
+        A token repeated within the request is submitted once (its first occurrence). Once the
+        controller is unreachable, jobs not yet started are not attempted (a transient error
+        each), so an overloaded slurmctld is not hit again until the worker's back-off.
+        """
+        unavailable = []  # type: List[AgentError]
+        guard = threading.Lock()
+        first = {}  # type: Dict[str, int]
+        todo = []  # type: List[Tuple[int, SbatchCommand]]
+        for index, command in commands:
+            if command.token not in known and command.token not in first:
+                first[command.token] = index
+                todo.append((index, command))
+
+        def one(item: Tuple[int, SbatchCommand]) -> None:
+            index, command = item
+            with guard:
+                stop = unavailable[0] if unavailable else None
+            if stop is not None:
+                results[index] = {"token": command.token, "error": stop}
+                return
+            try:
+                results[index] = {"token": command.token, "job_id": self._sbatch(command)}
+            except AgentError as exc:
+                results[index] = {"token": command.token, "error": exc}
+                if exc.code in (SCHEDULER_UNAVAILABLE, SLURM_NOT_FOUND):
+                    with guard:
+                        unavailable.append(
+                            AgentError(exc.code, "not attempted: " + exc.message, exc.transient)
+                        )
+
+        if concurrency == 1 or len(todo) < 2:
+            for item in todo:
+                one(item)
+        else:
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                list(pool.map(one, todo))
         for index, command in commands:
             token = command.token
             if token in known:
                 results[index] = {"token": token, "job_id": known[token], "reused": True}
-            elif unavailable is not None:
-                # Once the controller is unreachable, do not spend a timeout on every job.
-                results[index] = {"token": token, "error": unavailable}
-            else:
-                try:
-                    job_id = self._sbatch(command)
-                    known[token] = job_id
-                    results[index] = {"token": token, "job_id": job_id}
-                except AgentError as exc:
-                    results[index] = {"token": token, "error": exc}
-                    if exc.code in (SCHEDULER_UNAVAILABLE, SLURM_NOT_FOUND):
-                        unavailable = AgentError(
-                            exc.code, "not attempted: " + exc.message, exc.transient
-                        )
+            elif first[token] != index:
+                original = results[first[token]]
+                results[index] = dict(original, reused="job_id" in original)
 
     def _sbatch(self, command: SbatchCommand) -> str:
         try:

@@ -120,6 +120,9 @@ class AgentRequest(BaseModel):
     payload_url: str | None = None
     result_put_url: str | None = None
     inline_limit: int = 20000
+    concurrency: int | None = Field(
+        default=None, ge=1, le=16, description="submit: sbatch processes in flight (agent: 4)."
+    )
 
 
 class AgentJobResult(BaseModel):

@@ -55,7 +55,7 @@ from broker.local.apigw import (
     QuietRequestHandler,
     RawHeadersRequestHandler,
 )
-from broker.local.moto_patches import two_phase_transactions
+from broker.local.moto_patches import patch_moto
 from broker.local.notifications import Inbox, create_inbox
 from broker.local.pollers import SqsPoller
 from broker.local.provision import Provisioned, provision
@@ -105,7 +105,7 @@ def _moto_server_class() -> Any:
     )
     from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
-    two_phase_transactions()
+    patch_moto()
 
     class QuietMotoRequestHandler(MotoRequestHandler):
         # Pollers long-poll once a second: an access-log line each would drown everything else.

@@ -17,7 +17,10 @@ def table(moto_url: str) -> str:
     name = f"tx-{uuid.uuid4().hex[:8]}"
     client("dynamodb").create_table(
         TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
         AttributeDefinitions=[
             {"AttributeName": "pk", "AttributeType": "S"},
             {"AttributeName": "sk", "AttributeType": "S"},
@@ -105,6 +108,21 @@ def test_a_rejected_step_rolls_back_the_steps_before_it(table: str) -> None:
 def test_two_operations_on_one_item_are_rejected(table: str) -> None:
     # GIVEN / WHEN the same key twice in one transaction / THEN ValidationException, nothing written
     with pytest.raises(ClientError) as caught:
-        client("dynamodb").transact_write_items(TransactItems=[put(table, "x"), put(table, "x", v="2")])
+        client("dynamodb").transact_write_items(
+            TransactItems=[put(table, "x"), put(table, "x", v="2")]
+        )
     assert caught.value.response["Error"]["Code"] == "ValidationException"
+    assert keys(table) == []
+
+
+def test_an_item_over_the_size_limit_is_still_refused(table: str) -> None:
+    # GIVEN an item of ~410 KB (moto's limit is 405,000 bytes; DynamoDB's 400 KB)
+    # WHEN put / THEN ValidationException, as before the linear size patch
+    with pytest.raises(ClientError) as caught:
+        client("dynamodb").put_item(
+            TableName=table,
+            Item={"pk": {"S": "big"}, "sk": {"S": "A"}, "blob": {"S": "x" * 410_000}},
+        )
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    assert "size" in caught.value.response["Error"]["Message"].lower()
     assert keys(table) == []

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -75,16 +77,19 @@ class FakeSlurm:
         self.sacct = sacct
         self.next_id = 1000
         self.sbatch = sbatch or self._submit
+        self._lock = threading.Lock()  # the agent runs sbatch from several threads
 
     def _submit(self, argv: list[str], script: bytes) -> tuple[int, str, str]:
-        self.next_id += 1
-        return 0, f"{self.next_id}\n", ""
+        with self._lock:
+            self.next_id += 1
+            return 0, f"{self.next_id}\n", ""
 
     def __call__(
         self, argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
     ) -> tuple[int, str, str]:
-        self.calls.append((argv, stdin))
-        self.envs.append(env)
+        with self._lock:
+            self.calls.append((argv, stdin))
+            self.envs.append(env)
         if argv[0] == "squeue":
             return 0, self.squeue, ""
         if argv[0] == "sacct":
@@ -494,9 +499,9 @@ def test_submit_runs_one_squeue_and_one_sacct_for_many_jobs(tmp_path: Path) -> N
     # GIVEN an empty Slurm and three jobs
     slurm = FakeSlurm()
     jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(3)]
-    # WHEN submitted in one call
-    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs})
-    # THEN one squeue, one sacct, three sbatch, and three new job ids
+    # WHEN submitted in one call, one sbatch at a time
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs, "concurrency": 1})
+    # THEN one squeue, one sacct, three sbatch, and three new job ids, in order
     assert len(slurm.commands("squeue")) == 1
     assert len(slurm.commands("sacct")) == 1
     assert len(slurm.commands("sbatch")) == 3
@@ -585,12 +590,89 @@ def test_unreachable_controller_stops_further_sbatch_calls(tmp_path: Path) -> No
 
     slurm = FakeSlurm(sbatch=sbatch)
     jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(5)]
-    # WHEN submitting five jobs
-    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs})
+    # WHEN submitting five jobs, one at a time
+    result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs, "concurrency": 1})
     # THEN only the first is attempted; all five are transient errors
     assert len(slurm.commands("sbatch")) == 1
     assert all(r["error"]["transient"] for r in result["results"])
     assert result["results"][4]["error"]["message"].startswith("not attempted:")
+
+
+class SlowSbatch:
+    """sbatch taking 20 ms, recording how many run at once."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.running = 0
+        self.peak = 0
+        self.started = 0
+        self.fail_after = fail_after
+        self._lock = threading.Lock()
+
+    def __call__(self, argv: list[str], script: bytes) -> tuple[int, str, str]:
+        with self._lock:
+            self.running += 1
+            self.started += 1
+            self.peak = max(self.peak, self.running)
+            number = self.started
+        time.sleep(0.02)
+        with self._lock:
+            self.running -= 1
+        if self.fail_after is not None and number > self.fail_after:
+            return 1, "", STDERR_SOCKET_TIMEOUT
+        return 0, f"{5000 + number}\n", ""
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8])
+def test_sbatch_runs_at_most_concurrency_at_once(tmp_path: Path, concurrency: int) -> None:
+    # GIVEN 24 jobs and a slow sbatch
+    sbatch = SlowSbatch()
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(24)]
+    # WHEN submitted with a concurrency
+    request = {"v": 1, "op": "submit", "jobs": jobs, "concurrency": concurrency}
+    result = answer(tmp_path, FakeSlurm(sbatch=sbatch), request)
+    # THEN never more than that many sbatch at once, and (above 1) more than one did run together
+    assert sbatch.peak <= concurrency
+    assert sbatch.peak > 1 or concurrency == 1
+    # AND every job has its own id, answered in the order of the request
+    ids = [r["job_id"] for r in result["results"]]
+    assert len(set(ids)) == 24
+    assert [r["token"] for r in result["results"]] == [j["token"] for j in jobs]
+
+
+def test_without_concurrency_the_agent_uses_its_default(tmp_path: Path) -> None:
+    # GIVEN a request without concurrency / WHEN submitted / THEN at most the default at once
+    sbatch = SlowSbatch()
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(12)]
+    answer(tmp_path, FakeSlurm(sbatch=sbatch), {"v": 1, "op": "submit", "jobs": jobs})
+    assert 1 < sbatch.peak <= agent.DEFAULT_SUBMIT_CONCURRENCY
+
+
+def test_concurrent_submission_stops_starting_sbatch_once_the_controller_fails(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a controller that times out from the 5th sbatch on
+    sbatch = SlowSbatch(fail_after=4)
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(40)]
+    # WHEN 40 jobs are submitted 4 at a time
+    request = {"v": 1, "op": "submit", "jobs": jobs, "concurrency": 4}
+    result = answer(tmp_path, FakeSlurm(sbatch=sbatch), request)
+    # THEN at most the ones already in flight follow the first failure (<= 4 + 4 started)
+    assert sbatch.started <= 8
+    # AND every job without an id is a transient error, to be retried by the worker
+    without = [r for r in result["results"] if "job_id" not in r]
+    assert len(without) >= 32
+    assert all(r["error"]["transient"] for r in without)
+
+
+@pytest.mark.parametrize("concurrency", [0, 17, "4", True, 2.5])
+def test_unacceptable_concurrency_is_a_bad_request(tmp_path: Path, concurrency: Any) -> None:
+    # GIVEN / WHEN a submit with a concurrency outside 1..16 / THEN BAD_REQUEST, nothing run
+    slurm = FakeSlurm()
+    request = {"v": 1, "op": "submit", "jobs": [job()], "concurrency": concurrency}
+    result = answer(tmp_path, slurm, request)
+    assert result["ok"] is False
+    assert result["error"]["code"] == agent.BAD_REQUEST
+    assert slurm.commands("sbatch") == []
 
 
 def test_sbatch_timeout_is_transient(tmp_path: Path) -> None:
