@@ -896,6 +896,7 @@ def run_process(
         timeout=timeout,
         check=False,
         env=env,
+        pass_fds=tuple(HELD_LOCK_FDS),
     )
     return (
         completed.returncode,
@@ -930,8 +931,18 @@ def http_put(url: str, body: bytes) -> None:
         answer.read()
 
 
+#: Descriptors of the locks this agent holds. Every Slurm client it starts inherits them: if the
+#: agent dies (killed by a runner timeout, or its SSM command cancelled) while an sbatch is in
+#: flight, the lock stays held until that sbatch exits, so the next agent cannot list the tokens
+#: before the orphaned submission has landed (and submit it a second time).
+HELD_LOCK_FDS = []  # type: List[int]
+
+
 class FileLock(object):
-    """An exclusive ``flock`` on a file, waited for up to ``wait_seconds`` (then AGENT_BUSY)."""
+    """An exclusive ``flock`` on a file, waited for up to ``wait_seconds`` (then AGENT_BUSY).
+
+    While held, its descriptor is in ``HELD_LOCK_FDS`` (inherited by the clients the agent runs).
+    """
 
     def __init__(self, path: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> None:
         self.path = path
@@ -951,6 +962,7 @@ class FileLock(object):
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                HELD_LOCK_FDS.append(self._fd)
                 return self
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
@@ -965,6 +977,7 @@ class FileLock(object):
                 time.sleep(0.05)
 
     def __exit__(self, *exc_info: Any) -> None:
+        HELD_LOCK_FDS.remove(self._fd)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
 

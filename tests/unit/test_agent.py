@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -722,6 +723,40 @@ def test_lock_is_released_after_a_call(tmp_path: Path) -> None:
     )
     # WHEN another call takes the lock / THEN it gets it at once
     with agent.FileLock(lock_path, wait_seconds=0):
+        pass
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ORPHAN = """
+import os, sys, threading
+from broker.agent import hpcb_agent as agent
+with agent.FileLock(sys.argv[1]):
+    env = {"PATH": os.environ["PATH"]}
+    client = threading.Thread(target=agent.run_process, args=(["sleep", "1.5"], None, 10, env))
+    client.start()
+    print("client started", flush=True)
+    client.join()
+"""
+
+
+def test_a_client_in_flight_keeps_the_lock_after_its_agent_is_killed(tmp_path: Path) -> None:
+    # GIVEN an agent holding the lock with a Slurm client (here: sleep 1.5) in flight
+    lock_path = str(tmp_path / "agent.lock")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN, lock_path], stdout=subprocess.PIPE, cwd=REPO_ROOT
+    )
+    assert parent.stdout is not None
+    assert parent.stdout.readline() == b"client started\n"
+    time.sleep(0.2)
+    # WHEN the agent is killed (a runner timeout, a cancelled SSM command)
+    parent.kill()
+    parent.wait()
+    # THEN the next agent cannot take the lock while the orphaned client runs
+    with pytest.raises(agent.AgentError) as busy, agent.FileLock(lock_path, wait_seconds=0):
+        pass
+    assert busy.value.code == agent.AGENT_BUSY
+    # AND gets it once the client has exited
+    with agent.FileLock(lock_path, wait_seconds=10):
         pass
 
 
