@@ -25,12 +25,9 @@ from __future__ import annotations
 import copy
 import functools
 import threading
-import time
 from typing import Any
 
 _lock = threading.RLock()
-#: Seconds moto has spent inside DynamoDB requests (with the lock held), for benchmarks.
-busy_seconds = 0.0
 _applied = False
 _two_phase = False
 _linear = False
@@ -51,13 +48,8 @@ def serialize_dynamodb() -> None:
 
     @functools.wraps(original)
     def call_action(self: Any) -> Any:
-        global busy_seconds  # noqa: PLW0603 - a counter read by benchmarks
         with _lock:
-            started = time.perf_counter()
-            try:
-                return original(self)
-            finally:
-                busy_seconds += time.perf_counter() - started
+            return original(self)
 
     DynamoHandler.call_action = call_action  # type: ignore[method-assign]
     _applied = True

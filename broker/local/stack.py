@@ -2,8 +2,9 @@
 
 :class:`LocalStack` reads ``template.yaml`` and
 
-1. starts (or reuses, see below) a moto server on 127.0.0.1 and points boto3 at it through the
-   process environment (``AWS_ENDPOINT_URL``, region, fake credentials);
+1. starts (or reuses, see below) a moto server on 127.0.0.1, in a process of its own
+   (:mod:`broker.local.moto_process`: moto gets its own core and GIL), and points boto3 at it
+   through the process environment (``AWS_ENDPOINT_URL``, region, fake credentials);
 2. provisions the template's queues, table, bucket and topics in it;
 3. sets the process environment to the union of every function's resolved environment plus
    overrides (every handler runs in this one process, so their environments must agree);
@@ -48,6 +49,7 @@ from typing import Any, Final
 import boto3
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from broker.local import moto_process
 from broker.local.apigw import (
     DEFAULT_PRINCIPAL,
     ApiGatewayApp,
@@ -55,7 +57,6 @@ from broker.local.apigw import (
     QuietRequestHandler,
     RawHeadersRequestHandler,
 )
-from broker.local.moto_patches import patch_moto
 from broker.local.notifications import Inbox, create_inbox
 from broker.local.pollers import SqsPoller
 from broker.local.provision import Provisioned, provision
@@ -72,7 +73,7 @@ from broker.local.template import (
     read_functions,
 )
 
-__all__ = ["DEFAULT_TEMPLATE", "LocalStack", "shutdown_moto_servers"]
+__all__ = ["DEFAULT_TEMPLATE", "LocalStack", "moto_cpu_seconds", "shutdown_moto_servers"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,62 +98,33 @@ _moto_servers: dict[int, Any] = {}
 _active: LocalStack | None = None
 
 
-def _moto_server_class() -> Any:
-    from moto.moto_server.werkzeug_app import (  # noqa: PLC0415 - moto only when a stack starts
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from moto.server import ThreadedMotoServer  # noqa: PLC0415
-
-    patch_moto()
-
-    class QuietMotoRequestHandler(MotoRequestHandler):
-        # Pollers long-poll once a second: an access-log line each would drown everything else.
-        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-            pass
-
-    class QuietThreadedMotoServer(ThreadedMotoServer):
-        """``ThreadedMotoServer`` (moto 5.2.5's ``_server_entry``) with a quiet handler."""
-
-        def _server_entry(self) -> None:
-            app = DomainDispatcherApplication(create_backend_app)
-            self._server = make_server(
-                self._ip_address,
-                self._port,
-                app,
-                True,
-                request_handler=QuietMotoRequestHandler,
-            )
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    return QuietThreadedMotoServer
-
-
 def _moto_server(port: int) -> int:
-    """A running moto server on 127.0.0.1 (``port`` 0: any existing one, else a free port)."""
+    """A running moto process on 127.0.0.1 (``port`` 0: any existing one, else a free port)."""
     with _moto_lock:
         if port == 0 and _moto_servers:
             existing: int = min(_moto_servers)
             return existing
         if port in _moto_servers:
             return port
-        # Never 0.0.0.0: moto answers anything without authentication.
-        server = _moto_server_class()(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        actual = int(server.get_host_and_port()[1])
-        _moto_servers[actual] = server
-        logger.info("moto server on http://127.0.0.1:%d", actual)
+        process, actual = moto_process.spawn(port)
+        _moto_servers[actual] = process
+        logger.info("moto server on http://127.0.0.1:%d (pid %d)", actual, process.pid)
         return actual
 
 
 def shutdown_moto_servers() -> None:
-    """Stop every moto server this process started (they are daemon threads otherwise)."""
+    """Stop every moto process this process started (they also die with it)."""
     with _moto_lock:
-        for server in _moto_servers.values():
-            server.stop()
+        for process in _moto_servers.values():
+            process.terminate()
+            process.wait(timeout=10)
         _moto_servers.clear()
+
+
+def moto_cpu_seconds() -> float:
+    """CPU seconds used so far by the moto processes this process started (benchmarks)."""
+    with _moto_lock:
+        return sum(moto_process.cpu_seconds(p) for p in _moto_servers.values())
 
 
 def _reset_moto(moto_url: str) -> None:
