@@ -175,7 +175,6 @@ class ValidationMessage(BaseModel):
     level: Literal["INFO", "WARNING", "ERROR"] = Field(description="Severity.")
     type: str = Field(description="Which validator, e.g. 'KeyPairValidator'.")
     message: str = Field(description="What it found.")
-    id: str | None = Field(default=None, description="Validator id, when pcluster gives one.")
 
 
 class ConfigurationRejectedError(PermanentError):

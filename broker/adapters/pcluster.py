@@ -274,7 +274,6 @@ def validation_messages(items: Any) -> list[ValidationMessage]:
                 level=level if level in _LEVELS else "ERROR",  # type: ignore[arg-type]
                 type=str(item.get("type", "")),
                 message=str(item.get("message", "")),
-                id=item.get("id"),
             )
         )
     return found
