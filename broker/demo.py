@@ -2,7 +2,10 @@
 
 Exits 0 only if every step worked: a job submitted through the API ran on the real local Slurm
 (checked in Slurm's own accounting, with the request id in its comment), a job Slurm rejects
-ended FAILED with Slurm's message, and another principal could not see the first request.
+ended FAILED with Slurm's message, and another principal could not see the first request; and
+the cluster round trip: a cluster created through the API (by the local stack's SIMULATED
+provisioning provider: ParallelCluster cannot provision on one machine) reached
+CREATE_COMPLETE, jobs sent to it ran on the real Slurm, and it was deleted.
 """
 
 from __future__ import annotations
@@ -87,6 +90,76 @@ def _notification_for(stack: Launched, job_id: str, timeout: float = 30) -> Noti
     return None
 
 
+DEMO_CLUSTER = "demo-cluster"
+DEMO_CONFIGURATION = """Image:
+  Os: alinux2
+HeadNode:
+  InstanceType: t3.micro
+  Ssh:
+    KeyName: demo
+Scheduling:
+  Scheduler: slurm
+  SlurmQueues:
+  - Name: queue1
+    ComputeResources:
+    - Name: t3micro
+      InstanceType: t3.micro
+      MinCount: 0
+      MaxCount: 4
+"""
+
+
+def _cluster_status(client: BrokerClient, wanted: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        view = client.call("GET", f"/v1/clusters/{DEMO_CLUSTER}")
+        if view["status"] == wanted and not view["last_operation"]["pending"]:
+            return view
+        time.sleep(0.5)
+    raise RuntimeError(f"{DEMO_CLUSTER} not {wanted} after {timeout}s (last: {view})")
+
+
+def cluster_round_trip(client: BrokerClient, env: dict[str, str]) -> bool:
+    """Create a (simulated) cluster, wait for it, run jobs on it for real, delete it."""
+    t0 = time.monotonic()
+    body = {"name": DEMO_CLUSTER, "configuration": DEMO_CONFIGURATION}
+    accepted = client.call("POST", "/v1/clusters", body)
+    _say(f"POST /v1/clusters -> 202 {accepted} ({(time.monotonic() - t0) * 1000:.0f} ms)")
+    try:
+        client.submit_job(DEMO_CLUSTER, {"script": "#!/bin/bash\ntrue\n"})
+        _say("FAIL: a job was accepted for a cluster still being created")
+        return False
+    except ApiError as exc:
+        error = exc.body["error"]
+        _say(f"a job while it is creating -> {exc.status} {error['code']} "
+             f"({error.get('cluster_status')})")  # fmt: skip
+        ok = exc.status == 409 and error["code"] == "CLUSTER_NOT_READY"
+    view = _cluster_status(client, "CREATE_COMPLETE")
+    _say(f"GET /v1/clusters/{DEMO_CLUSTER} -> {view['status']} (provider {view['provider']}, "
+         f"pcluster {view['version']}) after {time.monotonic() - t0:.1f}s")  # fmt: skip
+    created = client.wait(accepted["request_id"], timeout=30)
+    ok &= created["state"] == "SUCCEEDED"
+    script = '#!/bin/bash\necho "hello from $SLURM_CLUSTER_NAME via ' + DEMO_CLUSTER + '"\n'
+    jobs = [client.submit_job(DEMO_CLUSTER, {"script": script, "name": f"on-{i}"})
+            for i in range(3)]  # fmt: skip
+    for job in jobs:
+        final = client.wait(job["request_id"], timeout=120)
+        if final["state"] != "SUCCEEDED":
+            _say(f"FAIL: job {job['request_id']} on {DEMO_CLUSTER}: {final}")
+            return False
+        row = _wait_in_slurm(final["result"]["job_id"], env)
+        _say(f"job {final['result']['job_id']} on {DEMO_CLUSTER}: sacct state={row[1]} "
+             f"comment={row[3]}")  # fmt: skip
+        ok &= row[1] == "COMPLETED" and row[3] == f"hpcb:{job['request_id']}"
+    deleted = client.call("DELETE", f"/v1/clusters/{DEMO_CLUSTER}")
+    _say(f"DELETE /v1/clusters/{DEMO_CLUSTER} -> 202 {deleted['request_id']}")
+    view = _cluster_status(client, "DELETE_COMPLETE")
+    ok &= client.wait(deleted["request_id"], timeout=30)["state"] == "SUCCEEDED"
+    _say(f"cluster {view['status']}; round trip {time.monotonic() - t0:.1f}s")
+    return ok
+
+
 def run(slurm_env_file: Path) -> bool:
     """The demo; True when every check passed."""
     env = dict(os.environ)
@@ -158,6 +231,7 @@ def run(slurm_env_file: Path) -> bool:
             fields = [f["field"] for f in exc.body["error"]["fields"]]
             _say(f"an invalid body -> {exc.status} {exc.body['error']['code']} fields={fields}")
             ok &= exc.status == 422
+        ok &= cluster_round_trip(client, env)
         return ok
 
 

@@ -110,3 +110,13 @@ class BackpressureError(TransientError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ClusterNotReadyError(ConflictError):
+    """Jobs were sent to a cluster the broker manages that cannot run them yet (or any more)."""
+
+    code = "CLUSTER_NOT_READY"
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from broker.clusters import ClusterFailure, ClusterRecord, ClusterStatus
 from broker.jobs import JobRecord, JobState
 from broker.models import ErrorInfo, RequestRecord, RequestResult, utcnow
 from broker.states import RequestState
@@ -22,6 +23,7 @@ class Links(BaseModel):
 
     job: str | None = None
     request: str | None = None
+    cluster: str | None = None
 
 
 class JobEvent(BaseModel):
@@ -122,4 +124,48 @@ class RequestEvent(BaseModel):
         }
 
 
-Event = JobEvent | RequestEvent
+class ClusterEvent(BaseModel):
+    """A cluster's status changed (e.g. CREATE_IN_PROGRESS -> CREATE_COMPLETE)."""
+
+    type: Literal["cluster.state_changed"] = "cluster.state_changed"
+    version: Literal[1] = 1
+    cluster: str
+    owner: str
+    region: str | None = None
+    old_state: ClusterStatus | None = None
+    new_state: ClusterStatus
+    operation: str = Field(description="The operation that moved it: create, update, delete.")
+    request_id: str = Field(description="That operation's request.")
+    failures: list[ClusterFailure] = Field(default_factory=list)
+    time: datetime = Field(default_factory=utcnow)
+    links: Links
+
+    @classmethod
+    def of(cls, record: ClusterRecord) -> ClusterEvent:
+        """The event for ``record`` having reached its current status."""
+        return cls(
+            cluster=record.name,
+            owner=record.owner,
+            region=record.region,
+            old_state=record.notify_old_status,
+            new_state=record.status,
+            operation=record.operation,
+            request_id=record.operation_request_id,
+            failures=record.failures,
+            links=Links(
+                cluster=f"/v1/clusters/{record.name}",
+                request=f"/v1/requests/{record.operation_request_id}",
+            ),
+        )
+
+    def attributes(self) -> dict[str, str]:
+        """SNS message attributes for filter policies (the same scheme as jobs)."""
+        return {
+            "type": self.type,
+            "cluster": self.cluster,
+            "owner": self.owner,
+            "state": self.new_state.value,
+        }
+
+
+Event = JobEvent | RequestEvent | ClusterEvent

@@ -12,9 +12,18 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, AgentResponse
+from broker.clusters import (
+    ClusterInfo,
+    ClusterOperation,
+    ClusterRecord,
+    ClusterStatus,
+    ComputeFleetStatus,
+    ProviderAnswer,
+    StackObservation,
+)
 from broker.events import Event
 from broker.jobs import JobRecord, JobState
-from broker.models import ErrorInfo, QueueMessage, RequestRecord, RequestResult
+from broker.models import ClusterMessage, ErrorInfo, QueueMessage, RequestRecord, RequestResult
 
 
 @dataclass(frozen=True)
@@ -200,4 +209,111 @@ class CommandRunner(Protocol):
         Raises:
             TransientError: throttling, timeouts (outcome unknown), head node unreachable.
             PermanentError: the command can never work (access denied, agent missing).
+        """
+
+
+class ClusterRecords(Protocol):
+    """Reads cluster records (what job submission and the local directory need)."""
+
+    def get_cluster(self, name: str) -> ClusterRecord | None:
+        """The cluster's record, or None when the broker has none."""
+
+
+class ClusterStore(ClusterRecords, Store, Protocol):
+    """Durable cluster records; every change is conditional on the status and operation read.
+
+    One operation at a time: ``pending_request_id`` names it until it ends, and only the writer
+    holding that request id may move the cluster.
+    """
+
+    def create_cluster(self, request: RequestRecord, cluster: ClusterRecord) -> None:
+        """Write a create request and the new cluster together (both or neither).
+
+        Raises ConflictError when a cluster of that name exists (and is not DELETE_COMPLETE).
+        """
+
+    def start_operation(
+        self,
+        request: RequestRecord,
+        name: str,
+        operation: ClusterOperation,
+        allowed: frozenset[ClusterStatus],
+    ) -> None:
+        """Write the request and mark it the cluster's pending operation, if the cluster is the
+        request owner's, in one of ``allowed``, and has no pending operation.
+
+        Raises ConflictError otherwise (NotFoundError when the cluster is absent).
+        """
+
+    def list_clusters(
+        self, owner: str, *, limit: int, next_token: str | None
+    ) -> tuple[list[ClusterRecord], str | None]:
+        """The owner's clusters by name, one page at a time."""
+
+    def update_cluster(
+        self,
+        record: ClusterRecord,
+        *,
+        status: ClusterStatus | None = None,
+        changes: Mapping[str, Any] | None = None,
+        finish: bool = False,
+    ) -> ClusterRecord | None:
+        """Write ``changes`` (and ``status``) if the cluster is still as ``record`` says (same
+        status, same pending operation). ``finish`` ends the pending operation. A status change
+        marks its event pending. Returns the new record, or None when the condition failed.
+        """
+
+    def active_clusters(self) -> list[ClusterRecord]:
+        """Clusters with an operation in progress, or whose event is still to publish."""
+
+    def clear_cluster_notification(self, name: str, status: str) -> bool:
+        """Mark the cluster's ``status`` event published."""
+
+    def mark_in_progress(self, request_id: str) -> bool:
+        """Move a request to IN_PROGRESS (the provider accepted it). False if it was final."""
+
+
+class ClusterQueue(Protocol):
+    """The queue between the API and the cluster worker (separate from the jobs' queue)."""
+
+    def send_cluster(self, message: ClusterMessage) -> None:
+        """Enqueue one cluster operation. Raises TransientError when the queue cannot."""
+
+
+class ClusterProvider(Protocol):
+    """Provisions clusters: ParallelCluster (``pcluster.lib``), or the local simulation.
+
+    Every call raises ConfigurationRejectedError (validators said no, with their findings),
+    NotFoundError, ConflictError or PermanentError for what retrying cannot fix, and
+    TransientError (ThrottledError) for throttling and limits.
+    """
+
+    def create(self, message: ClusterMessage) -> ProviderAnswer:
+        """Start creating the cluster (or validate it: ``dryrun``)."""
+
+    def update(self, message: ClusterMessage) -> ProviderAnswer:
+        """Start updating the cluster (or validate it and list the changes: ``dryrun``)."""
+
+    def delete(self, name: str, region: str | None) -> ClusterInfo:
+        """Start deleting the cluster."""
+
+    def describe(self, name: str, region: str | None) -> ClusterInfo:
+        """What the provider says about the cluster now."""
+
+    def update_compute_fleet(
+        self, name: str, status: str, region: str | None
+    ) -> ComputeFleetStatus:
+        """Request START_REQUESTED or STOP_REQUESTED; return the fleet's status."""
+
+    def list(self, region: str | None) -> list[ClusterInfo]:
+        """Every cluster in the region."""
+
+
+class StackStatusReader(Protocol):
+    """Reads a cluster's stack status cheaply (CloudFormation DescribeStacks; no pcluster)."""
+
+    def read(self, name: str, region: str | None, stack_arn: str | None) -> StackObservation:
+        """The stack's status as a cluster status, and the first failure's reason if failed.
+
+        A stack that does not exist (deleted) answers ``exists=False``.
         """

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -68,6 +68,9 @@ from broker.ports import (
 )
 from broker.states import RequestState
 from broker.sweep import Announcer
+
+if TYPE_CHECKING:
+    from broker.cluster_service import ClusterGate
 
 #: How many item errors an answer lists (the count is always given).
 MAX_LISTED_ERRORS = 1000
@@ -162,12 +165,15 @@ class RequestService:
         clusters: ClusterDirectory,
         announcer: Announcer | None = None,
         limits: Limits | None = None,
+        *,
+        cluster_gate: ClusterGate | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
         self._clusters = clusters
         self._announce = announcer
         self._limits = limits
+        self._gate = cluster_gate
 
     def submit_job(self, owner: str, cluster: str, spec: JobSpec) -> RequestRecord:
         """Accept a job submission: validate, record request and job, enqueue.
@@ -187,6 +193,7 @@ class RequestService:
                 f"the script is {size} bytes; the limit is {MAX_SCRIPT_BYTES} bytes. "
                 "Keep large inputs in files on the cluster and reference them from the script."
             )
+        self._ensure_ready(cluster)
         self._clusters.resolve(cluster)
         record = self._new_request(owner, cluster, "job.submit", spec=spec)
         job = new_job(record.request_id, owner, cluster, spec, record.created_at)
@@ -204,6 +211,7 @@ class RequestService:
             BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.
             ClusterNotFoundError, BackpressureError, TransientError: as for one job.
         """
+        self._ensure_ready(cluster)
         self._clusters.resolve(cluster)
         valid: list[tuple[int, JobSpec]] = []
         rejected: list[BatchItemError] = []
@@ -268,6 +276,11 @@ class RequestService:
             rejected=rejected[:MAX_LISTED_ERRORS],
             job_id_prefix=prefix,
         )
+
+    def _ensure_ready(self, cluster: str) -> None:
+        """409 CLUSTER_NOT_READY for a cluster the broker manages that cannot run jobs now."""
+        if self._gate is not None:
+            self._gate.ensure_ready(cluster)
 
     def batch_page(self, record: RequestRecord, start: int, limit: int) -> list[BatchItemView]:
         """A page of a batch's items, by index, with their jobs' states."""

@@ -28,6 +28,12 @@ class CommonSettings(BaseSettings):
         default="local", description="Comma-separated cluster names served by this machine."
     )
     ec2_cache_seconds: int = Field(default=60, ge=0, description="Head-node lookup cache TTL.")
+    simulated_cluster_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="local mode: how long the simulated provisioning of a cluster create, "
+        "update or delete takes (a real one: 10-20 minutes).",
+    )
 
     @property
     def local_cluster_names(self) -> frozenset[str]:
@@ -39,6 +45,9 @@ class ApiSettings(CommonSettings):
     """The API function."""
 
     queue_url: str = Field(description="URL of the requests queue.")
+    cluster_queue_url: str | None = Field(
+        default=None, description="URL of the cluster operations queue (cluster routes)."
+    )
     topic_arn: str | None = Field(
         default=None, description="SNS topic: events of cancels done at once by the API."
     )
@@ -104,6 +113,27 @@ class SweeperSettings(JobWorkerSettings):
         description="How long one invocation keeps sweeping (0: a single sweep). EventBridge "
         "fires at most once a minute; sweeping every 15 s for 50 s lowers notification latency.",
     )
+
+
+class ClusterWorkerSettings(CommonSettings):
+    """The cluster worker function (and the DLQ path of cluster operations)."""
+
+    topic_arn: str = Field(description="SNS topic for notifications.")
+    retry_base_seconds: int = Field(
+        default=5, ge=0, description="First retry delay after a transient error (doubles)."
+    )
+    retry_max_seconds: int = Field(default=300, ge=0, le=43200, description="Retry delay cap.")
+    region: str | None = Field(
+        default=None,
+        validation_alias="AWS_REGION",
+        description="Region of clusters whose request names none (Lambda sets AWS_REGION).",
+    )
+
+
+@lru_cache(maxsize=1)
+def cluster_worker_settings() -> ClusterWorkerSettings:
+    """The cluster worker's settings (validated once)."""
+    return ClusterWorkerSettings()
 
 
 @lru_cache(maxsize=1)

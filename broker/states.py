@@ -1,8 +1,10 @@
 """Request states and their transition table.
 
 A request moves forward only: ACCEPTED -> DISPATCHED -> SUCCEEDED | FAILED, or from ACCEPTED
-straight to a final state (e.g. a permanent error before dispatch). A move backwards or out of a
-final state is refused, so an at-least-once worker that runs twice can never undo a result.
+straight to a final state (e.g. a permanent error before dispatch); a long cluster operation
+passes DISPATCHED -> IN_PROGRESS (ParallelCluster accepted it) -> SUCCEEDED | FAILED. A move
+backwards or out of a final state is refused, so an at-least-once worker that runs twice can
+never undo a result.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ class RequestState(StrEnum):
     """Validated, recorded and queued; no worker has taken it yet."""
     DISPATCHED = "DISPATCHED"
     """A worker took it and is running it on the cluster (may be retried)."""
+    IN_PROGRESS = "IN_PROGRESS"
+    """A long operation was accepted (a cluster create, update or delete): the sweep follows it
+    and ends the request when the cluster's stack reaches a final status."""
     SUCCEEDED = "SUCCEEDED"
     """Done; the result holds what was produced (e.g. the Slurm job id)."""
     FAILED = "FAILED"
@@ -37,6 +42,7 @@ TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     RequestState.ACCEPTED: frozenset(
         {
             RequestState.DISPATCHED,
+            RequestState.IN_PROGRESS,
             RequestState.SUCCEEDED,
             RequestState.FAILED,
             RequestState.CANCELLED,
@@ -46,11 +52,14 @@ TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     RequestState.DISPATCHED: frozenset(
         {
             RequestState.DISPATCHED,
+            RequestState.IN_PROGRESS,
             RequestState.SUCCEEDED,
             RequestState.FAILED,
             RequestState.CANCELLED,
         }
     ),
+    # Nothing re-dispatches or cancels an operation that the provider is carrying out.
+    RequestState.IN_PROGRESS: frozenset({RequestState.SUCCEEDED, RequestState.FAILED}),
     RequestState.SUCCEEDED: frozenset(),
     RequestState.FAILED: frozenset(),
     RequestState.CANCELLED: frozenset(),

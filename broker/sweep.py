@@ -29,6 +29,7 @@ from broker.models import utcnow
 from broker.observability import logger
 
 if TYPE_CHECKING:
+    from broker.cluster_service import ClusterFollower
     from broker.ports import ClusterDirectory, CommandRunner, JobStore, Notifier, Store
 
 #: A pending event younger than this is left to the writer that is publishing it right now.
@@ -91,6 +92,9 @@ class SweepReport:
     announced: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     accounting: dict[str, bool | None] = field(default_factory=dict)
+    clusters_followed: int = 0
+    stack_reads: int = 0
+    cluster_transitions: int = 0
 
 
 class Sweeper:
@@ -103,12 +107,15 @@ class Sweeper:
         runner_for: Callable[[Literal["ssm", "local"]], CommandRunner],
         announcer: Announcer,
         now: Callable[[], datetime] = utcnow,
+        *,
+        follower: ClusterFollower | None = None,
     ) -> None:
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
         self._announce = announcer
         self._now = now
+        self._follower = follower
 
     def sweep(self) -> SweepReport:
         """Reconcile every active job with Slurm, and publish overdue events."""
@@ -134,6 +141,10 @@ class Sweeper:
                 # One cluster's trouble (head node down, throttled) must not stop the others.
                 report.errors[cluster] = str(exc)
                 logger.warning("sweep of a cluster failed", extra={"cluster": cluster})
+        if self._follower is not None:
+            # Cluster operations (create/update/delete) accepted by ParallelCluster: one stack
+            # read each, no head-node command.
+            self._follower.follow(report)
         return report
 
     def _sweep_cluster(self, cluster: str, jobs: list[JobRecord], report: SweepReport) -> None:

@@ -8,14 +8,30 @@ from __future__ import annotations
 from functools import cache
 from typing import Literal
 
-from broker.adapters.aws import client
+from broker.adapters.aws import client, regional_client
+from broker.adapters.cloudformation import CloudFormationStackReader
 from broker.adapters.dynamodb import DynamoStore
+from broker.adapters.dynamodb_clusters import DynamoClusterStore
 from broker.adapters.ec2 import Ec2ClusterDirectory
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.s3 import S3ArtifactStore
 from broker.adapters.sns import SnsNotifier
-from broker.adapters.sqs import SqsRequestQueue
-from broker.ports import ClusterDirectory, CommandRunner, Limits
+from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
+from broker.cluster_service import (
+    ClusterAnnouncer,
+    ClusterFollower,
+    ClusterGate,
+    ClusterService,
+    ClusterWorker,
+)
+from broker.errors import ValidationError
+from broker.ports import (
+    ClusterDirectory,
+    ClusterProvider,
+    CommandRunner,
+    Limits,
+    StackStatusReader,
+)
 from broker.runners.local import LocalRunner
 from broker.runners.ssm import SsmRunner
 from broker.service import DeadLetterService, Dispatcher, RequestService
@@ -23,6 +39,7 @@ from broker.settings import (
     CommonSettings,
     JobWorkerSettings,
     api_settings,
+    cluster_worker_settings,
     job_worker_settings,
     sweeper_settings,
 )
@@ -30,17 +47,77 @@ from broker.sweep import Announcer, Sweeper
 
 
 def cluster_directory(settings: CommonSettings) -> ClusterDirectory:
-    """Where clusters' head nodes are: EC2 tags in AWS, this machine in local mode."""
+    """Where clusters' head nodes are: EC2 tags in AWS, this machine in local mode (the named
+    local clusters, and those the local provisioning simulation created)."""
     if settings.clusters_mode == "local":
-        return LocalClusterDirectory(settings.local_cluster_names)
+        records = DynamoClusterStore(client("dynamodb"), settings.table_name)
+        return LocalClusterDirectory(settings.local_cluster_names, records)
     return Ec2ClusterDirectory(client("ec2"), cache_seconds=settings.ec2_cache_seconds)
+
+
+def _simulation(settings: CommonSettings) -> ClusterProvider:
+    # Local mode only; broker.local is a development package, never part of a deployment.
+    from broker.local.cluster_provider import SimulatedClusterProvider  # noqa: PLC0415
+
+    return SimulatedClusterProvider(
+        client("dynamodb"), settings.table_name, delay_seconds=settings.simulated_cluster_seconds
+    )
+
+
+def _stack_reader(settings: CommonSettings) -> StackStatusReader:
+    if settings.clusters_mode == "local":
+        from broker.local.cluster_provider import SimulatedClusterProvider  # noqa: PLC0415
+
+        return SimulatedClusterProvider(
+            client("dynamodb"),
+            settings.table_name,
+            delay_seconds=settings.simulated_cluster_seconds,
+        )
+    return CloudFormationStackReader(_cloudformation)
+
+
+def _cloudformation(region: str | None) -> object:
+    return client("cloudformation") if region is None else regional_client("cloudformation", region)
+
+
+@cache
+def cluster_service() -> ClusterService:
+    """The API's cluster service."""
+    settings = api_settings()
+    if not settings.cluster_queue_url:
+        raise ValidationError("cluster operations are not configured in this deployment")
+    return ClusterService(
+        DynamoClusterStore(client("dynamodb"), settings.table_name),
+        SqsClusterQueue(client("sqs"), settings.cluster_queue_url),
+    )
+
+
+@cache
+def cluster_worker() -> ClusterWorker:
+    """The cluster worker's service: pcluster in AWS, the local simulation in local mode."""
+    settings = cluster_worker_settings()
+    store = DynamoClusterStore(client("dynamodb"), settings.table_name)
+    notifier = SnsNotifier(client("sns"), settings.topic_arn)
+    if settings.clusters_mode == "local":
+        provider, name = _simulation(settings), "local-simulation"
+    else:
+        from broker.adapters.pcluster import PclusterProvider  # noqa: PLC0415
+
+        provider, name = PclusterProvider(default_region=settings.region), "pcluster"
+    return ClusterWorker(
+        store,
+        provider,
+        Announcer(store, notifier),
+        ClusterAnnouncer(store, notifier),
+        provider_name=name,
+    )
 
 
 @cache
 def request_service() -> RequestService:
     """The API's service."""
     settings = api_settings()
-    store = DynamoStore(client("dynamodb"), settings.table_name)
+    store = DynamoClusterStore(client("dynamodb"), settings.table_name)
     announcer = (
         Announcer(store, SnsNotifier(client("sns"), settings.topic_arn))
         if settings.topic_arn
@@ -56,6 +133,7 @@ def request_service() -> RequestService:
             owner_inflight=settings.max_owner_inflight,
             retry_after_seconds=settings.retry_after_seconds,
         ),
+        cluster_gate=ClusterGate(store),
     )
 
 
@@ -119,11 +197,17 @@ def dead_letter_service() -> DeadLetterService:
 def sweeper() -> Sweeper:
     """The sweeper's service."""
     settings = sweeper_settings()
+    store = DynamoClusterStore(client("dynamodb"), settings.table_name)
+    announcer = _announcer(settings)
+    notifier = SnsNotifier(client("sns"), settings.topic_arn)
     return Sweeper(
-        store=DynamoStore(client("dynamodb"), settings.table_name),
+        store=store,
         clusters=cluster_directory(settings),
         runner_for=_runner,
-        announcer=_announcer(settings),
+        announcer=announcer,
+        follower=ClusterFollower(
+            store, _stack_reader(settings), announcer, ClusterAnnouncer(store, notifier)
+        ),
     )
 
 
@@ -136,8 +220,12 @@ def reset() -> None:
         dispatcher,
         dead_letter_service,
         sweeper,
+        cluster_service,
+        cluster_worker,
+        regional_client,
     ):
         cached.cache_clear()
+    cluster_worker_settings.cache_clear()
     api_settings.cache_clear()
     job_worker_settings.cache_clear()
     sweeper_settings.cache_clear()

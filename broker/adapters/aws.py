@@ -63,6 +63,12 @@ def client(service: str) -> Any:
     return boto3.session.Session().client(service, config=_CONFIG)
 
 
+@cache
+def regional_client(service: str, region: str) -> Any:
+    """A cached boto3 client for ``service`` in another region (clusters in other regions)."""
+    return boto3.session.Session().client(service, region_name=region, config=_CONFIG)
+
+
 def error_code(exc: ClientError) -> str:
     """The AWS error code of a ClientError."""
     return str(exc.response.get("Error", {}).get("Code", "Unknown"))

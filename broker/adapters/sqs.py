@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import translate
-from broker.models import QueueMessage
+from broker.models import ClusterMessage, QueueMessage
 
 
 class SqsRequestQueue:
@@ -77,6 +77,25 @@ class SqsRequestQueue:
 
     def _queue_url_of(self, arn: str) -> str:
         return _url_of(self._sqs, arn)
+
+
+class SqsClusterQueue:
+    """ClusterQueue port on SQS (the cluster worker's own queue)."""
+
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self._sqs = client
+        self._url = queue_url
+
+    def send_cluster(self, message: ClusterMessage) -> None:
+        """Enqueue one cluster operation (its kind also travels as a message attribute)."""
+        try:
+            self._sqs.send_message(
+                QueueUrl=self._url,
+                MessageBody=message.model_dump_json(),
+                MessageAttributes={"kind": {"DataType": "String", "StringValue": message.kind}},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "enqueue cluster operation") from exc
 
 
 #: SendMessageBatch: at most 10 entries and 256 KiB in all (a margin is kept for attributes).

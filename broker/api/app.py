@@ -39,6 +39,11 @@ from broker.models import (
     AcceptedResponse,
     BatchAccepted,
     BatchBody,
+    ClusterCreateBody,
+    ClusterList,
+    ClusterUpdateBody,
+    ClusterView,
+    FleetBody,
     JobSpec,
     OutputQueryBody,
     RequestView,
@@ -46,7 +51,7 @@ from broker.models import (
 )
 from broker.observability import logger, metrics
 from broker.settings import api_settings
-from broker.wiring import request_service
+from broker.wiring import cluster_service, request_service
 
 #: Largest request body accepted, in bytes (the script limit is lower; see MAX_SCRIPT_BYTES).
 MAX_BODY_BYTES = 1024 * 1024
@@ -132,6 +137,8 @@ def _run(call: IdempotentCall) -> AcceptedResponse | BatchAccepted:
     if call.route == "submit_batch":
         batch = BatchBody.model_validate(call.body)
         return service.submit_batch(args["owner"], args["cluster"], batch)
+    if call.route in ("create_cluster", "update_cluster", "cluster_fleet"):
+        return _run_cluster(call)
     if call.route == "submit_job":
         spec = JobSpec.model_validate(call.body)
         record = service.submit_job(args["owner"], args["cluster"], spec)
@@ -140,6 +147,20 @@ def _run(call: IdempotentCall) -> AcceptedResponse | BatchAccepted:
     else:
         query = OutputQueryBody.model_validate(call.body)
         record = service.fetch_output(args["owner"], args["cluster"], args["job_id"], query)
+    return _accepted_body(record.request_id)
+
+
+def _run_cluster(call: IdempotentCall) -> AcceptedResponse:
+    """Perform one accepted cluster write."""
+    args, clusters = call.args, cluster_service()
+    if call.route == "create_cluster":
+        record = clusters.create(args["owner"], ClusterCreateBody.model_validate(call.body))
+    elif call.route == "update_cluster":
+        body = ClusterUpdateBody.model_validate(call.body)
+        record = clusters.update(args["owner"], args["cluster"], body)
+    else:
+        body_fleet = FleetBody.model_validate(call.body)
+        record = clusters.fleet(args["owner"], args["cluster"], body_fleet)
     return _accepted_body(record.request_id)
 
 
@@ -330,6 +351,144 @@ def fetch_output(
     """POST an output fetch."""
     args = {"cluster": cluster, "job_id": job_id}
     return _write("fetch_output", idempotency_key, args, dump(query))
+
+
+# -- clusters -----------------------------------------------------------------------------------
+
+_CLUSTER_WRITE = (
+    "Answers 202 at once; the cluster worker calls ParallelCluster. Poll the request: it is "
+    "IN_PROGRESS while CloudFormation works (minutes), then SUCCEEDED or FAILED (with "
+    "ParallelCluster's validator findings in error.validation_messages when it rejected the "
+    "configuration). One operation at a time per cluster (409 otherwise)."
+)
+
+
+@app.post(
+    "/v1/clusters",
+    summary="Create a cluster",
+    description=_CLUSTER_WRITE + " The name is taken at once (409 for an existing cluster, "
+    "whoever owns it: names are per account and region). With dryrun the configuration is only "
+    "validated and the request ends SUCCEEDED with result.dryrun = true.",
+    tags=["clusters"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses=_ACCEPTED,
+)
+def create_cluster(
+    body: Annotated[ClusterCreateBody, Body(description="The cluster to create.")],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[AcceptedResponse]:
+    """POST a cluster: record it CREATE_IN_PROGRESS, enqueue the create, answer 202."""
+    answer = _write("create_cluster", idempotency_key, {}, dump(body))
+    metrics.add_metric(name="ClusterOperationsAccepted", unit="Count", value=1)
+    return answer
+
+
+@app.get(
+    "/v1/clusters",
+    summary="List your clusters",
+    description="The clusters you created through the broker, by name, from the broker's "
+    "records (never a ParallelCluster call).",
+    tags=["clusters"],
+    responses={
+        HTTPStatus.OK: {
+            "description": "A page.",
+            "content": {"application/json": {"model": ClusterList}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def list_clusters(
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 50,
+    next_token: Annotated[str | None, Query(max_length=2048, description="Next page.")] = None,
+) -> ClusterList:
+    """GET the caller's clusters."""
+    records, token = cluster_service().list(caller(), limit=limit, next_token=next_token)
+    return ClusterList(clusters=[ClusterView.of(r) for r in records], next_token=token)
+
+
+@app.get(
+    "/v1/clusters/<cluster>",
+    summary="Get a cluster",
+    description="Status, ParallelCluster version, scheduler, head node, compute fleet, the last "
+    "operation and failures, from the broker's record (kept current by the cluster worker and "
+    "the sweep). refresh=true instead queues a describe through ParallelCluster and answers "
+    "202 with its request: the request's result holds the fresh status, and the record is "
+    "updated with it.",
+    tags=["clusters"],
+    responses={
+        HTTPStatus.OK: {
+            "description": "The cluster.",
+            "content": {"application/json": {"model": ClusterView}},
+        },
+        HTTPStatus.ACCEPTED: {
+            "description": "refresh=true: a describe was queued; poll the Location.",
+            "content": {"application/json": {"model": AcceptedResponse}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def get_cluster(
+    cluster: ClusterParam,
+    refresh: Annotated[bool, Query(description="Queue a describe (202).")] = False,
+) -> Response[Any]:
+    """GET one of the caller's clusters (404 if it is someone else's)."""
+    service = cluster_service()
+    if refresh:
+        record = service.refresh(caller(), cluster)
+        return _accepted(_accepted_body(record.request_id))
+    view = ClusterView.of(service.get(caller(), cluster))
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=view)
+
+
+@app.put(
+    "/v1/clusters/<cluster>",
+    summary="Update a cluster",
+    description=_CLUSTER_WRITE + " force_update applies the update even when ParallelCluster's "
+    "update validators object; dryrun lists the changes (result.change_set) and changes nothing.",
+    tags=["clusters"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses=_ACCEPTED,
+)
+def update_cluster(
+    cluster: ClusterParam,
+    body: Annotated[ClusterUpdateBody, Body(description="The new configuration.")],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[AcceptedResponse]:
+    """PUT a cluster's configuration: enqueue the update, answer 202."""
+    return _write("update_cluster", idempotency_key, {"cluster": cluster}, dump(body))
+
+
+@app.delete(
+    "/v1/clusters/<cluster>",
+    summary="Delete a cluster",
+    description=_CLUSTER_WRITE + " 404 for a cluster you do not have.",
+    tags=["clusters"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses=_ACCEPTED,
+)
+def delete_cluster(cluster: ClusterParam) -> Response[AcceptedResponse]:
+    """DELETE a cluster (a second delete answers 409 while the first is in progress)."""
+    owner = caller()
+    record = cluster_service().delete(owner, cluster)
+    return _accepted(_accepted_body(record.request_id))
+
+
+@app.post(
+    "/v1/clusters/<cluster>/fleet",
+    summary="Start or stop the compute fleet",
+    description="202; the request ends SUCCEEDED with result.compute_fleet_status once "
+    "ParallelCluster took the request (START_REQUESTED or STOP_REQUESTED).",
+    tags=["clusters"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses=_ACCEPTED,
+)
+def cluster_fleet(
+    cluster: ClusterParam,
+    body: Annotated[FleetBody, Body(description="The requested fleet status.")],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[AcceptedResponse]:
+    """POST a fleet status change."""
+    return _write("cluster_fleet", idempotency_key, {"cluster": cluster}, dump(body))
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

@@ -51,16 +51,20 @@ def error_response(
     transient: bool = False,
     fields: Sequence[FieldError] = (),
     retry_after: int = RETRY_AFTER_SECONDS,
+    cluster_status: str | None = None,
 ) -> Response[Any]:
     """A JSON error answer in the documented ErrorResponse schema."""
     body = ErrorResponse(
-        error=ErrorDetail(code=code, message=message, transient=transient, fields=list(fields))
-    )
+        error=ErrorDetail(
+            code=code, message=message, transient=transient, fields=list(fields),
+            cluster_status=cluster_status,
+        )
+    )  # fmt: skip
     headers = {"Retry-After": str(retry_after)} if transient else None
     return Response(
         status_code=int(status),
         content_type=content_types.APPLICATION_JSON,
-        body=body.model_dump_json(),
+        body=body.model_dump_json(exclude_none=True),
         headers=headers,
     )
 
@@ -72,6 +76,7 @@ def broker_error_response(error: BrokerError) -> Response[Any]:
     return error_response(
         status_of(error), error.code, error.message, transient=error.transient,
         retry_after=retry_after, fields=fields,
+        cluster_status=getattr(error, "status", None),
     )  # fmt: skip
 
 
@@ -96,6 +101,7 @@ ERROR_RESPONSES: dict[int, Any] = {
         (HTTPStatus.BAD_REQUEST, "The body is not valid JSON."),
         (HTTPStatus.FORBIDDEN, "The call carries no authenticated identity."),
         (HTTPStatus.NOT_FOUND, "No such resource visible to the caller."),
+        (HTTPStatus.CONFLICT, "Conflicts with the current state (CONFLICT, CLUSTER_NOT_READY, …)."),
         (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "The body or the script is over its limit."),
         (HTTPStatus.UNPROCESSABLE_ENTITY, "Invalid input; `error.fields` lists each bad field."),
         (HTTPStatus.TOO_MANY_REQUESTS, "Backlog limit reached; retry after Retry-After seconds."),

@@ -45,7 +45,10 @@ KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 #: How long a duplicate waits for the first call with its key to finish.
 IN_PROGRESS_WAIT_SECONDS = 3.0
 
-Route = Literal["submit_job", "cancel_job", "fetch_output", "submit_batch"]
+Route = Literal[
+    "submit_job", "cancel_job", "fetch_output", "submit_batch",
+    "create_cluster", "update_cluster", "cluster_fleet",
+]  # fmt: skip
 Answer = AcceptedResponse | BatchAccepted
 
 

@@ -43,6 +43,8 @@ def _queue(logical_id: str) -> PhysicalResource:
 FAKE_PHYSICAL = {
     "RequestsQueue": _queue("RequestsQueue"),
     "RequestsDLQ": _queue("RequestsDLQ"),
+    "ClusterQueue": _queue("ClusterQueue"),
+    "ClusterDLQ": _queue("ClusterDLQ"),
     "RequestsTable": PhysicalResource(
         "RequestsTable",
         "AWS::DynamoDB::Table",
@@ -349,6 +351,8 @@ def test_provision_order_creates_the_dlq_before_the_queue_that_names_it(
     assert set(order) == {
         "RequestsQueue",
         "RequestsDLQ",
+        "ClusterQueue",
+        "ClusterDLQ",
         "RequestsTable",
         "IdempotencyTable",
         "StagingBucket",

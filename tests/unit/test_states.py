@@ -38,5 +38,9 @@ def test_only_final_states_are_final() -> None:
 
 def test_sources_of_failed_are_the_in_progress_states() -> None:
     # GIVEN the table / WHEN asking where FAILED can come from
-    # THEN only the two in-progress states (used in the DynamoDB condition)
-    assert sources_of(RequestState.FAILED) == {RequestState.ACCEPTED, RequestState.DISPATCHED}
+    # THEN only the in-progress states (used in the DynamoDB condition)
+    assert sources_of(RequestState.FAILED) == {
+        RequestState.ACCEPTED,
+        RequestState.DISPATCHED,
+        RequestState.IN_PROGRESS,
+    }
