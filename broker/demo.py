@@ -151,11 +151,11 @@ def cluster_round_trip(client: BrokerClient, env: dict[str, str]) -> bool:
         row = _wait_in_slurm(final["result"]["job_id"], env)
         _say(f"job {final['result']['job_id']} on {DEMO_CLUSTER}: sacct state={row[1]} "
              f"comment={row[3]}")  # fmt: skip
-        ok &= row[1] == "COMPLETED" and row[3] == f"hpcb:{job['request_id']}"
+        ok &= bool(row[1] == "COMPLETED" and row[3] == f"hpcb:{job['request_id']}")
     deleted = client.call("DELETE", f"/v1/clusters/{DEMO_CLUSTER}")
     _say(f"DELETE /v1/clusters/{DEMO_CLUSTER} -> 202 {deleted['request_id']}")
     view = _cluster_status(client, "DELETE_COMPLETE")
-    ok &= client.wait(deleted["request_id"], timeout=30)["state"] == "SUCCEEDED"
+    ok &= bool(client.wait(deleted["request_id"], timeout=30)["state"] == "SUCCEEDED")
     _say(f"cluster {view['status']}; round trip {time.monotonic() - t0:.1f}s")
     return ok
 
