@@ -134,7 +134,7 @@ def cluster_round_trip(client: BrokerClient, env: dict[str, str]) -> bool:
         error = exc.body["error"]
         _say(f"a job while it is creating -> {exc.status} {error['code']} "
              f"({error.get('cluster_status')})")  # fmt: skip
-        ok = exc.status == 409 and error["code"] == "CLUSTER_NOT_READY"
+        ok = bool(exc.status == 409 and error["code"] == "CLUSTER_NOT_READY")
     view = _cluster_status(client, "CREATE_COMPLETE")
     _say(f"GET /v1/clusters/{DEMO_CLUSTER} -> {view['status']} (provider {view['provider']}, "
          f"pcluster {view['version']}) after {time.monotonic() - t0:.1f}s")  # fmt: skip
