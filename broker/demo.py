@@ -139,7 +139,7 @@ def cluster_round_trip(client: BrokerClient, env: dict[str, str]) -> bool:
     _say(f"GET /v1/clusters/{DEMO_CLUSTER} -> {view['status']} (provider {view['provider']}, "
          f"pcluster {view['version']}) after {time.monotonic() - t0:.1f}s")  # fmt: skip
     created = client.wait(accepted["request_id"], timeout=30)
-    ok &= created["state"] == "SUCCEEDED"
+    ok &= bool(created["state"] == "SUCCEEDED")
     script = '#!/bin/bash\necho "hello from $SLURM_CLUSTER_NAME via ' + DEMO_CLUSTER + '"\n'
     jobs = [client.submit_job(DEMO_CLUSTER, {"script": script, "name": f"on-{i}"})
             for i in range(3)]  # fmt: skip
