@@ -3,7 +3,7 @@
 #   make test   - the whole suite: lint, template checks, unit, functional, integration (real Slurm)
 #   make demo   - up, submit a job through the HTTP API, poll it to completion, tear down
 #   make down   - stop the local stack and Slurm
-#   make bench  - API latency benchmark against the local stack, side by side with a baseline
+#   make bench  - benchmarks on the local stack, each beside its baseline (last: a 10,000-job burst)
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -22,7 +22,7 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
-        functional integration bench lock clean
+        functional integration bench bench-burst lock clean
 
 setup: system-deps venv sam
 
@@ -101,7 +101,15 @@ test: system-deps venv sam lint template
 bench: system-deps venv
 	$(SLURM) up
 	source $(SLURM_ENV) && $(BIN)/python -m bench.api_latency
+	source $(SLURM_ENV) && $(BIN)/python -m bench.clusters
 	source $(SLURM_ENV) && $(BIN)/python -m bench.lifecycle
+	$(MAKE) --no-print-directory bench-burst
+
+# The 10,000-job burst beside a plain sbatch loop and the one-command-per-job design; its JSON
+# line is the last line of `make bench`.
+bench-burst: system-deps venv
+	$(SLURM) up
+	source $(SLURM_ENV) && $(BIN)/python -m bench.burst --jobs $(or $(JOBS),10000)
 
 # Re-pin: regenerate the lock files from requirements/*.in (then commit them).
 lock:
