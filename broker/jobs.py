@@ -132,6 +132,9 @@ class JobRecord(BaseModel):
     final_seen_at: datetime | None = None
     batch_id: str | None = Field(default=None, description="The batch request it came in.")
     batch_index: int | None = None
+    batch_chunk: int | None = Field(
+        default=None, description="Its chunk of the batch: one message, one head-node command."
+    )
 
 
 def array_indexes(spec: str) -> list[int]:
@@ -316,6 +319,7 @@ class JobView(BaseModel):
                 "final_seen_at",
                 "tasks",
                 "batch_index",
+                "batch_chunk",
             }
         )
         return cls(**fields, final=job.state.final, tasks=job.tasks if with_tasks else {})

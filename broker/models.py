@@ -532,6 +532,7 @@ class JobBatchMessage(BaseModel):
     owner: str
     cluster: str
     items: list[BatchItem]
+    chunk: int | None = Field(default=None, ge=0, description="The chunk's number in its batch.")
 
 
 AnyMessage = JobSubmitMessage | JobCancelMessage | JobOutputMessage | JobBatchMessage

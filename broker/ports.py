@@ -106,6 +106,13 @@ class JobStore(Protocol):
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """Read many jobs at once (absent ids are left out)."""
 
+    def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
+        """Mark a batch chunk as being submitted; return its jobs still SUBMITTING.
+
+        After this, none of the chunk's jobs can be cancelled as unsubmitted: a cancel either
+        happened before (the job is not returned) or goes through Slurm.
+        """
+
     def start_submissions(self, job_ids: list[str]) -> set[str]:
         """Mark many SUBMITTING jobs as being submitted; the ids that were."""
 

@@ -117,6 +117,7 @@ def new_job(
     *,
     batch_id: str | None = None,
     batch_index: int | None = None,
+    batch_chunk: int | None = None,
 ) -> JobRecord:
     """The record of a job just accepted (SUBMITTING), with what its spec says about it."""
     return JobRecord(
@@ -135,6 +136,7 @@ def new_job(
         tags=spec.tags,
         batch_id=batch_id,
         batch_index=batch_index,
+        batch_chunk=batch_chunk,
     )
 
 
@@ -242,16 +244,20 @@ class RequestService:
             state=RequestState.ACCEPTED, created_at=now, updated_at=now, items=len(valid),
             batch_size=len(body.jobs),
         )  # fmt: skip
-        jobs = [
-            new_job(ids[index], owner, cluster, spec, now, batch_id=batch_id, batch_index=index)
-            for index, spec in valid
-        ]
-        self._store.create_batch(record, jobs, self._limits)
         items = [BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid]
+        chunks = chunk_items(items)
+        jobs = [
+            new_job(item.job_id, owner, cluster, item.spec, now, batch_id=batch_id,
+                    batch_index=item.index, batch_chunk=number)
+            for number, chunk in enumerate(chunks)
+            for item in chunk
+        ]  # fmt: skip
+        self._store.create_batch(record, jobs, self._limits)
         messages: list[QueueMessage] = [
-            JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, items=chunk)
-            for chunk in chunk_items(items)
-        ]
+            JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, items=chunk,
+                            chunk=number)
+            for number, chunk in enumerate(chunks)
+        ]  # fmt: skip
         unsent = self._queue.send_many(messages)
         if unsent:
             lost = [
@@ -602,7 +608,11 @@ class Dispatcher:
         item; a transient one leaves its items to the redelivery of the message.
         """
         batch = self._store.get(message.request_id)
-        started = self._store.start_submissions([item.job_id for item in message.items])
+        job_ids = [item.job_id for item in message.items]
+        if message.chunk is None:  # a message queued before chunks were numbered
+            started = self._store.start_submissions(job_ids)
+        else:
+            started = self._store.start_chunk(message.request_id, message.chunk, job_ids)
         jobs, failed, retry = self._prepare(message, started)
         submitted: list[tuple[str, str]] = []
         if jobs:

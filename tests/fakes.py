@@ -32,6 +32,7 @@ class InMemoryStore:
     def __init__(self) -> None:
         self.records: dict[str, RequestRecord] = {}
         self.jobs: dict[str, JobRecord] = {}
+        self.started_chunks: set[tuple[str | None, int | None]] = set()
         self.aliases: dict[tuple[str, str], str] = {}
         self.counters: dict[tuple[str, str], int] = {}
         self.writes = 0
@@ -177,8 +178,13 @@ class InMemoryStore:
     def start_submission(self, job_id: str) -> JobRecord | None:
         return self._update_job(job_id, JobState.SUBMITTING, submit_started=True)
 
+    def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
+        self.started_chunks.add((batch_id, chunk))
+        return {j for j in job_ids if j in self.jobs and self.jobs[j].state is JobState.SUBMITTING}
+
     def cancel_unsubmitted(self, job_id: str) -> bool:
-        if self.get_job(job_id).submit_started:
+        job = self.get_job(job_id)
+        if job.submit_started or (job.batch_id, job.batch_chunk) in self.started_chunks:
             return False
         return self._leave(
             job_id,

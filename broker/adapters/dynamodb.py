@@ -64,6 +64,11 @@ def alias_key(cluster: str, slurm_job_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"SLURM#{cluster}#{slurm_job_id}"}, "sk": {"S": "ALIAS"}}
 
 
+def chunk_key(batch_id: str, chunk: int) -> dict[str, Any]:
+    """The DynamoDB key of the marker saying a batch chunk is being submitted."""
+    return {"pk": {"S": f"CHUNK#{batch_id}#{chunk}"}, "sk": {"S": "CHUNK"}}
+
+
 def request_item(record: RequestRecord) -> dict[str, Any]:
     """Attribute-value map of a request: keys, index keys, then the record's fields."""
     created = f"REQ#{record.created_at.isoformat()}#{record.request_id}"
@@ -389,6 +394,23 @@ class DynamoStore:
                 time.sleep(min(2.0, 0.05 * 2**attempt))
         return found
 
+    def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
+        """One marker item for the chunk, then its jobs read back (strongly consistent).
+
+        Replaces a conditional update per job (``start_submissions``): a cancel of a queued
+        batch job is a transaction that checks this marker is absent, so once it is written no
+        job of the chunk can be cancelled as unsubmitted, and one written before it shows in
+        the read.
+        """
+        expires = int((utcnow() + RETENTION).timestamp())
+        item = {**chunk_key(batch_id, chunk), "expires_at": {"N": str(expires)}}
+        try:
+            self._ddb.put_item(TableName=self._table, Item=item)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, "start chunk") from exc
+        jobs = self.jobs_by_id(job_ids)
+        return {job_id for job_id, job in jobs.items() if job.state is JobState.SUBMITTING}
+
     def start_submissions(self, job_ids: list[str]) -> set[str]:
         """Mark SUBMITTING jobs as being submitted; return those that were (others moved on).
 
@@ -626,7 +648,7 @@ class DynamoStore:
         }
         return self._leave_submitting(
             job_id, sets, "#state = :c0 AND submit_started = :c1", {":c1": False},
-            outcome="CANCELLED",
+            outcome="CANCELLED", unless_chunk_started=True,
         )  # fmt: skip
 
     def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
@@ -654,6 +676,7 @@ class DynamoStore:
         alias: str | None = None,
         *,
         outcome: str,
+        unless_chunk_started: bool = False,
     ) -> bool:
         """Move a job out of SUBMITTING and out of the backlog counters, in one transaction.
 
@@ -674,6 +697,17 @@ class DynamoStore:
             self._count("CLUSTER", job.cluster, -1, None),
             self._count("OWNER", job.owner, -1, None),
         ]
+        if unless_chunk_started and job.batch_id is not None and job.batch_chunk is not None:
+            marker = chunk_key(job.batch_id, job.batch_chunk)
+            items.append(
+                {
+                    "ConditionCheck": {
+                        "TableName": self._table,
+                        "Key": marker,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+            )
         if alias is not None:
             expires = int(job.created_at.timestamp() + RETENTION.total_seconds())
             item = {

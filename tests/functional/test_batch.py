@@ -279,3 +279,26 @@ def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
     # AND no back-pressure reservation is left behind
     assert world.store.backlog("CLUSTER", "local") == 0
     assert world.store.backlog("OWNER", ALICE) == 0
+
+
+def test_items_cancelled_while_queued_never_reach_slurm_and_count_as_cancelled(
+    world: World,
+) -> None:
+    # GIVEN a queued batch of 30 jobs, two of which are cancelled before any worker runs
+    accepted = world.post({"jobs": jobs(30)}).get_json()
+    prefix = accepted["job_id_prefix"]
+    for index in (3, 17):
+        answer = world.api.delete(f"/v1/clusters/local/jobs/{prefix}{index:06x}")
+        assert answer.status_code == 202, answer.get_json()
+    # WHEN the worker handles the chunk
+    (message,) = world.drain()
+    world.worker.handle(message)
+    # THEN the two are not in Slurm, the 28 others are, and the counts say so
+    cancelled = {f"hpcb:{prefix}{i:06x}" for i in (3, 17)}
+    assert len(world.slurm.tokens) == 28
+    assert not cancelled & set(world.slurm.tokens)
+    batch = world.store.get(accepted["request_id"])
+    assert batch.counts == {"SUBMITTED": 28, "CANCELLED": 2}
+    assert batch.state is RequestState.SUCCEEDED
+    assert world.store.get_job(f"{prefix}{3:06x}").state is JobState.CANCELLED
+    assert world.store.get_job(f"{prefix}{5:06x}").batch_chunk == 0

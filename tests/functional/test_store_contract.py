@@ -174,6 +174,35 @@ def test_cancel_wins_only_before_the_submission_started(store: Store) -> None:
     assert store.start_submission(first_job.job_id) is None
 
 
+def test_a_batch_job_is_cancelled_as_unsubmitted_only_before_its_chunk_started(
+    store: Store,
+) -> None:
+    # GIVEN a batch with two jobs in chunk 0 and one in chunk 1
+    batch = accepted().model_copy(update={"kind": "job.batch", "items": 3, "batch_size": 3})
+    store.create(batch)
+    jobs = []
+    for chunk in (0, 0, 1):
+        record, job = submission()
+        job = job.model_copy(update={"batch_id": batch.request_id, "batch_chunk": chunk})
+        store.create_submission(record, job)
+        jobs.append(job)
+    # AND one job of chunk 0 cancelled while queued
+    assert store.cancel_unsubmitted(jobs[0].job_id)
+    # WHEN a worker starts chunk 0
+    started = store.start_chunk(batch.request_id, 0, [jobs[0].job_id, jobs[1].job_id])
+    # THEN only its job still SUBMITTING is returned (the cancelled one is skipped)
+    assert started == {jobs[1].job_id}
+    # AND that job can no longer be cancelled as unsubmitted (the worker owns it) ...
+    assert not store.cancel_unsubmitted(jobs[1].job_id)
+    assert store.get_job(jobs[1].job_id).state is JobState.SUBMITTING
+    # ... while a job of another chunk still can
+    assert store.cancel_unsubmitted(jobs[2].job_id)
+    # AND starting chunk 0 again (a redelivery) returns the same job
+    assert store.start_chunk(batch.request_id, 0, [jobs[0].job_id, jobs[1].job_id]) == {
+        jobs[1].job_id
+    }
+
+
 def test_job_updates_are_conditional_on_the_state_read(store: Store) -> None:
     # GIVEN a pending job read by two sweeps
     record, job = submission()
