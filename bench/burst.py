@@ -218,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slurm-env", type=Path, default=Path("/var/tmp/hpc-broker/slurm/env"))
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--naive-sample", type=int, default=200)
+    parser.add_argument("--naive-sample", type=int, default=100)
     parser.add_argument(
         "--pollers", type=int, default=2, help="concurrent job-worker invocations (Lambda: 5+)"
     )

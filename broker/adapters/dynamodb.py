@@ -377,22 +377,36 @@ class DynamoStore:
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """Read jobs by id (BatchGetItem, 100 per call, strongly consistent)."""
         found: dict[str, JobRecord] = {}
+        for item in self._batch_get(job_ids, {}):
+            job = job_of(item)
+            found[job.job_id] = job
+        return found
+
+    def _job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Just the states of jobs (a projection: a fraction of the bytes of whole records)."""
+        projection = {"ProjectionExpression": "pk, #s", "ExpressionAttributeNames": {"#s": "state"}}
+        return {
+            item["pk"]["S"].removeprefix("JOB#"): JobState(item["state"]["S"])
+            for item in self._batch_get(job_ids, projection)
+        }
+
+    def _batch_get(self, job_ids: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+        """Job items, 100 per BatchGetItem call, strongly consistent, unprocessed keys retried."""
+        items: list[dict[str, Any]] = []
         for start in range(0, len(job_ids), 100):
             keys = [job_key(job_id) for job_id in job_ids[start : start + 100]]
-            request = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            request = {self._table: {"Keys": keys, "ConsistentRead": True, **options}}
             for attempt in range(8):
                 try:
                     answer = self._ddb.batch_get_item(RequestItems=request)
                 except (ClientError, BotoCoreError) as exc:
                     raise translate(exc, "read jobs") from exc
-                for item in answer.get("Responses", {}).get(self._table, []):
-                    job = job_of(item)
-                    found[job.job_id] = job
+                items.extend(answer.get("Responses", {}).get(self._table, []))
                 request = answer.get("UnprocessedKeys") or {}
                 if not request:
                     break
                 time.sleep(min(2.0, 0.05 * 2**attempt))
-        return found
+        return items
 
     def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
         """One marker item for the chunk, then its jobs read back (strongly consistent).
@@ -408,8 +422,8 @@ class DynamoStore:
             self._ddb.put_item(TableName=self._table, Item=item)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "start chunk") from exc
-        jobs = self.jobs_by_id(job_ids)
-        return {job_id for job_id, job in jobs.items() if job.state is JobState.SUBMITTING}
+        states = self._job_states(job_ids)
+        return {job_id for job_id, state in states.items() if state is JobState.SUBMITTING}
 
     def start_submissions(self, job_ids: list[str]) -> set[str]:
         """Mark SUBMITTING jobs as being submitted; return those that were (others moved on).
