@@ -100,6 +100,18 @@ class HeadNodeCommands:
         LocalRunner.run = self._original  # type: ignore[method-assign]
 
 
+def slurmctld_cpu_seconds() -> float:
+    """User + system CPU seconds of slurmctld so far (Linux /proc; 0 if not found)."""
+    found = subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True, text=True,
+                           check=False)  # fmt: skip
+    pids = found.stdout
+    total = 0.0
+    for pid in pids.split():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def slurm(*argv: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
@@ -172,6 +184,8 @@ def burst(stack: LocalStack, count: int, workdir: str, calls: Calls) -> dict[str
     alice = BrokerClient(stack.api_url, principal=OWNER)
     calls.on = True
     emulator_before = moto_cpu_seconds()
+    broker_before = time.process_time()
+    slurmctld_before = slurmctld_cpu_seconds()
     started = time.perf_counter()
     accepted = alice.call("POST", "/v1/clusters/local/jobs:batch", {"jobs": jobs})
     accept_s = time.perf_counter() - started
@@ -183,6 +197,8 @@ def burst(stack: LocalStack, count: int, workdir: str, calls: Calls) -> dict[str
     final = _wait(stack, accepted["request_id"], timeout=max(600, count // 5))
     all_submitted_s = time.perf_counter() - started
     emulator_s = moto_cpu_seconds() - emulator_before
+    broker_cpu_s = time.process_time() - broker_before
+    slurmctld_s = slurmctld_cpu_seconds() - slurmctld_before
     calls.on = False
     if final["state"] != "SUCCEEDED":
         raise SystemExit(f"the batch ended {final['state']}: {final.get('counts')}")
@@ -194,6 +210,8 @@ def burst(stack: LocalStack, count: int, workdir: str, calls: Calls) -> dict[str
         "accept_calls": accept_calls,
         "accept_emulator_s": round(accept_emulator_s, 2),
         "emulator_s": round(emulator_s, 2),
+        "broker_cpu_s": round(broker_cpu_s, 2),
+        "slurmctld_cpu_s": round(slurmctld_s, 2),
     }
 
 
@@ -220,7 +238,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--naive-sample", type=int, default=100)
     parser.add_argument(
-        "--pollers", type=int, default=2, help="concurrent job-worker invocations (Lambda: 5+)"
+        "--pollers",
+        type=int,
+        default=5,
+        help="concurrent job-worker invocations (Lambda's SQS mapping starts with 5)",
     )
     parser.add_argument(
         "--broker-only", action="store_true", help="skip both baselines (development runs)"
@@ -286,6 +307,12 @@ def main() -> None:
         "duplicates": duplicates,
         "lost": lost,
         "emulator_cpu_s": {"accept": result["accept_emulator_s"], "all": result["emulator_s"]},
+        "cpu_s": {
+            "moto": result["emulator_s"],
+            "api_and_workers": result["broker_cpu_s"],
+            "slurmctld": result["slurmctld_cpu_s"],
+            "cores": os.cpu_count(),
+        },
     }
     print()
     print(f"{'':34}{'seconds':>10}{'head-node cmds':>16}{'jobs/s':>10}")
@@ -301,7 +328,9 @@ def main() -> None:
     print(f"time inside head-node commands: {head.seconds:.2f} s (lock waits included)")
     print(
         f"CPU of the moto process (AWS emulator): {result['accept_emulator_s']:.2f} s during the"
-        f" accept, {result['emulator_s']:.2f} s in all"
+        f" accept, {result['emulator_s']:.2f} s in all; API + workers (one process)"
+        f" {result['broker_cpu_s']:.2f} s; slurmctld {result['slurmctld_cpu_s']:.2f} s;"
+        f" {os.cpu_count()} cores"
     )
     print(f"duplicates {duplicates}, lost {lost} (from squeue's job comments)")
     print(json.dumps(figures, separators=(",", ":")))
