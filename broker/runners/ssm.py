@@ -21,6 +21,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -77,10 +78,17 @@ def compact_agent(source: str) -> bytes:
     return ast.unparse(tree).encode("utf-8")
 
 
-#: The agent, compacted, compressed and base64-encoded once, at import.
-AGENT_B64 = base64.b64encode(
-    zlib.compress(compact_agent(AGENT_PATH.read_text(encoding="utf-8")), 9)
-).decode("ascii")
+@cache
+def agent_b64() -> str:
+    """The agent, compacted, compressed and base64-encoded once, on first use.
+
+    Not at import: the API function imports this module (through the wiring) but never sends
+    a command, and the ast round trip cost it ~200 ms of cold start.
+    """
+    source = AGENT_PATH.read_text(encoding="utf-8")
+    return base64.b64encode(zlib.compress(compact_agent(source), 9)).decode("ascii")
+
+
 _TEMPLATE = (
     'python3 -c "import base64,sys,zlib;exec(compile(zlib.decompress(base64.b64decode('
     "'{agent}')),'hpcb_agent.py','exec'))\" '{payload}'"
@@ -118,9 +126,10 @@ def build_command(payload: str) -> str:
     Raises:
         PermanentError: the payload (or the embedded agent) is not pure base64.
     """
-    if not is_safe_payload(payload) or not is_safe_payload(AGENT_B64):
+    agent = agent_b64()
+    if not is_safe_payload(payload) or not is_safe_payload(agent):
         raise PermanentError("refusing a non-base64 agent payload", code="UNSAFE_PAYLOAD")
-    return _TEMPLATE.format(agent=AGENT_B64, payload=payload)
+    return _TEMPLATE.format(agent=agent, payload=payload)
 
 
 def map_client_error(exc: ClientError | BotoCoreError, what: str) -> BrokerError:

@@ -38,7 +38,7 @@ from broker.errors import (
 from broker.models import JobSpec, new_request_id, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners import AGENT_PATH
-from broker.runners.ssm import AGENT_B64, STDOUT_LIMIT, SsmRunner, compact_agent
+from broker.runners.ssm import STDOUT_LIMIT, SsmRunner, agent_b64, compact_agent
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -250,7 +250,7 @@ def fetched_request(command: str) -> dict[str, Any]:
 
 def test_embedded_agent_is_the_repository_file_without_docstrings() -> None:
     # GIVEN the agent blob built at import / WHEN decompressed
-    embedded = zlib.decompress(base64.b64decode(AGENT_B64)).decode()
+    embedded = zlib.decompress(base64.b64decode(agent_b64())).decode()
     source = AGENT_PATH.read_text()
     # THEN it is hpcb_agent.py's own code: the same syntax tree once docstrings are dropped
     assert embedded.encode() == compact_agent(source)
