@@ -1012,3 +1012,40 @@ def test_compressed_agent_leaves_room_in_an_ssm_command() -> None:
     embedded = base64.b64encode(zlib.compress(Path(agent.__file__).read_bytes(), 9))
     # WHEN measured / THEN it leaves at least 6 KiB for the payload (larger ones go through S3)
     assert len(embedded) < 26 * 1024
+
+
+LAZY_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import hpcb_agent
+hpcb_agent.main([sys.argv[1]])
+print(json.dumps(sorted(m for m in hpcb_agent.LAZY_IMPORTS if m in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("request_", "loaded"),
+    [
+        ({"v": 1, "op": "ping"}, []),
+        ({"v": 1, "op": "status", "job_ids": ["1"]}, []),
+        (
+            {"v": 1, "op": "fetch", "payload_url": "http://127.0.0.1:9/x"},
+            ["http.client", "urllib.request"],
+        ),
+    ],
+)
+def test_the_agent_imports_network_and_thread_modules_only_when_used(
+    tmp_path: Path, request_: dict[str, Any], loaded: list[str]
+) -> None:
+    # GIVEN a fresh interpreter running the agent on one request (no Slurm on PATH needed)
+    env = {"PATH": str(tmp_path), "HPCB_AGENT_LOCK": str(tmp_path / "lock")}
+    agent_dir = str(REPO_ROOT / "broker" / "agent")
+    # WHEN it answers
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", LAZY_PROBE, b64(request_), agent_dir],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    # THEN it answered, and loaded only the modules that request needed
+    answer, modules = run.stdout.strip().splitlines()
+    assert json.loads(answer)["v"] == 1
+    assert json.loads(modules) == loaded
