@@ -6,7 +6,7 @@ They depend on ports only (``broker.ports``) and raise broker errors (``broker.e
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError as PydanticValidationError
@@ -87,6 +87,21 @@ class BatchRejectedError(ValidationError):
     def __init__(self, message: str, fields: list[FieldError]) -> None:
         super().__init__(message)
         self.fields = fields
+
+
+#: Added to a job's age for the agent's accounting search: clock skew between the worker and
+#: the head node (both NTP-synced in AWS) is far smaller.
+LOOKBACK_MARGIN = timedelta(minutes=10)
+
+
+def lookback_seconds(accepted_at: datetime) -> int:
+    """Seconds of Slurm accounting that can hold a job accepted at ``accepted_at``.
+
+    Its token can only be in a job submitted after it was accepted: the age of the request
+    plus a margin, within the agent's bounds (60 s to 90 days).
+    """
+    age = utcnow() - accepted_at + LOOKBACK_MARGIN
+    return max(60, min(90 * 86400, int(age.total_seconds()) + 1))
 
 
 def chunk_items(items: list[BatchItem]) -> list[list[BatchItem]]:
@@ -540,7 +555,8 @@ class Dispatcher:
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
-        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency)])
+        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency)],
+                               lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
             raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
@@ -616,7 +632,8 @@ class Dispatcher:
         jobs, failed, retry = self._prepare(message, started)
         submitted: list[tuple[str, str]] = []
         if jobs:
-            submitted, rejected, unknown = self._submit_chunk(message.cluster, jobs)
+            lookback = lookback_seconds(batch.created_at)
+            submitted, rejected, unknown = self._submit_chunk(message.cluster, jobs, lookback)
             failed += rejected
             retry += unknown
         _, newly_failed = self._store.record_batch_outcomes(batch, submitted, failed)
@@ -658,11 +675,12 @@ class Dispatcher:
         return jobs, failed, retry
 
     def _submit_chunk(
-        self, cluster: str, jobs: list[AgentJob]
+        self, cluster: str, jobs: list[AgentJob], lookback: int
     ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
         """One agent call for all ``jobs``: (submitted, rejected, to retry) job ids."""
         target = self._clusters.resolve(cluster)
-        request = AgentRequest(op="submit", jobs=jobs, concurrency=self._concurrency)
+        request = AgentRequest(op="submit", jobs=jobs, concurrency=self._concurrency,
+                               lookback_seconds=lookback)  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
             raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")

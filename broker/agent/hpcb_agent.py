@@ -52,9 +52,7 @@ import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 AGENT_VERSION = "1.0.0"
-#: http.client, urllib.request and concurrent.futures are imported where they are used: most
-#: runs (a status sweep, a single submit) need none of them, and they were 60 ms of the agent's
-#: ~180 ms start (python -X importtime), paid on every head-node command.
+#: Imported where used: most runs need none, and they were 60 ms of a 180 ms start.
 LAZY_IMPORTS = ("http.client", "urllib.request", "concurrent.futures")
 PROTOCOL_VERSION = 1
 
@@ -77,8 +75,10 @@ MAX_FETCH_BYTES = 64 * 1024 * 1024
 MAX_SCRIPT_BYTES = 64 * 1024
 #: ParallelCluster installs Slurm here; SSM runs commands with a minimal PATH that may miss it.
 FALLBACK_SLURM_BIN = "/opt/slurm/bin"
-#: How far back ``sacct`` looks for finished jobs carrying a token.
+#: How far back ``sacct`` looks for tokens, unless the request says (``lookback_seconds``).
 SACCT_WINDOW = "now-7days"
+MIN_LOOKBACK_SECONDS = 60
+MAX_LOOKBACK_SECONDS = 90 * 86400
 MAX_MESSAGE_CHARS = 1000
 
 # Error codes (stable: the worker and the API expose them).
@@ -1081,7 +1081,9 @@ class Agent(object):
         if op == "ping":
             return self.ping()
         if op == "submit":
-            return self.submit(request.get("jobs", []), request.get("concurrency"))
+            return self.submit(
+                request.get("jobs", []), request.get("concurrency"), request.get("lookback_seconds")
+            )
         if op == "status":
             return self.status(request.get("job_ids", []))
         if op == "cancel":
@@ -1133,9 +1135,19 @@ class Agent(object):
             raise AgentError(BAD_PAYLOAD, "the staged request must be a JSON object")
         return inner
 
-    def submit(self, jobs: Any, concurrency: Any = None) -> Dict[str, Any]:
+    def submit(self, jobs: Any, concurrency: Any = None, lookback: Any = None) -> Dict[str, Any]:
         if not isinstance(jobs, list):
             raise AgentError(BAD_REQUEST, "jobs must be a list")
+        if lookback is not None and (
+            not isinstance(lookback, int)
+            or isinstance(lookback, bool)
+            or not MIN_LOOKBACK_SECONDS <= lookback <= MAX_LOOKBACK_SECONDS
+        ):
+            raise AgentError(
+                BAD_REQUEST,
+                "lookback_seconds must be an integer %d..%d"
+                % (MIN_LOOKBACK_SECONDS, MAX_LOOKBACK_SECONDS),
+            )
         if concurrency is None:
             concurrency = DEFAULT_SUBMIT_CONCURRENCY
         if (
@@ -1158,7 +1170,7 @@ class Agent(object):
         info = {}  # type: Dict[str, str]
         if commands:
             with FileLock(self.lock_path, self.lock_wait):
-                known, info["dedup"] = self.existing_tokens()
+                known, info["dedup"] = self.existing_tokens(lookback)
                 self._submit_all(commands, known, results, concurrency)
         response = {
             "v": PROTOCOL_VERSION,
@@ -1243,8 +1255,10 @@ class Agent(object):
             ) from exc
         return command.parse(code, out, err)
 
-    def existing_tokens(self) -> Tuple[Dict[str, str], str]:
+    def existing_tokens(self, lookback: Optional[int] = None) -> Tuple[Dict[str, str], str]:
         """Token -> job id for jobs already in Slurm, and which sources were consulted.
+
+        ``lookback``: seconds of accounting sacct reads (default ``SACCT_WINDOW``).
 
         One squeue (required: without it a submission could duplicate a job, so its failure is
         transient) plus one sacct for jobs that already left squeue (``MinJobAge``); accounting
@@ -1259,7 +1273,10 @@ class Agent(object):
             )
         found = parse_token_lines(out, self.user)
         try:
-            code, out, err = self._query(list(SACCT_ARGV))
+            argv = list(SACCT_ARGV)
+            if lookback is not None:
+                argv[-1] = "now-%dseconds" % lookback
+            code, out, err = self._query(argv)
         except AgentError as exc:
             missing = exc.code == SLURM_NOT_FOUND
             return found, "squeue (sacct %s)" % ("not installed" if missing else "timed out")

@@ -120,6 +120,12 @@ class AgentRequest(BaseModel):
     payload_url: str | None = None
     result_put_url: str | None = None
     inline_limit: int = 20000
+    lookback_seconds: int | None = Field(
+        default=None,
+        ge=60,
+        le=90 * 86400,
+        description="submit: seconds of accounting to search for tokens (agent: 7 days).",
+    )
     concurrency: int | None = Field(
         default=None, ge=1, le=16, description="submit: sbatch processes in flight (agent: 4)."
     )

@@ -1049,3 +1049,29 @@ def test_the_agent_imports_network_and_thread_modules_only_when_used(
     answer, modules = run.stdout.strip().splitlines()
     assert json.loads(answer)["v"] == 1
     assert json.loads(modules) == loaded
+
+
+def test_sacct_reads_only_the_lookback_the_request_gives(tmp_path: Path) -> None:
+    # GIVEN a submit saying its jobs were accepted at most 900 s ago
+    slurm = FakeSlurm()
+    request = {"v": 1, "op": "submit", "jobs": [job()], "lookback_seconds": 900}
+    # WHEN answered / THEN sacct searches the last 900 s of accounting, not a week
+    answer(tmp_path, slurm, request)
+    (sacct,) = slurm.commands("sacct")
+    assert sacct[-2:] == ["-S", "now-900seconds"]
+
+
+def test_without_a_lookback_sacct_reads_a_week(tmp_path: Path) -> None:
+    slurm = FakeSlurm()
+    answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job()]})
+    (sacct,) = slurm.commands("sacct")
+    assert sacct[-2:] == ["-S", "now-7days"]
+
+
+@pytest.mark.parametrize("lookback", [59, 90 * 86400 + 1, "900", True, 1.5])
+def test_unacceptable_lookback_is_a_bad_request(tmp_path: Path, lookback: Any) -> None:
+    slurm = FakeSlurm()
+    request = {"v": 1, "op": "submit", "jobs": [job()], "lookback_seconds": lookback}
+    result = answer(tmp_path, slurm, request)
+    assert result["error"]["code"] == agent.BAD_REQUEST
+    assert slurm.calls == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 
@@ -31,8 +32,9 @@ from broker.models import (
     JobSubmitMessage,
     OutputQueryBody,
     slurm_token,
+    utcnow,
 )
-from broker.service import DeadLetterService, Dispatcher, RequestService
+from broker.service import DeadLetterService, Dispatcher, RequestService, lookback_seconds
 from broker.states import RequestState
 from broker.sweep import Announcer
 from tests.fakes import (
@@ -162,6 +164,27 @@ def test_dispatch_success_records_the_slurm_job_id_and_announces_once(world: Wor
     # AND exactly one request event was published, its pending mark cleared
     assert [e.new_state for e in world.events(RequestEvent)] == [RequestState.SUCCEEDED]
     assert world.store.get(message.request_id).notify_pending is None
+
+
+def test_the_agent_searches_accounting_only_back_to_the_jobs_acceptance(world: World) -> None:
+    # GIVEN a job accepted just now
+    message = world.accepted(SPEC)
+    world.runner.answers = [submitted(slurm_token(message.request_id))]
+    # WHEN dispatched
+    world.worker.handle(message)
+    # THEN the agent's sacct looks back the job's age plus the 10-minute margin, not a week
+    lookback = world.runner.calls[0].lookback_seconds
+    assert lookback is not None
+    assert 600 <= lookback <= 630
+
+
+def test_lookback_covers_an_old_request_and_stays_in_the_agents_bounds() -> None:
+    # GIVEN requests accepted 3 days, and 200 days, ago / WHEN the lookback is computed
+    now = utcnow()
+    three_days = lookback_seconds(now - timedelta(days=3))
+    # THEN it covers their age plus the margin, and never passes the agent's 90-day bound
+    assert 3 * 86400 + 600 <= three_days <= 3 * 86400 + 630
+    assert lookback_seconds(now - timedelta(days=200)) == 90 * 86400
 
 
 def test_a_job_keeps_its_own_working_directory(world: World) -> None:
