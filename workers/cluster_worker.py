@@ -23,12 +23,11 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from broker.errors import BrokerError, TransientError
 from broker.models import ClusterMessage
 from broker.observability import logger, metrics, tracer
 from broker.settings import cluster_worker_settings
 from broker.wiring import cluster_worker, request_queue
-from workers.job_worker import backoff_seconds
+from workers.retrying import run_with_backoff
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 dlq_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -43,21 +42,13 @@ def record_handler(record: SQSRecord) -> None:
         logger.exception("malformed cluster message", extra={"message_id": record.message_id})
         raise
     logger.append_keys(request_id=message.request_id, cluster=message.cluster)
+    settings = cluster_worker_settings()
     try:
-        outcome = cluster_worker().handle(message)
-    except TransientError:
-        settings = cluster_worker_settings()
-        count = int(record.attributes.approximate_receive_count or 1)
-        delay = backoff_seconds(count, settings.retry_base_seconds, settings.retry_max_seconds)
-        metrics.add_metric(name=f"{message.kind}.retry", unit="Count", value=1)
-        try:
-            request_queue().delay_retry(record.event_source_arn, record.receipt_handle, delay)
-        except BrokerError:
-            logger.warning("could not shorten the retry delay; the message returns later")
-        raise
+        backoff = (settings.retry_base_seconds, settings.retry_max_seconds)
+        run_with_backoff(record, message.kind, lambda: cluster_worker().handle(message),
+                         request_queue, backoff)  # fmt: skip
     finally:
         logger.remove_keys(["request_id", "cluster"])
-    metrics.add_metric(name=f"{message.kind}.{outcome}", unit="Count", value=1)
 
 
 def dead_letter_handler(record: SQSRecord) -> None:

@@ -10,7 +10,6 @@ Nothing is silently dropped.
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -23,21 +22,15 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from broker.errors import BrokerError, TransientError
 from broker.models import QUEUE_MESSAGE, AnyMessage
 from broker.observability import logger, metrics, tracer
 from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
+from workers.retrying import run_with_backoff
 
 # A batch whose every record failed is reported as such (all items listed), not raised: the
 # outcome is the same (every message comes back) without counting a function error.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-
-
-def backoff_seconds(receive_count: int, base: int, cap: int) -> int:
-    """Delay before the next delivery: base * 2^(n-1), capped, with up to 20 % jitter."""
-    delay = min(cap, base * 2 ** max(0, receive_count - 1))
-    return int(delay + random.uniform(0, delay * 0.2))  # noqa: S311 - jitter, not crypto
 
 
 @tracer.capture_method
@@ -58,19 +51,10 @@ def record_handler(record: SQSRecord) -> None:
 
 
 def _dispatch(record: SQSRecord, message: AnyMessage) -> None:
-    try:
-        outcome = dispatcher().handle(message)
-    except TransientError:
-        settings = job_worker_settings()
-        count = int(record.attributes.approximate_receive_count or 1)
-        delay = backoff_seconds(count, settings.retry_base_seconds, settings.retry_max_seconds)
-        metrics.add_metric(name=f"{message.kind}.retry", unit="Count", value=1)
-        try:
-            request_queue().delay_retry(record.event_source_arn, record.receipt_handle, delay)
-        except BrokerError:
-            logger.warning("could not shorten the retry delay; the message returns later")
-        raise
-    metrics.add_metric(name=f"{message.kind}.{outcome}", unit="Count", value=1)
+    settings = job_worker_settings()
+    backoff = (settings.retry_base_seconds, settings.retry_max_seconds)
+    run_with_backoff(record, message.kind, lambda: dispatcher().handle(message), request_queue,
+                     backoff)  # fmt: skip
 
 
 @logger.inject_lambda_context
