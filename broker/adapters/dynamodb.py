@@ -634,12 +634,12 @@ class DynamoStore:
         if filters:
             query["FilterExpression"] = " AND ".join(filters)
         if next_token:
-            query["ExclusiveStartKey"] = _decode_token(next_token)
+            query["ExclusiveStartKey"] = decode_token(next_token)
         try:
             answer = self._ddb.query(**query)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "list jobs") from exc
-        token = _encode_token(answer["LastEvaluatedKey"]) if "LastEvaluatedKey" in answer else None
+        token = encode_token(answer["LastEvaluatedKey"]) if "LastEvaluatedKey" in answer else None
         return [job_of(item) for item in answer.get("Items", [])], token
 
     def start_submission(self, job_id: str) -> JobRecord | None:
@@ -932,11 +932,13 @@ def _condition_failed(exc: ClientError) -> bool:
     return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
 
 
-def _encode_token(key: Mapping[str, Any]) -> str:
+def encode_token(key: Mapping[str, Any]) -> str:
+    """A ``LastEvaluatedKey`` as an opaque ``next_token`` (listings of jobs, requests, clusters)."""
     return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode()
 
 
-def _decode_token(token: str) -> dict[str, Any]:
+def decode_token(token: str) -> dict[str, Any]:
+    """The ``ExclusiveStartKey`` of a ``next_token`` (ValidationError if not one of ours)."""
     try:
         decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, TypeError) as exc:

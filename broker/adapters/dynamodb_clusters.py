@@ -13,8 +13,6 @@ operation that is no longer the cluster's.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -22,9 +20,16 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import error_code, translate
-from broker.adapters.dynamodb import DynamoStore, _plain, _serialize, request_item
+from broker.adapters.dynamodb import (
+    DynamoStore,
+    _plain,
+    _serialize,
+    decode_token,
+    encode_token,
+    request_item,
+)
 from broker.clusters import ClusterOperation, ClusterRecord, ClusterStatus
-from broker.errors import ConflictError, NotFoundError, ValidationError
+from broker.errors import ConflictError, NotFoundError
 from broker.models import RequestRecord, dump, utcnow
 from broker.states import RequestState
 
@@ -162,12 +167,12 @@ class DynamoClusterStore(DynamoStore):
             "Limit": limit,
         }
         if next_token:
-            query["ExclusiveStartKey"] = _decode(next_token)
+            query["ExclusiveStartKey"] = decode_token(next_token)
         try:
             answer = self._ddb.query(**query)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "list clusters") from exc
-        token = _encode(answer["LastEvaluatedKey"]) if "LastEvaluatedKey" in answer else None
+        token = encode_token(answer["LastEvaluatedKey"]) if "LastEvaluatedKey" in answer else None
         return [cluster_of(item) for item in answer.get("Items", [])], token
 
     def update_cluster(
@@ -255,17 +260,3 @@ class DynamoClusterStore(DynamoStore):
     def mark_in_progress(self, request_id: str) -> bool:
         """ACCEPTED|DISPATCHED -> IN_PROGRESS (the provider accepted the operation)."""
         return self._move_request(request_id, RequestState.IN_PROGRESS) is not None
-
-
-def _encode(key: Mapping[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode()
-
-
-def _decode(token: str) -> dict[str, Any]:
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError) as exc:
-        raise ValidationError("next_token is not a token this API issued") from exc
-    if not isinstance(decoded, dict):
-        raise ValidationError("next_token is not a token this API issued")
-    return decoded
