@@ -43,6 +43,7 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb import request_key
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
 from broker.client import BrokerClient
+from broker.local.env_file import read_env_file
 from broker.local.stack import LocalStack, moto_cpu_seconds
 from broker.models import JobSpec
 from broker.ports import ClusterTarget
@@ -247,11 +248,7 @@ def main() -> None:
         "--broker-only", action="store_true", help="skip both baselines (development runs)"
     )
     args = parser.parse_args()
-    slurm_env = {}
-    for line in args.slurm_env.read_text().splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line.removeprefix("export ").split("=", 1)
-            slurm_env[key] = value
+    slurm_env = read_env_file(args.slurm_env)
     os.environ.update(slurm_env)
     workdir = tempfile.mkdtemp(prefix="hpcb-bench-")
     Path(workdir).chmod(0o777)

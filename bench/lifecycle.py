@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.api_latency import percentile
 from broker import wiring
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
@@ -39,6 +40,7 @@ from broker.adapters.sns import SnsNotifier
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
 from broker.client import BrokerClient
 from broker.jobs import JobRecord, JobState
+from broker.local.env_file import read_env_file
 from broker.local.notifications import drain
 from broker.local.stack import LocalStack
 from broker.models import JobSpec, RequestRecord, batch_ids, slurm_token, utcnow
@@ -66,11 +68,6 @@ class CountingRunner:
 
     def runner_for(self, mode: Literal["ssm", "local"]) -> CommandRunner:
         return self
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered)) - 1))]
 
 
 def start_stack(slurm_env: dict[str, str], schedule_seconds: float | None) -> LocalStack:
@@ -236,11 +233,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=30, help="jobs for the latency figure")
     parser.add_argument("--skip-sweep", action="store_true", help="skip the sweep-cost part")
     args = parser.parse_args()
-    slurm_env = {}
-    for line in args.slurm_env.read_text().splitlines():
-        if line.startswith("export ") and "=" in line:
-            key, value = line.removeprefix("export ").split("=", 1)
-            slurm_env[key] = value
+    slurm_env = read_env_file(args.slurm_env)
     workdir = tempfile.mkdtemp(prefix="hpcb-bench-")
     Path(workdir).chmod(0o777)
     figures: dict[str, Any] = {}

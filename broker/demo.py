@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 
 from broker.client import ApiError, BrokerClient
+from broker.local.env_file import read_env_file
 from broker.local.launcher import Launched, launched_stack
 from broker.local.notifications import Notification, drain
 
@@ -172,10 +173,7 @@ def run(slurm_env_file: Path) -> bool:
             f"local stack up at {stack.url} in {time.monotonic() - started:.1f}s "
             f"(log: {log_path.relative_to(ROOT)})"
         )
-        for line in slurm_env_file.read_text().splitlines():
-            if line.startswith("export ") and "=" in line:
-                key, value = line.removeprefix("export ").split("=", 1)
-                env[key] = value
+        env.update(read_env_file(slurm_env_file))
 
         script = '#!/bin/bash\necho "hello from $(hostname), job $SLURM_JOB_ID"\nsleep 1\n'
         t0 = time.monotonic()

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import sys
@@ -30,6 +29,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
 from broker.local.apigw import DEFAULT_PRINCIPAL, PRINCIPAL_HEADER
+from broker.local.env_file import read_env_file
 from broker.local.template import LocalStackError, load_template
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ LOCAL_OVERRIDES: Final = {
     # timeouts locally, so both get the job worker's value.
     "HPCB_AGENT_TIMEOUT_SECONDS": "120",
 }
-_ENV_LINE: Final = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 # Local default: a schedule every 2 s instead of the template's minute, so states move visibly.
 SCHEDULE_SECONDS_ENV: Final = "HPCB_LOCAL_SCHEDULE_SECONDS"
 DEFAULT_SCHEDULE_SECONDS: Final = 2.0
@@ -60,25 +59,6 @@ _MOTO_CREDENTIALS: Final = {"aws_access_key_id": "testing", "aws_secret_access_k
 _FOLLOW_WAIT_S: Final = 20.0
 
 logger = logging.getLogger("broker.local")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``export KEY=VALUE`` / ``KEY=VALUE`` lines of a shell env file (quotes removed).
-
-    ``$VAR`` references are expanded against the current environment; other lines are ignored.
-    """
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        found = _ENV_LINE.match(line.strip())
-        if found is None:
-            continue
-        raw = found.group(2).strip()
-        try:
-            words = shlex.split(raw, comments=True)
-        except ValueError:
-            words = [raw]
-        values[found.group(1)] = os.path.expandvars(" ".join(words))
-    return values
 
 
 def template_overrides(template_path: Path) -> dict[str, str]:
