@@ -943,6 +943,12 @@ def http_put(url: str, body: bytes) -> None:
 HELD_LOCK_FDS = []  # type: List[int]
 
 
+def _bounded_int(value: Any, name: str, low: int, high: int) -> None:
+    """BAD_REQUEST unless ``value`` is an int (not a bool) within ``low..high``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise AgentError(BAD_REQUEST, "%s must be an integer %d..%d" % (name, low, high))
+
+
 class FileLock(object):
     """An exclusive ``flock`` on a file, waited for up to ``wait_seconds`` (then AGENT_BUSY).
 
@@ -1138,26 +1144,11 @@ class Agent(object):
     def submit(self, jobs: Any, concurrency: Any = None, lookback: Any = None) -> Dict[str, Any]:
         if not isinstance(jobs, list):
             raise AgentError(BAD_REQUEST, "jobs must be a list")
-        if lookback is not None and (
-            not isinstance(lookback, int)
-            or isinstance(lookback, bool)
-            or not MIN_LOOKBACK_SECONDS <= lookback <= MAX_LOOKBACK_SECONDS
-        ):
-            raise AgentError(
-                BAD_REQUEST,
-                "lookback_seconds must be an integer %d..%d"
-                % (MIN_LOOKBACK_SECONDS, MAX_LOOKBACK_SECONDS),
-            )
+        if lookback is not None:
+            _bounded_int(lookback, "lookback_seconds", MIN_LOOKBACK_SECONDS, MAX_LOOKBACK_SECONDS)
         if concurrency is None:
             concurrency = DEFAULT_SUBMIT_CONCURRENCY
-        if (
-            not isinstance(concurrency, int)
-            or isinstance(concurrency, bool)
-            or not 1 <= concurrency <= MAX_SUBMIT_CONCURRENCY
-        ):
-            raise AgentError(
-                BAD_REQUEST, "concurrency must be an integer 1..%d" % MAX_SUBMIT_CONCURRENCY
-            )
+        _bounded_int(concurrency, "concurrency", 1, MAX_SUBMIT_CONCURRENCY)
         results = []  # type: List[Dict[str, Any]]
         commands = []  # type: List[Tuple[int, SbatchCommand]]
         for job in jobs:
