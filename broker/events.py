@@ -8,7 +8,8 @@ delivers only alice's failures. ``version`` changes only for incompatible change
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from enum import Enum
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +17,25 @@ from broker.clusters import ClusterFailure, ClusterRecord, ClusterStatus
 from broker.jobs import JobRecord, JobState
 from broker.models import ErrorInfo, RequestRecord, RequestResult, utcnow
 from broker.states import RequestState
+
+
+class SnsAttributes:
+    """One scheme of SNS message attributes for every event, for subscribers' filter policies."""
+
+    if TYPE_CHECKING:  # fields of the pydantic models that use this mixin
+        type: str
+        cluster: str
+        owner: str
+        new_state: Enum
+
+    def attributes(self) -> dict[str, str]:
+        """``type``, ``cluster``, ``owner`` and ``state`` (the new one)."""
+        return {
+            "type": self.type,
+            "cluster": self.cluster,
+            "owner": self.owner,
+            "state": self.new_state.value,
+        }
 
 
 class Links(BaseModel):
@@ -26,7 +46,7 @@ class Links(BaseModel):
     cluster: str | None = None
 
 
-class JobEvent(BaseModel):
+class JobEvent(SnsAttributes, BaseModel):
     """A job reached a final state."""
 
     type: Literal["job.state_changed"] = "job.state_changed"
@@ -72,17 +92,8 @@ class JobEvent(BaseModel):
             ),
         )
 
-    def attributes(self) -> dict[str, str]:
-        """SNS message attributes for filter policies."""
-        return {
-            "type": self.type,
-            "cluster": self.cluster,
-            "owner": self.owner,
-            "state": self.new_state.value,
-        }
 
-
-class RequestEvent(BaseModel):
+class RequestEvent(SnsAttributes, BaseModel):
     """A request reached a final state."""
 
     type: Literal["request.finished"] = "request.finished"
@@ -114,17 +125,8 @@ class RequestEvent(BaseModel):
             links=Links(request=f"/v1/requests/{record.request_id}", job=job_link),
         )
 
-    def attributes(self) -> dict[str, str]:
-        """SNS message attributes for filter policies."""
-        return {
-            "type": self.type,
-            "cluster": self.cluster,
-            "owner": self.owner,
-            "state": self.new_state.value,
-        }
 
-
-class ClusterEvent(BaseModel):
+class ClusterEvent(SnsAttributes, BaseModel):
     """A cluster's status changed (e.g. CREATE_IN_PROGRESS -> CREATE_COMPLETE)."""
 
     type: Literal["cluster.state_changed"] = "cluster.state_changed"
@@ -157,15 +159,6 @@ class ClusterEvent(BaseModel):
                 request=f"/v1/requests/{record.operation_request_id}",
             ),
         )
-
-    def attributes(self) -> dict[str, str]:
-        """SNS message attributes for filter policies (the same scheme as jobs)."""
-        return {
-            "type": self.type,
-            "cluster": self.cluster,
-            "owner": self.owner,
-            "state": self.new_state.value,
-        }
 
 
 Event = JobEvent | RequestEvent | ClusterEvent
