@@ -39,13 +39,13 @@ from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.sns import SnsNotifier
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
 from broker.client import BrokerClient
-from broker.jobs import JobRecord, JobState
 from broker.local.env_file import read_env_file
 from broker.local.notifications import drain
 from broker.local.stack import LocalStack
-from broker.models import JobSpec, RequestRecord, batch_ids, slurm_token, utcnow
+from broker.models import BatchItem, JobSpec, RequestRecord, batch_ids, slurm_token, utcnow
 from broker.ports import ClusterTarget, CommandRunner
 from broker.runners.local import LocalRunner
+from broker.service import item_outcome
 from broker.states import RequestState
 from broker.sweep import Announcer, Sweeper
 
@@ -92,35 +92,24 @@ def start_stack(slurm_env: dict[str, str], schedule_seconds: float | None) -> Lo
 def held_jobs(store: DynamoStore, count: int, workdir: str) -> list[str]:
     """``count`` held jobs, recorded as one batch and submitted by one agent call.
 
-    Records go in as a batch does (one transaction + BatchWriteItem, outcomes 25 per
-    transaction): moto's transactions cost O(table) (broker/local/moto_patches.py).
+    Records go in as a batch's do (the batch in one transaction, each job's record with its
+    outcome, 25 per transaction).
     """
     batch_id, _, ids = batch_ids(count)
     now = utcnow()
     spec = JobSpec(script="#!/bin/sh\ntrue\n", name=NAME, hold=True, working_directory=workdir)
     batch = RequestRecord(request_id=batch_id, kind="job.batch", owner=OWNER, cluster="local",
                           state=RequestState.ACCEPTED, created_at=now, updated_at=now,
-                          items=count, batch_size=count)  # fmt: skip
-    jobs = [
-        JobRecord(
-            job_id=job_id,
-            cluster="local",
-            owner=OWNER,
-            name=NAME,
-            state=JobState.SUBMITTING,
-            created_at=now,
-            updated_at=now,
-            batch_id=batch_id,
-            batch_index=i,
-        )
-        for i, job_id in enumerate(ids)
-    ]
-    store.create_batch(batch, jobs)
-    store.start_submissions(ids)
+                          items=count, batch_size=count, chunk_starts=[0])  # fmt: skip
+    store.create_batch(batch)
+    store.start_chunk(batch_id, 0, ids)
     request = AgentRequest(op="submit", jobs=[AgentJob.of(slurm_token(i), spec) for i in ids])
     answer = LocalRunner(timeout=600).run(TARGET, request)
     submitted = [(r.token.split(":", 1)[1], str(r.job_id)) for r in answer.results if r.job_id]
-    store.record_batch_outcomes(batch, submitted, [])
+    items = {job_id: BatchItem(index=i, job_id=job_id, spec=spec) for i, job_id in enumerate(ids)}
+    outcomes = [item_outcome(batch, items[job_id], 0, slurm_job_id=slurm_id)
+                for job_id, slurm_id in submitted]  # fmt: skip
+    store.record_batch_outcomes(batch, outcomes)
     return [slurm_id for _, slurm_id in submitted]
 
 

@@ -314,6 +314,14 @@ class RequestRecord(BaseModel):
     counts: dict[str, int] = Field(
         default_factory=dict, description="job.batch: items by outcome so far."
     )
+    chunk_starts: list[int] | None = Field(
+        default=None,
+        description="job.batch: the first item index of each chunk (its items have no record "
+        "until their outcome; see broker.batches).",
+    )
+    rejected_items: list[int] | None = Field(
+        default=None, description="job.batch: indexes of the items rejected at accept."
+    )
 
 
 class RequestView(BaseModel):

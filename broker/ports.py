@@ -98,16 +98,18 @@ class JobStore(Protocol):
     def create_request(self, request: RequestRecord) -> None:
         """Write a non-submit request (cancel, output) for an existing job."""
 
-    def create_batch(
-        self, request: RequestRecord, jobs: list[JobRecord], limits: Limits | None = None
-    ) -> None:
-        """Write a batch request and its jobs, within ``limits`` (BackpressureError)."""
+    def create_batch(self, request: RequestRecord, limits: Limits | None = None) -> None:
+        """Write a batch request and reserve its items in the backlog counters, within
+        ``limits`` (BackpressureError). No item gets a record here: an item is read from its
+        batch (``broker.batches.unrecorded_item``) until its outcome is recorded.
+        """
 
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
-        """Read many jobs at once (absent ids are left out)."""
+        """Read many job records at once (ids without a record are left out)."""
 
     def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
-        """Mark a batch chunk as being submitted; return its jobs still SUBMITTING.
+        """Mark a batch chunk as being submitted; return its jobs still to submit (no record
+        yet, or a record still SUBMITTING).
 
         After this, none of the chunk's jobs can be cancelled as unsubmitted: a cancel either
         happened before (the job is not returned) or goes through Slurm.
@@ -117,15 +119,16 @@ class JobStore(Protocol):
         """Mark many SUBMITTING jobs as being submitted; the ids that were."""
 
     def record_batch_outcomes(
-        self,
-        batch: RequestRecord,
-        submitted: list[tuple[str, str]],
-        failed: list[tuple[str, str]],
+        self, batch: RequestRecord, outcomes: list[JobRecord]
     ) -> tuple[list[str], list[str]]:
-        """Move many batch jobs out of SUBMITTING (job id + Slurm id, or + reason)."""
+        """Write the records of batch jobs leaving SUBMITTING: PENDING with their Slurm id, or
+        SUBMIT_FAILED with a reason. A job another writer already moved (an earlier delivery,
+        a cancel) is left as it is. Returns the job ids this call moved (submitted, failed).
+        """
 
     def get_job(self, job_id: str) -> JobRecord:
-        """Read a job by broker id. Raises NotFoundError."""
+        """Read a job by broker id (a batch item without a record reads as SUBMITTING from its
+        batch). Raises NotFoundError."""
 
     def find_job(self, cluster: str, ref: str) -> JobRecord:
         """Read a job by broker id or Slurm id on ``cluster``. Raises NotFoundError."""
@@ -148,7 +151,10 @@ class JobStore(Protocol):
         """Mark a SUBMITTING job as being submitted; None if it is no longer SUBMITTING."""
 
     def cancel_unsubmitted(self, job_id: str) -> bool:
-        """SUBMITTING and not started -> CANCELLED. False if the submission already started."""
+        """SUBMITTING and not started -> CANCELLED. False if the submission already started.
+
+        A batch item without a record gets one, CANCELLED, unless its chunk has started.
+        """
 
     def record_submitted(self, job_id: str, slurm_job_id: str) -> bool:
         """SUBMITTING -> PENDING with the Slurm id (and its alias). False if not SUBMITTING."""

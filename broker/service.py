@@ -18,6 +18,7 @@ from broker.agent.protocol import (
     AgentRequest,
     OutputQuery,
 )
+from broker.batches import item_id, unrecorded_item
 from broker.errors import (
     BrokerError,
     ClusterNotFoundError,
@@ -155,6 +156,27 @@ def new_job(
     )
 
 
+def item_outcome(
+    batch: RequestRecord,
+    item: BatchItem,
+    chunk: int | None,
+    *,
+    slurm_job_id: str | None = None,
+    reason: str | None = None,
+) -> JobRecord:
+    """The record of a batch item leaving SUBMITTING: PENDING with its Slurm id, else
+    SUBMIT_FAILED with ``reason`` (its notification pending)."""
+    job = new_job(item.job_id, batch.owner, batch.cluster, item.spec, batch.created_at,
+                  batch_id=batch.request_id, batch_index=item.index, batch_chunk=chunk)  # fmt: skip
+    changes: dict[str, object] = (
+        {"state": JobState.PENDING, "slurm_job_id": slurm_job_id}
+        if slurm_job_id is not None
+        else {"state": JobState.SUBMIT_FAILED, "reason": (reason or "")[:1000],
+              "notify_pending": JobState.SUBMIT_FAILED.value}
+    )  # fmt: skip
+    return job.model_copy(update={**changes, "updated_at": utcnow()})
+
+
 def _item_fields(index: int, exc: PydanticValidationError) -> list[FieldError]:
     """An item's validation errors, located in the batch body."""
     return [
@@ -222,7 +244,9 @@ class RequestService:
         return record
 
     def submit_batch(self, owner: str, cluster: str, body: BatchBody) -> BatchAccepted:
-        """Accept a burst: validate each item, record the valid ones, enqueue them in chunks.
+        """Accept a burst: validate each item, record the batch, enqueue its valid items in
+        chunks. Items get their own records with their outcomes (``broker.batches``): the
+        accept costs one transaction and a few queue calls, however many items.
 
         Raises:
             BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.
@@ -253,21 +277,15 @@ class RequestService:
                 [f for item in rejected[:MAX_LISTED_ERRORS] for f in item.fields],
             )
         batch_id, prefix, ids = batch_ids(len(body.jobs))
+        chunks = chunk_items([BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid])
         now = utcnow()
         record = RequestRecord(
             request_id=batch_id, kind="job.batch", owner=owner, cluster=cluster,
             state=RequestState.ACCEPTED, created_at=now, updated_at=now, items=len(valid),
-            batch_size=len(body.jobs),
+            batch_size=len(body.jobs), chunk_starts=[chunk[0].index for chunk in chunks],
+            rejected_items=[item.index for item in rejected] or None,
         )  # fmt: skip
-        items = [BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid]
-        chunks = chunk_items(items)
-        jobs = [
-            new_job(item.job_id, owner, cluster, item.spec, now, batch_id=batch_id,
-                    batch_index=item.index, batch_chunk=number)
-            for number, chunk in enumerate(chunks)
-            for item in chunk
-        ]  # fmt: skip
-        self._store.create_batch(record, jobs, self._limits)
+        self._store.create_batch(record, self._limits)
         messages: list[QueueMessage] = [
             JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, items=chunk,
                             chunk=number)
@@ -276,12 +294,12 @@ class RequestService:
         unsent = self._queue.send_many(messages)
         if unsent:
             lost = [
-                (i.job_id, "could not be queued")
+                item_outcome(record, i, m.chunk, reason="could not be queued")
                 for m in unsent
                 if isinstance(m, JobBatchMessage)
                 for i in m.items
             ]
-            self._store.record_batch_outcomes(record, [], lost)
+            self._store.record_batch_outcomes(record, lost)
             if len(unsent) == len(messages):
                 self._store.record_failure(
                     batch_id, ErrorInfo(code="ENQUEUE_FAILED", message="the batch could not "
@@ -304,9 +322,9 @@ class RequestService:
             self._gate.ensure_ready(cluster)
 
     def batch_page(self, record: RequestRecord, start: int, limit: int) -> list[BatchItemView]:
-        """A page of a batch's items, by index, with their jobs' states."""
-        prefix = record.request_id[:23]
-        ids = [f"{prefix}{i:06x}" for i in range(start, start + limit)]
+        """A page of a batch's items, by index, with their jobs' states (items without a
+        record yet are SUBMITTING; rejected items are left out)."""
+        ids = [item_id(record.request_id, i) for i in range(start, start + limit)]
         jobs = self._store.jobs_by_id(ids)
         return [
             BatchItemView(
@@ -317,7 +335,7 @@ class RequestService:
                 reason=job.reason,
             )
             for job_id in ids
-            if (job := jobs.get(job_id)) is not None
+            if (job := jobs.get(job_id) or unrecorded_item(record, job_id)) is not None
         ]
 
     def cancel_job(self, owner: str, cluster: str, ref: str) -> RequestRecord:
@@ -636,7 +654,13 @@ class Dispatcher:
             submitted, rejected, unknown = self._submit_chunk(message.cluster, jobs, lookback)
             failed += rejected
             retry += unknown
-        _, newly_failed = self._store.record_batch_outcomes(batch, submitted, failed)
+        item_of = {item.job_id: item for item in message.items}
+        outcomes = [
+            item_outcome(batch, item_of[job_id], message.chunk, slurm_job_id=slurm_id)
+            for job_id, slurm_id in submitted
+        ] + [item_outcome(batch, item_of[job_id], message.chunk, reason=reason)
+             for job_id, reason in failed]  # fmt: skip
+        _, newly_failed = self._store.record_batch_outcomes(batch, outcomes)
         for job_id in newly_failed:
             self._announce.job(job_id, JobState.SUBMITTING)
         self._finish_batch(message.request_id)
@@ -849,8 +873,8 @@ class DeadLetterService:
         reason = "retries exhausted" + (
             f"; last error: {last.code}: {last.message}" if last else ""
         )
-        failed = [(item.job_id, reason) for item in message.items]
-        _, newly_failed = self._store.record_batch_outcomes(batch, [], failed)
+        failed = [item_outcome(batch, item, message.chunk, reason=reason) for item in message.items]
+        _, newly_failed = self._store.record_batch_outcomes(batch, failed)
         for job_id in newly_failed:
             self._announce.job(job_id, JobState.SUBMITTING)
         finish_batch(self._store, self._announce, message.request_id)

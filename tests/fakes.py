@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse
+from broker.batches import batch_id_of, unrecorded_item
 from broker.errors import BackpressureError, ClusterNotFoundError, ConflictError, NotFoundError
 from broker.events import Event
 from broker.jobs import JobRecord, JobState
@@ -119,11 +120,55 @@ class InMemoryStore:
         for key in (("CLUSTER", job.cluster), ("OWNER", job.owner)):
             self.counters[key] = self.counters.get(key, 0) - 1
 
+    def create_batch(self, request: RequestRecord, limits: Limits | None = None) -> None:
+        if request.request_id in self.records:
+            raise ConflictError(f"request {request.request_id} exists already")
+        count = request.items or 0
+        cluster, owner = ("CLUSTER", request.cluster), ("OWNER", request.owner)
+        if limits is not None and (
+            self.counters.get(cluster, 0) + count > limits.cluster_backlog
+            or self.counters.get(owner, 0) + count > limits.owner_inflight
+        ):
+            raise BackpressureError("backlog full", retry_after=limits.retry_after_seconds)
+        self.counters[cluster] = self.counters.get(cluster, 0) + count
+        self.counters[owner] = self.counters.get(owner, 0) + count
+        self.records[request.request_id] = request
+        self.writes += 1
+
+    def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        return {j: self.jobs[j] for j in job_ids if j in self.jobs}
+
+    def record_batch_outcomes(
+        self, batch: RequestRecord, outcomes: list[JobRecord]
+    ) -> tuple[list[str], list[str]]:
+        done: tuple[list[str], list[str]] = ([], [])
+        for job in outcomes:
+            current = self.jobs.get(job.job_id)
+            if current is not None and current.state is not JobState.SUBMITTING:
+                continue
+            self.jobs[job.job_id] = job
+            self.writes += 1
+            self._count_out(job)
+            outcome = "SUBMITTED" if job.slurm_job_id is not None else "FAILED"
+            self._count_in_batch(batch.request_id, outcome)
+            if job.slurm_job_id is not None:
+                self.aliases[(job.cluster, job.slurm_job_id)] = job.job_id
+            done[0 if job.slurm_job_id is not None else 1].append(job.job_id)
+        return done
+
+    def _count_in_batch(self, batch_id: str, outcome: str) -> None:
+        batch = self.records[batch_id]
+        counts = {**batch.counts, outcome: batch.counts.get(outcome, 0) + 1}
+        self.records[batch_id] = batch.model_copy(update={"counts": counts})
+
     def get_job(self, job_id: str) -> JobRecord:
-        try:
+        if job_id in self.jobs:
             return self.jobs[job_id]
-        except KeyError:
-            raise NotFoundError(f"no job {job_id}") from None
+        batch = self.records.get(batch_id_of(job_id) or "")
+        job = None if batch is None else unrecorded_item(batch, job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id}")
+        return job
 
     def find_job(self, cluster: str, ref: str) -> JobRecord:
         if ref.startswith("r"):
@@ -167,7 +212,7 @@ class InMemoryStore:
         return kept, token
 
     def _update_job(self, job_id: str, expect: JobState, **changes: Any) -> JobRecord | None:
-        current = self.get_job(job_id)
+        current = self.get_job(job_id)  # a batch item without a record gets its first here
         if current.state is not expect:
             return None
         updated = current.model_copy(update={**changes, "updated_at": utcnow()})
@@ -180,7 +225,9 @@ class InMemoryStore:
 
     def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
         self.started_chunks.add((batch_id, chunk))
-        return {j for j in job_ids if j in self.jobs and self.jobs[j].state is JobState.SUBMITTING}
+        return {
+            j for j in job_ids if j not in self.jobs or self.jobs[j].state is JobState.SUBMITTING
+        }
 
     def cancel_unsubmitted(self, job_id: str) -> bool:
         job = self.get_job(job_id)
@@ -200,10 +247,13 @@ class InMemoryStore:
         return moved
 
     def _leave(self, job_id: str, **changes: Any) -> bool:
-        """Out of SUBMITTING and out of the backlog counters, together."""
+        """Out of SUBMITTING and out of the backlog counters (and into its batch's counts)."""
         moved = self._update_job(job_id, JobState.SUBMITTING, **changes)
         if moved is not None:
             self._count_out(moved)
+            if moved.batch_id is not None and moved.batch_id in self.records:
+                outcome = {JobState.PENDING: "SUBMITTED", JobState.CANCELLED: "CANCELLED"}
+                self._count_in_batch(moved.batch_id, outcome.get(moved.state, "FAILED"))
         return moved is not None
 
     def record_submit_failed(self, job_id: str, reason: str) -> bool:

@@ -19,7 +19,6 @@ import base64
 import json
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,12 +27,11 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import error_code, translate
+from broker.batches import batch_id_of, unrecorded_item
 from broker.errors import (
     BackpressureError,
-    BrokerError,
     ConflictError,
     NotFoundError,
-    TransientError,
     ValidationError,
 )
 from broker.jobs import JobRecord, JobState
@@ -307,25 +305,19 @@ class DynamoStore:
         except BotoCoreError as exc:
             raise translate(exc, "write submission") from exc
 
-    def create_batch(
-        self, request: RequestRecord, jobs: list[JobRecord], limits: Limits | None = None
-    ) -> None:
-        """Write a batch request and its jobs.
-
-        One transaction writes the request and reserves the jobs in the backlog counters (so
-        the limits hold exactly); the jobs follow in BatchWriteItem calls of 25, in parallel.
-        If they cannot all be written, the batch is recorded FAILED and the reservation is
-        given back, so nothing is left half accepted.
+    def create_batch(self, request: RequestRecord, limits: Limits | None = None) -> None:
+        """Write a batch request and reserve its items in the backlog counters, in one
+        transaction (so the limits hold exactly). Its items get their records with their
+        outcomes (``record_batch_outcomes``, ``cancel_unsubmitted``), not here.
         """
-        count = len(jobs)
-        cluster, owner = request.cluster, request.owner
+        count = request.items or 0
         items: list[dict[str, Any]] = [
             {"Put": {"TableName": self._table, "Item": request_item(request),
                      "ConditionExpression": "attribute_not_exists(pk)"}},
         ]  # fmt: skip
         if limits is not None:
-            items.append(self._count("CLUSTER", cluster, count, limits.cluster_backlog))
-            items.append(self._count("OWNER", owner, count, limits.owner_inflight))
+            items.append(self._count("CLUSTER", request.cluster, count, limits.cluster_backlog))
+            items.append(self._count("OWNER", request.owner, count, limits.owner_inflight))
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
@@ -342,37 +334,6 @@ class DynamoStore:
             raise translate(exc, "write batch") from exc
         except BotoCoreError as exc:
             raise translate(exc, "write batch") from exc
-        try:
-            self._batch_write([job_item(job) for job in jobs])
-        except BrokerError:
-            self._ddb.transact_write_items(
-                TransactItems=[
-                    self._count("CLUSTER", cluster, -count, None),
-                    self._count("OWNER", owner, -count, None),
-                ]
-            )
-            raise
-
-    def _batch_write(self, items: list[dict[str, Any]]) -> None:
-        """Put items 25 per BatchWriteItem call, 8 calls at a time, retrying unprocessed ones."""
-        chunks = [items[i : i + 25] for i in range(0, len(items), 25)]
-
-        def write(chunk: list[dict[str, Any]]) -> None:
-            pending = [{"PutRequest": {"Item": item}} for item in chunk]
-            for attempt in range(8):
-                try:
-                    answer = self._ddb.batch_write_item(RequestItems={self._table: pending})
-                except (ClientError, BotoCoreError) as exc:
-                    raise translate(exc, "write jobs") from exc
-                pending = answer.get("UnprocessedItems", {}).get(self._table, [])
-                if not pending:
-                    return
-                time.sleep(min(2.0, 0.05 * 2**attempt))
-            raise TransientError(f"{len(pending)} job records were not written", code="THROTTLED")
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for future in [pool.submit(write, chunk) for chunk in chunks]:
-                future.result()
 
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """Read jobs by id (BatchGetItem, 100 per call, strongly consistent)."""
@@ -409,12 +370,13 @@ class DynamoStore:
         return items
 
     def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
-        """One marker item for the chunk, then its jobs read back (strongly consistent).
+        """One marker item for the chunk, then its jobs' records read back (strongly consistent).
 
-        Replaces a conditional update per job (``start_submissions``): a cancel of a queued
-        batch job is a transaction that checks this marker is absent, so once it is written no
-        job of the chunk can be cancelled as unsubmitted, and one written before it shows in
-        the read.
+        A cancel of a queued batch job is a transaction that checks this marker is absent, so
+        once it is written no job of the chunk can be cancelled as unsubmitted, and one written
+        before it shows in the read. The jobs to submit are those without a record (the usual
+        case: items get their record with their outcome) or still SUBMITTING (a batch accepted
+        when items were recorded at accept).
         """
         expires = int((utcnow() + RETENTION).timestamp())
         item = {**chunk_key(batch_id, chunk), "expires_at": {"N": str(expires)}}
@@ -423,7 +385,11 @@ class DynamoStore:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "start chunk") from exc
         states = self._job_states(job_ids)
-        return {job_id for job_id, state in states.items() if state is JobState.SUBMITTING}
+        return {
+            job_id
+            for job_id in job_ids
+            if states.get(job_id, JobState.SUBMITTING) is JobState.SUBMITTING
+        }
 
     def start_submissions(self, job_ids: list[str]) -> set[str]:
         """Mark SUBMITTING jobs as being submitted; return those that were (others moved on).
@@ -467,68 +433,55 @@ class DynamoStore:
         )
 
     def record_batch_outcomes(
-        self,
-        batch: RequestRecord,
-        submitted: list[tuple[str, str]],
-        failed: list[tuple[str, str]],
+        self, batch: RequestRecord, outcomes: list[JobRecord]
     ) -> tuple[list[str], list[str]]:
-        """Record many jobs of one batch leaving SUBMITTING, 25 per transaction.
+        """Write the records of batch jobs leaving SUBMITTING, 25 jobs per transaction.
 
-        Each transaction moves its jobs, writes their aliases, counts them out of the backlog
-        counters and into the batch's outcome counts, all or nothing; a chunk where some job
-        already moved (an earlier delivery) is redone job by job. Returns the job ids of the
-        moves this call made (submitted, failed).
+        Each job's record is put whole, on condition that it has none yet or is still
+        SUBMITTING; each transaction also writes the aliases of the submitted jobs, counts the
+        jobs out of the backlog counters and into the batch's outcome counts, all or nothing.
+        A transaction where some job already moved (an earlier delivery, a cancel) is redone
+        without it. Returns the job ids of the moves this call made (submitted, failed).
         """
         done_ok: list[str] = []
         done_failed: list[str] = []
-        outcomes = [(j, s, "SUBMITTED") for j, s in submitted] + [
-            (j, r, "FAILED") for j, r in failed
-        ]
         for start in range(0, len(outcomes), 25):
             chunk = outcomes[start : start + 25]
             while chunk:
-                now = utcnow().isoformat()
                 items: list[dict[str, Any]] = []
                 owner_of: list[int] = []  # transaction item index -> chunk index
                 counts: dict[str, int] = {}
-                for position, (job_id, value, outcome) in enumerate(chunk):
-                    moves = self._leave_items(batch, job_id, value, outcome, now)
+                for position, job in enumerate(chunk):
+                    moves = self._outcome_items(batch, job)
                     items.extend(moves)
                     owner_of.extend([position] * len(moves))
+                    outcome = _outcome_of(job)
                     counts[outcome] = counts.get(outcome, 0) + 1
                 items += self._count_items(batch, -len(chunk), counts)
                 refused = self._transact(items, "record batch outcomes")
                 if not refused:
-                    for job_id, _, outcome in chunk:
-                        (done_ok if outcome == "SUBMITTED" else done_failed).append(job_id)
+                    for job in chunk:
+                        submitted = job.slurm_job_id is not None
+                        (done_ok if submitted else done_failed).append(job.job_id)
                     break
-                # Jobs an earlier delivery already moved: send the chunk again without them.
+                # Jobs another writer already moved: send the chunk again without them.
                 gone = {owner_of[i] for i in refused if i < len(owner_of)}
-                chunk = [c for position, c in enumerate(chunk) if position not in gone]
+                chunk = [job for position, job in enumerate(chunk) if position not in gone]
         return done_ok, done_failed
 
-    def _leave_items(
-        self, batch: RequestRecord, job_id: str, value: str, outcome: str, now: str
-    ) -> list[dict[str, Any]]:
-        """Transaction items moving one batch job out of SUBMITTING (no counters)."""
-        if outcome == "SUBMITTED":
-            sets: dict[str, Any] = {"state": JobState.PENDING.value, "slurm_job_id": value}
-        else:
-            sets = {
-                "state": JobState.SUBMIT_FAILED.value,
-                "reason": value[:1000],
-                "notify_pending": JobState.SUBMIT_FAILED.value,
-            }
-        spec = self._update_spec(
-            job_key(job_id),
-            sets={**sets, "updated_at": now},
-            condition="#state = :c0",
-            condition_values={":c0": JobState.SUBMITTING.value},
-        )
-        items: list[dict[str, Any]] = [{"Update": spec}]
-        if outcome == "SUBMITTED":
+    def _outcome_items(self, batch: RequestRecord, job: JobRecord) -> list[dict[str, Any]]:
+        """Transaction items writing one batch job's outcome record (no counters)."""
+        put = {
+            "TableName": self._table,
+            "Item": job_item(job),
+            "ConditionExpression": "attribute_not_exists(pk) OR #state = :c0",
+            "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": {":c0": {"S": JobState.SUBMITTING.value}},
+        }
+        items: list[dict[str, Any]] = [{"Put": put}]
+        if job.slurm_job_id is not None:
             expires = int(batch.created_at.timestamp() + RETENTION.total_seconds())
-            alias = {**alias_key(batch.cluster, value), "job_id": {"S": job_id},
+            alias = {**alias_key(batch.cluster, job.slurm_job_id), "job_id": {"S": job.job_id},
                      "expires_at": {"N": str(expires)}}  # fmt: skip
             items.append({"Put": {"TableName": self._table, "Item": alias}})
         return items
@@ -575,8 +528,25 @@ class DynamoStore:
         return {"Update": update}
 
     def get_job(self, job_id: str) -> JobRecord:
-        """Read a job by its broker id."""
-        return job_of(self._get(job_key(job_id), f"job {job_id}"))
+        """Read a job by its broker id (a batch item without a record: from its batch)."""
+        return self._read_job(job_id)[0]
+
+    def _read_job(self, job_id: str) -> tuple[JobRecord, bool]:
+        """The job, and whether it has a record of its own (False: read from its batch)."""
+        try:
+            return job_of(self._get(job_key(job_id), f"job {job_id}")), True
+        except NotFoundError:
+            batch_id = batch_id_of(job_id)
+            if batch_id is None:
+                raise
+            try:
+                batch = self.get(batch_id)
+            except NotFoundError:
+                raise NotFoundError(f"no job {job_id}") from None
+            job = unrecorded_item(batch, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id}") from None
+            return job, False
 
     def find_job(self, cluster: str, ref: str) -> JobRecord:
         """Read a job by broker id, or by Slurm id (``123``, or ``123_4`` -> its array)."""
@@ -699,15 +669,22 @@ class DynamoStore:
         False when the job is no longer SUBMITTING (another writer moved it first): the
         counters then stay as that writer left them, so each job is counted out exactly once.
         """
-        job = self.get_job(job_id)
-        spec = self._update_spec(
-            job_key(job_id),
-            sets={**sets, "updated_at": utcnow().isoformat()},
-            condition=condition,
-            condition_values={":c0": JobState.SUBMITTING.value, **condition_values},
-        )
+        job, recorded = self._read_job(job_id)
+        now = utcnow().isoformat()
+        if recorded:
+            spec = self._update_spec(
+                job_key(job_id),
+                sets={**sets, "updated_at": now},
+                condition=condition,
+                condition_values={":c0": JobState.SUBMITTING.value, **condition_values},
+            )
+            move: dict[str, Any] = {"Update": spec}
+        else:  # a batch item without a record: its first record, unless another writer's
+            moved = JobRecord.model_validate({**dump(job), **sets, "updated_at": now})
+            move = {"Put": {"TableName": self._table, "Item": job_item(moved),
+                            "ConditionExpression": "attribute_not_exists(pk)"}}  # fmt: skip
         items: list[dict[str, Any]] = [
-            {"Update": spec},
+            move,
             self._count("CLUSTER", job.cluster, -1, None),
             self._count("OWNER", job.owner, -1, None),
         ]
@@ -916,6 +893,11 @@ class DynamoStore:
 def _counter_key(kind: str, name: str) -> dict[str, Any]:
     """Key of a backlog counter: submissions not yet in Slurm, per cluster or per owner."""
     return {"pk": {"S": f"COUNT#{kind}#{name}"}, "sk": {"S": "COUNT"}}
+
+
+def _outcome_of(job: JobRecord) -> str:
+    """The batch count a job leaving SUBMITTING goes into."""
+    return "SUBMITTED" if job.slurm_job_id is not None else "FAILED"
 
 
 def _failed_items(exc: ClientError) -> set[int]:

@@ -264,7 +264,8 @@ def get_request(
     summary="List your jobs",
     description="Your jobs on the cluster, newest first, from the broker's records (never a "
     "live scheduler call). Filters: state (repeatable), name, since/until (creation time). "
-    "Pages: pass next_token from the previous answer.",
+    "Pages: pass next_token from the previous answer. A batch's jobs are listed once they "
+    "have an outcome; until then its request's item pages show them (SUBMITTING).",
     tags=["jobs"],
     responses={
         HTTPStatus.OK: {

@@ -10,10 +10,21 @@ import pytest
 
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
+from broker.batches import item_id
 from broker.errors import BackpressureError, ConflictError, NotFoundError
 from broker.jobs import JobRecord, JobState
-from broker.models import ErrorInfo, JobResult, JobSpec, RequestRecord, new_request_id, utcnow
+from broker.models import (
+    BatchItem,
+    ErrorInfo,
+    JobResult,
+    JobSpec,
+    RequestRecord,
+    batch_ids,
+    new_request_id,
+    utcnow,
+)
 from broker.ports import Limits, Store
+from broker.service import item_outcome
 from broker.states import RequestState
 from tests.conftest import AwsResources
 from tests.fakes import InMemoryStore
@@ -309,3 +320,78 @@ def test_a_callers_in_flight_limit_is_separate_from_others(store: Store) -> None
     # AND a failed submission frees her slot
     assert store.record_submit_failed(job.job_id, "nope")
     store.create_submission(again, again_job, limits)
+
+
+def lazy_batch(size: int, chunk_starts: list[int], rejected: list[int]) -> RequestRecord:
+    """A batch accepted without item records (``broker.batches``), on its own cluster."""
+    return accepted().model_copy(
+        update={
+            "request_id": batch_ids(size)[0],
+            "kind": "job.batch",
+            "cluster": "lazy",
+            "spec": None,
+            "items": size - len(rejected),
+            "batch_size": size,
+            "chunk_starts": chunk_starts,
+            "rejected_items": rejected or None,
+        }
+    )
+
+
+def test_a_batch_item_without_a_record_reads_as_submitting_from_its_batch(store: Store) -> None:
+    # GIVEN a batch of 4 items in chunks starting at 0 and 2, item 1 rejected at accept
+    batch = lazy_batch(4, [0, 2], [1])
+    store.create_batch(batch)
+    # WHEN its items are read (none has a record of its own)
+    # THEN the accepted ones are SUBMITTING, in their chunk, the batch's owner's
+    first, last = (
+        store.get_job(item_id(batch.request_id, 0)),
+        store.get_job(item_id(batch.request_id, 3)),
+    )
+    assert (first.state, first.batch_chunk, first.owner) == (JobState.SUBMITTING, 0, batch.owner)
+    assert (last.batch_id, last.batch_index, last.batch_chunk) == (batch.request_id, 3, 1)
+    assert store.find_job("lazy", last.job_id) == last
+    # AND the rejected item, one past the end and the batch's own id are not jobs
+    for missing in (item_id(batch.request_id, 1), item_id(batch.request_id, 4), batch.request_id):
+        with pytest.raises(NotFoundError):
+            store.get_job(missing)
+    with pytest.raises(NotFoundError):
+        store.find_job("other", last.job_id)
+    # AND no record was written for any item
+    assert store.jobs_by_id([item_id(batch.request_id, i) for i in range(4)]) == {}
+
+
+def test_batch_outcomes_are_recorded_once_and_never_over_a_cancel(store: Store) -> None:
+    # GIVEN a batch of 3 items within limits (chunk 0: items 0 and 1; chunk 1: item 2)
+    limits = Limits(cluster_backlog=10, owner_inflight=10)
+    batch = lazy_batch(3, [0, 2], [])
+    store.create_batch(batch, limits)
+    assert store.backlog("CLUSTER", "lazy") == 3
+    ids = [item_id(batch.request_id, i) for i in range(3)]
+    items = [
+        BatchItem(index=i, job_id=ids[i], spec=JobSpec(script="#!/bin/sh\ntrue\n"))
+        for i in range(3)
+    ]
+    # AND item 2 cancelled while queued (its first record), then chunk 0 started
+    assert store.cancel_unsubmitted(ids[2])
+    assert store.start_chunk(batch.request_id, 0, ids[:2]) == set(ids[:2])
+    assert not store.cancel_unsubmitted(ids[1])
+    # WHEN item 0 reached Slurm as 7 and item 1 failed, and the outcomes are recorded twice,
+    # and a late outcome for the cancelled item 2 arrives
+    outcomes = [
+        item_outcome(batch, items[0], 0, slurm_job_id="7"),
+        item_outcome(batch, items[1], 0, reason="sbatch: invalid partition"),
+    ]
+    assert store.record_batch_outcomes(batch, outcomes) == ([ids[0]], [ids[1]])
+    assert store.record_batch_outcomes(batch, outcomes) == ([], [])
+    assert store.record_batch_outcomes(
+        batch, [item_outcome(batch, items[2], 1, slurm_job_id="8")]
+    ) == ([], [])
+    # THEN each item has one record, in its outcome, counted once in and out
+    assert store.find_job("lazy", "7").job_id == ids[0]
+    assert store.get_job(ids[1]).state is JobState.SUBMIT_FAILED
+    assert store.get_job(ids[2]).state is JobState.CANCELLED
+    assert store.get(batch.request_id).counts == {"SUBMITTED": 1, "FAILED": 1, "CANCELLED": 1}
+    assert store.backlog("CLUSTER", "lazy") == 0
+    # AND a chunk started again (a redelivery) has nothing left to submit
+    assert store.start_chunk(batch.request_id, 0, ids[:2]) == set()
