@@ -6,6 +6,7 @@ They depend on ports only (``broker.ports``) and raise broker errors (``broker.e
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
@@ -491,6 +492,33 @@ class RequestService:
 
 Outcome = Literal["succeeded", "failed", "skipped", "cancelled"]
 RunnerFor = Callable[[Literal["ssm", "local"]], CommandRunner]
+#: Errors that end a request for good (recorded FAILED): retrying cannot fix them.
+_PERMANENT = (PermanentError, ClusterNotFoundError, NotFoundError, ConflictError)
+#: An agent call's answers by broker job id: (submitted with Slurm id, rejected with reason,
+#: to retry).
+_Answers = tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]
+
+
+@dataclass
+class _OpenChunk:
+    """A batch chunk started by a worker: its agent jobs, and items already settled."""
+
+    message: JobBatchMessage
+    batch: RequestRecord
+    jobs: list[AgentJob]
+    failed: list[tuple[str, str]]
+    retry: list[str]
+
+
+def _answers_for(message: JobBatchMessage, answers: _Answers) -> _Answers:
+    """The answers about one chunk's items, out of a call that carried several chunks."""
+    mine = {item.job_id for item in message.items}
+    submitted, rejected, retry = answers
+    return (
+        [a for a in submitted if a[0] in mine],
+        [a for a in rejected if a[0] in mine],
+        [job_id for job_id in retry if job_id in mine],
+    )
 
 
 class Dispatcher:
@@ -542,14 +570,55 @@ class Dispatcher:
             if isinstance(message, JobBatchMessage):
                 return self._batch(message)
             return self._output(message)
-        except TransientError as exc:
-            self._store.record_retry(request_id, _info(exc))
-            raise
-        except (PermanentError, ClusterNotFoundError, NotFoundError, ConflictError) as exc:
-            if isinstance(message, JobSubmitMessage):
-                self._fail_job(message.request_id, exc.message)
-            self._finish(request_id, failure=_info(exc))
-            return "failed"
+        except (TransientError, *_PERMANENT) as exc:
+            end = self._settle(message, exc)
+            if isinstance(end, TransientError):
+                raise
+            return end
+
+    def _settle(self, message: QueueMessage, exc: BrokerError) -> Outcome | TransientError:
+        """Record how a message ends on an error: a transient one is kept as the request's last
+        error (and returned, for its record to fail); a permanent one fails the request."""
+        if isinstance(exc, TransientError):
+            self._store.record_retry(message.request_id, _info(exc))
+            return exc
+        if isinstance(message, JobSubmitMessage):
+            self._fail_job(message.request_id, exc.message)
+        self._finish(message.request_id, failure=_info(exc))
+        return "failed"
+
+    def handle_chunks(self, messages: list[JobBatchMessage]) -> list[Outcome | TransientError]:
+        """Batch chunks drained together for one cluster: all their jobs in one agent call.
+
+        Each message ends as ``handle`` would end it alone (its items' records, its batch's
+        counts, its request's error), with its outcome or the TransientError its record must
+        fail with. A failure of the shared agent call ends every chunk that was in it.
+        """
+        ends: list[Outcome | TransientError] = ["skipped"] * len(messages)
+        opened: dict[int, _OpenChunk] = {}
+        for position, message in enumerate(messages):
+            if self._store.mark_dispatched(message.request_id) is None:
+                continue  # the batch is already final
+            try:
+                opened[position] = self._open_chunk(message)
+            except (TransientError, *_PERMANENT) as exc:
+                ends[position] = self._settle(message, exc)
+        jobs = [job for chunk in opened.values() for job in chunk.jobs]
+        answers: _Answers = ([], [], [])
+        if jobs:
+            lookback = max(lookback_seconds(c.batch.created_at) for c in opened.values())
+            try:
+                answers = self._submit_chunk(messages[0].cluster, jobs, lookback)
+            except (TransientError, *_PERMANENT) as exc:
+                for position in opened:
+                    ends[position] = self._settle(messages[position], exc)
+                return ends
+        for position, chunk in opened.items():
+            try:
+                ends[position] = self._close_chunk(chunk, _answers_for(chunk.message, answers))
+            except (TransientError, *_PERMANENT) as exc:
+                ends[position] = self._settle(messages[position], exc)
+        return ends
 
     # -- submit ----------------------------------------------------------------------------
 
@@ -637,10 +706,19 @@ class Dispatcher:
         """One chunk of a batch: one agent call submits all of its jobs still to submit.
 
         Items an earlier delivery already recorded, or cancelled while queued, are skipped
-        (``start_submissions`` only starts jobs still SUBMITTING); the agent de-duplicates by
-        token whatever reached Slurm without being recorded. A permanent error fails just its
-        item; a transient one leaves its items to the redelivery of the message.
+        (``start_chunk`` returns only jobs still to submit); the agent de-duplicates by token
+        whatever reached Slurm without being recorded. A permanent error fails just its item;
+        a transient one leaves its items to the redelivery of the message.
         """
+        chunk = self._open_chunk(message)
+        answers: _Answers = ([], [], [])
+        if chunk.jobs:
+            lookback = lookback_seconds(chunk.batch.created_at)
+            answers = self._submit_chunk(message.cluster, chunk.jobs, lookback)
+        return self._close_chunk(chunk, answers)
+
+    def _open_chunk(self, message: JobBatchMessage) -> _OpenChunk:
+        """Start a chunk: its batch, and the agent jobs of its items still to submit."""
         batch = self._store.get(message.request_id)
         job_ids = [item.job_id for item in message.items]
         if message.chunk is None:  # a message queued before chunks were numbered
@@ -648,22 +726,24 @@ class Dispatcher:
         else:
             started = self._store.start_chunk(message.request_id, message.chunk, job_ids)
         jobs, failed, retry = self._prepare(message, started)
-        submitted: list[tuple[str, str]] = []
-        if jobs:
-            lookback = lookback_seconds(batch.created_at)
-            submitted, rejected, unknown = self._submit_chunk(message.cluster, jobs, lookback)
-            failed += rejected
-            retry += unknown
+        return _OpenChunk(message, batch, jobs, failed, retry)
+
+    def _close_chunk(self, chunk: _OpenChunk, answers: _Answers) -> Outcome:
+        """Record a chunk's outcomes and end its batch if complete; TransientError if some of
+        its items must be retried (the message comes back for them)."""
+        submitted, rejected, unknown = answers
+        message, batch = chunk.message, chunk.batch
         item_of = {item.job_id: item for item in message.items}
         outcomes = [
             item_outcome(batch, item_of[job_id], message.chunk, slurm_job_id=slurm_id)
             for job_id, slurm_id in submitted
         ] + [item_outcome(batch, item_of[job_id], message.chunk, reason=reason)
-             for job_id, reason in failed]  # fmt: skip
+             for job_id, reason in chunk.failed + rejected]  # fmt: skip
         _, newly_failed = self._store.record_batch_outcomes(batch, outcomes)
         for job_id in newly_failed:
             self._announce.job(job_id, JobState.SUBMITTING)
         self._finish_batch(message.request_id)
+        retry = chunk.retry + unknown
         if retry:
             raise TransientError(
                 f"{len(retry)} items of this chunk must be retried", code="BATCH_ITEMS_RETRY"
@@ -698,9 +778,7 @@ class Dispatcher:
             jobs.append(AgentJob.of(slurm_token(item.job_id), spec, dependency))
         return jobs, failed, retry
 
-    def _submit_chunk(
-        self, cluster: str, jobs: list[AgentJob], lookback: int
-    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+    def _submit_chunk(self, cluster: str, jobs: list[AgentJob], lookback: int) -> _Answers:
         """One agent call for all ``jobs``: (submitted, rejected, to retry) job ids."""
         target = self._clusters.resolve(cluster)
         request = AgentRequest(op="submit", jobs=jobs, concurrency=self._concurrency,

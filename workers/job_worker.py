@@ -5,6 +5,9 @@ recorded on the request (FAILED) and the record is acknowledged; transient error
 message's visibility (exponential back-off) and fail the record, so SQS delivers it again, and
 after MaxReceiveCount moves it to the DLQ, where the DLQ worker marks the request FAILED.
 Nothing is silently dropped.
+
+Batch chunks drained together for one cluster share one head-node command
+(``submit_chunks_together``); each message still ends on its own (its record fails or not).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from broker.models import QUEUE_MESSAGE, AnyMessage
+from broker.errors import TransientError
+from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage
 from broker.observability import logger, metrics, tracer
+from broker.service import Outcome
 from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
 from workers.retrying import run_with_backoff
@@ -33,9 +38,16 @@ from workers.retrying import run_with_backoff
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
+#: Per message id, how a message of a grouped submission ended.
+Ends = dict[str, "Outcome | TransientError"]
+#: Jobs per head-node command when chunks are grouped: about 10-20 s of sbatch at the agent's
+#: pace (3-7 ms a job), well inside the runner's timeout (HPCB_AGENT_TIMEOUT_SECONDS, 120 s).
+MAX_GROUPED_JOBS = 3000
+
+
 @tracer.capture_method
-def record_handler(record: SQSRecord) -> None:
-    """Dispatch one queued submission (raises to mark the record failed)."""
+def record_handler(record: SQSRecord, ends: Ends | None = None) -> None:
+    """Dispatch one queued request (raises to mark the record failed)."""
     try:
         message = QUEUE_MESSAGE.validate_json(record.body)
     except ValidationError:
@@ -44,26 +56,72 @@ def record_handler(record: SQSRecord) -> None:
         raise
     logger.append_keys(request_id=message.request_id, cluster=message.cluster)
     try:
-        _dispatch(record, message)
+        _dispatch(record, message, ends if ends is not None else {})
     finally:
         # Keys persist across records and invocations; keep each record's logs its own.
         logger.remove_keys(["request_id", "cluster"])
 
 
-def _dispatch(record: SQSRecord, message: AnyMessage) -> None:
+def _dispatch(record: SQSRecord, message: AnyMessage, ends: Ends) -> None:
     settings = job_worker_settings()
     backoff = (settings.retry_base_seconds, settings.retry_max_seconds)
-    run_with_backoff(record, message.kind, lambda: dispatcher().handle(message), request_queue,
-                     backoff)  # fmt: skip
+    end = ends.pop(record.message_id, None)
+    handle = (lambda: dispatcher().handle(message)) if end is None else (lambda: _replay(end))
+    run_with_backoff(record, message.kind, handle, request_queue, backoff)
+
+
+def _replay(end: Outcome | TransientError) -> Outcome:
+    """The end a message already had in a grouped submission (raised again if an error)."""
+    if isinstance(end, TransientError):
+        raise end
+    return end
+
+
+def submit_chunks_together(records: list[dict[str, Any]]) -> Ends:
+    """Submit the batch chunks of this SQS batch per cluster, several chunks per head-node
+    command (at most MAX_GROUPED_JOBS jobs each); message id -> how each message ended.
+
+    Messages not grouped (another kind, or alone for their cluster) are left to the record
+    handler. Should grouping itself fail unexpectedly, every message is handled on its own
+    (each step is idempotent, so nothing is submitted twice).
+    """
+    groups: dict[str, list[list[tuple[str, JobBatchMessage]]]] = {}
+    for raw in records:
+        try:
+            message = QUEUE_MESSAGE.validate_json(raw.get("body", ""))
+        except ValidationError:
+            continue  # the record handler fails it and it goes to the DLQ
+        if not isinstance(message, JobBatchMessage) or message.chunk is None:
+            continue
+        runs = groups.setdefault(message.cluster, [[]])
+        if sum(len(m.items) for _, m in runs[-1]) + len(message.items) > MAX_GROUPED_JOBS:
+            runs.append([])
+        runs[-1].append((raw["messageId"], message))
+    ends: Ends = {}
+    for runs in groups.values():
+        for run in (run for run in runs if len(run) > 1):
+            jobs = sum(len(m.items) for _, m in run)
+            logger.info("submitting chunks together", extra={"chunks": len(run), "jobs": jobs})
+            try:
+                answers = dispatcher().handle_chunks([message for _, message in run])
+            except Exception:
+                logger.exception("grouped submission failed; handling its messages one by one")
+                continue
+            ends.update(zip([message_id for message_id, _ in run], answers, strict=True))
+    return ends
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    """Process an SQS batch, reporting partial failures."""
+    """Process an SQS batch, reporting partial failures (batch chunks grouped per cluster)."""
+    ends = submit_chunks_together(event.get("Records", []))
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
+        event=event,
+        record_handler=lambda record: record_handler(record, ends),
+        processor=processor,
+        context=context,
     )
 
 

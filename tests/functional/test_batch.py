@@ -25,11 +25,12 @@ from broker.local.pollers import build_sqs_event
 from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage
 from broker.ports import ClusterTarget, Limits
 from broker.service import DeadLetterService, Dispatcher, RequestService
+from broker.settings import job_worker_settings
 from broker.states import RequestState
 from broker.sweep import Announcer
 from tests.conftest import AwsResources
-from tests.fakes import FakeDirectory, RecordingNotifier
-from workers import dlq_worker
+from tests.fakes import FakeDirectory, FakeQueue, RecordingNotifier
+from workers import dlq_worker, job_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 SCRIPT = "#!/bin/bash\ntrue\n"
@@ -42,14 +43,16 @@ class FakeSlurm:
         self.tokens: dict[str, str] = {}
         self.calls: list[AgentRequest] = []
         self.reject: set[int] = set()
+        self.unsure: set[int] = set()
 
     def run(self, target: ClusterTarget, request: AgentRequest) -> AgentResponse:
         self.calls.append(request)
         results = []
         for job in request.jobs:
             index = int(job.token[-6:], 16)
-            if index in self.reject:
-                error = AgentErrorInfo(code="SCHEDULER_REJECTED", message="nope", transient=False)
+            if index in self.reject | self.unsure:
+                error = AgentErrorInfo(code="SCHEDULER_REJECTED", message="nope",
+                                       transient=index in self.unsure)  # fmt: skip
                 results.append(AgentJobResult(token=job.token, error=error))
                 continue
             reused = job.token in self.tokens
@@ -182,6 +185,58 @@ def test_the_worker_submits_each_chunk_in_one_agent_call_and_counts_exactly(
     failed = world.store.get_job(f"{accepted['job_id_prefix']}{7:06x}")
     assert failed.state is JobState.SUBMIT_FAILED
     assert world.store.backlog("CLUSTER", "local") == 0
+
+
+def test_chunks_drained_together_share_one_agent_call_and_each_message_ends_on_its_own(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a batch of 5 chunks of 20 drained in one SQS batch; Slurm rejects item 7 for good
+    # and cannot say yet for item 45 (chunk 2)
+    monkeypatch.setattr(service_module, "CHUNK_ITEMS", 20)
+    accepted = world.post({"jobs": jobs(100)}).get_json()
+    world.slurm.reject, world.slurm.unsure = {7}, {45}
+    messages = world.drain()
+    event = build_sqs_event(
+        [{"MessageId": f"m-{i}", "ReceiptHandle": f"h-{i}", "Body": m.model_dump_json(),
+          "Attributes": {"ApproximateReceiveCount": "1"}} for i, m in enumerate(messages)],
+        queue_arn="arn:aws:sqs:us-east-1:123456789012:requests", region="us-east-1",
+    )  # fmt: skip
+    queue = FakeQueue()
+    monkeypatch.setenv("HPCB_TABLE_NAME", world.store._table)
+    monkeypatch.setenv("HPCB_TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:unused")
+    job_worker_settings.cache_clear()
+    monkeypatch.setattr(job_worker, "dispatcher", lambda: world.worker)
+    monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
+    # WHEN the job worker handles the SQS batch
+    answer = job_worker.lambda_handler(event, worker_context())
+    # THEN one agent call carried all 100 jobs
+    assert len(messages) == 5
+    assert [len(call.jobs) for call in world.slurm.calls] == [100]
+    # AND only chunk 2's message comes back (with back-off), for its one unsure item
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m-2"}]}
+    assert [delay[1] for delay in queue.delays] == ["h-2"]
+    batch = world.store.get(accepted["request_id"])
+    assert batch.counts == {"SUBMITTED": 98, "FAILED": 1}
+    assert world.store.get_job(f"{accepted['job_id_prefix']}{45:06x}").state is JobState.SUBMITTING
+    # WHEN chunk 2 comes back alone and Slurm now takes item 45
+    world.slurm.unsure = set()
+    answer = job_worker.lambda_handler(build_sqs_event(
+        [{"MessageId": "m-2", "ReceiptHandle": "h-2b", "Body": messages[2].model_dump_json(),
+          "Attributes": {"ApproximateReceiveCount": "2"}}],
+        queue_arn="arn:aws:sqs:us-east-1:123456789012:requests", region="us-east-1",
+    ), worker_context())  # fmt: skip
+    # THEN the batch ends with every item counted once, and nothing was submitted twice
+    assert answer == {"batchItemFailures": []}
+    assert [len(call.jobs) for call in world.slurm.calls] == [100, 1]
+    assert world.store.get(accepted["request_id"]).counts == {"SUBMITTED": 99, "FAILED": 1}
+    assert world.store.get(accepted["request_id"]).state is RequestState.SUCCEEDED
+    assert len(world.slurm.tokens) == 99
+
+
+def worker_context() -> LambdaContext:
+    return LambdaContext.for_invocation(function_name="JobWorkerFunction", timeout_s=150,
+                                        memory_mb=512, region="us-east-1",
+                                        account_id="123456789012")  # fmt: skip
 
 
 def test_a_chunk_redelivered_after_sbatch_but_before_the_records_makes_no_duplicate(
