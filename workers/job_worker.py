@@ -40,9 +40,11 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 
 #: Per message id, how a message of a grouped submission ended.
 Ends = dict[str, "Outcome | TransientError"]
-#: Jobs per head-node command when chunks are grouped: about 10-20 s of sbatch at the agent's
-#: pace (3-7 ms a job), well inside the runner's timeout (HPCB_AGENT_TIMEOUT_SECONDS, 120 s).
-MAX_GROUPED_JOBS = 3000
+#: Jobs per head-node command when chunks are grouped. Commands for one head node run one at a
+#: time (the agent's lock, which a command waits for at most 90 s), and the SQS mapping runs
+#: five invocations at once: four commands of 1,000 jobs at 3-13 ms a job (idle to a loaded
+#: slurmctld) fit in that wait. With 3,000, commands waited past it and came back as retries.
+MAX_GROUPED_JOBS = 1000
 
 
 @tracer.capture_method
