@@ -309,6 +309,11 @@ class RequestRecord(BaseModel):
     job_id: str | None = Field(default=None, description="Broker id of the job concerned.")
     query: OutputQueryBody | None = Field(default=None, description="For job.output.")
     notify_pending: str | None = Field(default=None, description="State awaiting its event.")
+    requeued_at: datetime | None = Field(
+        default=None,
+        description="When the sweep last sent the message again (it was still ACCEPTED; "
+        "see broker.requeue).",
+    )
     items: int | None = Field(default=None, description="job.batch: items accepted.")
     batch_size: int | None = Field(default=None, description="job.batch: items sent.")
     counts: dict[str, int] = Field(

@@ -79,6 +79,18 @@ class RequestStore(Protocol):
     def record_cancelled(self, request_id: str) -> bool:
         """Move to CANCELLED (its job was cancelled before submission). False if final."""
 
+    def claim_requeue(self, request_id: str, now: datetime, stale_before: datetime) -> bool:
+        """Claim the re-send of a request's lost message: set ``requeued_at`` to ``now``.
+
+        Conditional: only if the request is still ACCEPTED and was never re-sent, or last
+        re-sent before ``stale_before``. So however many sweeps overlap, at most one re-sends
+        in each period.
+
+        Returns:
+            True when this caller holds the claim (and should send); False otherwise
+            (dispatched, final, claimed by another sweep, or no such request).
+        """
+
 
 class JobStore(Protocol):
     """Durable job records with conditional, forward-only state changes.

@@ -83,6 +83,16 @@ class InMemoryStore:
             self.records[request_id] = current.model_copy(update={"error": error})
             self.writes += 1
 
+    def claim_requeue(self, request_id: str, now: datetime, stale_before: datetime) -> bool:
+        current = self.records.get(request_id)
+        if current is None or current.state is not RequestState.ACCEPTED:
+            return False
+        if current.requeued_at is not None and current.requeued_at >= stale_before:
+            return False
+        self.records[request_id] = current.model_copy(update={"requeued_at": now})
+        self.writes += 1
+        return True
+
     def clear_request_notification(self, request_id: str, state: str) -> bool:
         current = self.get(request_id)
         if current.notify_pending != state:

@@ -19,7 +19,7 @@ import base64
 import json
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -213,6 +213,26 @@ class DynamoStore:
             },
             what="record retry",
         )
+
+    def claim_requeue(self, request_id: str, now: datetime, stale_before: datetime) -> bool:
+        """Set ``requeued_at`` if the request is still ACCEPTED and not re-sent since
+        ``stale_before``; False when another sweep claimed it, or a worker took it meanwhile.
+
+        Why this condition: the attention index is read eventually consistently and sweeps may
+        overlap, so the sweep's own check proves nothing; this write is the one place where
+        "still waiting for its first delivery, and nobody re-sent it lately" is decided.
+        ``state = ACCEPTED`` also fails on a missing item (no ``state``), so nothing is created.
+        Both times are written in one fixed-width UTC form, so comparing strings compares times.
+        """
+        never_or_long_ago = "attribute_not_exists(requeued_at) OR requeued_at < :c1"
+        item = self._update(
+            request_key(request_id),
+            sets={"requeued_at": _instant(now)},
+            condition=f"#state = :c0 AND ({never_or_long_ago})",
+            condition_values={":c0": RequestState.ACCEPTED.value, ":c1": _instant(stale_before)},
+            what="claim request re-send",
+        )
+        return item is not None
 
     def clear_request_notification(self, request_id: str, state: str) -> bool:
         """The request's final event is published: it leaves the attention index."""
@@ -888,6 +908,11 @@ class DynamoStore:
             start = answer.get("LastEvaluatedKey")
             if not start:
                 return
+
+
+def _instant(moment: datetime) -> str:
+    """A time as fixed-width UTC ISO text (milliseconds), so string order is time order."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def _counter_key(kind: str, name: str) -> dict[str, Any]:

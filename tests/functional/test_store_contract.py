@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
@@ -124,6 +125,49 @@ def test_dispatching_an_unknown_request_is_not_found(store: Store) -> None:
     # GIVEN no record / WHEN a worker dispatches it / THEN not found (not a silent create)
     with pytest.raises(NotFoundError):
         store.mark_dispatched(new_request_id())
+
+
+#: The sweeper's re-send period in these tests.
+PERIOD = timedelta(seconds=600)
+
+
+def test_a_requeue_claim_holds_for_one_period(store: Store) -> None:
+    # GIVEN an accepted request never re-sent
+    record = accepted()
+    store.create(record)
+    now = utcnow()
+    # WHEN a sweep claims its re-send / THEN it holds the claim, and only requeued_at changed
+    assert store.claim_requeue(record.request_id, now, now - PERIOD)
+    assert store.get(record.request_id) == record.model_copy(update={"requeued_at": now})
+    # AND while the claim is fresh, no other sweep gets it
+    soon = now + timedelta(seconds=15)
+    assert not store.claim_requeue(record.request_id, soon, soon - PERIOD)
+    # AND one period later, a sweep gets it again
+    later = now + PERIOD + timedelta(seconds=1)
+    assert store.claim_requeue(record.request_id, later, later - PERIOD)
+    assert store.get(record.request_id).requeued_at == later
+
+
+@pytest.mark.parametrize("outcome", ["dispatched", "succeeded"])
+def test_a_requeue_claim_fails_once_a_worker_took_the_request(store: Store, outcome: str) -> None:
+    # GIVEN an accepted request, then taken by a worker (and, for one case, finished)
+    record = accepted()
+    store.create(record)
+    store.mark_dispatched(record.request_id)
+    if outcome == "succeeded":
+        store.record_success(record.request_id, JobResult(job_id="12", cluster="local"))
+    # WHEN a sweep, long after, tries to claim its re-send / THEN it fails, nothing written
+    later = utcnow() + 3 * PERIOD
+    assert not store.claim_requeue(record.request_id, later, later - PERIOD)
+    assert store.get(record.request_id).requeued_at is None
+
+
+def test_a_requeue_claim_on_an_unknown_request_creates_nothing(store: Store) -> None:
+    # GIVEN no record / WHEN a re-send is claimed / THEN it fails and no record appears
+    request_id, now = new_request_id(), utcnow()
+    assert not store.claim_requeue(request_id, now, now - PERIOD)
+    with pytest.raises(NotFoundError):
+        store.get(request_id)
 
 
 def submission(
