@@ -113,6 +113,22 @@ class SweeperSettings(JobWorkerSettings):
         description="How long one invocation keeps sweeping (0: a single sweep). EventBridge "
         "fires at most once a minute; sweeping every 15 s for 50 s lowers notification latency.",
     )
+    queue_url: str = Field(
+        description="URL of the requests queue (to send again the message of a request whose "
+        "message was lost)."
+    )
+    requeue_after_seconds: int = Field(
+        default=600,
+        ge=60,
+        description="A job.submit, job.cancel or job.output request still ACCEPTED, with no "
+        "delivery, this long after it was accepted has lost its queue message (the API died "
+        "between its write and its send): the sweep sends it again, at most once per this "
+        "period. Keep it above the longest healthy queue wait (a duplicate is harmless, but "
+        "wasted). Batches are not re-sent.",
+    )
+    requeue_max_per_sweep: int = Field(
+        default=100, ge=1, description="Most lost messages one sweep sends again."
+    )
 
 
 class ClusterWorkerSettings(CommonSettings):

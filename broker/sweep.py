@@ -10,6 +10,11 @@ The announcer publishes the event of a final transition once. Whoever wins the c
 transition announces at once; the record carries ``notify_pending`` until the publish is
 confirmed, so a crash between the two is repaired by the next sweep (which re-announces
 pending events older than ``REANNOUNCE_AFTER``).
+
+The sweep also repairs an accept whose queue message was lost (the API killed between its
+write and its send): a ``job.submit``, ``job.cancel`` or ``job.output`` still ACCEPTED, with no
+attempt, long after it was accepted, gets its message sent again, rebuilt from its record
+(``broker.requeue``). Batches are not re-sent: their items' specs live only in their messages.
 """
 
 from __future__ import annotations
@@ -25,15 +30,23 @@ from broker.agent.protocol import AgentRequest
 from broker.errors import BrokerError, NotFoundError
 from broker.events import JobEvent, RequestEvent
 from broker.jobs import JobRecord, JobState, observe
-from broker.models import utcnow
+from broker.models import RequestRecord, utcnow
 from broker.observability import logger
+from broker.requeue import due_for_requeue, message_of
 
 if TYPE_CHECKING:
     from broker.cluster_service import ClusterFollower
-    from broker.ports import ClusterDirectory, CommandRunner, JobStore, Notifier, Store
+    from broker.ports import ClusterDirectory, CommandRunner, Notifier, RequestQueue, Store
 
 #: A pending event younger than this is left to the writer that is publishing it right now.
 REANNOUNCE_AFTER = timedelta(seconds=60)
+#: A request ACCEPTED this long without a delivery has lost its message (the sweeper's setting
+#: ``requeue_after_seconds`` overrides it). Longer than any healthy queue wait, so a message
+#: merely waiting in a backlog is rarely sent twice (twice is harmless, only wasteful).
+REQUEUE_AFTER = timedelta(seconds=600)
+#: At most this many re-sends per sweep: after a long worker outage, every waiting request
+#: looks lost; the re-sends then spread over sweeps instead of overrunning the sweep's time.
+REQUEUE_LIMIT = 100
 
 
 class Announcer:
@@ -95,6 +108,7 @@ class SweepReport:
     clusters_followed: int = 0
     stack_reads: int = 0
     cluster_transitions: int = 0
+    requeued: int = 0
 
 
 class Sweeper:
@@ -102,23 +116,40 @@ class Sweeper:
 
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         clusters: ClusterDirectory,
         runner_for: Callable[[Literal["ssm", "local"]], CommandRunner],
         announcer: Announcer,
         now: Callable[[], datetime] = utcnow,
         *,
         follower: ClusterFollower | None = None,
+        queue: RequestQueue | None = None,
+        requeue_after: timedelta = REQUEUE_AFTER,
+        requeue_limit: int = REQUEUE_LIMIT,
     ) -> None:
+        """Build a sweeper.
+
+        Args:
+            store, clusters, runner_for, announcer, now, follower: what the sweep reads and
+                writes, and the clock.
+            queue: the requests queue, to re-send lost messages (None: nothing is re-sent).
+            requeue_after: how long a request may stay ACCEPTED before its message counts as
+                lost, and the least time between two re-sends of it.
+            requeue_limit: most re-sends per sweep.
+        """
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
         self._announce = announcer
         self._now = now
         self._follower = follower
+        self._queue = queue
+        self._requeue_after = requeue_after
+        self._requeue_limit = requeue_limit
 
     def sweep(self) -> SweepReport:
-        """Reconcile every active job with Slurm, and publish overdue events."""
+        """Reconcile every active job with Slurm, publish overdue events, re-send lost
+        messages."""
         report = SweepReport()
         jobs, requests = self._store.attention()
         stale = self._now() - REANNOUNCE_AFTER
@@ -145,7 +176,43 @@ class Sweeper:
             # Cluster operations (create/update/delete) accepted by ParallelCluster: one stack
             # read each, no head-node command.
             self._follower.follow(report)
+        # Last, so a burst of re-sends never delays the status work above.
+        self._requeue(requests, report)
         return report
+
+    def _requeue(self, requests: list[RequestRecord], report: SweepReport) -> None:
+        """Send again the message of each request accepted long ago that no worker took."""
+        if self._queue is None:
+            return
+        now = self._now()
+        stale = now - self._requeue_after
+        lost = [
+            (record, message)
+            for record in requests
+            if due_for_requeue(record, now, self._requeue_after)
+            # None for job.batch (not re-sent: its items' specs are only in its messages).
+            and (message := message_of(record)) is not None
+        ]
+        lost.sort(key=lambda pair: pair[0].created_at)
+        for record, message in lost[: self._requeue_limit]:
+            try:
+                if not self._store.claim_requeue(record.request_id, now, stale):
+                    continue  # another sweep re-sent it, or a worker took it since the read
+                self._queue.send(message)
+            except BrokerError as exc:
+                # A claim whose send failed stands: the next try is one period later, not at
+                # every sweep; and one failure does not stop the other re-sends.
+                logger.warning(
+                    "lost request message not sent again; retried later",
+                    extra={"request_id": record.request_id, "error": str(exc)},
+                )
+                continue
+            report.requeued += 1
+            accepted_at = record.created_at.isoformat()
+            logger.warning(
+                "request message was lost; sent again",
+                extra={"request_id": record.request_id, "kind": record.kind, "at": accepted_at},
+            )
 
     def _sweep_cluster(self, cluster: str, jobs: list[JobRecord], report: SweepReport) -> None:
         target = self._clusters.resolve(cluster)

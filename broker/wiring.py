@@ -5,6 +5,7 @@ Tests build services directly with their own fakes; Lambda handlers call these.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 from typing import Literal
 
@@ -208,6 +209,9 @@ def sweeper() -> Sweeper:
         follower=ClusterFollower(
             store, _stack_reader(settings), announcer, ClusterAnnouncer(store, notifier)
         ),
+        queue=SqsRequestQueue(client("sqs"), settings.queue_url),
+        requeue_after=timedelta(seconds=settings.requeue_after_seconds),
+        requeue_limit=settings.requeue_max_per_sweep,
     )
 
 

@@ -311,6 +311,12 @@ class FakeQueue:
             raise self.fail_with
         self.sent.append(message)
 
+    def send_many(self, messages: list[QueueMessage]) -> list[QueueMessage]:
+        if self.fail_with is not None:
+            return list(messages)
+        self.sent.extend(messages)
+        return []
+
     def delay_retry(self, event_source_arn: str, receipt_handle: str, seconds: int) -> None:
         self.delays.append((event_source_arn, receipt_handle, seconds))
 

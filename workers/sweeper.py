@@ -33,6 +33,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             name="SweepHeadNodeCommands", unit="Count", value=report.head_node_commands
         )
         metrics.add_metric(name="SweepTransitions", unit="Count", value=report.transitions)
+        metrics.add_metric(name="SweepRequeued", unit="Count", value=report.requeued)
         if report.errors:
             logger.warning("sweep errors", extra={"errors": report.errors})
     last = asdict(reports[-1])

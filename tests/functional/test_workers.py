@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,15 +17,16 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.errors import RunnerTimeoutError
+from broker.jobs import JobState
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
-from broker.models import JobSpec, slurm_token
+from broker.models import JobSpec, slurm_token, utcnow
 from broker.service import DeadLetterService, Dispatcher, RequestService
 from broker.settings import job_worker_settings
 from broker.states import RequestState
-from broker.sweep import Announcer
+from broker.sweep import REQUEUE_AFTER, Announcer, Sweeper
 from tests.conftest import REGION, AwsResources
-from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner, submitted
+from tests.fakes import FakeDirectory, FakeQueue, RecordingNotifier, ScriptedRunner, submitted
 from workers import dlq_worker, job_worker
 
 OWNER = "arn:aws:iam::123456789012:user/alice"
@@ -180,3 +182,31 @@ def test_a_dead_letter_ends_its_request_failed(world: World) -> None:
     assert record.error is not None
     assert record.error.code == "RETRIES_EXHAUSTED"
     assert "RUNNER_TIMEOUT" in record.error.message
+
+
+def test_a_submit_whose_message_was_lost_is_sent_again_by_the_sweep_and_submitted_once(
+    world: World,
+) -> None:
+    # GIVEN a submit recorded in DynamoDB whose message never reached SQS (the API died)
+    lost = RequestService(world.store, FakeQueue(), FakeDirectory())
+    request_id = lost.submit_job(OWNER, "local", SPEC).request_id
+    assert world.receive()["Records"] == []
+    # WHEN a sweep runs after the threshold, twice (the second while the re-send is fresh)
+    later = utcnow() + REQUEUE_AFTER + timedelta(seconds=1)
+    queue = SqsRequestQueue(world.sqs, world.queue_url())
+    sweep = Sweeper(world.store, FakeDirectory(), world.runner.runner_for,
+                    Announcer(world.store, RecordingNotifier()), now=lambda: later,
+                    queue=queue)  # fmt: skip
+    assert [sweep.sweep().requeued for _ in range(2)] == [1, 0]
+    # AND the job worker handles what the queue now holds
+    world.runner.answers = [submitted(slurm_token(request_id), "100")]
+    event = world.receive()
+    result = job_worker.lambda_handler(event, context())
+    # THEN one message was delivered, the job is in Slurm once, and the request SUCCEEDED
+    assert len(event["Records"]) == 1
+    assert result == {"batchItemFailures": []}
+    assert [call.op for call in world.runner.calls] == ["submit"]
+    assert world.store.get(request_id).state is RequestState.SUCCEEDED
+    job = world.store.get_job(request_id)
+    assert (job.state, job.slurm_job_id) == (JobState.PENDING, "100")
+    assert world.receive()["Records"] == []

@@ -377,6 +377,23 @@ def test_sweeper_runs_on_a_one_minute_eventbridge_rule(functions: dict[str, Func
     assert sweeper.api_events == []
 
 
+def test_the_sweeper_may_send_to_the_requests_queue_and_nothing_more(
+    template: Template, functions: dict[str, FunctionDef]
+) -> None:
+    # GIVEN / WHEN the sweeper of template.yaml is read
+    env = functions["SweeperFunction"].environment
+    policies = template.resources["SweeperFunction"].properties["Policies"]
+    statements = [s for p in policies if isinstance(p, dict) for s in p.get("Statement", [])]
+    # THEN it has the API's queue URL (it re-sends lost messages; one value in the local stack)
+    assert env["HPCB_QUEUE_URL"] == functions["ApiFunction"].environment["HPCB_QUEUE_URL"]
+    # AND its only SQS right is SendMessage on the requests queue (no SAM SQS policy template)
+    assert [s for s in statements if "sqs" in str(s["Action"])] == [
+        {"Effect": "Allow", "Action": "sqs:SendMessage",
+         "Resource": {"Fn::GetAtt": ["RequestsQueue", "Arn"]}}
+    ]  # fmt: skip
+    assert not [k for p in policies if isinstance(p, dict) for k in p if k.startswith("SQS")]
+
+
 def test_functions_publish_to_the_provisioned_topic(functions: dict[str, FunctionDef]) -> None:
     # GIVEN / WHEN the functions are read
     # THEN the global HPCB_TOPIC_ARN resolves to the topic's ARN for every function
