@@ -7,11 +7,16 @@ then an item is known from its batch's record alone: its job id is the batch's p
 index, its chunk follows from ``chunk_starts``, and it is SUBMITTING unless its index was
 rejected. Every reader of a job (GET, cancel, dependencies, a batch's item pages) goes through
 ``unrecorded_item`` when the job has no record.
+
+A chunk whose message was never sent (the API died between its write and its sends) cannot be
+sent again: the specs were only in the message. Its items are failed instead (``lost_item``),
+by the sweep (``broker.sweep``), which finds them from the batch record (``chunk_item_ids``).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from datetime import datetime
 
 from broker.jobs import JobRecord, JobState
 from broker.models import RequestRecord
@@ -65,4 +70,41 @@ def unrecorded_item(batch: RequestRecord, job_id: str) -> JobRecord | None:
         batch_id=batch.request_id,
         batch_index=index,
         batch_chunk=chunk_of(batch.chunk_starts, index),
+    )
+
+
+def chunk_item_ids(batch: RequestRecord, chunk: int) -> list[str]:
+    """The job ids of a batch's chunk ``chunk``, in index order (rejected indexes left out).
+
+    Chunk ``n`` holds the indexes from ``chunk_starts[n]`` up to the next chunk's start (the
+    last chunk: up to ``batch_size``). Empty for a batch accepted without ``chunk_starts`` or a
+    chunk number it does not have.
+    """
+    starts = batch.chunk_starts
+    if starts is None or not 0 <= chunk < len(starts):
+        return []
+    end = starts[chunk + 1] if chunk + 1 < len(starts) else (batch.batch_size or 0)
+    rejected = set(batch.rejected_items or ())
+    return [item_id(batch.request_id, i) for i in range(starts[chunk], end) if i not in rejected]
+
+
+def lost_item(batch: RequestRecord, job_id: str, reason: str, now: datetime) -> JobRecord:
+    """The SUBMIT_FAILED record of a batch item whose chunk was never delivered.
+
+    It is the item's SUBMITTING view (``unrecorded_item``) moved to SUBMIT_FAILED, its event
+    pending. Its spec is lost with the message, so the record has no name, tags or paths.
+
+    Raises:
+        ValueError: ``job_id`` is not an item of ``batch`` that could lack a record.
+    """
+    job = unrecorded_item(batch, job_id)
+    if job is None:
+        raise ValueError(f"{job_id} is not an item of batch {batch.request_id}")
+    return job.model_copy(
+        update={
+            "state": JobState.SUBMIT_FAILED,
+            "reason": reason[:1000],
+            "notify_pending": JobState.SUBMIT_FAILED.value,
+            "updated_at": now,
+        }
     )
