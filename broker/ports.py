@@ -124,8 +124,29 @@ class JobStore(Protocol):
         yet, or a record still SUBMITTING).
 
         After this, none of the chunk's jobs can be cancelled as unsubmitted: a cancel either
-        happened before (the job is not returned) or goes through Slurm.
+        happened before (the job is not returned) or goes through Slurm. A chunk the sweep
+        claimed as lost (``reap_chunk``) is never started: the answer is then empty.
         """
+
+    def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
+        """Which of a batch's chunks ``0 .. chunk_count - 1`` need no reaping: started by a
+        worker (``start_chunk``), or lost with their loss recorded (``reap_done``).
+
+        A chunk claimed lost whose reap did not finish (an error, a crash) is left out, so the
+        next sweep finishes it. Strongly consistent.
+        """
+
+    def reap_chunk(self, batch_id: str, chunk: int) -> bool:
+        """Claim a chunk no worker started as lost, so that no worker ever starts it.
+
+        Returns:
+            True when the caller is to fail the chunk's items: the chunk had no marker (claimed
+            now), or was claimed lost by a reap that did not finish (``reap_done`` not called).
+            False when a worker started it, or its loss is recorded already.
+        """
+
+    def reap_done(self, batch_id: str, chunk: int) -> None:
+        """Record that every item of a chunk claimed lost has its outcome (the reap is over)."""
 
     def start_submissions(self, job_ids: list[str]) -> set[str]:
         """Mark many SUBMITTING jobs as being submitted; the ids that were."""

@@ -33,7 +33,8 @@ class InMemoryStore:
     def __init__(self) -> None:
         self.records: dict[str, RequestRecord] = {}
         self.jobs: dict[str, JobRecord] = {}
-        self.started_chunks: set[tuple[str | None, int | None]] = set()
+        self.started_chunks: set[tuple[str | None, int | None]] = set()  # every marker
+        self.lost_chunks: dict[tuple[str, int], bool] = {}  # claimed lost -> reap done
         self.aliases: dict[tuple[str, str], str] = {}
         self.counters: dict[tuple[str, str], int] = {}
         self.writes = 0
@@ -234,10 +235,38 @@ class InMemoryStore:
         return self._update_job(job_id, JobState.SUBMITTING, submit_started=True)
 
     def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
+        if (batch_id, chunk) in self.lost_chunks:
+            return set()
         self.started_chunks.add((batch_id, chunk))
         return {
             j for j in job_ids if j not in self.jobs or self.jobs[j].state is JobState.SUBMITTING
         }
+
+    def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
+        return {
+            n
+            for n in range(chunk_count)
+            if (batch_id, n) in self.started_chunks and self.lost_chunks.get((batch_id, n), True)
+        }
+
+    def reap_chunk(self, batch_id: str, chunk: int) -> bool:
+        key = (batch_id, chunk)
+        if key in self.lost_chunks:
+            if self.lost_chunks[key]:
+                return False
+            self.writes += 1  # an unfinished reap: the next sweep finishes it
+            return True
+        if key in self.started_chunks:
+            return False
+        self.started_chunks.add(key)
+        self.lost_chunks[key] = False
+        self.writes += 1
+        return True
+
+    def reap_done(self, batch_id: str, chunk: int) -> None:
+        if (batch_id, chunk) in self.lost_chunks:
+            self.lost_chunks[(batch_id, chunk)] = True
+            self.writes += 1
 
     def cancel_unsubmitted(self, job_id: str) -> bool:
         job = self.get_job(job_id)

@@ -4,6 +4,8 @@ Items (single table):
     request  pk "REQ#<id>", sk "REQ"; gsi1 "OWNER#<owner>" / "REQ#<created>#<id>"
     job      pk "JOB#<id>", sk "JOB"; gsi1 "JOBS#<owner>#<cluster>" / "<created>#<id>"
     alias    pk "SLURM#<cluster>#<slurm id>", sk "ALIAS" -> job_id (a job by its Slurm id)
+    chunk    pk "CHUNK#<batch id>#<n>", sk "CHUNK": a worker started the batch's chunk n; with
+             ``lost``, the sweep claimed it was never delivered (``reap_done``: its items failed)
 The sparse index gsi2 ("ACTIVE#<cluster>" / "REQ#<id>" | "JOB#<id>") holds exactly the items
 that need attention: not final yet, or final with their notification still to publish. The
 sweep reads only that index, so its cost follows active work, not history.
@@ -45,6 +47,8 @@ _DESER = TypeDeserializer()
 #: Records expire (DynamoDB TTL) this long after creation.
 RETENTION = timedelta(days=90)
 _KEYS = ("pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "expires_at")
+#: A chunk marker's attributes (placeholders: expressions never meet a reserved word).
+_MARKER_NAMES = {"#l": "lost", "#d": "reap_done"}
 
 
 def request_key(request_id: str) -> dict[str, Any]:
@@ -358,7 +362,7 @@ class DynamoStore:
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """Read jobs by id (BatchGetItem, 100 per call, strongly consistent)."""
         found: dict[str, JobRecord] = {}
-        for item in self._batch_get(job_ids, {}):
+        for item in self._batch_get([job_key(j) for j in job_ids], {}, "read jobs"):
             job = job_of(item)
             found[job.job_id] = job
         return found
@@ -368,20 +372,22 @@ class DynamoStore:
         projection = {"ProjectionExpression": "pk, #s", "ExpressionAttributeNames": {"#s": "state"}}
         return {
             item["pk"]["S"].removeprefix("JOB#"): JobState(item["state"]["S"])
-            for item in self._batch_get(job_ids, projection)
+            for item in self._batch_get([job_key(j) for j in job_ids], projection, "read jobs")
         }
 
-    def _batch_get(self, job_ids: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
-        """Job items, 100 per BatchGetItem call, strongly consistent, unprocessed keys retried."""
+    def _batch_get(
+        self, keys: list[dict[str, Any]], options: dict[str, Any], what: str
+    ) -> list[dict[str, Any]]:
+        """Items, 100 keys per BatchGetItem call, strongly consistent, unprocessed keys retried."""
         items: list[dict[str, Any]] = []
-        for start in range(0, len(job_ids), 100):
-            keys = [job_key(job_id) for job_id in job_ids[start : start + 100]]
-            request = {self._table: {"Keys": keys, "ConsistentRead": True, **options}}
+        for start in range(0, len(keys), 100):
+            some = keys[start : start + 100]
+            request = {self._table: {"Keys": some, "ConsistentRead": True, **options}}
             for attempt in range(8):
                 try:
                     answer = self._ddb.batch_get_item(RequestItems=request)
                 except (ClientError, BotoCoreError) as exc:
-                    raise translate(exc, "read jobs") from exc
+                    raise translate(exc, what) from exc
                 items.extend(answer.get("Responses", {}).get(self._table, []))
                 request = answer.get("UnprocessedKeys") or {}
                 if not request:
@@ -397,12 +403,25 @@ class DynamoStore:
         before it shows in the read. The jobs to submit are those without a record (the usual
         case: items get their record with their outcome) or still SUBMITTING (a batch accepted
         when items were recorded at accept).
+
+        Why the marker's condition: a worker may overwrite its own marker or another delivery's
+        (a redelivery starts the chunk again), but never a sweep's claim that the chunk was
+        lost (``reap_chunk``): the sweep is failing those items, so nothing is submitted.
         """
         expires = int((utcnow() + RETENTION).timestamp())
         item = {**chunk_key(batch_id, chunk), "expires_at": {"N": str(expires)}}
         try:
-            self._ddb.put_item(TableName=self._table, Item=item)
-        except (ClientError, BotoCoreError) as exc:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#l)",
+                ExpressionAttributeNames={"#l": "lost"},
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return set()  # reaped: its items are (being) failed by the sweep
+            raise translate(exc, "start chunk") from exc
+        except BotoCoreError as exc:
             raise translate(exc, "start chunk") from exc
         states = self._job_states(job_ids)
         return {
@@ -410,6 +429,70 @@ class DynamoStore:
             for job_id in job_ids
             if states.get(job_id, JobState.SUBMITTING) is JobState.SUBMITTING
         }
+
+    def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
+        """The chunks whose marker needs no reaping (BatchGetItem of the markers, 100 a call,
+        strongly consistent): a worker's marker, or a lost claim whose reap is done."""
+        keys = [chunk_key(batch_id, n) for n in range(chunk_count)]
+        projection = {
+            "ProjectionExpression": "pk, #l, #d",
+            "ExpressionAttributeNames": _MARKER_NAMES,
+        }
+        return {
+            int(item["pk"]["S"].rsplit("#", 1)[1])
+            for item in self._batch_get(keys, projection, "read chunk markers")
+            if "lost" not in item or "reap_done" in item
+        }
+
+    def reap_chunk(self, batch_id: str, chunk: int) -> bool:
+        """Put the chunk's marker with ``lost = true``, unless a worker's marker, or a finished
+        reap's, is there.
+
+        Why this condition: ``attribute_not_exists(pk)`` is the claim itself (no worker started
+        the chunk; from now on none can, ``start_chunk`` refuses a lost marker); ``lost`` without
+        ``reap_done`` lets a sweep finish a reap that an error or a crash interrupted, rather
+        than leaving its items SUBMITTING, with their reservations, for ever.
+        """
+        expires = int((utcnow() + RETENTION).timestamp())
+        item = {
+            **chunk_key(batch_id, chunk),
+            "expires_at": {"N": str(expires)},
+            "lost": {"BOOL": True},
+        }
+        unfinished = "#l = :t AND attribute_not_exists(#d)"
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression=f"attribute_not_exists(pk) OR ({unfinished})",
+                ExpressionAttributeNames=_MARKER_NAMES,
+                ExpressionAttributeValues={":t": {"BOOL": True}},
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, "claim lost chunk") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "claim lost chunk") from exc
+        return True
+
+    def reap_done(self, batch_id: str, chunk: int) -> None:
+        """Mark a lost chunk's reap finished (only a lost claim: never a worker's marker)."""
+        try:
+            self._ddb.update_item(
+                TableName=self._table,
+                Key=chunk_key(batch_id, chunk),
+                UpdateExpression="SET #d = :t",
+                ConditionExpression="#l = :t",
+                ExpressionAttributeNames=_MARKER_NAMES,
+                ExpressionAttributeValues={":t": {"BOOL": True}},
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return
+            raise translate(exc, "finish lost chunk") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, "finish lost chunk") from exc
 
     def start_submissions(self, job_ids: list[str]) -> set[str]:
         """Mark SUBMITTING jobs as being submitted; return those that were (others moved on).

@@ -439,3 +439,58 @@ def test_batch_outcomes_are_recorded_once_and_never_over_a_cancel(store: Store) 
     assert store.backlog("CLUSTER", "lazy") == 0
     # AND a chunk started again (a redelivery) has nothing left to submit
     assert store.start_chunk(batch.request_id, 0, ids[:2]) == set()
+
+
+def test_a_lost_chunk_is_claimed_until_its_reap_is_done_and_never_started_after(
+    store: Store,
+) -> None:
+    # GIVEN a batch of 4 items in two chunks, neither started
+    batch = lazy_batch(4, [0, 2], [])
+    store.create_batch(batch)
+    ids = [item_id(batch.request_id, i) for i in range(4)]
+    # WHEN the sweep claims chunk 1 as lost
+    assert store.reap_chunk(batch.request_id, 1)
+    # THEN a late first delivery of chunk 1 has nothing to submit, and a cancel of its item
+    # does not race the sweep's failure
+    assert store.start_chunk(batch.request_id, 1, ids[2:]) == set()
+    assert not store.cancel_unsubmitted(ids[2])
+    # AND until its reap is done, a sweep may claim it again (to finish an interrupted reap)
+    assert store.reap_chunk(batch.request_id, 1)
+    assert store.chunks_started(batch.request_id, 2) == set()
+    # AND once done, it is claimed never again, and counts as needing nothing
+    store.reap_done(batch.request_id, 1)
+    assert not store.reap_chunk(batch.request_id, 1)
+    assert store.chunks_started(batch.request_id, 2) == {1}
+    assert store.start_chunk(batch.request_id, 1, ids[2:]) == set()
+
+
+def test_a_chunk_a_worker_started_cannot_be_claimed_lost(store: Store) -> None:
+    # GIVEN a batch of 4 items in two chunks; a worker started chunk 0
+    batch = lazy_batch(4, [0, 2], [])
+    store.create_batch(batch)
+    ids = [item_id(batch.request_id, i) for i in range(4)]
+    assert store.start_chunk(batch.request_id, 0, ids[:2]) == set(ids[:2])
+    # WHEN the sweep tries to claim it / THEN it fails, and the worker can start it again
+    assert not store.reap_chunk(batch.request_id, 0)
+    assert store.start_chunk(batch.request_id, 0, ids[:2]) == set(ids[:2])
+    # AND a reap_done on it changes nothing (it is no lost chunk)
+    store.reap_done(batch.request_id, 0)
+    assert store.start_chunk(batch.request_id, 0, ids[:2]) == set(ids[:2])
+
+
+def test_chunks_started_reads_the_markers_of_many_chunks(store: Store) -> None:
+    # GIVEN a batch of 250 one-item chunks (more than one read's 100 keys); chunks 0, 99, 100
+    # and 249 started by workers, chunk 5 claimed lost and done, chunk 6 claimed lost only
+    batch = lazy_batch(250, list(range(250)), [])
+    store.create_batch(batch)
+    for chunk in (0, 99, 100, 249):
+        store.start_chunk(batch.request_id, chunk, [item_id(batch.request_id, chunk)])
+    for chunk in (5, 6):
+        assert store.reap_chunk(batch.request_id, chunk)
+    store.reap_done(batch.request_id, 5)
+    # WHEN asked which chunks need no reaping
+    started = store.chunks_started(batch.request_id, 250)
+    # THEN the started ones and the finished reap, not the unfinished one
+    assert started == {0, 5, 99, 100, 249}
+    # AND a count short of the batch reads only those chunks
+    assert store.chunks_started(batch.request_id, 100) == {0, 5, 99}
