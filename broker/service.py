@@ -69,7 +69,7 @@ from broker.ports import (
     Store,
 )
 from broker.states import RequestState
-from broker.sweep import Announcer
+from broker.sweep import Announcer, finish_batch
 
 if TYPE_CHECKING:
     from broker.cluster_service import ClusterGate
@@ -914,16 +914,6 @@ class Dispatcher:
     def _finish(self, request_id: str, *, failure: ErrorInfo) -> None:
         if self._store.record_failure(request_id, failure):
             self._announce.request(request_id)
-
-
-def finish_batch(store: Store, announcer: Announcer, batch_id: str) -> None:
-    """End a batch request (SUCCEEDED, with its counts) once every item has an outcome."""
-    batch = store.get(batch_id)
-    done = sum(batch.counts.values())
-    if batch.items is not None and done >= batch.items and not batch.state.final:
-        result = BatchResult(cluster=batch.cluster, items=batch.items, counts=batch.counts)
-        if store.record_success(batch_id, result):
-            announcer.request(batch_id)
 
 
 class DeadLetterService:

@@ -129,6 +129,17 @@ class SweeperSettings(JobWorkerSettings):
     requeue_max_per_sweep: int = Field(
         default=100, ge=1, description="Most lost messages one sweep sends again."
     )
+    batch_lost_after_seconds: int = Field(
+        default=3600,
+        ge=300,
+        description="A batch chunk message that no worker started this long after its batch "
+        "was accepted counts as lost (the API died before or while sending the batch's "
+        "chunks): the sweep fails its items (their specs were only in the message; the caller "
+        "sends them again), releasing their back-pressure reservations, and ends the batch if "
+        "it was the last. A healthy chunk starts within seconds: its first delivery is never "
+        "delayed by other messages' retries. A job worker unable to start chunks for this "
+        "long (an outage) has its waiting chunks failed too.",
+    )
 
 
 class ClusterWorkerSettings(CommonSettings):

@@ -15,6 +15,10 @@ The sweep also repairs an accept whose queue message was lost (the API killed be
 write and its send): a ``job.submit``, ``job.cancel`` or ``job.output`` still ACCEPTED, with no
 attempt, long after it was accepted, gets its message sent again, rebuilt from its record
 (``broker.requeue``). Batches are not re-sent: their items' specs live only in their messages.
+Instead, a batch chunk that no worker started long after its batch was accepted counts as lost
+(the API died before or while sending its chunks): the sweep claims it (``Store.reap_chunk``,
+after which no worker can start it), fails its items with a reason saying to send them again,
+which releases their back-pressure reservations, and ends the batch if that was its last chunk.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from broker.agent.protocol import AgentRequest
+from broker.batches import chunk_item_ids, lost_item
 from broker.errors import BrokerError, NotFoundError
 from broker.events import JobEvent, RequestEvent
 from broker.jobs import JobRecord, JobState, observe
-from broker.models import RequestRecord, utcnow
+from broker.models import BatchResult, RequestRecord, utcnow
 from broker.observability import logger
 from broker.requeue import due_for_requeue, message_of
 
@@ -47,6 +52,12 @@ REQUEUE_AFTER = timedelta(seconds=600)
 #: At most this many re-sends per sweep: after a long worker outage, every waiting request
 #: looks lost; the re-sends then spread over sweeps instead of overrunning the sweep's time.
 REQUEUE_LIMIT = 100
+#: A batch chunk no worker started this long after its batch was accepted was never sent (the
+#: sweeper's setting ``batch_lost_after_seconds`` overrides it). A sent chunk starts within
+#: seconds: its first delivery waits for no other message's retries.
+BATCH_LOST_AFTER = timedelta(seconds=3600)
+#: Why the items of a lost chunk failed (their specs are gone: the caller must send them again).
+LOST_CHUNK_REASON = "its chunk was never delivered (lost at accept); send these jobs again"
 
 
 class Announcer:
@@ -109,6 +120,8 @@ class SweepReport:
     stack_reads: int = 0
     cluster_transitions: int = 0
     requeued: int = 0
+    chunks_lost: int = 0
+    items_lost: int = 0
 
 
 class Sweeper:
@@ -126,6 +139,7 @@ class Sweeper:
         queue: RequestQueue | None = None,
         requeue_after: timedelta = REQUEUE_AFTER,
         requeue_limit: int = REQUEUE_LIMIT,
+        batch_lost_after: timedelta = BATCH_LOST_AFTER,
     ) -> None:
         """Build a sweeper.
 
@@ -136,6 +150,8 @@ class Sweeper:
             requeue_after: how long a request may stay ACCEPTED before its message counts as
                 lost, and the least time between two re-sends of it.
             requeue_limit: most re-sends per sweep.
+            batch_lost_after: how long after its batch's accept a chunk no worker started
+                counts as lost (its items are failed).
         """
         self._store = store
         self._clusters = clusters
@@ -146,10 +162,11 @@ class Sweeper:
         self._queue = queue
         self._requeue_after = requeue_after
         self._requeue_limit = requeue_limit
+        self._batch_lost_after = batch_lost_after
 
     def sweep(self) -> SweepReport:
         """Reconcile every active job with Slurm, publish overdue events, re-send lost
-        messages."""
+        messages, fail the items of batch chunks never sent."""
         report = SweepReport()
         jobs, requests = self._store.attention()
         stale = self._now() - REANNOUNCE_AFTER
@@ -178,6 +195,7 @@ class Sweeper:
             self._follower.follow(report)
         # Last, so a burst of re-sends never delays the status work above.
         self._requeue(requests, report)
+        self._reap_lost_chunks(requests, report)
         return report
 
     def _requeue(self, requests: list[RequestRecord], report: SweepReport) -> None:
@@ -214,6 +232,57 @@ class Sweeper:
                 extra={"request_id": record.request_id, "kind": record.kind, "at": accepted_at},
             )
 
+    def _reap_lost_chunks(self, requests: list[RequestRecord], report: SweepReport) -> None:
+        """Fail the items of each batch chunk that no worker started long after the accept."""
+        now = self._now()
+        accepted_before = now - self._batch_lost_after
+        for batch in requests:
+            if (
+                batch.kind != "job.batch"
+                or batch.state.final
+                or batch.chunk_starts is None  # accepted with item records: not this gap
+                or batch.created_at >= accepted_before
+            ):
+                continue
+            try:
+                self._reap_batch(batch, now, report)
+            except BrokerError as exc:
+                # One batch's trouble must not stop the others; a reap cut short is finished
+                # by a later sweep (``reap_chunk`` lets an unfinished reap in again).
+                report.errors[f"batch {batch.request_id}"] = str(exc)
+                logger.warning(
+                    "lost chunks of a batch not failed; retried",
+                    extra={"request_id": batch.request_id, "error": str(exc)},
+                )
+
+    def _reap_batch(self, batch: RequestRecord, now: datetime, report: SweepReport) -> None:
+        """Claim each chunk of ``batch`` that no worker started, fail its items, end the batch
+        if complete."""
+        chunks = len(batch.chunk_starts or ())
+        started = self._store.chunks_started(batch.request_id, chunks)
+        for chunk in range(chunks):
+            if chunk in started or not self._store.reap_chunk(batch.request_id, chunk):
+                continue  # a worker has it (or had it), or an earlier reap finished it
+            lost = [
+                lost_item(batch, job_id, LOST_CHUNK_REASON, now)
+                for job_id in chunk_item_ids(batch, chunk)
+            ]
+            # Items that already have a record (cancelled while queued) are left as they are.
+            _, failed = self._store.record_batch_outcomes(batch, lost)
+            self._store.reap_done(batch.request_id, chunk)
+            report.chunks_lost += 1
+            report.items_lost += len(failed)
+            logger.warning(
+                "batch chunk never delivered; its items failed",
+                extra={"request_id": batch.request_id, "chunk": chunk, "items": len(failed),
+                       "at": batch.created_at.isoformat()},
+            )  # fmt: skip
+            for job_id in failed:
+                report.announced += int(self._announce.job(job_id, JobState.SUBMITTING))
+        # Even when nothing was reaped now: a sweep that died after its last reap_done left
+        # a complete batch open (one consistent read; it writes only to end the batch).
+        finish_batch(self._store, self._announce, batch.request_id)
+
     def _sweep_cluster(self, cluster: str, jobs: list[JobRecord], report: SweepReport) -> None:
         target = self._clusters.resolve(cluster)
         ids = sorted({j.slurm_job_id for j in jobs if j.slurm_job_id})
@@ -244,6 +313,20 @@ class Sweeper:
                 report.field_updates += 1
             if seen.new_state.final:
                 report.announced += int(self._announce.job(job.job_id, job.state))
+
+
+def finish_batch(store: Store, announcer: Announcer, batch_id: str) -> None:
+    """End a batch request (SUCCEEDED, with its counts) once every item has an outcome.
+
+    Here rather than in ``broker.service`` (which imports this module): the job worker, the DLQ
+    worker and the sweep's reaping of lost chunks all end batches.
+    """
+    batch = store.get(batch_id)
+    done = sum(batch.counts.values())
+    if batch.items is not None and done >= batch.items and not batch.state.final:
+        result = BatchResult(cluster=batch.cluster, items=batch.items, counts=batch.counts)
+        if store.record_success(batch_id, result):
+            announcer.request(batch_id)
 
 
 def sweep_for(

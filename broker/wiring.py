@@ -212,6 +212,7 @@ def sweeper() -> Sweeper:
         queue=SqsRequestQueue(client("sqs"), settings.queue_url),
         requeue_after=timedelta(seconds=settings.requeue_after_seconds),
         requeue_limit=settings.requeue_max_per_sweep,
+        batch_lost_after=timedelta(seconds=settings.batch_lost_after_seconds),
     )
 
 

@@ -34,6 +34,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         )
         metrics.add_metric(name="SweepTransitions", unit="Count", value=report.transitions)
         metrics.add_metric(name="SweepRequeued", unit="Count", value=report.requeued)
+        metrics.add_metric(name="SweepBatchItemsLost", unit="Count", value=report.items_lost)
         if report.errors:
             logger.warning("sweep errors", extra={"errors": report.errors})
     last = asdict(reports[-1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,12 +23,12 @@ from broker.jobs import JobState
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
-from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage
+from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage, utcnow
 from broker.ports import ClusterTarget, Limits
 from broker.service import DeadLetterService, Dispatcher, RequestService
 from broker.settings import job_worker_settings
 from broker.states import RequestState
-from broker.sweep import Announcer
+from broker.sweep import BATCH_LOST_AFTER, LOST_CHUNK_REASON, Announcer, Sweeper
 from tests.conftest import AwsResources
 from tests.fakes import FakeDirectory, FakeQueue, RecordingNotifier
 from workers import dlq_worker, job_worker
@@ -357,3 +358,36 @@ def test_items_cancelled_while_queued_never_reach_slurm_and_count_as_cancelled(
     assert batch.state is RequestState.SUCCEEDED
     assert world.store.get_job(f"{prefix}{3:06x}").state is JobState.CANCELLED
     assert world.store.get_job(f"{prefix}{5:06x}").batch_chunk == 0
+
+
+def test_a_chunk_never_sent_is_failed_by_the_sweep_and_a_late_delivery_submits_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a batch of two chunks of 10; only the first message is delivered (the second was
+    # lost: the API died while sending)
+    monkeypatch.setattr(service_module, "CHUNK_ITEMS", 10)
+    accepted = world.post({"jobs": jobs(20)}).get_json()
+    first, second = world.drain()
+    assert world.worker.handle(first) == "succeeded"
+    assert world.store.backlog("CLUSTER", "local") == 10
+    # WHEN the sweep runs past the threshold
+    later = utcnow() + BATCH_LOST_AFTER + timedelta(seconds=1)
+    sweep = Sweeper(world.store, FakeDirectory(), world.slurm.runner_for,  # type: ignore[arg-type]
+                    Announcer(world.store, RecordingNotifier()), now=lambda: later)  # fmt: skip
+    report = sweep.sweep()
+    # THEN the batch ended with the lost chunk's items FAILED, and no reservation is left
+    assert (report.chunks_lost, report.items_lost) == (1, 10)
+    batch = world.store.get(accepted["request_id"])
+    assert (batch.state, batch.counts) == (RequestState.SUCCEEDED, {"SUBMITTED": 10, "FAILED": 10})
+    assert isinstance(second, JobBatchMessage)
+    lost = world.store.get_job(second.items[0].job_id)
+    assert (lost.state, lost.reason) == (JobState.SUBMIT_FAILED, LOST_CHUNK_REASON)
+    assert world.store.backlog("CLUSTER", "local") == world.store.backlog("OWNER", ALICE) == 0
+    # WHEN the lost message is delivered after all
+    assert world.worker.handle(second) == "skipped"
+    # THEN nothing is submitted for it, and the counts do not change
+    assert [len(c.jobs) for c in world.slurm.calls if c.op == "submit"] == [10]
+    assert len(world.slurm.tokens) == 10
+    assert world.store.get(accepted["request_id"]).counts == {"SUBMITTED": 10, "FAILED": 10}
+    # AND a later sweep claims nothing more
+    assert sweep.sweep().chunks_lost == 0
