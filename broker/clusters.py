@@ -262,23 +262,29 @@ class ClusterRecord(BaseModel):
     updated_at: datetime
 
 
+#: Statuses of a cluster record under which jobs are accepted: usable, or deleted (a deleted
+#: cluster, like one the broker has no record of, is left to the cluster directory, as before
+#: clusters were managed here). The store's submission transactions check the same set.
+ACCEPTS_JOBS = _USABLE | {ClusterStatus.DELETE_COMPLETE}
+
+
 def ensure_ready(record: ClusterRecord | None) -> None:
     """Refuse job submissions to a cluster the broker knows and that cannot run jobs now.
-
-    A cluster the broker has no record of (or one deleted) is left to the cluster directory,
-    as before clusters were managed here.
 
     Raises:
         ClusterNotReadyError: the record says the cluster is not usable (409).
     """
-    if record is None or record.status is ClusterStatus.DELETE_COMPLETE:
-        return
-    if not record.status.usable:
-        raise ClusterNotReadyError(
-            f"cluster {record.name} is {record.status.value}; jobs can be submitted once it is "
-            "CREATE_COMPLETE (poll GET /v1/clusters/{name})",
-            status=record.status.value,
-        )
+    if record is not None and record.status not in ACCEPTS_JOBS:
+        raise not_ready(record.name, record.status.value)
+
+
+def not_ready(name: str, status: str) -> ClusterNotReadyError:
+    """The 409 for jobs sent to cluster ``name`` while it is ``status``."""
+    return ClusterNotReadyError(
+        f"cluster {name} is {status}; jobs can be submitted once it is CREATE_COMPLETE "
+        "(poll GET /v1/clusters/{name})",
+        status=status,
+    )
 
 
 def ensure_can_start(record: ClusterRecord, operation: ClusterOperation) -> None:

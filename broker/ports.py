@@ -100,20 +100,30 @@ class JobStore(Protocol):
     """
 
     def create_submission(
-        self, request: RequestRecord, job: JobRecord, limits: Limits | None = None
+        self,
+        request: RequestRecord,
+        job: JobRecord,
+        limits: Limits | None = None,
+        *,
+        ready_cluster: bool = False,
     ) -> None:
-        """Write a submit request and its job together (both or neither), within ``limits``.
+        """Write a submit request and its job together (both or neither), within ``limits``,
+        and, with ``ready_cluster``, only if the cluster's record (if any) accepts jobs.
 
-        Raises BackpressureError when a limit is reached, ConflictError if the id exists.
+        Raises BackpressureError when a limit is reached, ConflictError if the id exists,
+        ClusterNotReadyError when the cluster cannot take jobs now.
         """
 
     def create_request(self, request: RequestRecord) -> None:
         """Write a non-submit request (cancel, output) for an existing job."""
 
-    def create_batch(self, request: RequestRecord, limits: Limits | None = None) -> None:
+    def create_batch(
+        self, request: RequestRecord, limits: Limits | None = None, *, ready_cluster: bool = False
+    ) -> None:
         """Write a batch request and reserve its items in the backlog counters, within
-        ``limits`` (BackpressureError). No item gets a record here: an item is read from its
-        batch (``broker.batches.unrecorded_item``) until its outcome is recorded.
+        ``limits`` (BackpressureError), checking the cluster as ``create_submission`` does. No
+        item gets a record here: an item is read from its batch
+        (``broker.batches.unrecorded_item``) until its outcome is recorded.
         """
 
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:

@@ -233,11 +233,10 @@ class RequestService:
                 f"the script is {size} bytes; the limit is {MAX_SCRIPT_BYTES} bytes. "
                 "Keep large inputs in files on the cluster and reference them from the script."
             )
-        self._ensure_ready(cluster)
-        self._clusters.resolve(cluster)
+        self._resolve(cluster)
         record = self._new_request(owner, cluster, "job.submit", spec=spec)
         job = new_job(record.request_id, owner, cluster, spec, record.created_at)
-        self._store.create_submission(record, job, self._limits)
+        self._store.create_submission(record, job, self._limits, ready_cluster=self._gated)
         message = JobSubmitMessage(
             request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
         )
@@ -253,8 +252,7 @@ class RequestService:
             BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.
             ClusterNotFoundError, BackpressureError, TransientError: as for one job.
         """
-        self._ensure_ready(cluster)
-        self._clusters.resolve(cluster)
+        self._resolve(cluster)
         valid: list[tuple[int, JobSpec]] = []
         rejected: list[BatchItemError] = []
         for index, raw in enumerate(body.jobs):
@@ -286,7 +284,7 @@ class RequestService:
             batch_size=len(body.jobs), chunk_starts=[chunk[0].index for chunk in chunks],
             rejected_items=[item.index for item in rejected] or None,
         )  # fmt: skip
-        self._store.create_batch(record, self._limits)
+        self._store.create_batch(record, self._limits, ready_cluster=self._gated)
         messages: list[QueueMessage] = [
             JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, items=chunk,
                             chunk=number)
@@ -317,10 +315,24 @@ class RequestService:
             job_id_prefix=prefix,
         )
 
-    def _ensure_ready(self, cluster: str) -> None:
-        """409 CLUSTER_NOT_READY for a cluster the broker manages that cannot run jobs now."""
-        if self._gate is not None:
-            self._gate.ensure_ready(cluster)
+    @property
+    def _gated(self) -> bool:
+        """Whether submissions check the cluster's record (in their write's transaction)."""
+        return self._gate is not None
+
+    def _resolve(self, cluster: str) -> None:
+        """The cluster must be known; one the broker is creating (or deleting) has no head node
+        yet (or any more) and answers 409 CLUSTER_NOT_READY, not 404.
+
+        A cluster found here may still be refused with 409 by the submission's transaction,
+        which checks the cluster's record (one read fewer than checking before, and atomic).
+        """
+        try:
+            self._clusters.resolve(cluster)
+        except ClusterNotFoundError:
+            if self._gate is not None:
+                self._gate.ensure_ready(cluster)
+            raise
 
     def batch_page(self, record: RequestRecord, start: int, limit: int) -> list[BatchItemView]:
         """A page of a batch's items, by index, with their jobs' states (items without a

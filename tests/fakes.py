@@ -104,7 +104,12 @@ class InMemoryStore:
 
     # jobs
     def create_submission(
-        self, request: RequestRecord, job: JobRecord, limits: Limits | None = None
+        self,
+        request: RequestRecord,
+        job: JobRecord,
+        limits: Limits | None = None,
+        *,
+        ready_cluster: bool = False,  # the fake has no cluster records: every cluster is ready
     ) -> None:
         if request.request_id in self.records or job.job_id in self.jobs:
             raise ConflictError(f"request {request.request_id} exists already")
@@ -131,7 +136,9 @@ class InMemoryStore:
         for key in (("CLUSTER", job.cluster), ("OWNER", job.owner)):
             self.counters[key] = self.counters.get(key, 0) - 1
 
-    def create_batch(self, request: RequestRecord, limits: Limits | None = None) -> None:
+    def create_batch(
+        self, request: RequestRecord, limits: Limits | None = None, *, ready_cluster: bool = False
+    ) -> None:
         if request.request_id in self.records:
             raise ConflictError(f"request {request.request_id} exists already")
         count = request.items or 0

@@ -30,8 +30,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import error_code, translate
 from broker.batches import batch_id_of, unrecorded_item
+from broker.clusters import ACCEPTS_JOBS, not_ready
 from broker.errors import (
     BackpressureError,
+    ClusterNotReadyError,
     ConflictError,
     NotFoundError,
     ValidationError,
@@ -69,6 +71,11 @@ def alias_key(cluster: str, slurm_job_id: str) -> dict[str, Any]:
 def chunk_key(batch_id: str, chunk: int) -> dict[str, Any]:
     """The DynamoDB key of the marker saying a batch chunk is being submitted."""
     return {"pk": {"S": f"CHUNK#{batch_id}#{chunk}"}, "sk": {"S": "CHUNK"}}
+
+
+def cluster_key(name: str) -> dict[str, Any]:
+    """The DynamoDB key of a cluster's record (``broker.adapters.dynamodb_clusters``)."""
+    return {"pk": {"S": f"CLUSTER#{name}"}, "sk": {"S": "CLUSTER"}}
 
 
 def request_item(record: RequestRecord) -> dict[str, Any]:
@@ -286,17 +293,24 @@ class DynamoStore:
     # -- jobs ------------------------------------------------------------------------------
 
     def create_submission(
-        self, request: RequestRecord, job: JobRecord, limits: Limits | None = None
+        self,
+        request: RequestRecord,
+        job: JobRecord,
+        limits: Limits | None = None,
+        *,
+        ready_cluster: bool = False,
     ) -> None:
         """Write a submit request and its job in one transaction (both or neither).
 
         With ``limits``, the same transaction counts the job into its cluster's backlog and its
         owner's in-flight submissions, and fails whole when either would pass its limit: the
-        limit holds exactly, however many API calls race.
+        limit holds exactly, however many API calls race. With ``ready_cluster``, it also
+        checks that the cluster's record, if any, accepts jobs (``clusters.ACCEPTS_JOBS``).
 
         Raises:
             ConflictError: the request exists already.
             BackpressureError: a limit is reached (answer 429).
+            ClusterNotReadyError: the cluster cannot take jobs now (answer 409).
         """
         absent = "attribute_not_exists(pk)"
         items: list[dict[str, Any]] = [
@@ -308,10 +322,15 @@ class DynamoStore:
         if limits is not None:
             items.append(self._count("CLUSTER", job.cluster, +1, limits.cluster_backlog))
             items.append(self._count("OWNER", job.owner, +1, limits.owner_inflight))
+        ready_at = len(items) if ready_cluster else -1
+        if ready_cluster:
+            items.append(self._ready_check(job.cluster))
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
             failed = _failed_items(exc)
+            if ready_at in failed:
+                raise self._not_ready(job.cluster) from exc
             if limits is not None and 2 in failed:
                 raise BackpressureError(
                     f"cluster {job.cluster} has {limits.cluster_backlog} submissions waiting; "
@@ -329,9 +348,12 @@ class DynamoStore:
         except BotoCoreError as exc:
             raise translate(exc, "write submission") from exc
 
-    def create_batch(self, request: RequestRecord, limits: Limits | None = None) -> None:
+    def create_batch(
+        self, request: RequestRecord, limits: Limits | None = None, *, ready_cluster: bool = False
+    ) -> None:
         """Write a batch request and reserve its items in the backlog counters, in one
-        transaction (so the limits hold exactly). Its items get their records with their
+        transaction (so the limits hold exactly), checking the cluster accepts jobs if
+        ``ready_cluster`` (as ``create_submission``). Its items get their records with their
         outcomes (``record_batch_outcomes``, ``cancel_unsubmitted``), not here.
         """
         count = request.items or 0
@@ -342,10 +364,15 @@ class DynamoStore:
         if limits is not None:
             items.append(self._count("CLUSTER", request.cluster, count, limits.cluster_backlog))
             items.append(self._count("OWNER", request.owner, count, limits.owner_inflight))
+        ready_at = len(items) if ready_cluster else -1
+        if ready_cluster:
+            items.append(self._ready_check(request.cluster))
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
             failed = _failed_items(exc)
+            if ready_at in failed:
+                raise self._not_ready(request.cluster) from exc
             if limits is not None and failed & {1, 2}:
                 raise BackpressureError(
                     f"accepting {count} more submissions would pass a backlog limit "
@@ -358,6 +385,24 @@ class DynamoStore:
             raise translate(exc, "write batch") from exc
         except BotoCoreError as exc:
             raise translate(exc, "write batch") from exc
+
+    def _ready_check(self, cluster: str) -> dict[str, Any]:
+        """A transaction item: the cluster has no record, or its record accepts jobs."""
+        statuses = sorted(status.value for status in ACCEPTS_JOBS)
+        values = {f":r{i}": {"S": status} for i, status in enumerate(statuses)}
+        condition = f"attribute_not_exists(pk) OR #rs IN ({', '.join(values)})"
+        return {"ConditionCheck": {"TableName": self._table, "Key": cluster_key(cluster),
+                                   "ConditionExpression": condition,
+                                   "ExpressionAttributeNames": {"#rs": "status"},
+                                   "ExpressionAttributeValues": values}}  # fmt: skip
+
+    def _not_ready(self, cluster: str) -> ClusterNotReadyError:
+        """The 409 for a cluster whose record refused a submission (its status read back)."""
+        try:
+            status = _DESER.deserialize(self._get(cluster_key(cluster), "cluster")["status"])
+        except (NotFoundError, KeyError):
+            status = "unknown"  # deleted or changed since: the client may simply retry
+        return not_ready(cluster, str(status))
 
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """Read jobs by id (BatchGetItem, 100 per call, strongly consistent)."""

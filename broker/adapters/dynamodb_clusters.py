@@ -24,6 +24,7 @@ from broker.adapters.dynamodb import (
     DynamoStore,
     _plain,
     _serialize,
+    cluster_key,
     decode_token,
     encode_token,
     request_item,
@@ -35,11 +36,6 @@ from broker.states import RequestState
 
 #: A deleted cluster's record is kept this long (DynamoDB TTL), then expires.
 DELETED_RETENTION = timedelta(days=90)
-
-
-def cluster_key(name: str) -> dict[str, Any]:
-    """The DynamoDB key of a cluster."""
-    return {"pk": {"S": f"CLUSTER#{name}"}, "sk": {"S": "CLUSTER"}}
 
 
 def cluster_item(record: ClusterRecord) -> dict[str, Any]:

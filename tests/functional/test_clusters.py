@@ -496,6 +496,16 @@ def test_jobs_to_a_cluster_not_ready_are_409_cluster_not_ready(world: World) -> 
         assert (error["code"], error["cluster_status"]) == (
             "CLUSTER_NOT_READY", "CREATE_IN_PROGRESS",
         )  # fmt: skip
+    # AND nothing was written or queued for them (the check is in the write's transaction)
+    assert world.get("/v1/clusters/alpha/jobs").get_json()["jobs"] == []
+    url = world.resources.provisioned.queue_url("RequestsQueue")
+    assert "Messages" not in world.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+    # AND a cluster being created that the directory does not know yet is 409 too, not 404
+    create(world, "beta")
+    answer = world.post("/v1/clusters/beta/jobs", {"script": SCRIPT})
+    assert (answer.status_code, answer.get_json()["error"]["cluster_status"]) == (
+        409, "CREATE_IN_PROGRESS",
+    )  # fmt: skip
     # AND a cluster the broker has no record of is resolved as before (the directory)
     assert world.post("/v1/clusters/local/jobs", {"script": SCRIPT}).status_code == 202
 
