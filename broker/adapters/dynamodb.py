@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -455,19 +455,13 @@ class DynamoStore:
         """
         expires = int((utcnow() + RETENTION).timestamp())
         item = {**chunk_key(batch_id, chunk), "expires_at": {"N": str(expires)}}
-        try:
-            self._ddb.put_item(
-                TableName=self._table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(#l)",
-                ExpressionAttributeNames={"#l": "lost"},
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return set()  # reaped: its items are (being) failed by the sweep
-            raise translate(exc, "start chunk") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "start chunk") from exc
+        started = self._conditional(
+            "start chunk", self._ddb.put_item, Item=item,
+            ConditionExpression="attribute_not_exists(#l)",
+            ExpressionAttributeNames={"#l": "lost"},
+        )  # fmt: skip
+        if not started:
+            return set()  # reaped: its items are (being) failed by the sweep
         states = self._job_states(job_ids)
         return {
             job_id
@@ -505,39 +499,21 @@ class DynamoStore:
             "lost": {"BOOL": True},
         }
         unfinished = "#l = :t AND attribute_not_exists(#d)"
-        try:
-            self._ddb.put_item(
-                TableName=self._table,
-                Item=item,
-                ConditionExpression=f"attribute_not_exists(pk) OR ({unfinished})",
-                ExpressionAttributeNames=_MARKER_NAMES,
-                ExpressionAttributeValues={":t": {"BOOL": True}},
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise translate(exc, "claim lost chunk") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "claim lost chunk") from exc
-        return True
+        return self._conditional(
+            "claim lost chunk", self._ddb.put_item, Item=item,
+            ConditionExpression=f"attribute_not_exists(pk) OR ({unfinished})",
+            ExpressionAttributeNames=_MARKER_NAMES,
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )  # fmt: skip
 
     def reap_done(self, batch_id: str, chunk: int) -> None:
         """Mark a lost chunk's reap finished (only a lost claim: never a worker's marker)."""
-        try:
-            self._ddb.update_item(
-                TableName=self._table,
-                Key=chunk_key(batch_id, chunk),
-                UpdateExpression="SET #d = :t",
-                ConditionExpression="#l = :t",
-                ExpressionAttributeNames=_MARKER_NAMES,
-                ExpressionAttributeValues={":t": {"BOOL": True}},
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return
-            raise translate(exc, "finish lost chunk") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "finish lost chunk") from exc
+        self._conditional(
+            "finish lost chunk", self._ddb.update_item, Key=chunk_key(batch_id, chunk),
+            UpdateExpression="SET #d = :t", ConditionExpression="#l = :t",
+            ExpressionAttributeNames=_MARKER_NAMES,
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )  # fmt: skip
 
     def start_submissions(self, job_ids: list[str]) -> set[str]:
         """Mark SUBMITTING jobs as being submitted; return those that were (others moved on).
@@ -936,6 +912,19 @@ class DynamoStore:
             raise translate(exc, f"write {what}") from exc
         except BotoCoreError as exc:
             raise translate(exc, f"write {what}") from exc
+
+    def _conditional(self, what: str, write: Callable[..., Any], **request: Any) -> bool:
+        """One conditional write (``put_item``, ``update_item``) on the table; False when its
+        condition failed, other errors translated."""
+        try:
+            write(TableName=self._table, **request)
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise translate(exc, what) from exc
+        except BotoCoreError as exc:
+            raise translate(exc, what) from exc
+        return True
 
     def _get(self, key: dict[str, Any], what: str) -> dict[str, Any]:
         try:

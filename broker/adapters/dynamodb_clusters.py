@@ -19,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from broker.adapters.aws import error_code, translate
+from broker.adapters.aws import translate
 from broker.adapters.dynamodb import (
     DynamoStore,
     _plain,
@@ -190,21 +190,12 @@ class DynamoClusterStore(DynamoStore):
             update["following"] = False
         updated = ClusterRecord.model_validate({**record.model_dump(), **update})
         condition, values = _as_read(record)
-        try:
-            self._ddb.put_item(
-                TableName=self._table,
-                Item=cluster_item(updated),
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#st": "status"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return None
-            raise translate(exc, f"update cluster {record.name}") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, f"update cluster {record.name}") from exc
-        return updated
+        written = self._conditional(
+            f"update cluster {record.name}", self._ddb.put_item, Item=cluster_item(updated),
+            ConditionExpression=condition, ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues=values,
+        )  # fmt: skip
+        return updated if written else None
 
     def active_clusters(self) -> list[ClusterRecord]:
         """Clusters in the attention index (operation pending, or event to publish)."""
@@ -237,21 +228,11 @@ class DynamoClusterStore(DynamoStore):
         cleared = record.model_copy(update={"notify_pending": None, "notify_old_status": None})
         condition, values = _as_read(record)
         values[":n"] = {"S": status}
-        try:
-            self._ddb.put_item(
-                TableName=self._table,
-                Item=cluster_item(cleared),
-                ConditionExpression=f"{condition} AND notify_pending = :n",
-                ExpressionAttributeNames={"#st": "status"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise translate(exc, "clear cluster notification") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "clear cluster notification") from exc
-        return True
+        return self._conditional(
+            "clear cluster notification", self._ddb.put_item, Item=cluster_item(cleared),
+            ConditionExpression=f"{condition} AND notify_pending = :n",
+            ExpressionAttributeNames={"#st": "status"}, ExpressionAttributeValues=values,
+        )  # fmt: skip
 
     def mark_in_progress(self, request_id: str) -> bool:
         """ACCEPTED|DISPATCHED -> IN_PROGRESS (the provider accepted the operation)."""
