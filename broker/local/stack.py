@@ -532,7 +532,7 @@ class LocalStack:
                     account_id=self.account_id,
                     timeout_s=function.timeout,
                     memory_mb=function.memory,
-                    threads=self.pollers_per_mapping,
+                    threads=min(self.pollers_per_mapping, event.max_concurrency or 1000),
                     wait_seconds=self.poll_wait_seconds,
                     endpoint_url=self._moto_url,
                 )

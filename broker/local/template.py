@@ -230,6 +230,8 @@ class SqsEventDef:
     batching_window_s: float
     report_batch_item_failures: bool
     enabled: bool = True
+    max_concurrency: int | None = None
+    """``ScalingConfig.MaximumConcurrency``: at most this many pollers run the mapping."""
 
 
 @dataclass(frozen=True)
@@ -748,6 +750,7 @@ def _sqs_event(
     if queue is None or queue.type != "AWS::SQS::Queue":
         raise TemplateError(f"{function_id}.Events.{name}: {queue_id} is not an AWS::SQS::Queue")
     response_types = resolver.resolve(props.get("FunctionResponseTypes") or [])
+    maximum = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
     return SqsEventDef(
         name=name,
         queue_logical_id=queue_id,
@@ -757,6 +760,7 @@ def _sqs_event(
         ),
         report_batch_item_failures="ReportBatchItemFailures" in response_types,
         enabled=resolver.resolve_str(props.get("Enabled", True)) == "true",
+        max_concurrency=int(resolver.resolve_str(maximum)) if maximum is not None else None,
     )
 
 

@@ -280,6 +280,8 @@ def test_job_worker_drains_the_requests_queue_with_partial_batch_failures(
     assert worker.sqs_events[0].report_batch_item_failures is True
     assert worker.sqs_events[0].batching_window_s == 1.0
     assert worker.timeout == 150
+    # AND at most JobWorkerMaxConcurrency (default 5) invocations at once
+    assert worker.sqs_events[0].max_concurrency == 5
 
 
 def test_dlq_worker_drains_the_dead_letter_queue(functions: dict[str, FunctionDef]) -> None:
