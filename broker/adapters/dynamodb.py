@@ -456,11 +456,11 @@ class DynamoStore:
         expires = int((utcnow() + RETENTION).timestamp())
         item = {**chunk_key(batch_id, chunk), "expires_at": {"N": str(expires)}}
         started = self._conditional(
-            "start chunk", self._ddb.put_item, Item=item,
+            "start chunk", self._ddb.put_item, TableName=self._table, Item=item,
             ConditionExpression="attribute_not_exists(#l)",
             ExpressionAttributeNames={"#l": "lost"},
         )  # fmt: skip
-        if not started:
+        if started is None:
             return set()  # reaped: its items are (being) failed by the sweep
         states = self._job_states(job_ids)
         return {
@@ -499,17 +499,19 @@ class DynamoStore:
             "lost": {"BOOL": True},
         }
         unfinished = "#l = :t AND attribute_not_exists(#d)"
-        return self._conditional(
-            "claim lost chunk", self._ddb.put_item, Item=item,
+        claimed = self._conditional(
+            "claim lost chunk", self._ddb.put_item, TableName=self._table, Item=item,
             ConditionExpression=f"attribute_not_exists(pk) OR ({unfinished})",
             ExpressionAttributeNames=_MARKER_NAMES,
             ExpressionAttributeValues={":t": {"BOOL": True}},
         )  # fmt: skip
+        return claimed is not None
 
     def reap_done(self, batch_id: str, chunk: int) -> None:
         """Mark a lost chunk's reap finished (only a lost claim: never a worker's marker)."""
         self._conditional(
-            "finish lost chunk", self._ddb.update_item, Key=chunk_key(batch_id, chunk),
+            "finish lost chunk", self._ddb.update_item, TableName=self._table,
+            Key=chunk_key(batch_id, chunk),
             UpdateExpression="SET #d = :t", ConditionExpression="#l = :t",
             ExpressionAttributeNames=_MARKER_NAMES,
             ExpressionAttributeValues={":t": {"BOOL": True}},
@@ -902,29 +904,26 @@ class DynamoStore:
     # -- plumbing --------------------------------------------------------------------------
 
     def _put(self, item: dict[str, Any], what: str) -> None:
-        try:
-            self._ddb.put_item(
-                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-            )
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                raise ConflictError(f"{what} exists already") from exc
-            raise translate(exc, f"write {what}") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, f"write {what}") from exc
+        written = self._conditional(
+            f"write {what}", self._ddb.put_item, TableName=self._table, Item=item,
+            ConditionExpression="attribute_not_exists(pk)",
+        )  # fmt: skip
+        if written is None:
+            raise ConflictError(f"{what} exists already")
 
-    def _conditional(self, what: str, write: Callable[..., Any], **request: Any) -> bool:
-        """One conditional write (``put_item``, ``update_item``) on the table; False when its
-        condition failed, other errors translated."""
+    def _conditional(
+        self, what: str, write: Callable[..., Any], **request: Any
+    ) -> dict[str, Any] | None:
+        """One conditional write (``put_item``, ``update_item``); its answer, or None when its
+        condition failed (other errors translated)."""
         try:
-            write(TableName=self._table, **request)
+            return dict(write(**request))
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
-                return False
+                return None
             raise translate(exc, what) from exc
         except BotoCoreError as exc:
             raise translate(exc, what) from exc
-        return True
 
     def _get(self, key: dict[str, Any], what: str) -> dict[str, Any]:
         try:
@@ -951,15 +950,8 @@ class DynamoStore:
             key, sets=sets, add=add, remove=remove, condition=condition,
             condition_values=condition_values,
         )  # fmt: skip
-        try:
-            answer = self._ddb.update_item(**spec, ReturnValues="ALL_NEW")
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return None
-            raise translate(exc, what) from exc
-        except BotoCoreError as exc:
-            raise translate(exc, what) from exc
-        return dict(answer["Attributes"])
+        answer = self._conditional(what, self._ddb.update_item, **spec, ReturnValues="ALL_NEW")
+        return None if answer is None else dict(answer["Attributes"])
 
     def _update_spec(
         self,

@@ -191,11 +191,12 @@ class DynamoClusterStore(DynamoStore):
         updated = ClusterRecord.model_validate({**record.model_dump(), **update})
         condition, values = _as_read(record)
         written = self._conditional(
-            f"update cluster {record.name}", self._ddb.put_item, Item=cluster_item(updated),
+            f"update cluster {record.name}", self._ddb.put_item, TableName=self._table,
+            Item=cluster_item(updated),
             ConditionExpression=condition, ExpressionAttributeNames={"#st": "status"},
             ExpressionAttributeValues=values,
         )  # fmt: skip
-        return updated if written else None
+        return None if written is None else updated
 
     def active_clusters(self) -> list[ClusterRecord]:
         """Clusters in the attention index (operation pending, or event to publish)."""
@@ -228,11 +229,12 @@ class DynamoClusterStore(DynamoStore):
         cleared = record.model_copy(update={"notify_pending": None, "notify_old_status": None})
         condition, values = _as_read(record)
         values[":n"] = {"S": status}
-        return self._conditional(
-            "clear cluster notification", self._ddb.put_item, Item=cluster_item(cleared),
-            ConditionExpression=f"{condition} AND notify_pending = :n",
+        cleared_item = self._conditional(
+            "clear cluster notification", self._ddb.put_item, TableName=self._table,
+            Item=cluster_item(cleared), ConditionExpression=f"{condition} AND notify_pending = :n",
             ExpressionAttributeNames={"#st": "status"}, ExpressionAttributeValues=values,
         )  # fmt: skip
+        return cleared_item is not None
 
     def mark_in_progress(self, request_id: str) -> bool:
         """ACCEPTED|DISPATCHED -> IN_PROGRESS (the provider accepted the operation)."""
