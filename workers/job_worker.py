@@ -38,8 +38,8 @@ from workers.retrying import run_with_backoff
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-#: Per message id, how a message of a grouped submission ended.
-Ends = dict[str, "Outcome | TransientError"]
+#: Per message id, a message of a grouped submission (as parsed once) and how it ended.
+Ends = dict[str, "tuple[JobBatchMessage, Outcome | TransientError]"]
 #: Jobs per head-node command when chunks are grouped. Commands for one head node run one at a
 #: time (the agent's lock, which a command waits for at most 90 s), and the SQS mapping runs
 #: five invocations at once: four commands of 1,000 jobs at 3-13 ms a job (idle to a loaded
@@ -50,24 +50,24 @@ MAX_GROUPED_JOBS = 1000
 @tracer.capture_method
 def record_handler(record: SQSRecord, ends: Ends | None = None) -> None:
     """Dispatch one queued request (raises to mark the record failed)."""
+    grouped = (ends or {}).pop(record.message_id, None)
     try:
-        message = QUEUE_MESSAGE.validate_json(record.body)
+        message = grouped[0] if grouped else QUEUE_MESSAGE.validate_json(record.body)
     except ValidationError:
         # Cannot be processed, ever; fail it so it reaches the DLQ and stays inspectable.
         logger.exception("malformed queue message", extra={"message_id": record.message_id})
         raise
     logger.append_keys(request_id=message.request_id, cluster=message.cluster)
     try:
-        _dispatch(record, message, ends if ends is not None else {})
+        _dispatch(record, message, None if grouped is None else grouped[1])
     finally:
         # Keys persist across records and invocations; keep each record's logs its own.
         logger.remove_keys(["request_id", "cluster"])
 
 
-def _dispatch(record: SQSRecord, message: AnyMessage, ends: Ends) -> None:
+def _dispatch(record: SQSRecord, message: AnyMessage, end: Outcome | TransientError | None) -> None:
     settings = job_worker_settings()
     backoff = (settings.retry_base_seconds, settings.retry_max_seconds)
-    end = ends.pop(record.message_id, None)
     handle = (lambda: dispatcher().handle(message)) if end is None else (lambda: _replay(end))
     run_with_backoff(record, message.kind, handle, request_queue, backoff)
 
@@ -109,7 +109,10 @@ def submit_chunks_together(records: list[dict[str, Any]]) -> Ends:
             except Exception:
                 logger.exception("grouped submission failed; handling its messages one by one")
                 continue
-            ends.update(zip([message_id for message_id, _ in run], answers, strict=True))
+            ends.update(
+                (message_id, (message, end))
+                for (message_id, message), end in zip(run, answers, strict=True)
+            )
     return ends
 
 
