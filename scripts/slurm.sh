@@ -168,12 +168,34 @@ stop_daemon() { # NAME: stop recorded and stray instances
 }
 
 # start NAME CMD...: run CMD in the foreground mode of the daemon, detached, and record its PID.
+# `$!` is the PID the daemon will have, but only once `setsid` and `nohup` have exec'd it: until
+# then /proc/PID/exe is bash, setsid or nohup, and `alive` would read the daemon as exited. A slow
+# first exec (cold page cache right after apt-get install) made `make up` fail on a fresh machine,
+# so this waits, bounded by the deadline, until the exec is done or the process has really gone.
 start_daemon() {
   local name=$1; shift
   local out=$LOG/$name.out
   # fd 9 is our lock: children must not inherit it.
   HPCB_SLURM_MARK=$PREFIX setsid nohup "$@" </dev/null >>"$out" 2>&1 9>&- &
-  echo $! >"$RUN/$name.pid"
+  local pid=$!
+  echo "$pid" >"$RUN/$name.pid"
+  local deadline=$(( $(date +%s) + TIMEOUT ))
+  until alive "$pid" "$name"; do
+    exec_pending "$pid" \
+      || die_with_log "$name" "$name exited at start (command: $*)"
+    (( $(date +%s) < deadline )) \
+      || die_with_log "$name" "$name was not exec'd within ${TIMEOUT}s (command: $*)"
+    sleep 0.05
+  done
+}
+
+# exec_pending PID: the process still lives but has not exec'd its daemon yet (its binary is one of
+# the launchers on the way: this shell, setsid, nohup, or a wrapper script of either).
+exec_pending() {
+  local st
+  st=$(proc_stat "$1" 2>/dev/null) || return 1
+  st=${st%% *}
+  [[ -n $st && $st != Z && $st != X && $st != x ]]
 }
 
 die_with_log() { # NAME MESSAGE
@@ -552,4 +574,7 @@ main() {
   "cmd_$cmd"
 }
 
-main "$@"
+# Sourced (by tests), it only defines the functions above.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi
