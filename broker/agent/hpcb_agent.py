@@ -101,6 +101,10 @@ JOB_NOT_FOUND = "JOB_NOT_FOUND"
 OUTPUT_NOT_FOUND = "OUTPUT_NOT_FOUND"
 OUTPUT_UNREADABLE = "OUTPUT_UNREADABLE"
 
+
+# ==== 1. protocol and validation: what a request may contain =====================================
+
+
 # ---- validation: the same tight patterns as broker/models.py -----------------------------------
 # Always used with ``fullmatch``: unlike ``match``, a trailing newline cannot slip past ``$``.
 
@@ -316,6 +320,126 @@ def validate_environment(environment: Any) -> Dict[str, str]:
     return dict(environment)
 
 
+MAX_JOB_IDS = 5000
+
+
+def validate_job_ids(job_ids: Any) -> List[str]:
+    """The requested Slurm ids, without duplicates (BAD_REQUEST if any is malformed)."""
+    if not isinstance(job_ids, list) or len(job_ids) > MAX_JOB_IDS:
+        raise AgentError(BAD_REQUEST, "job_ids must be a list of at most %d ids" % MAX_JOB_IDS)
+    unique = []  # type: List[str]
+    for job_id in job_ids:
+        if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
+            raise AgentError(BAD_REQUEST, "not a Slurm job id: %r" % (str(job_id)[:40],))
+        if job_id not in unique:
+            unique.append(job_id)
+    return unique
+
+
+STREAMS = ("stdout", "stderr")
+#: ``protocol.MAX_OUTPUT_BYTES``: the most one chunk may carry.
+MAX_OUTPUT_BYTES = 64 * 1024
+
+
+def validate_output_query(query: Any) -> Dict[str, Any]:
+    """An ``OutputQuery`` re-validated (BAD_REQUEST when anything is off)."""
+    if not isinstance(query, dict):
+        raise AgentError(BAD_REQUEST, "output must be an object")
+    job_id = query.get("job_id")
+    streams = query.get("streams", ["stdout"])
+    offset = query.get("offset")
+    max_bytes = query.get("max_bytes", MAX_OUTPUT_BYTES)
+    patterns = query.get("patterns") or {}
+    name = query.get("job_name")
+    if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
+        raise AgentError(BAD_REQUEST, "output.job_id must be a Slurm job id")
+    if not isinstance(streams, list) or not set(streams) <= set(STREAMS) or not streams:
+        raise AgentError(BAD_REQUEST, "output.streams must list stdout and/or stderr")
+    if offset is not None and (not _is_int(offset) or offset < 0):
+        raise AgentError(BAD_REQUEST, "output.offset must be a byte offset >= 0")
+    if not _is_int(max_bytes) or not 1 <= max_bytes <= MAX_OUTPUT_BYTES:
+        raise AgentError(BAD_REQUEST, "output.max_bytes must be 1 to %d" % MAX_OUTPUT_BYTES)
+    if not isinstance(patterns, dict) or any(
+        key not in STREAMS or not isinstance(value, str) or not _ABS_PATH.fullmatch(value)
+        for key, value in patterns.items()
+    ):
+        raise AgentError(BAD_REQUEST, "output.patterns must be absolute paths without '..'")
+    if name is not None and (not isinstance(name, str) or not _JOB_NAME.fullmatch(name)):
+        raise AgentError(BAD_REQUEST, "output.job_name must be a job name")
+    return {
+        "job_id": job_id,
+        "streams": [
+            stream for index, stream in enumerate(streams) if stream not in streams[:index]
+        ],
+        "offset": offset,
+        "max_bytes": max_bytes,
+        "patterns": patterns,
+        "job_name": name,
+    }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounded_int(value: Any, name: str, low: int, high: int) -> None:
+    """BAD_REQUEST unless ``value`` is an int (not a bool) within ``low..high``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise AgentError(BAD_REQUEST, "%s must be an integer %d..%d" % (name, low, high))
+
+
+def _check_url(url: Any) -> str:
+    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        raise AgentError(BAD_REQUEST, "URLs must be http(s)")
+    return url
+
+
+def decode_payload(payload: str) -> Dict[str, Any]:
+    """Base64 JSON -> request dict; ``AgentError(BAD_PAYLOAD)`` for anything else."""
+    try:
+        raw = base64.b64decode(payload.strip().encode("ascii"), validate=True)
+        request = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise AgentError(BAD_PAYLOAD, "the payload is not base64-encoded JSON: %s" % exc) from exc
+    if not isinstance(request, dict):
+        raise AgentError(BAD_PAYLOAD, "the payload must be a JSON object")
+    return request
+
+
+def error_response(op: str, error: AgentError) -> Dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "ok": False, "op": op, "error": error.to_json()}
+
+
+def dumps(document: Dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"), sort_keys=False)
+
+
+def _result_json(result: Dict[str, Any]) -> Dict[str, Any]:
+    document = {"token": result.get("token", "")}  # type: Dict[str, Any]
+    if result.get("job_id") is not None:
+        document["job_id"] = result["job_id"]
+    if result.get("reused"):
+        document["reused"] = True
+    error = result.get("error")
+    if isinstance(error, AgentError):
+        document["error"] = error.to_json()
+    return document
+
+
+def effective_request(request: Dict[str, Any], inner: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Staging settings for a fetched request: the inner request's, else the outer one's."""
+    if inner is None:
+        return request
+    merged = dict(request)
+    for key in ("result_put_url", "inline_limit"):
+        if key in inner:
+            merged[key] = inner[key]
+    return merged
+
+
+# ==== 2. commands: one class per Slurm call (argv builder + output parser) =======================
+
+
 def base_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     """The environment every Slurm client runs with: a few of the agent's own variables."""
     env = {name: environ[name] for name in BASE_ENV_NAMES if environ.get(name)}
@@ -479,7 +603,7 @@ SACCT_STATUS_ARGV = [
     "-o",
     "jobid,state,exitcode,submit,start,end,reason",
 ]
-MAX_JOB_IDS = 5000
+
 
 #: States in which the job will not run again: only then is an exit code meaningful.
 FINAL_STATES = frozenset(
@@ -632,19 +756,6 @@ def _status_order(status: Dict[str, Any]) -> Tuple[int, int, str]:
     return (int(status["base_id"]), int(task) if task.isdigit() else -1, task)
 
 
-def validate_job_ids(job_ids: Any) -> List[str]:
-    """The requested Slurm ids, without duplicates (BAD_REQUEST if any is malformed)."""
-    if not isinstance(job_ids, list) or len(job_ids) > MAX_JOB_IDS:
-        raise AgentError(BAD_REQUEST, "job_ids must be a list of at most %d ids" % MAX_JOB_IDS)
-    unique = []  # type: List[str]
-    for job_id in job_ids:
-        if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
-            raise AgentError(BAD_REQUEST, "not a Slurm job id: %r" % (str(job_id)[:40],))
-        if job_id not in unique:
-            unique.append(job_id)
-    return unique
-
-
 # ---- op cancel ----------------------------------------------------------------------------------
 
 #: ``-v``: without it, scancel 22.05 says nothing (and exits 0) for finished or unknown jobs.
@@ -689,39 +800,12 @@ def parse_scancel(
     return [(job_id, errors.get(job_id, general)) for job_id in job_ids]
 
 
-# ---- op output: a job's stdout/stderr files -----------------------------------------------------
-
-STREAMS = ("stdout", "stderr")
-#: ``protocol.MAX_OUTPUT_BYTES``: the most one chunk may carry.
-MAX_OUTPUT_BYTES = 64 * 1024
-
 #: Slurm prints this task id for jobs that are not arrays (NO_VAL), and uses it in file names.
 NO_TASK = "4294967294"
-#: ``%[width]<letter>``; slurmd caps the zero-padding width at 10.
-_FILE_PATTERN = re.compile(r"%([0-9]{0,9})([%AaJjNnstux])")
+
+
 _SCONTROL_KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_:/]*)=")
 SACCT_OUTPUT_ARGV = ["sacct", "-a", "-X", "-n", "-P", "-o", "jobidraw,jobname,user,nodelist"]
-
-
-def expand_file_pattern(pattern: str, values: Mapping[str, str]) -> str:
-    """Expand Slurm filename pattern symbols as slurmd does.
-
-    ``values`` maps symbol letters (``j A a x u N ...``) to text; unknown symbols stay as they
-    are; a backslash anywhere turns expansion off (and the backslashes are dropped).
-    """
-    if "\\" in pattern:
-        return pattern.replace("\\", "")
-
-    def one(symbol: "re.Match[str]") -> str:
-        width, letter = symbol.group(1), symbol.group(2)
-        if letter == "%":
-            return "%" if not width else symbol.group(0)
-        value = values.get(letter)
-        if value is None:
-            return symbol.group(0)
-        return value.zfill(min(int(width), 10)) if width and value.isdigit() else value
-
-    return _FILE_PATTERN.sub(one, pattern)
 
 
 def parse_scontrol_job(text: str, job_id: str) -> Optional[Dict[str, str]]:
@@ -750,6 +834,49 @@ def first_node(nodelist: str) -> Optional[str]:
     if matched is None or nodelist.strip().startswith("None"):
         return None
     return matched.group(1) + (matched.group(2) or "")
+
+
+def _scontrol_values(record: Dict[str, str]) -> Dict[str, str]:
+    """Pattern values from a ``scontrol show job`` record (``UserId=alice(1001)`` -> alice)."""
+    values = {
+        "j": record.get("JobId", ""),
+        "J": record.get("JobId", ""),
+        "A": record.get("ArrayJobId", ""),
+        "x": record.get("JobName", ""),
+        "u": record.get("UserId", "").split("(", 1)[0],
+        "N": record.get("BatchHost", ""),
+    }
+    if _DIGITS.fullmatch(record.get("ArrayTaskId", "")):
+        values["a"] = record["ArrayTaskId"]
+    return {key: value for key, value in values.items() if value and value != "(null)"}
+
+
+# ==== 3. output files: Slurm's file name patterns, reading a chunk ===============================
+
+
+#: ``%[width]<letter>``; slurmd caps the zero-padding width at 10.
+_FILE_PATTERN = re.compile(r"%([0-9]{0,9})([%AaJjNnstux])")
+
+
+def expand_file_pattern(pattern: str, values: Mapping[str, str]) -> str:
+    """Expand Slurm filename pattern symbols as slurmd does.
+
+    ``values`` maps symbol letters (``j A a x u N ...``) to text; unknown symbols stay as they
+    are; a backslash anywhere turns expansion off (and the backslashes are dropped).
+    """
+    if "\\" in pattern:
+        return pattern.replace("\\", "")
+
+    def one(symbol: "re.Match[str]") -> str:
+        width, letter = symbol.group(1), symbol.group(2)
+        if letter == "%":
+            return "%" if not width else symbol.group(0)
+        value = values.get(letter)
+        if value is None:
+            return symbol.group(0)
+        return value.zfill(min(int(width), 10)) if width and value.isdigit() else value
+
+    return _FILE_PATTERN.sub(one, pattern)
 
 
 def _utf8_start(data: bytes) -> int:
@@ -821,48 +948,8 @@ def read_chunk(path: str, offset: Optional[int], max_bytes: int) -> Dict[str, An
     }
 
 
-def validate_output_query(query: Any) -> Dict[str, Any]:
-    """An ``OutputQuery`` re-validated (BAD_REQUEST when anything is off)."""
-    if not isinstance(query, dict):
-        raise AgentError(BAD_REQUEST, "output must be an object")
-    job_id = query.get("job_id")
-    streams = query.get("streams", ["stdout"])
-    offset = query.get("offset")
-    max_bytes = query.get("max_bytes", MAX_OUTPUT_BYTES)
-    patterns = query.get("patterns") or {}
-    name = query.get("job_name")
-    if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
-        raise AgentError(BAD_REQUEST, "output.job_id must be a Slurm job id")
-    if not isinstance(streams, list) or not set(streams) <= set(STREAMS) or not streams:
-        raise AgentError(BAD_REQUEST, "output.streams must list stdout and/or stderr")
-    if offset is not None and (not _is_int(offset) or offset < 0):
-        raise AgentError(BAD_REQUEST, "output.offset must be a byte offset >= 0")
-    if not _is_int(max_bytes) or not 1 <= max_bytes <= MAX_OUTPUT_BYTES:
-        raise AgentError(BAD_REQUEST, "output.max_bytes must be 1 to %d" % MAX_OUTPUT_BYTES)
-    if not isinstance(patterns, dict) or any(
-        key not in STREAMS or not isinstance(value, str) or not _ABS_PATH.fullmatch(value)
-        for key, value in patterns.items()
-    ):
-        raise AgentError(BAD_REQUEST, "output.patterns must be absolute paths without '..'")
-    if name is not None and (not isinstance(name, str) or not _JOB_NAME.fullmatch(name)):
-        raise AgentError(BAD_REQUEST, "output.job_name must be a job name")
-    return {
-        "job_id": job_id,
-        "streams": [
-            stream for index, stream in enumerate(streams) if stream not in streams[:index]
-        ],
-        "offset": offset,
-        "max_bytes": max_bytes,
-        "patterns": patterns,
-        "job_name": name,
-    }
+# ==== 4. effects: processes and HTTP (injected, so tests replace them) ===========================
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# ---- effects: processes, HTTP, lock (injected, so tests replace them) ---------------------------
 
 RunResult = Tuple[int, str, str]
 #: ``(argv, stdin bytes, timeout, environment) -> (returncode, stdout, stderr)``.
@@ -906,12 +993,6 @@ def run_process(
     )
 
 
-def _check_url(url: Any) -> str:
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("https", "http"):
-        raise AgentError(BAD_REQUEST, "URLs must be http(s)")
-    return url
-
-
 def http_get(url: str) -> bytes:
     """Download a staged request (a presigned S3 GET URL)."""
     import urllib.request  # noqa: PLC0415 - see LAZY_IMPORTS
@@ -936,17 +1017,14 @@ def http_put(url: str, body: bytes) -> None:
         answer.read()
 
 
+# ==== 5. locking =================================================================================
+
+
 #: Descriptors of the locks this agent holds. Every Slurm client it starts inherits them: if the
 #: agent dies (killed by a runner timeout, or its SSM command cancelled) while an sbatch is in
 #: flight, the lock stays held until that sbatch exits, so the next agent cannot list the tokens
 #: before the orphaned submission has landed (and submit it a second time).
 HELD_LOCK_FDS = []  # type: List[int]
-
-
-def _bounded_int(value: Any, name: str, low: int, high: int) -> None:
-    """BAD_REQUEST unless ``value`` is an int (not a bool) within ``low..high``."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise AgentError(BAD_REQUEST, "%s must be an integer %d..%d" % (name, low, high))
 
 
 class FileLock(object):
@@ -1001,27 +1079,7 @@ def current_user() -> Optional[str]:
         return None
 
 
-# ---- the agent ----------------------------------------------------------------------------------
-
-
-def decode_payload(payload: str) -> Dict[str, Any]:
-    """Base64 JSON -> request dict; ``AgentError(BAD_PAYLOAD)`` for anything else."""
-    try:
-        raw = base64.b64decode(payload.strip().encode("ascii"), validate=True)
-        request = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeError, binascii.Error) as exc:
-        raise AgentError(BAD_PAYLOAD, "the payload is not base64-encoded JSON: %s" % exc) from exc
-    if not isinstance(request, dict):
-        raise AgentError(BAD_PAYLOAD, "the payload must be a JSON object")
-    return request
-
-
-def error_response(op: str, error: AgentError) -> Dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "ok": False, "op": op, "error": error.to_json()}
-
-
-def dumps(document: Dict[str, Any]) -> str:
-    return json.dumps(document, separators=(",", ":"), sort_keys=False)
+# ==== 6. operations: ping, submit, status, cancel, output, fetch =================================
 
 
 class Agent(object):
@@ -1479,42 +1537,7 @@ class Agent(object):
         )
 
 
-def _scontrol_values(record: Dict[str, str]) -> Dict[str, str]:
-    """Pattern values from a ``scontrol show job`` record (``UserId=alice(1001)`` -> alice)."""
-    values = {
-        "j": record.get("JobId", ""),
-        "J": record.get("JobId", ""),
-        "A": record.get("ArrayJobId", ""),
-        "x": record.get("JobName", ""),
-        "u": record.get("UserId", "").split("(", 1)[0],
-        "N": record.get("BatchHost", ""),
-    }
-    if _DIGITS.fullmatch(record.get("ArrayTaskId", "")):
-        values["a"] = record["ArrayTaskId"]
-    return {key: value for key, value in values.items() if value and value != "(null)"}
-
-
-def _result_json(result: Dict[str, Any]) -> Dict[str, Any]:
-    document = {"token": result.get("token", "")}  # type: Dict[str, Any]
-    if result.get("job_id") is not None:
-        document["job_id"] = result["job_id"]
-    if result.get("reused"):
-        document["reused"] = True
-    error = result.get("error")
-    if isinstance(error, AgentError):
-        document["error"] = error.to_json()
-    return document
-
-
-def effective_request(request: Dict[str, Any], inner: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """Staging settings for a fetched request: the inner request's, else the outer one's."""
-    if inner is None:
-        return request
-    merged = dict(request)
-    for key in ("result_put_url", "inline_limit"):
-        if key in inner:
-            merged[key] = inner[key]
-    return merged
+# ==== 7. main ====================================================================================
 
 
 def read_payload(argv: Iterable[str], stdin: Any) -> str:
