@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import fcntl
 import json
@@ -49,7 +50,18 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    TypeVar,
+)
 
 AGENT_VERSION = "1.0.0"
 #: Imported where used: most runs need none, and they were 60 ms of a 180 ms start.
@@ -447,6 +459,52 @@ def base_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     return env
 
 
+T = TypeVar("T")
+
+
+class SlurmError(AgentError):
+    """A Slurm client ran and failed: its own words, classified (transient or not)."""
+
+
+class SlurmCommand(Generic[T]):
+    """One Slurm client call, as FirecREST v2 does it.
+
+    ``argv()`` is the argument list (no shell ever; ``argv[0]`` names the client), ``stdin()``
+    and ``env(base)`` the rest of its input; ``parse()`` turns the exit status, stdout and stderr
+    into a result or raises a typed ``AgentError``. ``Agent.execute`` is the one place a command
+    runs: a wrapper for every client (e.g. a ``setpriv`` prefix) goes there, once.
+    """
+
+    timeout = QUERY_TIMEOUT_SECONDS
+
+    def argv(self) -> List[str]:
+        raise NotImplementedError
+
+    def stdin(self) -> Optional[bytes]:
+        return None
+
+    def env(self, base: Mapping[str, str]) -> Dict[str, str]:
+        return dict(base)
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> T:
+        raise NotImplementedError
+
+    def unavailable(self, code: int, stderr: str, limit: int = MAX_MESSAGE_CHARS) -> SlurmError:
+        """The transient error of a query that failed: the client's words, else its status."""
+        message = trim_message(stderr, limit) or "%s exited with status %d" % (self.argv()[0], code)
+        return SlurmError(SCHEDULER_UNAVAILABLE, message, transient=True)
+
+
+class SbatchVersionCommand(SlurmCommand[str]):
+    """``sbatch --version`` (op ping): Slurm's version, or what sbatch said instead."""
+
+    def argv(self) -> List[str]:
+        return ["sbatch", "--version"]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> str:
+        return (stdout.strip() if returncode == 0 else "") or trim_message(stderr)
+
+
 # ---- sbatch -------------------------------------------------------------------------------------
 
 #: Fragments of sbatch errors that mean "the scheduler cannot take it now; try later".
@@ -482,32 +540,16 @@ def classify_sbatch_failure(returncode: int, stderr: str) -> AgentError:
     return AgentError(SCHEDULER_REJECTED, message)
 
 
-def parse_parsable(stdout: str) -> str:
-    """The job id in ``sbatch --parsable`` output (``jobid`` or ``jobid;cluster``).
-
-    Raises a transient error when there is none: sbatch said it succeeded, so the job may exist;
-    a retry finds it by its token.
-    """
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
-    if lines:
-        job_id = lines[-1].split(";", 1)[0].strip()
-        if _JOB_ID.fullmatch(job_id):
-            return job_id
-    raise AgentError(
-        SBATCH_BAD_OUTPUT,
-        "sbatch succeeded but printed no job id: %r" % stdout[:200],
-        transient=True,
-    )
-
-
 _JOB_KEYS = frozenset(["token", "script", "options", "environment"])
 
 
-class SbatchCommand(object):
+class SbatchCommand(SlurmCommand[str]):
     """``sbatch`` for one job: validated argv, the script as stdin data, and the output parser.
 
     Raises ``AgentError`` (permanent) on construction when the job is not acceptable.
     """
+
+    timeout = SBATCH_TIMEOUT_SECONDS
 
     def __init__(self, job: Any) -> None:
         if not isinstance(job, dict):
@@ -538,10 +580,20 @@ class SbatchCommand(object):
         return env
 
     def parse(self, returncode: int, stdout: str, stderr: str) -> str:
-        """The new job id, or raise a classified ``AgentError``."""
+        """The new job id (``jobid`` or ``jobid;cluster``), or raise a classified ``AgentError``.
+
+        Success without a job id is transient: the job may exist; a retry finds it by its token.
+        """
         if returncode != 0:
             raise classify_sbatch_failure(returncode, stderr)
-        return parse_parsable(stdout)
+        lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+        if lines and _JOB_ID.fullmatch(lines[-1].split(";", 1)[0].strip()):
+            return lines[-1].split(";", 1)[0].strip()
+        raise AgentError(
+            SBATCH_BAD_OUTPUT,
+            "sbatch succeeded but printed no job id: %r" % stdout[:200],
+            transient=True,
+        )
 
 
 # ---- finding tokens already in Slurm ------------------------------------------------------------
@@ -581,6 +633,40 @@ def parse_token_lines(text: str, user: Optional[str] = None) -> Dict[str, str]:
 
 SQUEUE_ARGV = ["squeue", "-h", "-a", "-t", "all", "-o", "%i|%u|%k"]
 SACCT_ARGV = ["sacct", "-a", "-X", "-n", "-P", "-o", "jobid,user,comment", "-S", SACCT_WINDOW]
+
+
+class SqueueTokensCommand(SlurmCommand[Dict[str, str]]):
+    """Tokens of the jobs slurmctld holds (of ``user``'s jobs, when given)."""
+
+    def __init__(self, user: Optional[str]) -> None:
+        self.user = user
+
+    def argv(self) -> List[str]:
+        return list(SQUEUE_ARGV)
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
+        if returncode != 0:
+            raise self.unavailable(returncode, stderr)
+        return parse_token_lines(stdout, self.user)
+
+
+class SacctTokensCommand(SqueueTokensCommand):
+    """Tokens of the jobs accounting recorded in the last ``lookback`` seconds (None: a week)."""
+
+    def __init__(self, user: Optional[str], lookback: Optional[int]) -> None:
+        super().__init__(user)
+        self.lookback = lookback
+
+    def argv(self) -> List[str]:
+        argv = list(SACCT_ARGV)
+        if self.lookback is not None:
+            argv[-1] = "now-%dseconds" % self.lookback
+        return argv
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
+        if returncode != 0:
+            raise SlurmError(SCHEDULER_UNAVAILABLE, trim_message(stderr, 200), transient=True)
+        return parse_token_lines(stdout, self.user)
 
 
 # ---- op status: squeue for what slurmctld holds, sacct for what it forgot ---------------------
@@ -756,6 +842,33 @@ def _status_order(status: Dict[str, Any]) -> Tuple[int, int, str]:
     return (int(status["base_id"]), int(task) if task.isdigit() else -1, task)
 
 
+class SqueueStatusCommand(SlurmCommand[List[Dict[str, Any]]]):
+    """Every job and array task slurmctld holds (``parse_squeue_status``)."""
+
+    def argv(self) -> List[str]:
+        return list(SQUEUE_STATUS_ARGV)
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> List[Dict[str, Any]]:
+        if returncode != 0:
+            raise self.unavailable(returncode, stderr)
+        return parse_squeue_status(stdout)
+
+
+class SacctStatusCommand(SlurmCommand[List[Dict[str, Any]]]):
+    """What accounting recorded about some base ids (``parse_sacct_status``)."""
+
+    def __init__(self, base_ids: List[str]) -> None:
+        self.base_ids = base_ids
+
+    def argv(self) -> List[str]:
+        return [*SACCT_STATUS_ARGV, "-j", ",".join(self.base_ids)]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> List[Dict[str, Any]]:
+        if returncode != 0:
+            raise self.unavailable(returncode, stderr, 200)
+        return parse_sacct_status(stdout)
+
+
 # ---- op cancel ----------------------------------------------------------------------------------
 
 #: ``-v``: without it, scancel 22.05 says nothing (and exits 0) for finished or unknown jobs.
@@ -776,28 +889,35 @@ def classify_cancel_error(message: str) -> AgentError:
     return AgentError(SCHEDULER_REJECTED, message)
 
 
-def parse_scancel(
-    job_ids: List[str], returncode: int, stderr: str
-) -> List[Tuple[str, Optional[AgentError]]]:
-    """Each id with its error (None: cancelled, or being cancelled).
-
-    scancel reports per job (``Kill job error on job id 12: ...``); anything else it says when it
-    fails applies to every job it did not mention.
+class ScancelCommand(SlurmCommand[List[Tuple[str, Optional[AgentError]]]]):
+    """One scancel for every id; each id comes back with its error (None: cancelled, or being
+    cancelled). scancel reports per job (``Kill job error on job id 12: ...``); anything else it
+    says when it fails applies to every job it did not mention.
     """
-    errors = {}  # type: Dict[str, AgentError]
-    other = []  # type: List[str]
-    for line in stderr.splitlines():
-        matched = _SCANCEL_JOB_ERROR.search(line)
-        if matched:
-            errors[matched.group(1)] = classify_cancel_error(trim_message(line))
-        elif "error" in line.lower():
-            other.append(line)
-    general = None  # type: Optional[AgentError]
-    if returncode != 0:
-        general = classify_cancel_error(
-            trim_message("\n".join(other)) or "scancel exited with status %d" % returncode
-        )
-    return [(job_id, errors.get(job_id, general)) for job_id in job_ids]
+
+    def __init__(self, job_ids: List[str]) -> None:
+        self.job_ids = job_ids
+
+    def argv(self) -> List[str]:
+        return SCANCEL_ARGV + self.job_ids
+
+    def parse(
+        self, returncode: int, stdout: str, stderr: str
+    ) -> List[Tuple[str, Optional[AgentError]]]:
+        errors = {}  # type: Dict[str, AgentError]
+        other = []  # type: List[str]
+        for line in stderr.splitlines():
+            matched = _SCANCEL_JOB_ERROR.search(line)
+            if matched:
+                errors[matched.group(1)] = classify_cancel_error(trim_message(line))
+            elif "error" in line.lower():
+                other.append(line)
+        general = None  # type: Optional[AgentError]
+        if returncode != 0:
+            general = classify_cancel_error(
+                trim_message("\n".join(other)) or "scancel exited with status %d" % returncode
+            )
+        return [(job_id, errors.get(job_id, general)) for job_id in self.job_ids]
 
 
 #: Slurm prints this task id for jobs that are not arrays (NO_VAL), and uses it in file names.
@@ -849,6 +969,41 @@ def _scontrol_values(record: Dict[str, str]) -> Dict[str, str]:
     if _DIGITS.fullmatch(record.get("ArrayTaskId", "")):
         values["a"] = record["ArrayTaskId"]
     return {key: value for key, value in values.items() if value and value != "(null)"}
+
+
+class ScontrolJobCommand(SlurmCommand[Optional[Dict[str, str]]]):
+    """The job's ``scontrol -o show job`` record; None once slurmctld has forgotten it."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def argv(self) -> List[str]:
+        return ["scontrol", "-o", "show", "job", self.job_id]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Optional[Dict[str, str]]:
+        if returncode == 0:
+            return parse_scontrol_job(stdout, self.job_id)
+        if "invalid job id" in stderr.lower():
+            return None
+        raise self.unavailable(returncode, stderr)
+
+
+class SacctJobCommand(ScontrolJobCommand):
+    """Pattern values from accounting (raw job id, name, user, first node), if it has them."""
+
+    def argv(self) -> List[str]:
+        return [*SACCT_OUTPUT_ARGV, "-j", self.job_id]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
+        lines = [line.split("|") for line in stdout.splitlines() if line.count("|") == 3]
+        if returncode != 0 or not lines or not _JOB_ID.fullmatch(lines[-1][0]):
+            return {}
+        raw, name, user, nodes = lines[-1]
+        values = {"j": raw, "J": raw, "x": name, "u": user}
+        node = first_node(nodes)
+        if node:
+            values["N"] = node
+        return {key: value for key, value in values.items() if value}
 
 
 # ==== 3. output files: Slurm's file name patterns, reading a chunk ===============================
@@ -1162,14 +1317,9 @@ class Agent(object):
 
     def ping(self) -> Dict[str, Any]:
         try:
-            code, out, err = self.run(
-                ["sbatch", "--version"], None, QUERY_TIMEOUT_SECONDS, self.base_env
-            )
-            sbatch = (out.strip() or trim_message(err)) if code == 0 else trim_message(err)
-        except FileNotFoundError:
-            sbatch = "not found"
-        except subprocess.TimeoutExpired:
-            sbatch = "timed out"
+            sbatch = self.execute(SbatchVersionCommand())
+        except AgentError as exc:
+            sbatch = "not found" if exc.code == SLURM_NOT_FOUND else "timed out"
         info = {
             "agent_version": AGENT_VERSION,
             "python": platform.python_version(),
@@ -1261,7 +1411,7 @@ class Agent(object):
                 results[index] = {"token": command.token, "error": stop}
                 return
             try:
-                results[index] = {"token": command.token, "job_id": self._sbatch(command)}
+                results[index] = {"token": command.token, "job_id": self.execute(command)}
             except AgentError as exc:
                 results[index] = {"token": command.token, "error": exc}
                 if exc.code in (SCHEDULER_UNAVAILABLE, SLURM_NOT_FOUND):
@@ -1286,20 +1436,25 @@ class Agent(object):
                 original = results[first[token]]
                 results[index] = dict(original, reused="job_id" in original)
 
-    def _sbatch(self, command: SbatchCommand) -> str:
+    def execute(self, command: SlurmCommand[T]) -> T:
+        """Run one Slurm command with the clean environment and parse what it answered.
+
+        The one place a Slurm client starts. A client not installed is SLURM_NOT_FOUND; one that
+        does not answer within the command's timeout is transient (SCHEDULER_UNAVAILABLE).
+        """
+        argv = command.argv()
         try:
             code, out, err = self.run(
-                command.argv(),
-                command.stdin(),
-                SBATCH_TIMEOUT_SECONDS,
-                command.env(self.base_env),
+                argv, command.stdin(), command.timeout, command.env(self.base_env)
             )
         except FileNotFoundError as exc:
-            raise AgentError(SLURM_NOT_FOUND, "sbatch is not installed or not on PATH") from exc
+            raise AgentError(
+                SLURM_NOT_FOUND, "%s is not installed or not on PATH" % argv[0]
+            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise AgentError(
                 SCHEDULER_UNAVAILABLE,
-                "sbatch did not answer within %.0f s" % SBATCH_TIMEOUT_SECONDS,
+                "%s did not answer within %.0f s" % (argv[0], command.timeout),
                 transient=True,
             ) from exc
         return command.parse(code, out, err)
@@ -1313,43 +1468,18 @@ class Agent(object):
         transient) plus one sacct for jobs that already left squeue (``MinJobAge``); accounting
         may be absent, so a failing sacct is tolerated and reported in ``info.dedup``.
         """
-        code, out, err = self._query(list(SQUEUE_ARGV))
-        if code != 0:
-            raise AgentError(
-                SCHEDULER_UNAVAILABLE,
-                trim_message(err) or "squeue exited with status %d" % code,
-                transient=True,
-            )
-        found = parse_token_lines(out, self.user)
+        found = self.execute(SqueueTokensCommand(self.user))
         try:
-            argv = list(SACCT_ARGV)
-            if lookback is not None:
-                argv[-1] = "now-%dseconds" % lookback
-            code, out, err = self._query(argv)
+            accounted = self.execute(SacctTokensCommand(self.user, lookback))
+        except SlurmError as exc:
+            return found, "squeue (sacct failed: %s)" % exc.message
         except AgentError as exc:
             missing = exc.code == SLURM_NOT_FOUND
             return found, "squeue (sacct %s)" % ("not installed" if missing else "timed out")
-        if code != 0:
-            return found, "squeue (sacct failed: %s)" % trim_message(err, 200)
-        for token, job_id in parse_token_lines(out, self.user).items():
+        for token, job_id in accounted.items():
             if token not in found or int(job_id) < int(found[token]):
                 found[token] = job_id
         return found, "squeue+sacct"
-
-    def _query(self, argv: List[str]) -> RunResult:
-        """Run a Slurm client with the clean environment; a missing or hanging one is an error."""
-        try:
-            return self.run(argv, None, QUERY_TIMEOUT_SECONDS, self.base_env)
-        except FileNotFoundError as exc:
-            raise AgentError(
-                SLURM_NOT_FOUND, "%s is not installed or not on PATH" % argv[0]
-            ) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise AgentError(
-                SCHEDULER_UNAVAILABLE,
-                "%s did not answer within %.0f s" % (argv[0], QUERY_TIMEOUT_SECONDS),
-                transient=True,
-            ) from exc
 
     def status(self, job_ids: Any) -> Dict[str, Any]:
         """What Slurm says about jobs: one squeue, plus one sacct for what squeue cannot tell.
@@ -1363,31 +1493,18 @@ class Agent(object):
         live = []  # type: List[Dict[str, Any]]
         accounted = []  # type: List[Dict[str, Any]]
         if wanted:
-            code, out, err = self._query(list(SQUEUE_STATUS_ARGV))
-            if code != 0:
-                raise AgentError(
-                    SCHEDULER_UNAVAILABLE,
-                    trim_message(err) or "squeue exited with status %d" % code,
-                    transient=True,
-                )
             bases = {job_id.partition("_")[0] for job_id in wanted}
-            live = [status for status in parse_squeue_status(out) if status["base_id"] in bases]
+            live = [s for s in self.execute(SqueueStatusCommand()) if s["base_id"] in bases]
             listed = {status["base_id"] for status in live}
             arrays = {status["base_id"] for status in live if "array_task" in status}
             ask = sorted((bases - listed) | arrays, key=int)
             if ask:
-                failure = None  # type: Optional[str]
                 try:
-                    code, out, err = self._query([*SACCT_STATUS_ARGV, "-j", ",".join(ask)])
-                    if code != 0:
-                        failure = trim_message(err, 200) or "sacct exited with status %d" % code
+                    accounted = self.execute(SacctStatusCommand(ask))
+                    response["accounting"] = True
                 except AgentError as exc:
-                    failure = exc.message
-                response["accounting"] = failure is None
-                if failure is None:
-                    accounted = parse_sacct_status(out)
-                else:
-                    response["info"] = {"sacct": failure}
+                    response["accounting"] = False
+                    response["info"] = {"sacct": exc.message}
         response["statuses"], response["missing"] = merge_statuses(wanted, live, accounted)
         return response
 
@@ -1396,8 +1513,7 @@ class Agent(object):
         wanted = validate_job_ids(job_ids)
         cancelled = []  # type: List[Dict[str, Any]]
         if wanted:
-            code, _, err = self._query(SCANCEL_ARGV + wanted)
-            for job_id, error in parse_scancel(wanted, code, err):
+            for job_id, error in self.execute(ScancelCommand(wanted)):
                 result = {"job_id": job_id, "ok": error is None}  # type: Dict[str, Any]
                 if error is not None:
                     result["error"] = error.to_json()
@@ -1424,14 +1540,15 @@ class Agent(object):
         paths = {}  # type: Dict[str, str]
         trouble = None  # type: Optional[AgentError]
         try:
-            record = self._scontrol_job(job_id)
+            record = self.execute(ScontrolJobCommand(job_id))
         except AgentError as exc:
             record, trouble = None, exc
         if record is not None:
             values.update(_scontrol_values(record))
             paths = {"stdout": record.get("StdOut", ""), "stderr": record.get("StdErr", "")}
         elif wanted["patterns"]:
-            values.update(self._sacct_values(job_id))
+            with contextlib.suppress(AgentError):  # none: the request's and the agent's values
+                values.update(self.execute(SacctJobCommand(job_id)))
         chunks = []
         for stream in wanted["streams"]:
             pattern = wanted["patterns"].get(stream)
@@ -1448,35 +1565,6 @@ class Agent(object):
             chunk["stream"] = stream
             chunks.append(chunk)
         return {"v": PROTOCOL_VERSION, "ok": True, "op": "output", "output": chunks}
-
-    def _scontrol_job(self, job_id: str) -> Optional[Dict[str, str]]:
-        """The job's ``scontrol -o show job`` record; None once slurmctld has forgotten it."""
-        code, out, err = self._query(["scontrol", "-o", "show", "job", job_id])
-        if code == 0:
-            return parse_scontrol_job(out, job_id)
-        if "invalid job id" in err.lower():
-            return None
-        raise AgentError(
-            SCHEDULER_UNAVAILABLE,
-            trim_message(err) or "scontrol exited with status %d" % code,
-            transient=True,
-        )
-
-    def _sacct_values(self, job_id: str) -> Dict[str, str]:
-        """Pattern values from accounting (raw job id, name, user, first node), if it has them."""
-        try:
-            code, out, _ = self._query([*SACCT_OUTPUT_ARGV, "-j", job_id])
-        except AgentError:
-            return {}
-        lines = [line.split("|") for line in out.splitlines() if line.count("|") == 3]
-        if code != 0 or not lines or not _JOB_ID.fullmatch(lines[-1][0]):
-            return {}
-        raw, name, user, nodes = lines[-1]
-        values = {"j": raw, "J": raw, "x": name, "u": user}
-        node = first_node(nodes)
-        if node:
-            values["N"] = node
-        return {key: value for key, value in values.items() if value}
 
     @staticmethod
     def _read_stream(
