@@ -92,6 +92,13 @@ SACCT_WINDOW = "now-7days"
 MIN_LOOKBACK_SECONDS = 60
 MAX_LOOKBACK_SECONDS = 90 * 86400
 MAX_MESSAGE_CHARS = 1000
+#: Digits of the longest integer a request may carry: enough for any field (2**64 has 20), and
+#: a bound on the work of parsing one (Python 3.7's ``int()`` of n digits takes O(n**2)).
+MAX_INT_DIGITS = 20
+#: Largest output ``offset``: a 4 EiB file. Above 2**63 - 1, ``os.pread`` overflows.
+MAX_OUTPUT_OFFSET = 2**62
+#: Largest ``inline_limit`` (``protocol.MAX_INLINE_LIMIT``): far above any runner's stdout.
+MAX_INLINE_LIMIT = 16 * 1024 * 1024
 
 # Error codes (stable: the worker and the API expose them).
 BAD_PAYLOAD = "BAD_PAYLOAD"
@@ -367,8 +374,8 @@ def validate_output_query(query: Any) -> Dict[str, Any]:
         raise AgentError(BAD_REQUEST, "output.job_id must be a Slurm job id")
     if not isinstance(streams, list) or not set(streams) <= set(STREAMS) or not streams:
         raise AgentError(BAD_REQUEST, "output.streams must list stdout and/or stderr")
-    if offset is not None and (not _is_int(offset) or offset < 0):
-        raise AgentError(BAD_REQUEST, "output.offset must be a byte offset >= 0")
+    if offset is not None:
+        _bounded_int(offset, "output.offset", 0, MAX_OUTPUT_OFFSET)
     if not _is_int(max_bytes) or not 1 <= max_bytes <= MAX_OUTPUT_BYTES:
         raise AgentError(BAD_REQUEST, "output.max_bytes must be 1 to %d" % MAX_OUTPUT_BYTES)
     if not isinstance(patterns, dict) or any(
@@ -406,11 +413,20 @@ def _check_url(url: Any) -> str:
     return url
 
 
+def parse_int(text: str) -> int:
+    """``json.loads``'s integer parser, bounded to ``MAX_INT_DIGITS`` digits (else BAD_PAYLOAD)."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise AgentError(
+            BAD_PAYLOAD, "integers in a request have at most %d digits" % MAX_INT_DIGITS
+        )
+    return int(text)
+
+
 def decode_payload(payload: str) -> Dict[str, Any]:
     """Base64 JSON -> request dict; ``AgentError(BAD_PAYLOAD)`` for anything else."""
     try:
         raw = base64.b64decode(payload.strip().encode("ascii"), validate=True)
-        request = json.loads(raw.decode("utf-8"))
+        request = json.loads(raw.decode("utf-8"), parse_int=parse_int)
     except (ValueError, UnicodeError, binascii.Error) as exc:
         raise AgentError(BAD_PAYLOAD, "the payload is not base64-encoded JSON: %s" % exc) from exc
     if not isinstance(request, dict):
@@ -436,6 +452,17 @@ def _result_json(result: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(error, AgentError):
         document["error"] = error.to_json()
     return document
+
+
+def validate_staging(request: Dict[str, Any]) -> None:
+    """BAD_REQUEST unless the answer's staging settings (URL, ``inline_limit``) are acceptable.
+
+    Checked before the op runs: refusing them afterwards would answer an error for jobs that
+    are already in Slurm.
+    """
+    if request.get("result_put_url"):
+        _check_url(request["result_put_url"])
+    _bounded_int(request.get("inline_limit", 20000), "inline_limit", 0, MAX_INLINE_LIMIT)
 
 
 def effective_request(request: Dict[str, Any], inner: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -1287,6 +1314,7 @@ class Agent(object):
                 staging = effective_request(request, inner)
                 request = inner
                 op = str(request.get("op", ""))[:32]
+            validate_staging(staging)
             response = self.handle(request)
             return self.stage_if_large(staging, response)
         except AgentError as exc:
@@ -1342,7 +1370,7 @@ class Agent(object):
                 FETCH_FAILED, "cannot download the staged request: %s" % exc, transient=True
             ) from exc
         try:
-            inner = json.loads(data.decode("utf-8"))
+            inner = json.loads(data.decode("utf-8"), parse_int=parse_int)
         except (ValueError, UnicodeError) as exc:
             raise AgentError(BAD_PAYLOAD, "the staged request is not JSON: %s" % exc) from exc
         if not isinstance(inner, dict):
