@@ -134,7 +134,9 @@ _TIME_LIMIT = re.compile(
     r"^(UNLIMITED|\d{1,7}|\d{1,7}:\d{1,2}|\d{1,7}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}){0,2})$"
 )
 _MEMORY = re.compile(r"^[1-9]\d{0,8}[KMGT]?$")
-_ABS_PATH = re.compile(r"^/(?!.*(^|/)\.\.(/|$))[^\x00\n\r]{0,1023}$")
+#: ``broker.models.AbsPath`` plus a lookahead refusing '..' components (JobSpec does that in a
+#: validator); the lookahead stands before the first '/', so '/..' and '/../x' are refused too.
+_ABS_PATH = re.compile(r"^(?!.*(^|/)\.\.(/|$))/[^\x00\n\r]{0,1023}$")
 _ARRAY = re.compile(
     r"^[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?(,[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?)*"
     r"(%[0-9]{1,5})?$"
