@@ -489,13 +489,15 @@ def base_environment(environ: Mapping[str, str]) -> Dict[str, str]:
 
 
 T = TypeVar("T")
+#: What a command's ``parse`` returns (covariant: a command only produces it).
+Result_co = TypeVar("Result_co", covariant=True)
 
 
 class SlurmError(AgentError):
     """A Slurm client ran and failed: its own words, classified (transient or not)."""
 
 
-class SlurmCommand(Generic[T]):
+class SlurmCommand(Generic[Result_co]):
     """One Slurm client call, as FirecREST v2 does it.
 
     ``argv()`` is the argument list (no shell ever; ``argv[0]`` names the client), ``stdin()``
@@ -515,7 +517,7 @@ class SlurmCommand(Generic[T]):
     def env(self, base: Mapping[str, str]) -> Dict[str, str]:
         return dict(base)
 
-    def parse(self, returncode: int, stdout: str, stderr: str) -> T:
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Result_co:
         raise NotImplementedError
 
     def unavailable(self, code: int, stderr: str, limit: int = MAX_MESSAGE_CHARS) -> SlurmError:
@@ -1017,8 +1019,11 @@ class ScontrolJobCommand(SlurmCommand[Optional[Dict[str, str]]]):
         raise self.unavailable(returncode, stderr)
 
 
-class SacctJobCommand(ScontrolJobCommand):
+class SacctJobCommand(SlurmCommand[Dict[str, str]]):
     """Pattern values from accounting (raw job id, name, user, first node), if it has them."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
 
     def argv(self) -> List[str]:
         return [*SACCT_OUTPUT_ARGV, "-j", self.job_id]
