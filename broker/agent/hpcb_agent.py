@@ -28,6 +28,13 @@ Ops: ``ping``, ``submit``, ``status`` (one squeue, at most one sacct, for any nu
 them, staged in S3). Every Slurm client runs with a small clean environment (``base_environment``):
 a site's ``SQUEUE_FORMAT``/``SLURM_TIME_FORMAT`` cannot change what the parsers read, and the
 broker's own environment never reaches a job.
+
+Layout, in this order: 1. protocol and validation (what a request may contain: every string
+checked against a pattern, every integer bounded, so a bad request is a permanent error, never
+a crash); 2. commands (one ``SlurmCommand`` class per Slurm call: its argv, and the parser of
+its outcome); 3. output files; 4. effects (processes, HTTP); 5. locking; 6. operations (the
+``Agent``: each op validates, runs commands through ``Agent.execute``, the one place a Slurm
+client starts, and builds its answer); 7. main.
 """
 
 from __future__ import annotations
@@ -951,10 +958,10 @@ class ScancelCommand(SlurmCommand[List[Tuple[str, Optional[AgentError]]]]):
         return [(job_id, errors.get(job_id, general)) for job_id in self.job_ids]
 
 
+# ---- op output: what Slurm remembers of a job (its file paths, or the values of its patterns) ---
+
 #: Slurm prints this task id for jobs that are not arrays (NO_VAL), and uses it in file names.
 NO_TASK = "4294967294"
-
-
 _SCONTROL_KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_:/]*)=")
 SACCT_OUTPUT_ARGV = ["sacct", "-a", "-X", "-n", "-P", "-o", "jobidraw,jobname,user,nodelist"]
 
