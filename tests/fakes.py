@@ -14,7 +14,6 @@ from typing import Any, Literal
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse
 from broker.batches import batch_id_of, unrecorded_item
 from broker.errors import BackpressureError, ClusterNotFoundError, ConflictError, NotFoundError
-from broker.events import Event
 from broker.jobs import JobRecord, JobState
 from broker.models import (
     ErrorInfo,
@@ -23,8 +22,9 @@ from broker.models import (
     RequestResult,
     utcnow,
 )
+from broker.notifications.events import Event
 from broker.ports import ClusterTarget, CommandRunner, Limits
-from broker.states import RequestState, can_transition
+from broker.requests.states import RequestState, can_transition
 
 
 class InMemoryStore:
