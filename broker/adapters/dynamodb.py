@@ -35,8 +35,8 @@ from broker.errors import (
     BackpressureError,
     ClusterNotReadyError,
     ConflictError,
+    InvalidNextTokenError,
     NotFoundError,
-    ValidationError,
 )
 from broker.jobs import JobRecord, JobState
 from broker.models import ErrorInfo, RequestRecord, RequestResult, dump, utcnow
@@ -1040,11 +1040,15 @@ def encode_token(key: Mapping[str, Any]) -> str:
 
 
 def decode_token(token: str) -> dict[str, Any]:
-    """The ``ExclusiveStartKey`` of a ``next_token`` (ValidationError if not one of ours)."""
+    """The ``ExclusiveStartKey`` of a ``next_token`` (InvalidNextTokenError if not one of ours).
+
+    The API checks a token's signature before it gets here (``broker.api.tokens``); this is
+    the store's own guard, for callers that are not the API.
+    """
     try:
         decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, TypeError) as exc:
-        raise ValidationError("next_token is not a token this API issued") from exc
+        raise InvalidNextTokenError("next_token is not a token this API issued") from exc
     if not isinstance(decoded, dict):
-        raise ValidationError("next_token is not a token this API issued")
+        raise InvalidNextTokenError("next_token is not a token this API issued")
     return decoded
