@@ -23,6 +23,7 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.api import app as api_app
+from broker.api import idempotency
 from broker.api.handler import lambda_handler
 from broker.errors import NotFoundError
 from broker.jobs import JobState
@@ -32,7 +33,7 @@ from broker.local.pollers import build_sqs_event
 from broker.models import JobSpec, slurm_token
 from broker.ports import Limits
 from broker.service import Dispatcher, RequestService
-from broker.settings import job_worker_settings
+from broker.settings import api_settings, job_worker_settings
 from broker.states import RequestState
 from broker.sweep import Announcer
 from tests.conftest import REGION, AwsResources
@@ -173,6 +174,33 @@ def test_reads_that_fail_transiently_answer_503(
     # AND both work once the faults have passed
     assert world.get(f"/v1/requests/{request_id}").status_code == 200
     assert world.get("/v1/clusters/local/jobs").status_code == 200
+
+
+@KINDS
+def test_an_idempotency_table_that_fails_transiently_answers_503(
+    world: World, monkeypatch: pytest.MonkeyPatch, fault: Callable[[], Exception]
+) -> None:
+    # GIVEN the Idempotency-Key table failing once (Powertools wraps the error in its own)
+    monkeypatch.setenv("HPCB_QUEUE_URL", world.resources.provisioned.queue_url("RequestsQueue"))
+    monkeypatch.setenv("HPCB_IDEMPOTENCY_TABLE", world.resources.ref("IdempotencyTable"))
+    api_settings.cache_clear()
+    idempotency._once.cache_clear()
+    keys = FaultyClient(client("dynamodb"))
+    monkeypatch.setattr(idempotency, "client", lambda service: keys)
+    keys.fail("put_item", fault())
+    try:
+        # WHEN a job is posted with a key
+        answer = world.http.post(
+            "/v1/clusters/local/jobs", json={"script": SCRIPT},
+            headers={"X-Hpcb-Local-Principal": ALICE, "Idempotency-Key": "k-1"},
+        )  # fmt: skip
+        # THEN 503 with Retry-After (not 500), nothing of AWS's text, nothing accepted
+        assert keys.failed == ["put_item"]
+        assert_transient_answer(answer)
+        assert world.backlog() == (0, 0)
+    finally:
+        idempotency._once.cache_clear()
+        api_settings.cache_clear()
 
 
 # -- the job worker -------------------------------------------------------------------------------
