@@ -55,6 +55,12 @@ class ValidationError(BrokerError):
     code = "VALIDATION_ERROR"
 
 
+class InvalidNextTokenError(ValidationError):
+    """A ``next_token`` this API did not issue, or issued to another caller or query."""
+
+    code = "INVALID_NEXT_TOKEN"
+
+
 class PayloadTooLargeError(ValidationError):
     """A body or script is larger than the documented limit."""
 

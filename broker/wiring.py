@@ -40,6 +40,7 @@ from broker.settings import (
     api_settings,
     cluster_worker_settings,
     job_worker_settings,
+    page_token_settings,
     sweeper_settings,
 )
 from broker.sweep.clusters import ClusterFollower
@@ -231,6 +232,7 @@ def reset() -> None:
         cached.cache_clear()
     cluster_worker_settings.cache_clear()
     api_settings.cache_clear()
+    page_token_settings.cache_clear()
     job_worker_settings.cache_clear()
     sweeper_settings.cache_clear()
     client.cache_clear()

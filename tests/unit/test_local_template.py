@@ -37,6 +37,7 @@ def _queue(logical_id: str) -> PhysicalResource:
     )
 
 
+_SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:hpcb-local-PageTokenSecret-AbCdEf"
 FAKE_PHYSICAL = {
     "RequestsQueue": _queue("RequestsQueue"),
     "RequestsDLQ": _queue("RequestsDLQ"),
@@ -68,6 +69,12 @@ FAKE_PHYSICAL = {
             "TopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:hpcb-local-NotificationsTopic",
             "TopicName": "hpcb-local-NotificationsTopic",
         },
+    ),
+    "PageTokenSecret": PhysicalResource(
+        "PageTokenSecret",
+        "AWS::SecretsManager::Secret",
+        _SECRET_ARN,
+        {"Id": _SECRET_ARN},
     ),
 }
 
@@ -356,6 +363,7 @@ def test_provision_order_creates_the_dlq_before_the_queue_that_names_it(
         "IdempotencyTable",
         "StagingBucket",
         "NotificationsTopic",
+        "PageTokenSecret",
     }
 
 

@@ -40,6 +40,7 @@ PROVISIONED_TYPES: Final = frozenset(
         "AWS::S3::Bucket",
         "AWS::SNS::Topic",
         "AWS::SNS::Subscription",
+        "AWS::SecretsManager::Secret",
     }
 )
 DEFAULT_NAME_PREFIX: Final = "hpcb-local"
