@@ -27,15 +27,16 @@ from broker.api import idempotency
 from broker.api.handler import lambda_handler
 from broker.errors import NotFoundError
 from broker.jobs import JobState
+from broker.jobs.accept import RequestService
+from broker.jobs.dispatch import Dispatcher
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
 from broker.models import JobSpec, slurm_token
+from broker.notifications.announcer import Announcer
 from broker.ports import Limits
-from broker.service import Dispatcher, RequestService
 from broker.settings import api_settings, job_worker_settings
 from broker.states import RequestState
-from broker.sweep import Announcer
 from tests.conftest import REGION, AwsResources
 from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner, submitted
 from tests.functional.aws_faults import AWS_TEXT, TRANSIENT_FAULTS, FaultyClient

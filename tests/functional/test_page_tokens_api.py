@@ -24,9 +24,9 @@ from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
 from broker.api.tokens import page_tokens
-from broker.cluster_service import ClusterService
+from broker.clusters.service import ClusterService
+from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
-from broker.service import RequestService
 from broker.settings import page_token_settings
 from tests.conftest import AwsResources
 from tests.fakes import FakeDirectory

@@ -26,7 +26,6 @@ from broker.adapters.sns import SnsNotifier
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
 from broker.agent.protocol import AgentRequest
 from broker.errors import BrokerError, TransientError
-from broker.events import JobEvent
 from broker.jobs import JobRecord, JobState
 from broker.models import (
     ClusterMessage,
@@ -37,6 +36,7 @@ from broker.models import (
     new_request_id,
 )
 from broker.models import utcnow as now
+from broker.notifications.events import JobEvent
 from broker.ports import ClusterTarget
 from broker.runners.ssm import SsmRunner
 from broker.states import RequestState
