@@ -27,6 +27,7 @@ from broker.local.apigw import (
     RawHeadersRequestHandler,
 )
 from broker.local.stack import LocalStack
+from broker.models import ErrorResponse
 
 HERE = Path(__file__).resolve().parent
 # Saved output of `sam local generate-event apigateway aws-proxy` (SAM CLI 1.170.0).
@@ -276,9 +277,18 @@ def test_path_outside_every_route_is_api_gateways_403(api: Served) -> None:
     # WHEN the root is requested
     response = requests.get(f"{api.url}/", timeout=10)
 
-    # THEN API Gateway's answer for an unknown resource, without invoking
+    # THEN API Gateway's answer for an unknown resource, in the API's error schema (as the
+    # template's GatewayResponses shape it), without invoking
     assert response.status_code == 403
-    assert response.json() == {"message": "Missing Authentication Token"}
+    assert response.json() == {
+        "error": {
+            "code": "MISSING_AUTHENTICATION_TOKEN",
+            "message": "Missing Authentication Token",
+            "transient": False,
+            "fields": [],
+        }
+    }
+    ErrorResponse.model_validate(response.json())
     assert api.handler.events == []
 
 
@@ -292,7 +302,9 @@ def test_handler_exception_is_a_502_internal_server_error(api: Served) -> None:
     # WHEN / THEN API Gateway's 502
     response = requests.get(f"{api.url}/v1/jobs", timeout=10)
     assert response.status_code == 502
-    assert response.json() == {"message": "Internal server error"}
+    assert response.json()["error"]["message"] == "Internal server error"
+    assert response.json()["error"]["transient"] is True
+    ErrorResponse.model_validate(response.json())
 
 
 def test_malformed_proxy_result_is_a_502(api: Served) -> None:
