@@ -8,12 +8,14 @@ Storage items live in the DynamoDB adapter and convert to and from these models 
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -34,6 +36,27 @@ from broker.states import RequestState
 #: Largest job script accepted, in UTF-8 bytes. Larger scripts answer 413. The limit keeps a
 #: request record well under DynamoDB's 400 KB item limit and a queue message under SQS's.
 MAX_SCRIPT_BYTES = 64 * 1024
+
+
+def _a_json_number(value: Any) -> Any:
+    """Before an integer field (``strict=False``, so that 3.0 is 3, as JSON Schema reads it):
+    ``"3"`` and ``true`` are not integers."""
+    if isinstance(value, (str, bool)):
+        raise ValueError("an integer is required")
+    return value
+
+
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _a_date_time(value: Any) -> Any:
+    if isinstance(value, str) and not _DATE_TIME.match(value):
+        raise ValueError("an ISO 8601 date-time is required, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+#: A date and time, ISO 8601 (RFC 3339 in the document), never a bare number of seconds.
+DateTimeText = Annotated[datetime, BeforeValidator(_a_date_time)]
 
 #: Cluster names follow ParallelCluster's rule: a letter, then letters, digits, hyphens (<= 60).
 ClusterName = Annotated[
@@ -168,10 +191,14 @@ class JobSpec(StrictModel):
         default=None,
         description="Wall-clock limit (--time): minutes, or [D-]HH:MM:SS, or UNLIMITED.",
     )
-    nodes: int | None = Field(default=None, ge=1, le=10000, description="Node count (--nodes).")
-    ntasks: int | None = Field(default=None, ge=1, le=1000000, description="Tasks (--ntasks).")
+    nodes: int | None = Field(
+        default=None, strict=False, ge=1, le=10000, description="Node count (--nodes)."
+    )
+    ntasks: int | None = Field(
+        default=None, strict=False, ge=1, le=1000000, description="Tasks (--ntasks)."
+    )
     cpus_per_task: int | None = Field(
-        default=None, ge=1, le=1024, description="CPUs per task (--cpus-per-task)."
+        default=None, strict=False, ge=1, le=1024, description="CPUs per task (--cpus-per-task)."
     )
     mem: Memory | None = Field(default=None, description="Memory per node (--mem), e.g. '4G'.")
     working_directory: AbsPath | None = Field(
@@ -219,6 +246,8 @@ class JobSpec(StrictModel):
         if isinstance(value, str) and not value.startswith("#!"):
             raise ValueError("the script must start with a shebang line, e.g. '#!/bin/bash'")
         return value
+
+    _integers = field_validator("nodes", "ntasks", "cpus_per_task", mode="before")(_a_json_number)
 
     @field_validator("working_directory", "output", "error", mode="before")
     @classmethod
@@ -458,7 +487,7 @@ MAX_BATCH_BODY_BYTES = 5 * 1024 * 1024
 
 
 #: The OpenAPI document's name for a job specification (Powertools' components).
-_JOB_SPEC_REF = {"$ref": "#/components/schemas/JobSpec"}
+_JOB_SPEC_REF: dict[str, Any] = {"$ref": "#/components/schemas/JobSpec"}
 
 
 class BatchBody(StrictModel):
@@ -552,21 +581,28 @@ MAX_OUTPUT_OFFSET = 2**50
 class OutputQueryBody(StrictModel):
     """Which output to fetch (``POST /v1/clusters/{cluster}/jobs/{job_id}/output``)."""
 
+    _integers = field_validator("offset", "max_bytes", "task", mode="before")(_a_json_number)
+
     stream: Literal["stdout", "stderr", "both"] = Field(
         default="both", description="Which stream(s)."
     )
     offset: int | None = Field(
         default=None,
+        strict=False,
         ge=0,
         le=MAX_OUTPUT_OFFSET,
         description=f"Byte offset to read from, at most {MAX_OUTPUT_OFFSET} (1 PiB); omitted: "
         "the tail.",
     )
     max_bytes: int = Field(
-        default=64 * 1024, ge=1, le=64 * 1024, description="Bytes per stream, at most 64 KiB."
+        default=64 * 1024,
+        strict=False,
+        ge=1,
+        le=64 * 1024,
+        description="Bytes per stream, at most 64 KiB.",
     )
     task: int | None = Field(
-        default=None, ge=0, le=9_999_999, description="Array task index, for arrays."
+        default=None, strict=False, ge=0, le=9_999_999, description="Array task index, for arrays."
     )
 
 

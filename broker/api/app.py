@@ -8,7 +8,6 @@ never a field of the request.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 
@@ -47,6 +46,7 @@ from broker.models import (
     ClusterList,
     ClusterUpdateBody,
     ClusterView,
+    DateTimeText,
     FleetBody,
     JobSpec,
     OutputQueryBody,
@@ -293,8 +293,12 @@ def list_jobs(
     name: Annotated[
         str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", description="Job name.")
     ] = None,
-    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
-    until: Annotated[datetime | None, Query(description="Created at or before (ISO 8601).")] = None,
+    since: Annotated[
+        DateTimeText | None, Query(description="Created at or after (ISO 8601).")
+    ] = None,
+    until: Annotated[
+        DateTimeText | None, Query(description="Created at or before (ISO 8601).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     next_token: NextToken = None,
 ) -> JobList:

@@ -17,6 +17,7 @@ import pytest
 import requests
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventModel
 from werkzeug.serving import make_server
+from werkzeug.test import Client
 
 from broker.local.apigw import (
     DEFAULT_PRINCIPAL,
@@ -349,3 +350,21 @@ def test_local_stack_serves_the_template_api_function_after_setting_its_environm
         "HPCB_TEST_STAGE": "test",
         "HPCB_TEST_QUEUE_URL": queue_url,
     }
+
+
+def test_require_authorization_answers_an_unsigned_call_as_aws_iam_does() -> None:
+    # GIVEN the adapter in AWS_IAM mode (as the fuzz runs it)
+    recorder = Recorder()
+    app = ApiGatewayApp([ApiRoute("/{proxy+}", "ANY", recorder, "f")], require_authorization=True)
+    client = Client(app)
+    # WHEN a call comes without Authorization / THEN API Gateway's 403 in the error schema,
+    # and the handler never runs
+    unsigned = client.get("/v1/clusters")
+    assert unsigned.status_code == 403
+    assert unsigned.get_json()["error"]["code"] == "MISSING_AUTHENTICATION_TOKEN"
+    assert recorder.events == []
+    # AND a call with one reaches the handler
+    assert (
+        client.get("/v1/clusters", headers={"Authorization": "AWS4-HMAC-SHA256 x"}).status_code
+        == 200
+    )
