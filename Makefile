@@ -3,6 +3,7 @@
 #   make test   - the whole suite: lint, template checks, unit, functional, integration (real Slurm)
 #   make demo   - up, submit a job through the HTTP API, poll it to completion, tear down
 #   make down   - stop the local stack and Slurm
+#   make fuzz   - schemathesis against the API for ~10 minutes, with stateful links
 #   make bench  - benchmarks on the local stack, each beside its baseline (last: a 10,000-job burst)
 SHELL := /bin/bash
 .ONESHELL:
@@ -22,7 +23,7 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
-        functional integration bench bench-burst lock clean
+        functional integration fuzz bench bench-burst lock clean
 
 setup: system-deps venv sam
 
@@ -98,6 +99,13 @@ integration: system-deps venv
 test: system-deps venv sam lint template
 	$(SLURM) up
 	source $(SLURM_ENV) && $(BIN)/pytest tests -q
+
+# The API against its OpenAPI document for FUZZ_SECONDS (default 600), every phase including
+# stateful links (job ids from POSTs feed GET, DELETE and output); new cases each run (SEED=n
+# repeats one). `make test` runs a bounded ~1,000 cases (tests/functional/test_fuzz_api.py).
+fuzz: venv
+	$(BIN)/python -m tests.functional.fuzz_harness --max-time $(or $(FUZZ_SECONDS),600) \
+	  --max-examples 1000 $(if $(SEED),--seed $(SEED))
 
 bench: system-deps venv
 	$(SLURM) up

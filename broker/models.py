@@ -8,12 +8,14 @@ Storage items live in the DynamoDB adapter and convert to and from these models 
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -35,6 +37,27 @@ from broker.states import RequestState
 #: request record well under DynamoDB's 400 KB item limit and a queue message under SQS's.
 MAX_SCRIPT_BYTES = 64 * 1024
 
+
+def _a_json_number(value: Any) -> Any:
+    """Before an integer field (``strict=False``, so that 3.0 is 3, as JSON Schema reads it):
+    ``"3"`` and ``true`` are not integers."""
+    if isinstance(value, (str, bool)):
+        raise ValueError("an integer is required")
+    return value
+
+
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _a_date_time(value: Any) -> Any:
+    if isinstance(value, str) and not _DATE_TIME.match(value):
+        raise ValueError("an ISO 8601 date-time is required, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+#: A date and time, ISO 8601 (RFC 3339 in the document), never a bare number of seconds.
+DateTimeText = Annotated[datetime, BeforeValidator(_a_date_time)]
+
 #: Cluster names follow ParallelCluster's rule: a letter, then letters, digits, hyphens (<= 60).
 ClusterName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9-]{0,59}$", max_length=60)
@@ -52,8 +75,14 @@ TimeLimit = Annotated[
 ]
 #: Memory per node: a number with an optional K/M/G/T suffix (Slurm's --mem).
 Memory = Annotated[str, StringConstraints(pattern=r"^[1-9]\d{0,8}[KMGT]?$")]
-#: An absolute path without NUL or newlines ('..' components are refused by a validator).
-AbsPath = Annotated[str, StringConstraints(pattern=r"^/[^\x00\n\r]{0,1023}$")]
+#: One path component that is not '..' (no '/', NUL or newline): 3+ characters, 2 that are not
+#: both dots, or at most one.
+_COMPONENT = r"(?:[^/\x00\n\r]{3,}|[^./\x00\n\r][^/\x00\n\r]|\.[^./\x00\n\r]|[^/\x00\n\r]?)"
+#: An absolute path of at most 1024 characters, without NUL, newlines or '..' components.
+AbsPath = Annotated[
+    str,
+    StringConstraints(pattern=rf"^/(?:{_COMPONENT}/)*{_COMPONENT}$", max_length=1024),
+]
 
 
 #: Slurm array expression: indexes, ranges with optional step, comma-separated, optional %limit.
@@ -68,6 +97,8 @@ ArraySpec = Annotated[
 #: A job another job depends on: a broker job id, or a Slurm job id (optionally an array task).
 JobRef = Annotated[str, StringConstraints(pattern=r"^(r[0-9a-f]{28}|[0-9]{1,10}(_[0-9]{1,7})?)$")]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+#: An environment variable's value: at most 4096 characters, no NUL.
+EnvValue = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$", max_length=4096)]
 TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+@-]{1,128}$")]
 TagValue = Annotated[str, StringConstraints(pattern=r"^[^\x00]{0,256}$")]
 #: Environment names the broker will not let a caller set: Slurm's own, the loader's, and
@@ -81,10 +112,43 @@ RESERVED_ENV_NAMES = frozenset(
 )
 
 
-class StrictModel(BaseModel):
-    """Base of inbound models: unknown fields are errors, strings are not coerced silently."""
+#: The reserved names as a JSON Schema (``propertyNames`` of ``environment``): what the
+#: validator below refuses, so a client generated from the document never sends one.
+_RESERVED_ENV_SCHEMA: dict[str, Any] = {
+    "not": {
+        "anyOf": [
+            {"enum": sorted(RESERVED_ENV_NAMES)},
+            {"pattern": "^(" + "|".join(RESERVED_ENV_PREFIXES) + ")"},
+        ]
+    }
+}
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+def _closed_keys(extra: dict[str, Any] | None = None) -> Any:
+    """A ``json_schema_extra`` for a ``dict[Pattern, Value]`` field: keys that do not match the
+    pattern are refused, so say so.
+
+    Pydantic writes such a dict as ``patternProperties``, which lets any other key through with
+    any value; the validator refuses them. ``propertyNames`` + ``additionalProperties`` state
+    the rule as it is (``extra`` is added to ``propertyNames``).
+    """
+
+    def close(schema: dict[str, Any]) -> None:
+        for option in schema.get("anyOf", [schema]):
+            patterns = option.pop("patternProperties", None)
+            if patterns:
+                ((pattern, value),) = patterns.items()
+                option["propertyNames"] = {"pattern": pattern, **(extra or {})}
+                option["additionalProperties"] = value
+
+    return close
+
+
+class StrictModel(BaseModel):
+    """Base of inbound models: unknown fields are errors, and nothing is coerced (``0`` is not
+    ``false``, ``"5"`` is not ``5``): what the document's types say is what is accepted."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, strict=True)
 
 
 class Dependency(StrictModel):
@@ -111,10 +175,13 @@ class JobSpec(StrictModel):
 
     script: str = Field(
         description=(
-            "The batch script, starting with a shebang line (e.g. '#!/bin/bash'). Arbitrary text, "
-            f"at most {MAX_SCRIPT_BYTES} bytes UTF-8."
+            "The batch script, starting with a shebang line (e.g. '#!/bin/bash'). Any text "
+            f"without NUL, at most {MAX_SCRIPT_BYTES} bytes UTF-8 (413 above)."
         ),
         min_length=3,
+        pattern=r"^#![^\x00]*$",
+        # The limit is in bytes (413, checked by the service); JSON Schema counts characters.
+        json_schema_extra={"maxLength": MAX_SCRIPT_BYTES},
     )
     name: JobName | None = Field(default=None, description="Slurm job name (--job-name).")
     partition: SlurmWord | None = Field(default=None, description="Slurm partition (--partition).")
@@ -124,10 +191,14 @@ class JobSpec(StrictModel):
         default=None,
         description="Wall-clock limit (--time): minutes, or [D-]HH:MM:SS, or UNLIMITED.",
     )
-    nodes: int | None = Field(default=None, ge=1, le=10000, description="Node count (--nodes).")
-    ntasks: int | None = Field(default=None, ge=1, le=1000000, description="Tasks (--ntasks).")
+    nodes: int | None = Field(
+        default=None, strict=False, ge=1, le=10000, description="Node count (--nodes)."
+    )
+    ntasks: int | None = Field(
+        default=None, strict=False, ge=1, le=1000000, description="Tasks (--ntasks)."
+    )
     cpus_per_task: int | None = Field(
-        default=None, ge=1, le=1024, description="CPUs per task (--cpus-per-task)."
+        default=None, strict=False, ge=1, le=1024, description="CPUs per task (--cpus-per-task)."
     )
     mem: Memory | None = Field(default=None, description="Memory per node (--mem), e.g. '4G'.")
     working_directory: AbsPath | None = Field(
@@ -150,41 +221,47 @@ class JobSpec(StrictModel):
         description="Conditions on other jobs (--dependency); a dependency on a job that "
         "cannot run makes this one fail instead of pending forever.",
     )
-    environment: dict[EnvName, str] | None = Field(
+    environment: dict[EnvName, EnvValue] | None = Field(
         default=None,
         max_length=128,
         description="Variables for the job (exported through sbatch's environment, never argv). "
-        "Names starting SLURM_, SBATCH_, LD_ and PATH/HOME/USER/SHELL are reserved.",
+        "Names starting SLURM_, SBATCH_, LD_ or BASH_FUNC_, and PATH, HOME, USER, SHELL and the "
+        "others listed in the schema, are reserved.",
+        json_schema_extra=_closed_keys(_RESERVED_ENV_SCHEMA),
     )
     hold: bool = Field(default=False, description="Submit held (--hold); release in Slurm.")
     tags: dict[TagKey, TagValue] | None = Field(
-        default=None, max_length=50, description="Your labels, kept on the broker's job record."
+        default=None,
+        max_length=50,
+        description="Your labels, kept on the broker's job record.",
+        json_schema_extra=_closed_keys(),
     )
 
-    @field_validator("script")
+    # These run before the schema's own pattern checks, only to word the common mistakes better.
+    @field_validator("script", mode="before")
     @classmethod
-    def _script_is_a_script(cls, value: str) -> str:
-        if "\x00" in value:
+    def _script_is_a_script(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
             raise ValueError("the script must not contain NUL characters")
-        if not value.startswith("#!"):
+        if isinstance(value, str) and not value.startswith("#!"):
             raise ValueError("the script must start with a shebang line, e.g. '#!/bin/bash'")
+        return value
+
+    _integers = field_validator("nodes", "ntasks", "cpus_per_task", mode="before")(_a_json_number)
+
+    @field_validator("working_directory", "output", "error", mode="before")
+    @classmethod
+    def _no_parent_components(cls, value: Any) -> Any:
+        if isinstance(value, str) and ".." in value.split("/"):
+            raise ValueError("the path must not contain '..' components")
         return value
 
     @field_validator("environment")
     @classmethod
     def _environment_is_safe(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for name, text in (value or {}).items():
+        for name in value or {}:
             if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
                 raise ValueError(f"the variable name {name!r} is reserved")
-            if "\x00" in text or len(text) > 4096:
-                raise ValueError(f"the value of {name!r} must be <= 4096 chars without NUL")
-        return value
-
-    @field_validator("working_directory", "output", "error")
-    @classmethod
-    def _no_parent_components(cls, value: str | None) -> str | None:
-        if value is not None and ".." in value.split("/"):
-            raise ValueError("the path must not contain '..' components")
         return value
 
 
@@ -394,20 +471,47 @@ class AcceptedResponse(BaseModel):
     location: str = Field(description="Path of the request resource (also the Location header).")
 
 
+#: What a ``next_token`` may look like (an opaque token the API issued: URL-safe base64 with
+#: dots; its content is checked when used, 422 if it is not one of ours).
+NEXT_TOKEN_PATTERN = r"^[A-Za-z0-9_.=-]{1,2048}$"  # noqa: S105 - a pattern, not a secret
+
+#: Largest request body accepted, in bytes (the script limit is lower; see MAX_SCRIPT_BYTES).
+MAX_BODY_BYTES = 1024 * 1024
+#: How deep arrays and objects may nest in a request body (a job spec needs 4, a batch 6).
+MAX_JSON_DEPTH = 32
+
 #: Most items a batch may hold, and the largest batch body (Lambda's synchronous payload is
 #: 6 MB; the rest of the event needs room). Larger: 413.
 MAX_BATCH_ITEMS = 10_000
 MAX_BATCH_BODY_BYTES = 5 * 1024 * 1024
 
 
+#: The OpenAPI document's name for a job specification (Powertools' components).
+_JOB_SPEC_REF: dict[str, Any] = {"$ref": "#/components/schemas/JobSpec"}
+
+
 class BatchBody(StrictModel):
-    """A burst of jobs for one cluster (``POST /v1/clusters/{cluster}/jobs:batch``)."""
+    """A burst of jobs for one cluster (``POST /v1/clusters/{cluster}/jobs:batch``).
+
+    Items are validated one by one (``jobs`` is a list of plain objects here), so the document
+    states the rule itself: at least one item must be a valid JobSpec, and with ``atomic: true``
+    every item must be.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"atomic": {"const": True}}, "required": ["atomic"]},
+            "then": {"properties": {"jobs": {"items": _JOB_SPEC_REF}}},
+            "else": {"properties": {"jobs": {"contains": _JOB_SPEC_REF}}},
+        }
+    )
 
     jobs: list[dict[str, Any]] = Field(
         min_length=1,
         max_length=MAX_BATCH_ITEMS,
         description=f"1 to {MAX_BATCH_ITEMS} job specifications (each as in POST .../jobs); "
-        f"the whole body at most {MAX_BATCH_BODY_BYTES} bytes.",
+        f"the whole body at most {MAX_BATCH_BODY_BYTES} bytes. With atomic=false, invalid "
+        "items are listed in the answer, but at least one must be valid (422 otherwise).",
     )
     atomic: bool = Field(
         default=False,
@@ -469,19 +573,37 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+#: Largest output offset a caller may ask for (a file offset must fit the head node's off_t;
+#: 1 PiB is far beyond any job's output).
+MAX_OUTPUT_OFFSET = 2**50
+
+
 class OutputQueryBody(StrictModel):
     """Which output to fetch (``POST /v1/clusters/{cluster}/jobs/{job_id}/output``)."""
+
+    _integers = field_validator("offset", "max_bytes", "task", mode="before")(_a_json_number)
 
     stream: Literal["stdout", "stderr", "both"] = Field(
         default="both", description="Which stream(s)."
     )
     offset: int | None = Field(
-        default=None, ge=0, description="Byte offset to read from; omitted: the tail."
+        default=None,
+        strict=False,
+        ge=0,
+        le=MAX_OUTPUT_OFFSET,
+        description=f"Byte offset to read from, at most {MAX_OUTPUT_OFFSET} (1 PiB); omitted: "
+        "the tail.",
     )
     max_bytes: int = Field(
-        default=64 * 1024, ge=1, le=64 * 1024, description="Bytes per stream, at most 64 KiB."
+        default=64 * 1024,
+        strict=False,
+        ge=1,
+        le=64 * 1024,
+        description="Bytes per stream, at most 64 KiB.",
     )
-    task: int | None = Field(default=None, ge=0, description="Array task index, for arrays.")
+    task: int | None = Field(
+        default=None, strict=False, ge=0, le=9_999_999, description="Array task index, for arrays."
+    )
 
 
 class JobSubmitMessage(BaseModel):
@@ -567,7 +689,8 @@ def _configuration_field() -> Any:
     return Field(
         min_length=1,
         max_length=MAX_CLUSTER_CONFIG_BYTES,
-        description="The ParallelCluster 3 configuration, as YAML text "
+        pattern=r"^[^\x00]*$",
+        description="The ParallelCluster 3 configuration, as YAML text without NUL "
         f"(at most {MAX_CLUSTER_CONFIG_BYTES} bytes).",
     )
 
@@ -623,8 +746,6 @@ class ClusterUpdateBody(StrictModel):
 
 
 def _check_configuration(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("the configuration must not contain NUL characters")
     if len(value.encode("utf-8")) > MAX_CLUSTER_CONFIG_BYTES:
         raise ValueError(f"the configuration is over {MAX_CLUSTER_CONFIG_BYTES} bytes")
     return value

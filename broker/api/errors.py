@@ -18,7 +18,15 @@ from broker.errors import (
     TransientError,
     ValidationError,
 )
-from broker.models import ErrorDetail, ErrorResponse, FieldError
+from broker.models import (
+    MAX_BATCH_BODY_BYTES,
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_SCRIPT_BYTES,
+    ErrorDetail,
+    ErrorResponse,
+    FieldError,
+)
 
 #: Seconds a client should wait before retrying a 503/429.
 RETRY_AFTER_SECONDS = 2
@@ -98,14 +106,33 @@ ERROR_RESPONSES: dict[int, Any] = {
         "content": {"application/json": {"model": ErrorResponse}},
     }
     for status, text in [
-        (HTTPStatus.BAD_REQUEST, "The body is not valid JSON."),
-        (HTTPStatus.FORBIDDEN, "The call carries no authenticated identity."),
+        (
+            HTTPStatus.BAD_REQUEST,
+            "INVALID_JSON: the body is not UTF-8 JSON, or nests arrays/objects deeper than "
+            f"{MAX_JSON_DEPTH} levels.",
+        ),
+        (
+            HTTPStatus.FORBIDDEN,
+            "UNAUTHENTICATED: the call carries no authenticated identity. API Gateway's own "
+            "refusals (unsigned or badly signed call: MISSING_AUTHENTICATION_TOKEN, "
+            "INVALID_SIGNATURE, ACCESS_DENIED, …) have this schema too.",
+        ),
         (HTTPStatus.NOT_FOUND, "No such resource visible to the caller."),
         (HTTPStatus.CONFLICT, "Conflicts with the current state (CONFLICT, CLUSTER_NOT_READY, …)."),
-        (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "The body or the script is over its limit."),
+        (
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"PAYLOAD_TOO_LARGE: the body is over {MAX_BODY_BYTES} bytes (a batch: "
+            f"{MAX_BATCH_BODY_BYTES}), or the script over {MAX_SCRIPT_BYTES} bytes.",
+        ),
+        (
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE: a body must be application/json (charset utf-8 if given).",
+        ),
         (HTTPStatus.UNPROCESSABLE_ENTITY, "Invalid input; `error.fields` lists each bad field."),
         (HTTPStatus.TOO_MANY_REQUESTS, "Backlog limit reached; retry after Retry-After seconds."),
         (HTTPStatus.INTERNAL_SERVER_ERROR, "Unexpected failure; safe to retry."),
+        (HTTPStatus.BAD_GATEWAY, "API Gateway: the function failed (DEFAULT_5XX)."),
         (HTTPStatus.SERVICE_UNAVAILABLE, "Try again after Retry-After seconds."),
+        (HTTPStatus.GATEWAY_TIMEOUT, "API Gateway: the function timed out (INTEGRATION_TIMEOUT)."),
     ]
 }

@@ -7,7 +7,8 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from broker.api.app import app, oversized, render
+from broker.api.app import app, render
+from broker.api.guard import refusal
 from broker.api.idempotency import register_lambda_context
 from broker.observability import logger, metrics, tracer
 
@@ -18,7 +19,7 @@ from broker.observability import logger, metrics, tracer
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Resolve one API Gateway REST proxy event."""
     register_lambda_context(context)
-    too_big = oversized(event)
-    if too_big is not None:
-        return render(too_big)
+    refused, event = refusal(event)
+    if refused is not None:
+        return render(refused)
     return app.resolve(event, context)

@@ -6,9 +6,13 @@
 ``isBase64Encoded``, ``requestContext`` with ``identity``), invokes the handler with a
 :class:`~broker.local.context.LambdaContext`, and maps the proxy result (``statusCode``,
 ``headers``, ``multiValueHeaders``, ``body``, ``isBase64Encoded``) back to the HTTP response.
-API Gateway's own answers are reproduced where the handler never runs: no route -> 403
-``Missing Authentication Token``; body over 10 MB -> 413; handler error or malformed result ->
-502 ``Internal server error``.
+API Gateway's own answers are reproduced where the handler never runs: no route (or, with
+``require_authorization``, no ``Authorization`` header) -> 403 ``Missing Authentication Token``;
+body over 10 MB -> 413; handler error or malformed result -> 502 ``Internal server error``. Their
+bodies have the API's error schema, ``{"error": {"code", "message", "transient", "fields"}}``,
+as the ``GatewayResponses`` of ``template.yaml`` make API Gateway answer; the code is API
+Gateway's response type (``MISSING_AUTHENTICATION_TOKEN``, ``ACCESS_DENIED``, …), except 413,
+whose code is the API's own ``PAYLOAD_TOO_LARGE``.
 
 The app is served at the root: the client calls ``/v1/requests/abc`` and that is the event's
 ``path``; ``requestContext.path`` carries the stage prefix (``/api/v1/requests/abc``), as in AWS.
@@ -208,10 +212,11 @@ class QuietRequestHandler(RawHeadersRequestHandler):
         """Do not log successful requests."""
 
 
-def _gateway_error(status: int, message: str, request_id: str) -> Response:
-    # API Gateway's own error bodies are {"message": ...} with these headers.
+def _gateway_error(status: int, message: str, request_id: str, code: str) -> Response:
+    # API Gateway's own error bodies, shaped by template.yaml's GatewayResponses.
+    error = {"code": code, "message": message, "transient": status >= 500, "fields": []}
     return Response(
-        json.dumps({"message": message}),
+        json.dumps({"error": error}),
         status=status,
         headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": _ERROR_TYPES.get(status, "")},
         content_type="application/json",
@@ -238,6 +243,9 @@ class ApiGatewayApp:
         max_body_bytes: request bodies above this get 413.
         binary_media_types: content types passed base64-encoded (API ``BinaryMediaTypes``);
             bodies that are not UTF-8 are always base64-encoded.
+        require_authorization: answer 403 ``MISSING_AUTHENTICATION_TOKEN`` to a request
+            without an ``Authorization`` header, as ``AWS_IAM`` auth does (the signature is not
+            checked; off by default so that local clients need not sign).
     """
 
     def __init__(
@@ -251,6 +259,7 @@ class ApiGatewayApp:
         default_principal: str = DEFAULT_PRINCIPAL,
         max_body_bytes: int = MAX_BODY_BYTES,
         binary_media_types: Iterable[str] = (),
+        require_authorization: bool = False,
     ) -> None:
         if not routes:
             raise ValueError("an API needs at least one route")
@@ -263,6 +272,7 @@ class ApiGatewayApp:
         self.default_principal = default_principal
         self.max_body_bytes = max_body_bytes
         self.binary_media_types = tuple(t.lower() for t in binary_media_types)
+        self.require_authorization = require_authorization
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """WSGI entry point."""
@@ -277,15 +287,21 @@ class ApiGatewayApp:
         path = request.path
         routed = self._route(method, path)
         if routed is None:
-            return _gateway_error(403, "Missing Authentication Token", request_id)
+            return _gateway_error(
+                403, "Missing Authentication Token", request_id, "MISSING_AUTHENTICATION_TOKEN"
+            )
         route, path_parameters = routed
+        if self.require_authorization and "Authorization" not in request.headers:
+            return _gateway_error(
+                403, "Missing Authentication Token", request_id, "MISSING_AUTHENTICATION_TOKEN"
+            )
 
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
-            return _gateway_error(413, "Request Too Long", request_id)
+            return _gateway_error(413, "Request Too Long", request_id, "PAYLOAD_TOO_LARGE")
         body = request.stream.read(self.max_body_bytes + 1)
         if len(body) > self.max_body_bytes:
-            return _gateway_error(413, "Request Too Long", request_id)
+            return _gateway_error(413, "Request Too Long", request_id, "PAYLOAD_TOO_LARGE")
 
         raw_headers = self._raw_headers(request)
         principal = self.default_principal
@@ -297,7 +313,7 @@ class ApiGatewayApp:
         try:
             identity = identity_for(principal, source_ip=source_ip, user_agent=user_agent)
         except InvalidPrincipalError as exc:
-            return _gateway_error(403, str(exc), request_id)
+            return _gateway_error(403, str(exc), request_id, "ACCESS_DENIED")
 
         event = self.build_event(
             request=request,
@@ -434,7 +450,7 @@ class ApiGatewayApp:
             logger.exception(
                 "%s raised on %s %s", route.function_name, event["httpMethod"], event["path"]
             )
-            return _gateway_error(502, "Internal server error", request_id)
+            return _gateway_error(502, "Internal server error", request_id, "INTEGRATION_FAILURE")
         if context.overran:
             logger.warning(
                 "%s took longer than its %ss timeout (AWS would have stopped it)",
@@ -445,7 +461,7 @@ class ApiGatewayApp:
             return self._to_response(result, request_id)
         except (TypeError, ValueError, KeyError) as exc:
             logger.error("%s returned a malformed proxy result: %s", route.function_name, exc)
-            return _gateway_error(502, "Internal server error", request_id)
+            return _gateway_error(502, "Internal server error", request_id, "INTEGRATION_FAILURE")
 
     @staticmethod
     def _to_response(result: Any, request_id: str) -> Response:

@@ -18,7 +18,7 @@ from broker.errors import TransientError
 from broker.jobs import JobState
 from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
-from broker.models import MAX_SCRIPT_BYTES
+from broker.models import MAX_SCRIPT_BYTES, ErrorResponse
 from broker.ports import Limits
 from broker.requests.states import RequestState
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore
@@ -348,3 +348,76 @@ def test_a_full_backlog_answers_429_with_retry_after(monkeypatch: pytest.MonkeyP
     assert answer.get_json()["error"]["code"] == "TOO_MANY_REQUESTS"
     assert len(queue.sent) == 1
     assert len(store.jobs) == 1
+
+
+_JOB_JSON = b'{"script": "#!/bin/sh\\necho hi\\n"}'
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "code"),
+    [
+        ("application/json", b"\xef\xbb\xff{not utf-8", 400, "INVALID_JSON"),
+        ("application/json", _JOB_JSON.decode().encode("utf-16"), 400, "INVALID_JSON"),
+        ("application/json", b"[" * 100_000 + b"]" * 100_000, 400, "INVALID_JSON"),
+        ("application/json", b'{"script": ' + b"[" * 33 + b"]" * 33 + b"}", 400, "INVALID_JSON"),
+        ("application/json", b'{"script": "#!/bin/sh",', 400, "INVALID_JSON"),
+        ("text/plain", _JOB_JSON, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("multipart/form-data", _JOB_JSON, 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("application/x-www-form-urlencoded", b"script=x", 415, "UNSUPPORTED_MEDIA_TYPE"),
+        ("application/json; charset=utf-16", _JOB_JSON, 415, "UNSUPPORTED_MEDIA_TYPE"),
+    ],
+    ids=[
+        "bad-utf8", "utf16", "nested-100000", "nested-33", "truncated",
+        "text-plain", "multipart-no-boundary", "form", "charset-utf16",
+    ],
+)  # fmt: skip
+def test_a_malformed_body_is_a_4xx_in_the_error_schema(
+    api: Api,
+    *,
+    capsys: pytest.CaptureFixture[str],
+    content_type: str,
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    # GIVEN a body that is not what the API reads / WHEN posted
+    answer = api.client.post(
+        "/v1/clusters/local/jobs", data=body, headers={"Content-Type": content_type}
+    )
+    # THEN its 4xx, in the one error schema, and nothing recorded
+    assert (answer.status_code, answer.get_json()["error"]["code"]) == (status, code)
+    ErrorResponse.model_validate(answer.get_json())
+    assert api.store.records == {}
+    # AND no stack trace reaches the caller, and nothing is logged at ERROR (a client mistake)
+    assert "Traceback" not in answer.get_data(as_text=True)
+    assert '"level":"ERROR"' not in capsys.readouterr().out
+
+
+def test_json_nested_to_the_limit_is_read(api: Api) -> None:
+    # GIVEN a body nesting exactly as deep as allowed (32)
+    body = b'{"script": ' + b"[" * 31 + b"]" * 31 + b"}"
+    # WHEN posted / THEN it is parsed and validated as JSON (422 on the field), not refused
+    answer = api.client.post(
+        "/v1/clusters/local/jobs", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422
+    assert answer.get_json()["error"]["fields"][0]["field"] == "body.script"
+
+
+def test_json_with_utf8_charset_is_accepted(api: Api) -> None:
+    # GIVEN a job sent as application/json; charset=UTF-8 / WHEN posted / THEN 202
+    answer = api.client.post(
+        "/v1/clusters/local/jobs",
+        data=_JOB_JSON,
+        headers={"Content-Type": "application/json; charset=UTF-8"},
+    )
+    assert answer.status_code == 202
+
+
+def test_a_huge_output_offset_is_refused(api: Api) -> None:
+    # GIVEN an output offset far beyond any file (10**30) / WHEN posted
+    answer = api.post(f"/v1/clusters/local/jobs/r{'0' * 28}/output", {"offset": 10**30})
+    # THEN 422 on the field: it never reaches the agent
+    assert answer.status_code == 422
+    assert answer.get_json()["error"]["fields"][0]["field"] == "body.offset"
+    assert api.queue.sent == []

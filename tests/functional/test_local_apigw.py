@@ -17,6 +17,7 @@ import pytest
 import requests
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventModel
 from werkzeug.serving import make_server
+from werkzeug.test import Client
 
 from broker.local.apigw import (
     DEFAULT_PRINCIPAL,
@@ -27,6 +28,7 @@ from broker.local.apigw import (
     RawHeadersRequestHandler,
 )
 from broker.local.stack import LocalStack
+from broker.models import ErrorResponse
 
 HERE = Path(__file__).resolve().parent
 # Saved output of `sam local generate-event apigateway aws-proxy` (SAM CLI 1.170.0).
@@ -276,9 +278,18 @@ def test_path_outside_every_route_is_api_gateways_403(api: Served) -> None:
     # WHEN the root is requested
     response = requests.get(f"{api.url}/", timeout=10)
 
-    # THEN API Gateway's answer for an unknown resource, without invoking
+    # THEN API Gateway's answer for an unknown resource, in the API's error schema (as the
+    # template's GatewayResponses shape it), without invoking
     assert response.status_code == 403
-    assert response.json() == {"message": "Missing Authentication Token"}
+    assert response.json() == {
+        "error": {
+            "code": "MISSING_AUTHENTICATION_TOKEN",
+            "message": "Missing Authentication Token",
+            "transient": False,
+            "fields": [],
+        }
+    }
+    ErrorResponse.model_validate(response.json())
     assert api.handler.events == []
 
 
@@ -292,7 +303,9 @@ def test_handler_exception_is_a_502_internal_server_error(api: Served) -> None:
     # WHEN / THEN API Gateway's 502
     response = requests.get(f"{api.url}/v1/jobs", timeout=10)
     assert response.status_code == 502
-    assert response.json() == {"message": "Internal server error"}
+    assert response.json()["error"]["message"] == "Internal server error"
+    assert response.json()["error"]["transient"] is True
+    ErrorResponse.model_validate(response.json())
 
 
 def test_malformed_proxy_result_is_a_502(api: Served) -> None:
@@ -337,3 +350,21 @@ def test_local_stack_serves_the_template_api_function_after_setting_its_environm
         "HPCB_TEST_STAGE": "test",
         "HPCB_TEST_QUEUE_URL": queue_url,
     }
+
+
+def test_require_authorization_answers_an_unsigned_call_as_aws_iam_does() -> None:
+    # GIVEN the adapter in AWS_IAM mode (as the fuzz runs it)
+    recorder = Recorder()
+    app = ApiGatewayApp([ApiRoute("/{proxy+}", "ANY", recorder, "f")], require_authorization=True)
+    client = Client(app)
+    # WHEN a call comes without Authorization / THEN API Gateway's 403 in the error schema,
+    # and the handler never runs
+    unsigned = client.get("/v1/clusters")
+    assert unsigned.status_code == 403
+    assert unsigned.get_json()["error"]["code"] == "MISSING_AUTHENTICATION_TOKEN"
+    assert recorder.events == []
+    # AND a call with one reaches the handler
+    assert (
+        client.get("/v1/clusters", headers={"Authorization": "AWS4-HMAC-SHA256 x"}).status_code
+        == 200
+    )
