@@ -58,6 +58,9 @@ class DynamoJobStore(TableStore):
         limit holds exactly, however many API calls race. With ``ready_cluster``, it also
         checks that the cluster's record, if any, accepts jobs (``clusters.ACCEPTS_JOBS``).
 
+        Why ``attribute_not_exists(pk)`` on both records: an id is written once; a second write
+        of it (a replayed accept) must neither reset the records nor count the job in again.
+
         Raises:
             ConflictError: the request exists already.
             BackpressureError: a limit is reached (answer 429).
@@ -185,7 +188,13 @@ class DynamoJobStore(TableStore):
         return None if item is None else job_of(item)
 
     def cancel_unsubmitted(self, job_id: str) -> bool:
-        """SUBMITTING, not started -> CANCELLED (the submission will be skipped)."""
+        """SUBMITTING, not started -> CANCELLED (the submission will be skipped).
+
+        Why ``submit_started = false`` as well: once a worker has started the submission
+        (``start_submission``) it may be talking to Slurm, and a cancel recorded now would lose
+        a real job; that cancel goes through Slurm instead. A batch item's chunk marker plays
+        the same part (the transaction checks it is absent; ``DynamoBatchStore.start_chunk``).
+        """
         sets = {
             "state": JobState.CANCELLED.value,
             "reason": "cancelled before it reached Slurm",
@@ -281,6 +290,9 @@ class DynamoJobStore(TableStore):
         """Write ``changes`` and ``new_state`` if the job is still in ``job.state``.
 
         Only real changes reach here (the sweep computes them), so unchanged jobs cost no write.
+        Why the condition is the state read: the changes were computed from that read; if a
+        worker or another sweep moved the job meanwhile, its move stands and the next sweep
+        looks again.
         """
         updated = job.model_copy(update={**changes, "state": new_state})
         stored = dump(updated)
@@ -301,7 +313,10 @@ class DynamoJobStore(TableStore):
         return item is not None
 
     def clear_job_notification(self, job_id: str, state: str) -> bool:
-        """The job's final event is published: it leaves the attention index."""
+        """The job's final event is published: it leaves the attention index.
+
+        Conditional on the pending mark still naming ``state``: a later event is not cleared.
+        """
         item = self._table.update(
             job_key(job_id),
             remove=("notify_pending", "gsi2pk", "gsi2sk"),
