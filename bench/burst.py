@@ -42,7 +42,7 @@ import boto3
 
 from broker import wiring
 from broker.adapters.aws import client
-from broker.adapters.dynamodb import request_key
+from broker.adapters.dynamodb.table import request_key
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
 from broker.client import BrokerClient
 from broker.local.env_file import read_env_file

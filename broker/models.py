@@ -31,7 +31,7 @@ from broker.clusters import (
     ComputeFleetStatus,
     ValidationMessage,
 )
-from broker.states import RequestState
+from broker.requests.states import RequestState
 
 #: Largest job script accepted, in UTF-8 bytes. Larger scripts answer 413. The limit keeps a
 #: request record well under DynamoDB's 400 KB item limit and a queue message under SQS's.

@@ -1,18 +1,20 @@
 """Small cached factories that build each function's dependencies once per cold start.
 
-Tests build services directly with their own fakes; Lambda handlers call these.
+Tests build services directly with their own fakes; Lambda handlers call these. Each service
+gets its records as the ports it needs: the cluster records alone where that is all it reads
+(the directory, the gate, the cluster announcer), and every record port over the one table
+where a service's own protocol asks for several together.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from functools import cache
-from typing import Literal
+from typing import Literal, Protocol
 
 from broker.adapters.aws import client, regional_client
 from broker.adapters.cloudformation import CloudFormationStackReader
-from broker.adapters.dynamodb import DynamoStore
-from broker.adapters.dynamodb_clusters import DynamoClusterStore
+from broker.adapters.dynamodb import DynamoClusterStore, DynamoStore
 from broker.adapters.ec2 import Ec2ClusterDirectory
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.s3 import S3ArtifactStore
@@ -26,10 +28,15 @@ from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.dispatch import Dispatcher
 from broker.notifications.announcer import Announcer, ClusterAnnouncer
 from broker.ports import (
+    AttentionIndex,
+    BatchStore,
     ClusterDirectory,
     ClusterProvider,
+    ClusterStore,
     CommandRunner,
+    JobStore,
     Limits,
+    RequestStore,
     StackStatusReader,
 )
 from broker.runners.local import LocalRunner
@@ -47,12 +54,25 @@ from broker.sweep.clusters import ClusterFollower
 from broker.sweep.status import Sweeper
 
 
+class TableRecords(RequestStore, JobStore, BatchStore, AttentionIndex, ClusterStore, Protocol):
+    """Every record port of the one table (what ``DynamoStore`` implements)."""
+
+
+def _records(settings: CommonSettings) -> TableRecords:
+    """Every record port over the table, for services whose protocol needs several at once."""
+    return DynamoStore(client("dynamodb"), settings.table_name)
+
+
+def _clusters(settings: CommonSettings) -> ClusterStore:
+    """The cluster records alone."""
+    return DynamoClusterStore(client("dynamodb"), settings.table_name)
+
+
 def cluster_directory(settings: CommonSettings) -> ClusterDirectory:
     """Where clusters' head nodes are: EC2 tags in AWS, this machine in local mode (the named
     local clusters, and those the local provisioning simulation created)."""
     if settings.clusters_mode == "local":
-        records = DynamoClusterStore(client("dynamodb"), settings.table_name)
-        return LocalClusterDirectory(settings.local_cluster_names, records)
+        return LocalClusterDirectory(settings.local_cluster_names, _clusters(settings))
     return Ec2ClusterDirectory(client("ec2"), cache_seconds=settings.ec2_cache_seconds)
 
 
@@ -88,8 +108,7 @@ def cluster_service() -> ClusterService:
     if not settings.cluster_queue_url:
         raise ValidationError("cluster operations are not configured in this deployment")
     return ClusterService(
-        DynamoClusterStore(client("dynamodb"), settings.table_name),
-        SqsClusterQueue(client("sqs"), settings.cluster_queue_url),
+        _records(settings), SqsClusterQueue(client("sqs"), settings.cluster_queue_url)
     )
 
 
@@ -97,7 +116,7 @@ def cluster_service() -> ClusterService:
 def cluster_worker() -> ClusterWorker:
     """The cluster worker's service: pcluster in AWS, the local simulation in local mode."""
     settings = cluster_worker_settings()
-    store = DynamoClusterStore(client("dynamodb"), settings.table_name)
+    store = _records(settings)
     notifier = SnsNotifier(client("sns"), settings.topic_arn)
     if settings.clusters_mode == "local":
         provider, name = _simulation(settings), "local-simulation"
@@ -109,7 +128,7 @@ def cluster_worker() -> ClusterWorker:
         store,
         provider,
         Announcer(store, notifier),
-        ClusterAnnouncer(store, notifier),
+        ClusterAnnouncer(_clusters(settings), notifier),
         provider_name=name,
     )
 
@@ -118,7 +137,7 @@ def cluster_worker() -> ClusterWorker:
 def request_service() -> RequestService:
     """The API's service."""
     settings = api_settings()
-    store = DynamoClusterStore(client("dynamodb"), settings.table_name)
+    store = _records(settings)
     announcer = (
         Announcer(store, SnsNotifier(client("sns"), settings.topic_arn))
         if settings.topic_arn
@@ -134,7 +153,7 @@ def request_service() -> RequestService:
             owner_inflight=settings.max_owner_inflight,
             retry_after_seconds=settings.retry_after_seconds,
         ),
-        cluster_gate=ClusterGate(store),
+        cluster_gate=ClusterGate(_clusters(settings)),
     )
 
 
@@ -162,8 +181,7 @@ def _runner(mode: Literal["ssm", "local"]) -> CommandRunner:
 
 
 def _announcer(settings: JobWorkerSettings) -> Announcer:
-    store = DynamoStore(client("dynamodb"), settings.table_name)
-    return Announcer(store, SnsNotifier(client("sns"), settings.topic_arn))
+    return Announcer(_records(settings), SnsNotifier(client("sns"), settings.topic_arn))
 
 
 @cache
@@ -171,7 +189,7 @@ def dispatcher() -> Dispatcher:
     """The job worker's service."""
     settings = job_worker_settings()
     return Dispatcher(
-        store=DynamoStore(client("dynamodb"), settings.table_name),
+        store=_records(settings),
         clusters=cluster_directory(settings),
         runner_for=_runner,
         announcer=_announcer(settings),
@@ -189,16 +207,14 @@ def dispatcher() -> Dispatcher:
 def dead_letter_service() -> DeadLetterService:
     """The DLQ worker's service."""
     settings = job_worker_settings()
-    return DeadLetterService(
-        DynamoStore(client("dynamodb"), settings.table_name), _announcer(settings)
-    )
+    return DeadLetterService(_records(settings), _announcer(settings))
 
 
 @cache
 def sweeper() -> Sweeper:
     """The sweeper's service."""
     settings = sweeper_settings()
-    store = DynamoClusterStore(client("dynamodb"), settings.table_name)
+    store = _records(settings)
     announcer = _announcer(settings)
     notifier = SnsNotifier(client("sns"), settings.topic_arn)
     return Sweeper(
@@ -207,7 +223,10 @@ def sweeper() -> Sweeper:
         runner_for=_runner,
         announcer=announcer,
         follower=ClusterFollower(
-            store, _stack_reader(settings), announcer, ClusterAnnouncer(store, notifier)
+            store,
+            _stack_reader(settings),
+            announcer,
+            ClusterAnnouncer(_clusters(settings), notifier),
         ),
         queue=SqsRequestQueue(client("sqs"), settings.queue_url),
         requeue_after=timedelta(seconds=settings.requeue_after_seconds),

@@ -35,8 +35,8 @@ from broker.local.pollers import build_sqs_event
 from broker.models import JobSpec, slurm_token
 from broker.notifications.announcer import Announcer
 from broker.ports import Limits
+from broker.requests.states import RequestState
 from broker.settings import api_settings, job_worker_settings
-from broker.states import RequestState
 from tests.conftest import REGION, AwsResources
 from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner, submitted
 from tests.functional.aws_faults import AWS_TEXT, TRANSIENT_FAULTS, FaultyClient

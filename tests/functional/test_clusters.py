@@ -15,7 +15,7 @@ import pytest
 from werkzeug.test import Client, TestResponse
 
 from broker.adapters.aws import client
-from broker.adapters.dynamodb_clusters import DynamoClusterStore
+from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
@@ -56,7 +56,7 @@ SCRIPT = "#!/bin/bash\necho hi\n"
 @dataclass
 class World:
     resources: AwsResources
-    store: DynamoClusterStore
+    store: DynamoStore
     provider: FakePclusterProvider
     stacks: FakeStackReader
     notifier: RecordingNotifier
@@ -120,7 +120,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     monkeypatch.setenv("HPCB_RETRY_BASE_SECONDS", "0")
     cluster_worker_settings.cache_clear()
     sqs = client("sqs")
-    store = DynamoClusterStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
+    store = DynamoStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
     provider, stacks, notifier = FakePclusterProvider(), FakeStackReader(), RecordingNotifier()
     announcer, clusters = Announcer(store, notifier), ClusterAnnouncer(store, notifier)
     worker = ClusterWorkerService(store, provider, announcer, clusters)

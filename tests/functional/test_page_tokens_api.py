@@ -19,7 +19,7 @@ import pytest
 from werkzeug.test import Client, TestResponse
 
 from broker.adapters.aws import client
-from broker.adapters.dynamodb_clusters import DynamoClusterStore
+from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
@@ -63,7 +63,7 @@ def api(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> Iterato
     monkeypatch.delenv("HPCB_PAGE_TOKEN_KEY", raising=False)
     page_token_settings.cache_clear()
     table = aws_resources.ref("RequestsTable")
-    store = DynamoClusterStore(client("dynamodb"), table)
+    store = DynamoStore(client("dynamodb"), table)
     sqs = client("sqs")
     jobs = RequestService(
         store, SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue")),

@@ -17,8 +17,7 @@ from botocore.exceptions import ClientError
 
 from broker.adapters import aws
 from broker.adapters.cloudformation import CloudFormationStackReader
-from broker.adapters.dynamodb import DynamoStore
-from broker.adapters.dynamodb_clusters import DynamoClusterStore
+from broker.adapters.dynamodb import DynamoClusterStore, DynamoStore
 from broker.adapters.ec2 import Ec2ClusterDirectory
 from broker.adapters.pcluster import error_of
 from broker.adapters.s3 import S3ArtifactStore
@@ -38,8 +37,8 @@ from broker.models import (
 from broker.models import utcnow as now
 from broker.notifications.events import JobEvent
 from broker.ports import ClusterTarget
+from broker.requests.states import RequestState
 from broker.runners.ssm import SsmRunner
-from broker.states import RequestState
 
 ROOT = Path(__file__).resolve().parents[2]
 AWS_TEXT = "arn:aws:dynamodb:us-east-1:123456789012:table/hpcb-private-table"
@@ -120,7 +119,6 @@ CALLS: dict[str, Callable[[], object]] = {
         _request(), _job(_request())
     ),
     "DynamoStore.create_batch": lambda: _store().create_batch(_request()),
-    "DynamoStore.start_submissions": lambda: _store().start_submissions(["r1"]),
     "DynamoStore.jobs_by_id": lambda: _store().jobs_by_id(["r1"]),
     "DynamoStore.start_chunk": lambda: _store().start_chunk("b1", 0, ["r1"]),
     "DynamoStore.record_submitted": lambda: _store().record_submitted(new_request_id(), "1"),
@@ -181,7 +179,7 @@ def test_each_adapter_translates_aws_errors_through_the_one_translator(
 
 
 ADAPTER_MODULES = [
-    *sorted((ROOT / "broker" / "adapters").glob("*.py")),
+    *sorted((ROOT / "broker" / "adapters").rglob("*.py")),
     ROOT / "broker" / "runners" / "ssm.py",
 ]
 

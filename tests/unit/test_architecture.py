@@ -132,7 +132,6 @@ def test_an_import_under_type_checking_counts(tmp_path: Path) -> None:
 #: The head-node agent travels as one file and is exempt.
 LONG_MODULES = {
     "broker/agent/hpcb_agent.py",
-    "broker/adapters/dynamodb.py",
     "broker/local/template.py",
     "broker/models.py",
     "broker/local/stack.py",

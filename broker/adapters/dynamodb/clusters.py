@@ -1,6 +1,6 @@
-"""Cluster records in the requests table (same single-table layout as requests and jobs).
+"""The ClusterStore port on DynamoDB: cluster records in the requests table (one table).
 
-Items:
+Owns the cluster item:
     cluster  pk "CLUSTER#<name>", sk "CLUSTER"; gsi1 "CLUSTERS#<owner>" / "<name>"
 While an operation is pending, or a status event is still to publish, the cluster also sits in
 the sparse attention index gsi2 ("ACTIVE#<name>" / "CLUSTER#<name>"), which the sweep reads.
@@ -9,6 +9,9 @@ Every write puts the whole item, conditional on what the writer read: the same s
 same pending operation (request id). Two workers, a worker and the sweep, or two sweeps that
 read the same record can therefore never both move it, and none can move it on behalf of an
 operation that is no longer the cluster's.
+
+It also owns the check a submission makes on the cluster's record (:func:`ready_check`, an item
+of the job and batch stores' accept transactions), since only this module knows the item.
 """
 
 from __future__ import annotations
@@ -17,22 +20,26 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from broker.adapters.aws import condition_failures, translate
-from broker.adapters.dynamodb import (
-    DynamoStore,
-    _plain,
-    _serialize,
+from broker.adapters.dynamodb.requests import move_request
+from broker.adapters.dynamodb.table import (
+    Table,
+    TableStore,
     cluster_key,
-    decode_token,
-    encode_token,
+    plain,
     request_item,
+    serialize,
+    value_of,
 )
-from broker.clusters import ClusterOperation, ClusterRecord, ClusterStatus
-from broker.errors import ConflictError, NotFoundError
+from broker.clusters import (
+    ACCEPTS_JOBS,
+    ClusterOperation,
+    ClusterRecord,
+    ClusterStatus,
+    not_ready,
+)
+from broker.errors import ClusterNotReadyError, ConflictError, NotFoundError
 from broker.models import RequestRecord, dump, utcnow
-from broker.states import RequestState
+from broker.requests.states import RequestState
 
 #: A deleted cluster's record is kept this long (DynamoDB TTL), then expires.
 DELETED_RETENTION = timedelta(days=90)
@@ -40,7 +47,7 @@ DELETED_RETENTION = timedelta(days=90)
 
 def cluster_item(record: ClusterRecord) -> dict[str, Any]:
     """Attribute-value map of a cluster: keys, listing index, attention index while active."""
-    plain: dict[str, Any] = {
+    item: dict[str, Any] = {
         "pk": f"CLUSTER#{record.name}",
         "sk": "CLUSTER",
         "gsi1pk": f"CLUSTERS#{record.owner}",
@@ -48,16 +55,16 @@ def cluster_item(record: ClusterRecord) -> dict[str, Any]:
         **dump(record),
     }
     if record.pending_request_id is not None or record.notify_pending is not None:
-        plain["gsi2pk"] = f"ACTIVE#{record.name}"
-        plain["gsi2sk"] = f"CLUSTER#{record.name}"
+        item["gsi2pk"] = f"ACTIVE#{record.name}"
+        item["gsi2sk"] = f"CLUSTER#{record.name}"
     if record.status is ClusterStatus.DELETE_COMPLETE:
-        plain["expires_at"] = int((record.updated_at + DELETED_RETENTION).timestamp())
-    return _serialize(plain)
+        item["expires_at"] = int((record.updated_at + DELETED_RETENTION).timestamp())
+    return serialize(item)
 
 
 def cluster_of(item: Mapping[str, Any]) -> ClusterRecord:
     """Domain cluster record of a stored item."""
-    return ClusterRecord.model_validate(_plain(item))
+    return ClusterRecord.model_validate(plain(item))
 
 
 def _as_read(record: ClusterRecord) -> tuple[str, dict[str, Any]]:
@@ -72,18 +79,36 @@ def _as_read(record: ClusterRecord) -> tuple[str, dict[str, Any]]:
     return condition, values
 
 
-class DynamoClusterStore(DynamoStore):
-    """The ClusterStore port on DynamoDB, plus everything DynamoStore does (one table)."""
+def ready_check(table: Table, cluster: str) -> dict[str, Any]:
+    """A transaction item: the cluster has no record, or its record accepts jobs.
+
+    Why "no record" passes: a cluster the broker has no record of is left to the cluster
+    directory, as a deleted one is (``clusters.ACCEPTS_JOBS``).
+    """
+    statuses = sorted(status.value for status in ACCEPTS_JOBS)
+    values = {f":r{i}": {"S": status} for i, status in enumerate(statuses)}
+    condition = f"attribute_not_exists(pk) OR #rs IN ({', '.join(values)})"
+    return {"ConditionCheck": {"TableName": table.name, "Key": cluster_key(cluster),
+                               "ConditionExpression": condition,
+                               "ExpressionAttributeNames": {"#rs": "status"},
+                               "ExpressionAttributeValues": values}}  # fmt: skip
+
+
+def not_ready_error(table: Table, cluster: str) -> ClusterNotReadyError:
+    """The 409 for a cluster whose record refused a submission (its status read back)."""
+    try:
+        status = value_of(table.get(cluster_key(cluster), "cluster")["status"])
+    except (NotFoundError, KeyError):
+        status = "unknown"  # deleted or changed since: the client may simply retry
+    return not_ready(cluster, str(status))
+
+
+class DynamoClusterStore(TableStore):
+    """ClusterStore on DynamoDB."""
 
     def get_cluster(self, name: str) -> ClusterRecord | None:
         """The cluster's record (strongly consistent), or None."""
-        try:
-            answer = self._ddb.get_item(
-                TableName=self._table, Key=cluster_key(name), ConsistentRead=True
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, f"read cluster {name}") from exc
-        item = answer.get("Item")
+        item = self._table.find(cluster_key(name), f"cluster {name}")
         return None if item is None else cluster_of(item)
 
     def create_cluster(self, request: RequestRecord, cluster: ClusterRecord) -> None:
@@ -93,9 +118,9 @@ class DynamoClusterStore(DynamoStore):
         (DELETE_COMPLETE): ParallelCluster names are one stack per name and region.
         """
         items = [
-            {"Put": {"TableName": self._table, "Item": request_item(request),
+            {"Put": {"TableName": self._table.name, "Item": request_item(request),
                      "ConditionExpression": "attribute_not_exists(pk)"}},
-            {"Put": {"TableName": self._table, "Item": cluster_item(cluster),
+            {"Put": {"TableName": self._table.name, "Item": cluster_item(cluster),
                      "ConditionExpression": "attribute_not_exists(pk) OR #st = :deleted",
                      "ExpressionAttributeNames": {"#st": "status"},
                      "ExpressionAttributeValues": {
@@ -131,9 +156,9 @@ class DynamoClusterStore(DynamoStore):
         )
         condition, values = _as_read(current)
         items = [
-            {"Put": {"TableName": self._table, "Item": request_item(request),
+            {"Put": {"TableName": self._table.name, "Item": request_item(request),
                      "ConditionExpression": "attribute_not_exists(pk)"}},
-            {"Put": {"TableName": self._table, "Item": cluster_item(updated),
+            {"Put": {"TableName": self._table.name, "Item": cluster_item(updated),
                      "ConditionExpression": condition,
                      "ExpressionAttributeNames": {"#st": "status"},
                      "ExpressionAttributeValues": values}},
@@ -141,34 +166,21 @@ class DynamoClusterStore(DynamoStore):
         self._write_pair(items, f"cluster {name} changed meanwhile; cannot {operation} it now")
 
     def _write_pair(self, items: list[dict[str, Any]], conflict: str) -> None:
-        try:
-            self._ddb.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            if condition_failures(exc):
-                raise ConflictError(conflict) from exc
-            raise translate(exc, "write cluster operation") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, "write cluster operation") from exc
+        if self._table.transact(items, "write cluster operation"):
+            raise ConflictError(conflict)
 
     def list_clusters(
         self, owner: str, *, limit: int, next_token: str | None
     ) -> tuple[list[ClusterRecord], str | None]:
         """The owner's clusters by name (deleted ones included while their record lives)."""
         query: dict[str, Any] = {
-            "TableName": self._table,
             "IndexName": "gsi1",
             "KeyConditionExpression": "gsi1pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": f"CLUSTERS#{owner}"}},
             "Limit": limit,
         }
-        if next_token:
-            query["ExclusiveStartKey"] = decode_token(next_token)
-        try:
-            answer = self._ddb.query(**query)
-        except (ClientError, BotoCoreError) as exc:
-            raise translate(exc, "list clusters") from exc
-        token = encode_token(answer["LastEvaluatedKey"]) if "LastEvaluatedKey" in answer else None
-        return [cluster_of(item) for item in answer.get("Items", [])], token
+        items, token = self._table.query_page(query, next_token, "list clusters")
+        return [cluster_of(item) for item in items], token
 
     def update_cluster(
         self,
@@ -189,8 +201,9 @@ class DynamoClusterStore(DynamoStore):
             update["following"] = False
         updated = ClusterRecord.model_validate({**record.model_dump(), **update})
         condition, values = _as_read(record)
-        written = self._conditional(
-            f"update cluster {record.name}", self._ddb.put_item, TableName=self._table,
+        written = self._table.conditional(
+            f"update cluster {record.name}", self._table.client.put_item,
+            TableName=self._table.name,
             Item=cluster_item(updated),
             ConditionExpression=condition, ExpressionAttributeNames={"#st": "status"},
             ExpressionAttributeValues=values,
@@ -199,25 +212,12 @@ class DynamoClusterStore(DynamoStore):
 
     def active_clusters(self) -> list[ClusterRecord]:
         """Clusters in the attention index (operation pending, or event to publish)."""
-        clusters: list[ClusterRecord] = []
-        start: dict[str, Any] | None = None
-        while True:
-            scan: dict[str, Any] = {
-                "TableName": self._table,
-                "IndexName": "gsi2",
-                "FilterExpression": "begins_with(pk, :c)",
-                "ExpressionAttributeValues": {":c": {"S": "CLUSTER#"}},
-            }
-            if start:
-                scan["ExclusiveStartKey"] = start
-            try:
-                answer = self._ddb.scan(**scan)
-            except (ClientError, BotoCoreError) as exc:
-                raise translate(exc, "scan active clusters") from exc
-            clusters.extend(cluster_of(item) for item in answer.get("Items", []))
-            start = answer.get("LastEvaluatedKey")
-            if not start:
-                return clusters
+        items = self._table.scan_index(
+            "gsi2", "scan active clusters",
+            FilterExpression="begins_with(pk, :c)",
+            ExpressionAttributeValues={":c": {"S": "CLUSTER#"}},
+        )  # fmt: skip
+        return [cluster_of(item) for item in items]
 
     def clear_cluster_notification(self, name: str, status: str) -> bool:
         """The status event is published: forget the mark (and leave the attention index if no
@@ -228,8 +228,9 @@ class DynamoClusterStore(DynamoStore):
         cleared = record.model_copy(update={"notify_pending": None, "notify_old_status": None})
         condition, values = _as_read(record)
         values[":n"] = {"S": status}
-        cleared_item = self._conditional(
-            "clear cluster notification", self._ddb.put_item, TableName=self._table,
+        cleared_item = self._table.conditional(
+            "clear cluster notification", self._table.client.put_item,
+            TableName=self._table.name,
             Item=cluster_item(cleared), ConditionExpression=f"{condition} AND notify_pending = :n",
             ExpressionAttributeNames={"#st": "status"}, ExpressionAttributeValues=values,
         )  # fmt: skip
@@ -237,4 +238,4 @@ class DynamoClusterStore(DynamoStore):
 
     def mark_in_progress(self, request_id: str) -> bool:
         """ACCEPTED|DISPATCHED -> IN_PROGRESS (the provider accepted the operation)."""
-        return self._move_request(request_id, RequestState.IN_PROGRESS) is not None
+        return move_request(self._table, request_id, RequestState.IN_PROGRESS) is not None

@@ -1,0 +1,283 @@
+"""The BatchStore port on DynamoDB: batch requests, their chunks' markers, the backlog counters.
+
+Owns three kinds of item (layout in ``table``):
+    chunk    a worker started the batch's chunk n (``start_chunk``); with ``lost``, the sweep
+             claimed it was never delivered (``reap_chunk``), and ``reap_done`` once its items
+             have their outcome. The two claims exclude each other by their conditions.
+    counter  submissions accepted but not yet in Slurm, per cluster and per owner: the
+             back-pressure limits. Every write that accepts or ends a submission moves them in
+             the same transaction (:func:`count_item`; the job store's moves use it too).
+    batch counts  ``counts.SUBMITTED`` / ``counts.FAILED`` / ``counts.CANCELLED`` on the batch's
+             request item, moved with the outcomes they count.
+
+A batch item has no record of its own until its outcome is written (``record_batch_outcomes``);
+until then it is read from its batch (``broker.batches.unrecorded_item``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from broker.adapters.dynamodb.clusters import not_ready_error, ready_check
+from broker.adapters.dynamodb.table import (
+    RETENTION,
+    Table,
+    TableStore,
+    alias_item,
+    chunk_key,
+    counter_key,
+    job_item,
+    job_key,
+    job_of,
+    request_item,
+    request_key,
+    value_of,
+)
+from broker.errors import BackpressureError, ConflictError, NotFoundError
+from broker.jobs import JobRecord, JobState
+from broker.models import RequestRecord, utcnow
+from broker.ports import Limits
+
+#: A chunk marker's attributes (placeholders: expressions never meet a reserved word).
+_MARKER_NAMES = {"#l": "lost", "#d": "reap_done"}
+
+
+class DynamoBatchStore(TableStore):
+    """BatchStore on DynamoDB."""
+
+    def create_batch(
+        self, request: RequestRecord, limits: Limits | None = None, *, ready_cluster: bool = False
+    ) -> None:
+        """Write a batch request and reserve its items in the backlog counters, in one
+        transaction (so the limits hold exactly), checking the cluster accepts jobs if
+        ``ready_cluster`` (as ``create_submission``). Its items get their records with their
+        outcomes (``record_batch_outcomes``, ``cancel_unsubmitted``), not here.
+        """
+        count = request.items or 0
+        items: list[dict[str, Any]] = [
+            {"Put": {"TableName": self._table.name, "Item": request_item(request),
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+        ]  # fmt: skip
+        if limits is not None:
+            items.append(
+                count_item(self._table, "CLUSTER", request.cluster, count, limits.cluster_backlog)
+            )
+            items.append(
+                count_item(self._table, "OWNER", request.owner, count, limits.owner_inflight)
+            )
+        ready_at = len(items) if ready_cluster else -1
+        if ready_cluster:
+            items.append(ready_check(self._table, request.cluster))
+        failed = self._table.transact(items, "write batch")
+        if ready_at in failed:
+            raise not_ready_error(self._table, request.cluster)
+        if limits is not None and failed & {1, 2}:
+            raise BackpressureError(
+                f"accepting {count} more submissions would pass a backlog limit "
+                f"(cluster {limits.cluster_backlog}, caller {limits.owner_inflight}); "
+                "retry later or send fewer",
+                retry_after=limits.retry_after_seconds,
+            )
+        if failed:
+            raise ConflictError(f"request {request.request_id} exists already")
+
+    def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """Read jobs by id (BatchGetItem, 100 per call, strongly consistent)."""
+        found: dict[str, JobRecord] = {}
+        for item in self._table.batch_get([job_key(j) for j in job_ids], {}, "read jobs"):
+            job = job_of(item)
+            found[job.job_id] = job
+        return found
+
+    def _job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Just the states of jobs (a projection: a fraction of the bytes of whole records)."""
+        projection = {"ProjectionExpression": "pk, #s", "ExpressionAttributeNames": {"#s": "state"}}
+        return {
+            item["pk"]["S"].removeprefix("JOB#"): JobState(item["state"]["S"])
+            for item in self._table.batch_get(
+                [job_key(j) for j in job_ids], projection, "read jobs"
+            )
+        }
+
+    def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
+        """One marker item for the chunk, then its jobs' records read back (strongly consistent).
+
+        A cancel of a queued batch job is a transaction that checks this marker is absent, so
+        once it is written no job of the chunk can be cancelled as unsubmitted, and one written
+        before it shows in the read. The jobs to submit are those without a record (the usual
+        case: items get their record with their outcome) or still SUBMITTING (a batch accepted
+        when items were recorded at accept).
+
+        Why the marker's condition: a worker may overwrite its own marker or another delivery's
+        (a redelivery starts the chunk again), but never a sweep's claim that the chunk was
+        lost (``reap_chunk``): the sweep is failing those items, so nothing is submitted.
+        """
+        expires = int((utcnow() + RETENTION).timestamp())
+        item = {**chunk_key(batch_id, chunk), "expires_at": {"N": str(expires)}}
+        started = self._table.conditional(
+            "start chunk", self._table.client.put_item, TableName=self._table.name, Item=item,
+            ConditionExpression="attribute_not_exists(#l)",
+            ExpressionAttributeNames={"#l": "lost"},
+        )  # fmt: skip
+        if started is None:
+            return set()  # reaped: its items are (being) failed by the sweep
+        states = self._job_states(job_ids)
+        return {
+            job_id
+            for job_id in job_ids
+            if states.get(job_id, JobState.SUBMITTING) is JobState.SUBMITTING
+        }
+
+    def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
+        """The chunks whose marker needs no reaping (BatchGetItem of the markers, 100 a call,
+        strongly consistent): a worker's marker, or a lost claim whose reap is done."""
+        keys = [chunk_key(batch_id, n) for n in range(chunk_count)]
+        projection = {
+            "ProjectionExpression": "pk, #l, #d",
+            "ExpressionAttributeNames": _MARKER_NAMES,
+        }
+        return {
+            int(item["pk"]["S"].rsplit("#", 1)[1])
+            for item in self._table.batch_get(keys, projection, "read chunk markers")
+            if "lost" not in item or "reap_done" in item
+        }
+
+    def reap_chunk(self, batch_id: str, chunk: int) -> bool:
+        """Put the chunk's marker with ``lost = true``, unless a worker's marker, or a finished
+        reap's, is there.
+
+        Why this condition: ``attribute_not_exists(pk)`` is the claim itself (no worker started
+        the chunk; from now on none can, ``start_chunk`` refuses a lost marker); ``lost`` without
+        ``reap_done`` lets a sweep finish a reap that an error or a crash interrupted, rather
+        than leaving its items SUBMITTING, with their reservations, for ever.
+        """
+        expires = int((utcnow() + RETENTION).timestamp())
+        item = {
+            **chunk_key(batch_id, chunk),
+            "expires_at": {"N": str(expires)},
+            "lost": {"BOOL": True},
+        }
+        unfinished = "#l = :t AND attribute_not_exists(#d)"
+        claimed = self._table.conditional(
+            "claim lost chunk", self._table.client.put_item, TableName=self._table.name, Item=item,
+            ConditionExpression=f"attribute_not_exists(pk) OR ({unfinished})",
+            ExpressionAttributeNames=_MARKER_NAMES,
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )  # fmt: skip
+        return claimed is not None
+
+    def reap_done(self, batch_id: str, chunk: int) -> None:
+        """Mark a lost chunk's reap finished (only a lost claim: never a worker's marker)."""
+        self._table.conditional(
+            "finish lost chunk", self._table.client.update_item, TableName=self._table.name,
+            Key=chunk_key(batch_id, chunk),
+            UpdateExpression="SET #d = :t", ConditionExpression="#l = :t",
+            ExpressionAttributeNames=_MARKER_NAMES,
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )  # fmt: skip
+
+    def record_batch_outcomes(
+        self, batch: RequestRecord, outcomes: list[JobRecord]
+    ) -> tuple[list[str], list[str]]:
+        """Write the records of batch jobs leaving SUBMITTING, 25 jobs per transaction.
+
+        Each job's record is put whole, on condition that it has none yet or is still
+        SUBMITTING; each transaction also writes the aliases of the submitted jobs, counts the
+        jobs out of the backlog counters and into the batch's outcome counts, all or nothing.
+        A transaction where some job already moved (an earlier delivery, a cancel) is redone
+        without it. Returns the job ids of the moves this call made (submitted, failed).
+        """
+        done_ok: list[str] = []
+        done_failed: list[str] = []
+        for start in range(0, len(outcomes), 25):
+            chunk = outcomes[start : start + 25]
+            while chunk:
+                items: list[dict[str, Any]] = []
+                owner_of: list[int] = []  # transaction item index -> chunk index
+                counts: dict[str, int] = {}
+                for position, job in enumerate(chunk):
+                    moves = self._outcome_items(batch, job)
+                    items.extend(moves)
+                    owner_of.extend([position] * len(moves))
+                    outcome = _outcome_of(job)
+                    counts[outcome] = counts.get(outcome, 0) + 1
+                items += self._count_items(batch, -len(chunk), counts)
+                refused = self._table.transact(items, "record batch outcomes")
+                if not refused:
+                    for job in chunk:
+                        submitted = job.slurm_job_id is not None
+                        (done_ok if submitted else done_failed).append(job.job_id)
+                    break
+                # Jobs another writer already moved: send the chunk again without them.
+                gone = {owner_of[i] for i in refused if i < len(owner_of)}
+                chunk = [job for position, job in enumerate(chunk) if position not in gone]
+        return done_ok, done_failed
+
+    def _outcome_items(self, batch: RequestRecord, job: JobRecord) -> list[dict[str, Any]]:
+        """Transaction items writing one batch job's outcome record (no counters)."""
+        put = {
+            "TableName": self._table.name,
+            "Item": job_item(job),
+            "ConditionExpression": "attribute_not_exists(pk) OR #state = :c0",
+            "ExpressionAttributeNames": {"#state": "state"},
+            "ExpressionAttributeValues": {":c0": {"S": JobState.SUBMITTING.value}},
+        }
+        items: list[dict[str, Any]] = [{"Put": put}]
+        if job.slurm_job_id is not None:
+            alias = alias_item(batch.cluster, job.slurm_job_id, job.job_id, batch.created_at)
+            items.append({"Put": {"TableName": self._table.name, "Item": alias}})
+        return items
+
+    def _count_items(
+        self, batch: RequestRecord, delta: int, outcomes: Mapping[str, int]
+    ) -> list[dict[str, Any]]:
+        """Backlog counters by ``delta``; the batch's outcome counts up by ``outcomes``."""
+        names = {f"#o{i}": name for i, name in enumerate(outcomes)}
+        values = {f":o{i}": {"N": str(n)} for i, n in enumerate(outcomes.values())}
+        adds = ", ".join(f"counts.{mark} :o{i}" for i, mark in enumerate(names))
+        batch_update = {
+            "TableName": self._table.name,
+            "Key": request_key(batch.request_id),
+            "UpdateExpression": f"ADD {adds}",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+        return [
+            count_item(self._table, "CLUSTER", batch.cluster, delta, None),
+            count_item(self._table, "OWNER", batch.owner, delta, None),
+            {"Update": batch_update},
+        ]
+
+    def backlog(self, kind: str, name: str) -> int:
+        """The current count of a backlog counter (CLUSTER or OWNER)."""
+        try:
+            item = self._table.get(counter_key(kind, name), f"counter {kind} {name}")
+        except NotFoundError:
+            return 0
+        return int(value_of(item.get("inflight", {"N": "0"})))
+
+
+def count_item(table: Table, kind: str, name: str, delta: int, limit: int | None) -> dict[str, Any]:
+    """A transaction item adding ``delta`` to a counter, never past ``limit``.
+
+    Why the condition: with ``limit`` the counter may only grow while it stays within it, so the
+    limit holds exactly however many accepts race; without one (a submission leaving the
+    backlog) the counter moves unconditionally, for the transaction that counts a job out is
+    conditional on the job's own move, so each job is counted out once.
+    """
+    update: dict[str, Any] = {
+        "TableName": table.name,
+        "Key": counter_key(kind, name),
+        "UpdateExpression": "ADD inflight :d",
+        "ExpressionAttributeValues": {":d": {"N": str(delta)}},
+    }
+    if limit is not None:
+        update["ConditionExpression"] = "attribute_not_exists(inflight) OR inflight <= :room"
+        update["ExpressionAttributeValues"][":room"] = {"N": str(limit - delta)}
+    return {"Update": update}
+
+
+def _outcome_of(job: JobRecord) -> str:
+    """The batch count a job leaving SUBMITTING goes into."""
+    return "SUBMITTED" if job.slurm_job_id is not None else "FAILED"
