@@ -143,7 +143,19 @@ _TIME_LIMIT = re.compile(
 _MEMORY = re.compile(r"^[1-9]\d{0,8}[KMGT]?$")
 #: ``broker.models.AbsPath`` plus a lookahead refusing '..' components (JobSpec does that in a
 #: validator); the lookahead stands before the first '/', so '/..' and '/../x' are refused too.
-_ABS_PATH = re.compile(r"^(?!.*(^|/)\.\.(/|$))/[^\x00\n\r]{0,1023}$")
+#: Its length (1024 at most) is checked beside it (``is_abs_path``), as JobSpec does.
+_PATH_COMPONENT = r"(?:[^/\x00\n\r]{3,}|[^./\x00\n\r][^/\x00\n\r]|\.[^./\x00\n\r]|[^/\x00\n\r]?)"
+_ABS_PATH = re.compile(r"^(?!.*(^|/)\.\.(/|$))/(?:%s/)*%s$" % (_PATH_COMPONENT, _PATH_COMPONENT))
+MAX_PATH_CHARS = 1024
+
+
+def is_abs_path(value: Any) -> bool:
+    """An absolute path as JobSpec's AbsPath takes it: no '..' component, at most 1024 chars."""
+    return (
+        isinstance(value, str) and len(value) <= MAX_PATH_CHARS and bool(_ABS_PATH.fullmatch(value))
+    )
+
+
 _ARRAY = re.compile(
     r"^[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?(,[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?)*"
     r"(%[0-9]{1,5})?$"
@@ -273,9 +285,9 @@ OPTIONS = (
     ("ntasks", "--ntasks", _Int(1, 1000000)),
     ("cpus_per_task", "--cpus-per-task", _Int(1, 1024)),
     ("mem", "--mem", _Text(_MEMORY, "a memory size such as 4G")),
-    ("working_directory", "--chdir", _Text(_ABS_PATH, _PATH_TEXT)),
-    ("output", "--output", _Text(_ABS_PATH, _PATH_TEXT)),
-    ("error", "--error", _Text(_ABS_PATH, _PATH_TEXT)),
+    ("working_directory", "--chdir", _Text(_ABS_PATH, _PATH_TEXT, MAX_PATH_CHARS)),
+    ("output", "--output", _Text(_ABS_PATH, _PATH_TEXT, MAX_PATH_CHARS)),
+    ("error", "--error", _Text(_ABS_PATH, _PATH_TEXT, MAX_PATH_CHARS)),
     ("array", "--array", _Text(_ARRAY, "an array spec such as 1-100%10", 256)),
     (
         "dependency",
@@ -388,8 +400,7 @@ def validate_output_query(query: Any) -> Dict[str, Any]:
     if not _is_int(max_bytes) or not 1 <= max_bytes <= MAX_OUTPUT_BYTES:
         raise AgentError(BAD_REQUEST, "output.max_bytes must be 1 to %d" % MAX_OUTPUT_BYTES)
     if not isinstance(patterns, dict) or any(
-        key not in STREAMS or not isinstance(value, str) or not _ABS_PATH.fullmatch(value)
-        for key, value in patterns.items()
+        key not in STREAMS or not is_abs_path(value) for key, value in patterns.items()
     ):
         raise AgentError(BAD_REQUEST, "output.patterns must be absolute paths without '..'")
     if name is not None and (not isinstance(name, str) or not _JOB_NAME.fullmatch(name)):
@@ -1615,7 +1626,7 @@ class Agent(object):
         """The chunk of the first candidate path that exists, or why there is none."""
         tried = []  # type: List[str]
         for path in candidates:
-            if path in tried or not _ABS_PATH.fullmatch(path):
+            if path in tried or not is_abs_path(path):
                 continue  # e.g. '..' from a job name: never opened
             tried.append(path)
             try:

@@ -139,7 +139,7 @@ def test_job_name_is_the_job_specs() -> None:
 
 def test_environment_names_and_count_are_the_job_specs() -> None:
     environment = field(JOB_SPEC, "environment")
-    assert [agent._ENV_NAME.pattern] == list(environment["patternProperties"])
+    assert agent._ENV_NAME.pattern == environment["propertyNames"]["pattern"]
     assert environment["maxProperties"] == agent.MAX_ENV_VARS
 
 

@@ -147,7 +147,7 @@ class DynamoJobStore(TableStore):
         key = "#pk = :pk"
         if since or until:
             names["#sk"] = "gsi1sk"
-            low = since.isoformat() if since else ""
+            low = since.isoformat() if since else "0"  # DynamoDB refuses "" in a key condition
             high = (until.isoformat() if until else "9999") + "~"
             values[":lo"], values[":hi"] = {"S": low}, {"S": high}
             key += " AND #sk BETWEEN :lo AND :hi"
