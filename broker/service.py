@@ -17,6 +17,7 @@ from broker.agent.protocol import (
     AgentJob,
     AgentJobResult,
     AgentRequest,
+    JobTarget,
     OutputQuery,
 )
 from broker.batches import item_id, unrecorded_item
@@ -551,7 +552,9 @@ class Dispatcher:
         artifacts: ArtifactStore | None = None,
         default_working_directory: str = "/tmp",  # noqa: S108
         submit_concurrency: int | None = None,
+        run_as_user: str | None = None,
     ) -> None:
+        self._run_as_user = run_as_user  # transitional: HPCB_LOCAL_RUN_AS_USER
         self._store = store
         self._concurrency = submit_concurrency
         self._clusters = clusters
@@ -654,7 +657,8 @@ class Dispatcher:
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
-        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency)],
+        user = self._run_as()
+        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency, user=user)],
                                lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
@@ -777,6 +781,7 @@ class Dispatcher:
                 spec=item.spec,
             )  # fmt: skip
             try:
+                user = self._run_as()
                 dependency = self._dependency_string(single)
             except TransientError:
                 retry.append(item.job_id)
@@ -787,7 +792,7 @@ class Dispatcher:
             spec = item.spec
             if spec.working_directory is None:
                 spec = spec.model_copy(update={"working_directory": self._workdir})
-            jobs.append(AgentJob.of(slurm_token(item.job_id), spec, dependency))
+            jobs.append(AgentJob.of(slurm_token(item.job_id), spec, dependency, user=user))
         return jobs, failed, retry
 
     def _submit_chunk(self, cluster: str, jobs: list[AgentJob], lookback: int) -> _Answers:
@@ -833,7 +838,9 @@ class Dispatcher:
                 code="SUBMISSION_IN_PROGRESS",
             )
         target = self._clusters.resolve(message.cluster)
-        request = AgentRequest(op="cancel", job_ids=[job.slurm_job_id])
+        user, token = self._run_as(), slurm_token(job.job_id)
+        request = AgentRequest(op="cancel", targets=[JobTarget(job_id=job.slurm_job_id, user=user,
+                                                               token=token)])  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
             raise _error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
@@ -869,6 +876,8 @@ class Dispatcher:
                 max_bytes=query.max_bytes,
                 patterns=self._patterns(job),
                 job_name=job.name,
+                user=self._run_as(),
+                token=slurm_token(job.job_id),
             ),
         )
         response = self._runner_for(target.mode).run(target, request)
@@ -916,6 +925,16 @@ class Dispatcher:
         return staged
 
     # -- shared ----------------------------------------------------------------------------
+
+    def _run_as(self) -> str:
+        """The POSIX user the agent acts as (transitional: one setting for every caller)."""
+        if self._run_as_user is None:
+            raise PermanentError(
+                "no cluster user is mapped for this caller (HPCB_LOCAL_RUN_AS_USER is unset); "
+                "ask the broker's administrator to map you",
+                code="NOT_MAPPED",
+            )
+        return self._run_as_user
 
     def _succeed(
         self, request_id: str, result: JobResult | CancelResult | OutputResult | BatchResult
