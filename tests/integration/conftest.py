@@ -27,6 +27,16 @@ def test_users(slurm: dict[str, str]) -> tuple[str, str]:
     return USER_A, USER_B
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _traversable_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Let the jobs' users reach the directories tests open to them (``chmod 0o777``) under
+    pytest's temp root: pytest makes /tmp/pytest-of-root and pytest-N private (0700), and jobs no
+    longer run as root. 0711: searchable, not listable; pytest makes them 0700 again next run."""
+    base = tmp_path_factory.getbasetemp()
+    for directory in (base.parent, base):
+        directory.chmod(0o711)
+
+
 def make_user_dir(user: str) -> Path:
     """A fresh directory in ``user``'s home, owned by that user, mode 700."""
     entry = pwd.getpwnam(user)
