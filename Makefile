@@ -46,6 +46,7 @@ $(SAM_VENV)/.installed: requirements/sam.lock
 # Starts the stack in the background (log: .run/local-stack.log) and prints its banner.
 up: system-deps venv
 	@$(SLURM) up
+	@scripts/local-user.sh   # hpcb-dev: the user local jobs run as (HPCB_LOCAL_RUN_AS_USER)
 	mkdir -p $(RUN_DIR)
 	log=$(RUN_DIR)/local-stack.log
 	if $(STACK) status >/dev/null 2>&1; then
@@ -73,6 +74,7 @@ status:
 
 demo: system-deps venv
 	$(SLURM) up
+	scripts/local-user.sh
 	$(BIN)/python -m broker.demo --slurm-env $(SLURM_ENV)
 
 lint: venv
@@ -93,11 +95,13 @@ functional: venv
 
 integration: system-deps venv
 	$(SLURM) up
+	scripts/local-user.sh
 	source $(SLURM_ENV) && $(BIN)/pytest tests/integration -q
 
 # The whole suite. REQUIRE_SLURM=1 (set by .ci/run) turns a missing Slurm into a failure.
 test: system-deps venv sam lint template
 	$(SLURM) up
+	scripts/local-user.sh
 	source $(SLURM_ENV) && $(BIN)/pytest tests -q
 
 # The API against its OpenAPI document for FUZZ_SECONDS (default 600), every phase including

@@ -88,7 +88,9 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
     target = ClusterTarget(name="local", mode="local")
     baseline = []
     for i in range(min(n, 100)):
-        job = AgentJob.of(f"hpcb:bench{i:06d}{int(time.time())}", JobSpec.model_validate(spec))
+        job = AgentJob.of(
+            f"hpcb:bench{i:06d}{int(time.time())}", JobSpec.model_validate(spec), user="hpcb-dev"
+        )
         request = AgentRequest(op="submit", jobs=[job])
         baseline.append(timed(lambda r=request: runner.run(target, r))[0])
     figures["baseline_sync_post"] = summary(baseline)

@@ -169,7 +169,7 @@ def naive(count: int, sample: int, workdir: str) -> dict[str, Any]:
     runner = LocalRunner()
     started = time.perf_counter()
     for i in range(sample):
-        job = AgentJob.of(f"hpcb:naive{i:06x}", spec)
+        job = AgentJob.of(f"hpcb:naive{i:06x}", spec, user="hpcb-dev")
         answer = runner.run(target, AgentRequest(op="submit", jobs=[job]))
         if not answer.ok or not answer.results[0].job_id:
             raise SystemExit(f"naive baseline: submission failed: {answer}")
@@ -185,6 +185,7 @@ def start_stack(slurm_env: dict[str, str], pollers: int) -> LocalStack:
         env_overrides={
             "HPCB_CLUSTERS_MODE": "local",
             "HPCB_LOCAL_CLUSTERS": "local",
+            "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",  # scripts/local-user.sh
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             **slurm_env,

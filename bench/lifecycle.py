@@ -78,6 +78,7 @@ def start_stack(slurm_env: dict[str, str], schedule_seconds: float | None) -> Lo
         env_overrides={
             "HPCB_CLUSTERS_MODE": "local",
             "HPCB_LOCAL_CLUSTERS": "local",
+            "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",  # scripts/local-user.sh
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "HPCB_SWEEP_WINDOW_SECONDS": "0",
@@ -104,7 +105,9 @@ def held_jobs(store: DynamoStore, count: int, workdir: str) -> list[str]:
                           items=count, batch_size=count, chunk_starts=[0])  # fmt: skip
     store.create_batch(batch)
     store.start_chunk(batch_id, 0, ids)
-    request = AgentRequest(op="submit", jobs=[AgentJob.of(slurm_token(i), spec) for i in ids])
+    request = AgentRequest(
+        op="submit", jobs=[AgentJob.of(slurm_token(i), spec, user="hpcb-dev") for i in ids]
+    )
     answer = LocalRunner(timeout=600).run(TARGET, request)
     submitted = [(r.token.split(":", 1)[1], str(r.job_id)) for r in answer.results if r.job_id]
     items = {job_id: BatchItem(index=i, job_id=job_id, spec=spec) for i, job_id in enumerate(ids)}

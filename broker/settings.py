@@ -117,6 +117,13 @@ class JobWorkerSettings(CommonSettings):
         default="", description="Python for the local runner's agent (default: this one)."
     )
     topic_arn: str = Field(description="SNS topic for notifications.")
+    local_run_as_user: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="TRANSITIONAL, until the broker maps callers to users: the one POSIX user "
+        "every job, cancel and output read runs as on the head node (the agent refuses root and "
+        "uids below 1000). Unset: every such request fails with NOT_MAPPED.",
+    )
 
 
 class SweeperSettings(JobWorkerSettings):

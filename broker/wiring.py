@@ -200,6 +200,7 @@ def dispatcher() -> Dispatcher:
         ),
         default_working_directory=settings.default_working_directory,
         submit_concurrency=settings.submit_concurrency,
+        run_as_user=settings.local_run_as_user,
     )
 
 

@@ -45,6 +45,7 @@ _FAKE_AWS_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_NAMESPACE": "HpcBrokerTests",
     "POWERTOOLS_SERVICE_NAME": "hpc-broker-tests",
+    "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",  # transitional: the user every job runs as
 }
 
 
@@ -122,6 +123,7 @@ def slurm() -> dict[str, str]:
         if os.environ.get("REQUIRE_SLURM") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+    subprocess.run([str(ROOT / "scripts" / "local-user.sh")], check=True)  # hpcb-dev
     os.environ.update(env)
     return env
 
@@ -139,6 +141,7 @@ def local_stack(slurm_env: dict[str, str], **options: Any) -> Iterator[Any]:
         "HPCB_CLUSTERS_MODE": "local",
         "HPCB_LOCAL_CLUSTERS": "local",
         "POWERTOOLS_TRACE_DISABLED": "true",
+        "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",
         **options.pop("env", {}),
         **slurm_env,
     }

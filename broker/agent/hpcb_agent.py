@@ -18,10 +18,20 @@ Constraints, because this file travels to the head node inside an SSM command an
   ``shell=False``, every option is re-validated here (the last stop before a root process) and
   passed as its own ``--opt=value`` argument, and the job script travels on sbatch's stdin.
 
+Users: the agent runs as root, but never acts for a user as root. Every job, cancel and output
+read names its POSIX user; the agent re-validates it (``resolve_user``: name shape, exists here,
+uid and groups not 0, uid >= the request's ``min_uid``) before any Slurm call, then runs sbatch,
+scancel and the output reader under ``setpriv --reuid --regid --init-groups`` with a clean
+environment it builds (``RunAs``), so Slurm records the job as that user's and the kernel checks
+every file access against that user's rights. Only read-only queries (squeue, sacct, scontrol)
+run as the agent. Before a cancel or an output read, Slurm's user and comment of the job must be
+the request's user and token (a stale record never touches a job that reuses the Slurm id).
+
 Exactly-once: every job carries a token (``hpcb:<request id>``) in its Slurm comment. Under an
 exclusive ``flock`` (so two deliveries of the same message serialize), the agent lists the tokens
-already in Slurm (one ``squeue``, plus one ``sacct`` when accounting exists) and answers
-``reused: true`` for a token it finds instead of submitting it again.
+of the job's user already in Slurm (one ``squeue -u``, plus one ``sacct -u`` when accounting
+exists) and answers ``reused: true`` for a token it finds instead of submitting it again; another
+user's job carrying the token is never taken for it.
 
 Ops: ``ping``, ``submit``, ``status`` (one squeue, at most one sacct, for any number of jobs),
 ``cancel`` (one scancel), ``output`` (reads a job's stdout/stderr files), and ``fetch`` (any of
@@ -41,7 +51,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import errno
 import fcntl
 import json
@@ -51,7 +60,6 @@ import pwd
 import re
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -126,6 +134,10 @@ JOB_ALREADY_FINISHED = "JOB_ALREADY_FINISHED"
 JOB_NOT_FOUND = "JOB_NOT_FOUND"
 OUTPUT_NOT_FOUND = "OUTPUT_NOT_FOUND"
 OUTPUT_UNREADABLE = "OUTPUT_UNREADABLE"
+#: The request's POSIX user may not be used (bad name, unknown here, root, uid below min_uid).
+USER_REFUSED = "USER_REFUSED"
+#: The Slurm job with the request's id is not the request's job (another user's, another token).
+JOB_MISMATCH = "JOB_MISMATCH"
 
 
 # ==== 1. protocol and validation: what a request may contain =====================================
@@ -376,6 +388,109 @@ def validate_job_ids(job_ids: Any) -> List[str]:
     return unique
 
 
+# ---- the POSIX user a job, cancel or output read runs as ---------------------------------------
+
+#: ``protocol.POSIX_USER``: the portable user name shape (useradd's default, 32 characters).
+_POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+DEFAULT_MIN_UID = 1000
+MAX_UID = 2**32 - 2
+#: ``passwd`` lookup by name (``pwd.getpwnam``; tests inject a fake one).
+UserLookup = Callable[[str], Any]
+
+
+class RunAs(object):
+    """A validated POSIX user: the ``setpriv`` prefix and clean environment of its processes."""
+
+    def __init__(self, name: str, uid: int, gid: int, home: str) -> None:
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.home = home
+
+    def prefix(self) -> List[str]:
+        """setpriv drops to the user (its groups from /etc/group) and execs the rest of argv."""
+        return ["setpriv", "--reuid=%d" % self.uid, "--regid=%d" % self.gid, "--init-groups", "--"]
+
+    def environment(self, base: Mapping[str, str]) -> Dict[str, str]:
+        """What a process started as the user gets: built here, nothing else of the agent's
+        (``base`` is the agent's clean environment: its SLURM_CONF, and its PATH for
+        ``user_path``)."""
+        path = user_path(base.get("PATH", ""))
+        env = {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "PATH": path}
+        if base.get("SLURM_CONF"):
+            env["SLURM_CONF"] = base["SLURM_CONF"]
+        return env
+
+
+def user_path(agent_path: str) -> str:
+    """The PATH of a process started as a user, never the agent's own: the directory of the
+    sbatch the agent would run (where this head node's Slurm clients are; ParallelCluster's
+    /opt/slurm/bin when the agent finds none), then the system's directories."""
+    found = shutil.which("sbatch", path=agent_path) if agent_path else None
+    first = os.path.dirname(found) if found else FALLBACK_SLURM_BIN
+    return ":".join([first] + [d for d in DEFAULT_PATH.split(":") if d != first])
+
+
+def validate_min_uid(value: Any) -> int:
+    """The request's ``min_uid`` (default 1000), at least 1: uid 0 is refused whatever it says."""
+    if value is None:
+        return DEFAULT_MIN_UID
+    _bounded_int(value, "min_uid", 1, MAX_UID)
+    return int(value)
+
+
+def resolve_user(name: Any, min_uid: int, lookup: UserLookup) -> RunAs:
+    """The user a request names, if the agent may act as it; else USER_REFUSED (permanent).
+
+    Re-validated here, whatever the broker checked: the name's shape, that it exists on this
+    head node, that neither its uid nor its primary group is 0 (nor any of its groups: root's
+    group reads what root's files let it), and that its uid is at least ``min_uid``.
+    """
+    if not isinstance(name, str) or not _POSIX_USER.fullmatch(name):
+        raise AgentError(USER_REFUSED, "not a POSIX user name: %r" % (str(name)[:40],))
+    try:
+        entry = lookup(name)
+    except KeyError as exc:
+        raise AgentError(USER_REFUSED, "no user %r on this head node" % name) from exc
+    uid, gid = int(entry.pw_uid), int(entry.pw_gid)
+    if uid == 0 or gid == 0:
+        raise AgentError(USER_REFUSED, "refusing to act as %r: uid or group 0" % name)
+    if uid < min_uid:
+        raise AgentError(
+            USER_REFUSED, "refusing to act as %r: uid %d is below %d" % (name, uid, min_uid)
+        )
+    try:
+        groups = os.getgrouplist(name, gid)
+    except OSError:
+        groups = [gid]
+    if 0 in groups:
+        raise AgentError(USER_REFUSED, "refusing to act as %r: member of group 0" % name)
+    return RunAs(name, uid, gid, str(entry.pw_dir) or "/")
+
+
+MAX_TARGETS = MAX_JOB_IDS
+
+
+def validate_targets(targets: Any) -> List[Tuple[str, str, str]]:
+    """Cancel's jobs: (Slurm id, user, token) each, without duplicates (else BAD_REQUEST).
+
+    The user is checked later, per job (``resolve_user``); here only the request's shape.
+    """
+    if not isinstance(targets, list) or len(targets) > MAX_TARGETS:
+        raise AgentError(BAD_REQUEST, "targets must be a list of at most %d jobs" % MAX_TARGETS)
+    unique = []  # type: List[Tuple[str, str, str]]
+    for target in targets:
+        if not isinstance(target, dict) or set(target) != {"job_id", "user", "token"}:
+            raise AgentError(BAD_REQUEST, "a target is {job_id, user, token}")
+        job_id, user, token = target["job_id"], target["user"], target["token"]
+        if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
+            raise AgentError(BAD_REQUEST, "not a Slurm job id: %r" % (str(job_id)[:40],))
+        item = (job_id, str(user), validate_token(token))
+        if item not in unique:
+            unique.append(item)
+    return unique
+
+
 STREAMS = ("stdout", "stderr")
 #: ``protocol.MAX_OUTPUT_BYTES``: the most one chunk may carry.
 MAX_OUTPUT_BYTES = 64 * 1024
@@ -391,6 +506,9 @@ def validate_output_query(query: Any) -> Dict[str, Any]:
     max_bytes = query.get("max_bytes", MAX_OUTPUT_BYTES)
     patterns = query.get("patterns") or {}
     name = query.get("job_name")
+    token = query.get("token")
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise AgentError(BAD_REQUEST, "output.token must be the job's 'hpcb:<id>' token")
     if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
         raise AgentError(BAD_REQUEST, "output.job_id must be a Slurm job id")
     if not isinstance(streams, list) or not set(streams) <= set(STREAMS) or not streams:
@@ -414,6 +532,8 @@ def validate_output_query(query: Any) -> Dict[str, Any]:
         "max_bytes": max_bytes,
         "patterns": patterns,
         "job_name": name,
+        "user": query.get("user"),
+        "token": token,
     }
 
 
@@ -521,10 +641,12 @@ class SlurmCommand(Generic[Result_co]):
     ``argv()`` is the argument list (no shell ever; ``argv[0]`` names the client), ``stdin()``
     and ``env(base)`` the rest of its input; ``parse()`` turns the exit status, stdout and stderr
     into a result or raises a typed ``AgentError``. ``Agent.execute`` is the one place a command
-    runs: a wrapper for every client (e.g. a ``setpriv`` prefix) goes there, once.
+    runs: a command with a ``run_as`` user runs under that user's ``setpriv`` prefix, with the
+    user's clean environment as ``base``; one without runs as the agent (read-only queries).
     """
 
     timeout = QUERY_TIMEOUT_SECONDS
+    run_as = None  # type: Optional[RunAs]
 
     def argv(self) -> List[str]:
         raise NotImplementedError
@@ -589,18 +711,20 @@ def classify_sbatch_failure(returncode: int, stderr: str) -> AgentError:
     return AgentError(SCHEDULER_REJECTED, message)
 
 
-_JOB_KEYS = frozenset(["token", "script", "options", "environment"])
+_JOB_KEYS = frozenset(["token", "script", "options", "environment", "user"])
 
 
 class SbatchCommand(SlurmCommand[str]):
     """``sbatch`` for one job: validated argv, the script as stdin data, and the output parser.
 
+    ``run_as``: the job's user (``resolve_user``); sbatch runs as that user, so the job does.
     Raises ``AgentError`` (permanent) on construction when the job is not acceptable.
     """
 
     timeout = SBATCH_TIMEOUT_SECONDS
 
-    def __init__(self, job: Any) -> None:
+    def __init__(self, job: Any, run_as: Optional[RunAs] = None) -> None:
+        self.run_as = run_as
         if not isinstance(job, dict):
             raise AgentError(INVALID_JOB, "a job must be an object")
         unknown = sorted(str(key) for key in job if key not in _JOB_KEYS)
@@ -618,6 +742,11 @@ class SbatchCommand(SlurmCommand[str]):
         job has variables: explicit, and the same as Slurm's default.
         """
         return ["sbatch", "--parsable", "--export=ALL", "--comment=" + self.token, *self._options]
+
+    @property
+    def user(self) -> str:
+        """The name of the job's user ('' before ``run_as`` is set)."""
+        return self.run_as.name if self.run_as is not None else ""
 
     def stdin(self) -> bytes:
         return self.script
@@ -681,17 +810,21 @@ def parse_token_lines(text: str, user: Optional[str] = None) -> Dict[str, str]:
 
 
 SQUEUE_ARGV = ["squeue", "-h", "-a", "-t", "all", "-o", "%i|%u|%k"]
-SACCT_ARGV = ["sacct", "-a", "-X", "-n", "-P", "-o", "jobid,user,comment", "-S", SACCT_WINDOW]
+SACCT_ARGV = ["sacct", "-X", "-n", "-P", "-o", "jobid,user,comment", "-S", SACCT_WINDOW]
 
 
 class SqueueTokensCommand(SlurmCommand[Dict[str, str]]):
-    """Tokens of the jobs slurmctld holds (of ``user``'s jobs, when given)."""
+    """Tokens of ``user``'s jobs slurmctld holds (``-u``, and each line's user checked again).
 
-    def __init__(self, user: Optional[str]) -> None:
+    Runs as the agent: a read-only query. Another user's job holding the same token is never
+    ours: a redelivery as that token's own user submits its job instead of reusing the other.
+    """
+
+    def __init__(self, user: str) -> None:
         self.user = user
 
     def argv(self) -> List[str]:
-        return list(SQUEUE_ARGV)
+        return [*SQUEUE_ARGV, "-u", self.user]
 
     def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
         if returncode != 0:
@@ -702,7 +835,7 @@ class SqueueTokensCommand(SlurmCommand[Dict[str, str]]):
 class SacctTokensCommand(SqueueTokensCommand):
     """Tokens of the jobs accounting recorded in the last ``lookback`` seconds (None: a week)."""
 
-    def __init__(self, user: Optional[str], lookback: Optional[int]) -> None:
+    def __init__(self, user: str, lookback: Optional[int]) -> None:
         super().__init__(user)
         self.lookback = lookback
 
@@ -710,7 +843,7 @@ class SacctTokensCommand(SqueueTokensCommand):
         argv = list(SACCT_ARGV)
         if self.lookback is not None:
             argv[-1] = "now-%dseconds" % self.lookback
-        return argv
+        return [*argv[:-2], "-u", self.user, *argv[-2:]]
 
     def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
         if returncode != 0:
@@ -938,14 +1071,56 @@ def classify_cancel_error(message: str) -> AgentError:
     return AgentError(SCHEDULER_REJECTED, message)
 
 
+def parse_job_owners(text: str) -> Dict[str, Tuple[str, str]]:
+    """Base job id -> (user, comment) from ``jobid|user|comment`` lines (``SQUEUE_ARGV``)."""
+    owners = {}  # type: Dict[str, Tuple[str, str]]
+    for line in text.splitlines():
+        parts = line.split("|", 2)
+        job_id = base_job_id(parts[0]) if len(parts) == 3 else None
+        if job_id is not None:
+            owners[job_id] = (parts[1].strip(), parts[2].strip())
+    return owners
+
+
+class JobOwnersCommand(SlurmCommand[Dict[str, Tuple[str, str]]]):
+    """Whose job each id slurmctld holds is, and its comment: checked before a cancel."""
+
+    def argv(self) -> List[str]:
+        return list(SQUEUE_ARGV)
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, Tuple[str, str]]:
+        if returncode != 0:
+            raise self.unavailable(returncode, stderr)
+        return parse_job_owners(stdout)
+
+
+def check_owner(
+    job_id: str, user: str, token: str, owner: Optional[Tuple[str, str]]
+) -> Optional[AgentError]:
+    """Why the agent must not touch ``job_id`` on behalf of ``user`` (None: it is theirs).
+
+    ``owner`` is Slurm's (user, comment) of the job; None when Slurm does not hold it.
+    """
+    if owner is None:
+        return AgentError(JOB_NOT_FOUND, "Slurm holds no job %s" % job_id)
+    if owner != (user, token):
+        return AgentError(
+            JOB_MISMATCH,
+            "Slurm job %s is not %s's job %s: refusing to touch it" % (job_id, user, token),
+        )
+    return None
+
+
 class ScancelCommand(SlurmCommand[List[Tuple[str, Optional[AgentError]]]]):
     """One scancel for every id; each id comes back with its error (None: cancelled, or being
     cancelled). scancel reports per job (``Kill job error on job id 12: ...``); anything else it
-    says when it fails applies to every job it did not mention.
+    says when it fails applies to every job it did not mention. ``run_as``: the jobs' user
+    (Slurm itself then refuses anyone else's job).
     """
 
-    def __init__(self, job_ids: List[str]) -> None:
+    def __init__(self, job_ids: List[str], run_as: Optional[RunAs] = None) -> None:
         self.job_ids = job_ids
+        self.run_as = run_as
 
     def argv(self) -> List[str]:
         return SCANCEL_ARGV + self.job_ids
@@ -974,7 +1149,15 @@ class ScancelCommand(SlurmCommand[List[Tuple[str, Optional[AgentError]]]]):
 #: Slurm prints this task id for jobs that are not arrays (NO_VAL), and uses it in file names.
 NO_TASK = "4294967294"
 _SCONTROL_KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_:/]*)=")
-SACCT_OUTPUT_ARGV = ["sacct", "-a", "-X", "-n", "-P", "-o", "jobidraw,jobname,user,nodelist"]
+SACCT_OUTPUT_ARGV = [
+    "sacct",
+    "-a",
+    "-X",
+    "-n",
+    "-P",
+    "-o",
+    "jobidraw,jobname,user,nodelist,comment",
+]
 
 
 def parse_scontrol_job(text: str, job_id: str) -> Optional[Dict[str, str]]:
@@ -1038,19 +1221,34 @@ class ScontrolJobCommand(SlurmCommand[Optional[Dict[str, str]]]):
 
 
 class SacctJobCommand(SlurmCommand[Dict[str, str]]):
-    """Pattern values from accounting (raw job id, name, user, first node), if it has them."""
+    """Pattern values from accounting (raw job id, name, user, first node), if it has them.
 
-    def __init__(self, job_id: str) -> None:
+    Only a record of ``user`` whose comment is ``token`` counts (an empty comment too: clusters
+    without ``AccountingStoreFlags=job_comment``); records of the id that are all someone
+    else's are JOB_MISMATCH (the id was reused).
+    """
+
+    def __init__(self, job_id: str, user: str, token: str) -> None:
         self.job_id = job_id
+        self.user = user
+        self.token = token
 
     def argv(self) -> List[str]:
         return [*SACCT_OUTPUT_ARGV, "-j", self.job_id]
 
     def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
-        lines = [line.split("|") for line in stdout.splitlines() if line.count("|") == 3]
-        if returncode != 0 or not lines or not _JOB_ID.fullmatch(lines[-1][0]):
+        lines = [line.split("|", 4) for line in stdout.splitlines() if line.count("|") >= 4]
+        lines = [line for line in lines if _JOB_ID.fullmatch(line[0])]
+        if returncode != 0 or not lines:
             return {}
-        raw, name, user, nodes = lines[-1]
+        mine = [line for line in lines if line[2] == self.user and line[4] in (self.token, "")]
+        if not mine:
+            raise AgentError(
+                JOB_MISMATCH,
+                "Slurm job %s is not %s's job %s: refusing to read it"
+                % (self.job_id, self.user, self.token),
+            )
+        raw, name, user, nodes, _ = mine[-1]
         values = {"j": raw, "J": raw, "x": name, "u": user}
         node = first_node(nodes)
         if node:
@@ -1110,36 +1308,88 @@ def _utf8_end(data: bytes) -> int:
     return len(data)
 
 
-def read_chunk(path: str, offset: Optional[int], max_bytes: int) -> Dict[str, Any]:
-    """Up to ``max_bytes`` of a regular file, from ``offset`` (None: the tail).
-
-    Never follows a symbolic link as the last component, never opens anything but a regular file
-    (a FIFO would block, a device would never end). A chunk that stops before the end of the file
-    does not end inside a UTF-8 character, nor does a tail start inside one, so consecutive
-    chunks decode to exactly the file's text.
-
-    Raises:
-        OSError: the file cannot be opened (ENOENT when it does not exist).
-        AgentError: OUTPUT_UNREADABLE for a path that is not a regular file.
-    """
-    if not path.startswith("/"):
-        raise AgentError(OUTPUT_UNREADABLE, "refusing a relative output path")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+#: The one program that opens an output file: run as the job's user (``RunAs.prefix``), never in
+#: the agent's root process, as ``python3 -I -c READ_CODE PATH OFFSET LENGTH`` (OFFSET -1: the
+#: tail). It refuses to follow a symbolic link as the last component (O_NOFOLLOW; the kernel
+#: checks every other component against the user's rights), anything but a regular file (a FIFO
+#: would block, a device never end) and a file its user does not own; it prints one JSON line:
+#: ``{size, start, data (base64)}``, ``{errno, error}`` or ``{refused}``. Python 3.7+, stdlib only.
+READ_CODE = """
+import base64, json, os, stat, sys
+def read(path, offset, limit):
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise AgentError(OUTPUT_UNREADABLE, "%s is not a regular file" % path)
-        size = os.fstat(fd).st_size
-        start = max(0, size - max_bytes) if offset is None else offset
+        fd = os.open(path, flags)
+    except OSError as exc:
+        return {"errno": exc.errno, "error": exc.strerror}
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return {"refused": "not a regular file"}
+        if info.st_uid != os.getuid():
+            return {"refused": "not a file of the job's user"}
+        start = max(0, info.st_size - limit) if offset < 0 else offset
         data = b""
-        while len(data) < max_bytes:
-            piece = os.pread(fd, max_bytes - len(data), start + len(data))
+        while len(data) < limit:
+            piece = os.pread(fd, limit - len(data), start + len(data))
             if not piece:
                 break
             data += piece
-        size = max(size, os.fstat(fd).st_size)
+        size = max(info.st_size, os.fstat(fd).st_size)
+        return {"size": size, "start": start, "data": base64.b64encode(data).decode("ascii")}
     finally:
         os.close(fd)
+print(json.dumps(read(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))
+"""
+
+
+def read_chunk(
+    path: str,
+    offset: Optional[int],
+    max_bytes: int,
+    *,
+    run_as: Optional[RunAs] = None,
+    run: Optional["Runner"] = None,
+    base: Optional[Mapping[str, str]] = None,
+) -> Dict[str, Any]:
+    """Up to ``max_bytes`` of a regular file of ``run_as``, from ``offset`` (None: the tail).
+
+    The file is read by ``READ_CODE`` in a child process started as ``run_as`` (without it: as
+    this process's user; only tests do that). A chunk that stops before the end of the file does
+    not end inside a UTF-8 character, nor does a tail start inside one, so consecutive chunks
+    decode to exactly the file's text.
+
+    Raises:
+        OSError: the file cannot be opened (ENOENT when it does not exist).
+        AgentError: OUTPUT_UNREADABLE for a path that is not a regular file of the user, or
+            when the reader cannot run (transient if it timed out).
+    """
+    if not path.startswith("/"):
+        raise AgentError(OUTPUT_UNREADABLE, "refusing a relative output path")
+    argv = ["python3", "-I", "-c", READ_CODE, path, str(-1 if offset is None else offset)]
+    argv.append(str(max_bytes))
+    env = {"PATH": user_path(os.environ.get("PATH", ""))}
+    if run_as is not None:
+        argv, env = run_as.prefix() + argv, run_as.environment(base or {})
+    try:
+        code, out, err = (run or run_process)(argv, None, QUERY_TIMEOUT_SECONDS, env)
+    except subprocess.TimeoutExpired as exc:
+        raise AgentError(OUTPUT_UNREADABLE, "reading %s timed out" % path, True) from exc
+    except FileNotFoundError as exc:
+        raise AgentError(OUTPUT_UNREADABLE, "cannot start the reader: %s" % exc) from exc
+    try:
+        answer = json.loads(out.strip().splitlines()[-1])
+        if "errno" in answer:
+            raise OSError(int(answer["errno"]), str(answer["error"]))
+        if "refused" in answer:
+            raise AgentError(OUTPUT_UNREADABLE, "%s: %s" % (path, answer["refused"]))
+        size, start = int(answer["size"]), int(answer["start"])
+        data = base64.b64decode(answer["data"])
+    except (ValueError, IndexError, KeyError, TypeError, binascii.Error) as exc:
+        message = trim_message(err, 200) or "exit status %d" % code
+        raise AgentError(
+            OUTPUT_UNREADABLE, "the reader of %s failed: %s" % (path, message)
+        ) from exc
     if offset is None and start > 0:
         skip = _utf8_start(data)
         start, data = start + skip, data[skip:]
@@ -1278,14 +1528,6 @@ class FileLock(object):
         os.close(self._fd)
 
 
-def current_user() -> Optional[str]:
-    """The agent's user name as Slurm prints it (None if the uid has no name)."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return None
-
-
 # ==== 6. operations: ping, submit, status, cancel, output, fetch =================================
 
 
@@ -1298,8 +1540,7 @@ class Agent(object):
         put: uploads bytes to a URL (``http_put``).
         lock_path: the lock file serializing check-and-submit.
         lock_wait: seconds to wait for that lock.
-        user: only jobs of this user count when looking for tokens (None: any user); also
-            ``%u`` in output file patterns when Slurm cannot say whose job it was.
+        lookup_user: ``passwd`` lookup by name (``pwd.getpwnam``), for ``resolve_user``.
         environ: the agent's environment, source of ``base_environment`` (default os.environ).
         hostname: ``%N`` in output file patterns when Slurm cannot say (default: this host).
     """
@@ -1312,7 +1553,7 @@ class Agent(object):
         put: Callable[[str, bytes], None] = http_put,
         lock_path: str = DEFAULT_LOCK_PATH,
         lock_wait: float = LOCK_WAIT_SECONDS,
-        user: Optional[str] = None,
+        lookup_user: UserLookup = pwd.getpwnam,
         environ: Optional[Mapping[str, str]] = None,
         hostname: Optional[str] = None,
     ) -> None:
@@ -1321,7 +1562,7 @@ class Agent(object):
         self.put = put
         self.lock_path = lock_path
         self.lock_wait = lock_wait
-        self.user = user
+        self.lookup_user = lookup_user
         self.base_env = base_environment(os.environ if environ is None else environ)
         self.hostname = hostname or socket.gethostname().split(".")[0]
 
@@ -1352,16 +1593,20 @@ class Agent(object):
         op = request.get("op")
         if op == "ping":
             return self.ping()
+        min_uid = request.get("min_uid")
         if op == "submit":
             return self.submit(
-                request.get("jobs", []), request.get("concurrency"), request.get("lookback_seconds")
+                request.get("jobs", []),
+                request.get("concurrency"),
+                request.get("lookback_seconds"),
+                min_uid,
             )
         if op == "status":
             return self.status(request.get("job_ids", []))
         if op == "cancel":
-            return self.cancel(request.get("job_ids", []))
+            return self.cancel(request.get("targets"), min_uid)
         if op == "output":
-            return self.output(request.get("output"))
+            return self.output(request.get("output"), min_uid)
         if op == "fetch":
             raise AgentError(BAD_REQUEST, "a fetched request cannot be another fetch")
         raise AgentError(BAD_REQUEST, "unknown op %r" % (str(op)[:32],))
@@ -1402,9 +1647,16 @@ class Agent(object):
             raise AgentError(BAD_PAYLOAD, "the staged request must be a JSON object")
         return inner
 
-    def submit(self, jobs: Any, concurrency: Any = None, lookback: Any = None) -> Dict[str, Any]:
+    def submit(
+        self, jobs: Any, concurrency: Any = None, lookback: Any = None, min_uid: Any = None
+    ) -> Dict[str, Any]:
+        """sbatch each job as its own user, unless its token is already one of that user's jobs.
+
+        Each job is validated, its user included (``resolve_user``), before any Slurm call.
+        """
         if not isinstance(jobs, list):
             raise AgentError(BAD_REQUEST, "jobs must be a list")
+        lowest_uid = validate_min_uid(min_uid)
         if lookback is not None:
             _bounded_int(lookback, "lookback_seconds", MIN_LOOKBACK_SECONDS, MAX_LOOKBACK_SECONDS)
         if concurrency is None:
@@ -1414,7 +1666,9 @@ class Agent(object):
         commands = []  # type: List[Tuple[int, SbatchCommand]]
         for job in jobs:
             try:
-                commands.append((len(results), SbatchCommand(job)))
+                command = SbatchCommand(job)
+                command.run_as = resolve_user(job.get("user"), lowest_uid, self.lookup_user)
+                commands.append((len(results), command))
                 results.append({})
             except AgentError as exc:
                 token = job.get("token") if isinstance(job, dict) else None
@@ -1422,7 +1676,14 @@ class Agent(object):
         info = {}  # type: Dict[str, str]
         if commands:
             with FileLock(self.lock_path, self.lock_wait):
-                known, info["dedup"] = self.existing_tokens(lookback)
+                known = {}  # type: Dict[Tuple[str, str], str]
+                sources = []  # type: List[str]
+                for user in sorted({command.user for _, command in commands}):
+                    found, source = self.existing_tokens(user, lookback)
+                    known.update(((user, token), job_id) for token, job_id in found.items())
+                    if source not in sources:
+                        sources.append(source)
+                info["dedup"] = "; ".join(sources)
                 self._submit_all(commands, known, results, concurrency)
         response = {
             "v": PROTOCOL_VERSION,
@@ -1437,23 +1698,25 @@ class Agent(object):
     def _submit_all(
         self,
         commands: List[Tuple[int, SbatchCommand]],
-        known: Dict[str, str],
+        known: Dict[Tuple[str, str], str],
         results: List[Dict[str, Any]],
         concurrency: int,
     ) -> None:
-        """sbatch every token not ``known``, ``concurrency`` at a time; the others are reused.
+        """sbatch every (user, token) not ``known``, ``concurrency`` at a time; the others are
+        reused.
 
-        A token repeated within the request is submitted once (its first occurrence). Once the
-        controller is unreachable, jobs not yet started are not attempted (a transient error
-        each), so an overloaded slurmctld is not hit again until the worker's back-off.
+        A (user, token) repeated within the request is submitted once (its first occurrence).
+        Once the controller is unreachable, jobs not yet started are not attempted (a transient
+        error each), so an overloaded slurmctld is not hit again until the worker's back-off.
         """
         unavailable = []  # type: List[AgentError]
         guard = threading.Lock()
-        first = {}  # type: Dict[str, int]
+        first = {}  # type: Dict[Tuple[str, str], int]
         todo = []  # type: List[Tuple[int, SbatchCommand]]
         for index, command in commands:
-            if command.token not in known and command.token not in first:
-                first[command.token] = index
+            key = (command.user, command.token)
+            if key not in known and key not in first:
+                first[key] = index
                 todo.append((index, command))
 
         def one(item: Tuple[int, SbatchCommand]) -> None:
@@ -1482,38 +1745,46 @@ class Agent(object):
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 list(pool.map(one, todo))
         for index, command in commands:
-            token = command.token
-            if token in known:
-                results[index] = {"token": token, "job_id": known[token], "reused": True}
-            elif first[token] != index:
-                original = results[first[token]]
+            token, key = command.token, (command.user, command.token)
+            if key in known:
+                results[index] = {"token": token, "job_id": known[key], "reused": True}
+            elif first[key] != index:
+                original = results[first[key]]
                 results[index] = dict(original, reused="job_id" in original)
 
     def execute(self, command: SlurmCommand[T]) -> T:
         """Run one Slurm command with the clean environment and parse what it answered.
 
-        The one place a Slurm client starts. A client not installed is SLURM_NOT_FOUND; one that
-        does not answer within the command's timeout is transient (SCHEDULER_UNAVAILABLE).
+        The one place a Slurm client starts: as the agent, or, for a command with a ``run_as``
+        user, under that user's ``setpriv`` prefix with the user's clean environment. A client
+        not installed is SLURM_NOT_FOUND; one that does not answer within the command's timeout
+        is transient (SCHEDULER_UNAVAILABLE).
         """
         argv = command.argv()
+        name = argv[0]
+        env = command.env(self.base_env)
+        if command.run_as is not None:
+            argv = command.run_as.prefix() + argv
+            env = command.env(command.run_as.environment(self.base_env))
         try:
-            code, out, err = self.run(
-                argv, command.stdin(), command.timeout, command.env(self.base_env)
-            )
+            code, out, err = self.run(argv, command.stdin(), command.timeout, env)
         except FileNotFoundError as exc:
+            missing = exc.filename if isinstance(exc.filename, str) else name
             raise AgentError(
-                SLURM_NOT_FOUND, "%s is not installed or not on PATH" % argv[0]
+                SLURM_NOT_FOUND, "%s is not installed or not on PATH" % missing
             ) from exc
         except subprocess.TimeoutExpired as exc:
             raise AgentError(
                 SCHEDULER_UNAVAILABLE,
-                "%s did not answer within %.0f s" % (argv[0], command.timeout),
+                "%s did not answer within %.0f s" % (name, command.timeout),
                 transient=True,
             ) from exc
         return command.parse(code, out, err)
 
-    def existing_tokens(self, lookback: Optional[int] = None) -> Tuple[Dict[str, str], str]:
-        """Token -> job id for jobs already in Slurm, and which sources were consulted.
+    def existing_tokens(
+        self, user: str, lookback: Optional[int] = None
+    ) -> Tuple[Dict[str, str], str]:
+        """Token -> job id for ``user``'s jobs already in Slurm, and which sources were consulted.
 
         ``lookback``: seconds of accounting sacct reads (default ``SACCT_WINDOW``).
 
@@ -1521,9 +1792,9 @@ class Agent(object):
         transient) plus one sacct for jobs that already left squeue (``MinJobAge``); accounting
         may be absent, so a failing sacct is tolerated and reported in ``info.dedup``.
         """
-        found = self.execute(SqueueTokensCommand(self.user))
+        found = self.execute(SqueueTokensCommand(user))
         try:
-            accounted = self.execute(SacctTokensCommand(self.user, lookback))
+            accounted = self.execute(SacctTokensCommand(user, lookback))
         except SlurmError as exc:
             return found, "squeue (sacct failed: %s)" % exc.message
         except AgentError as exc:
@@ -1561,33 +1832,65 @@ class Agent(object):
         response["statuses"], response["missing"] = merge_statuses(wanted, live, accounted)
         return response
 
-    def cancel(self, job_ids: Any) -> Dict[str, Any]:
-        """Cancel jobs with one scancel; each id gets ok, or why not."""
-        wanted = validate_job_ids(job_ids)
+    def cancel(self, targets: Any, min_uid: Any = None) -> Dict[str, Any]:
+        """Cancel jobs, each as its user; each id gets ok, or why not.
+
+        Every target's user is validated first; one squeue (as the agent) then says whose job
+        each id is and its comment, and only a job of that user carrying that token is
+        cancelled: a stale record never touches another job that reuses the Slurm id. One
+        scancel per user, run as that user.
+        """
+        wanted = validate_targets(targets)
+        lowest_uid = validate_min_uid(min_uid)
+        errors = {}  # type: Dict[Tuple[str, str, str], AgentError]
+        users = {}  # type: Dict[str, RunAs]
+        for job_id, user, token in wanted:
+            try:
+                if user not in users:
+                    users[user] = resolve_user(user, lowest_uid, self.lookup_user)
+            except AgentError as exc:
+                errors[(job_id, user, token)] = exc
+        allowed = [target for target in wanted if target not in errors]
+        done = {}  # type: Dict[Tuple[str, str], Optional[AgentError]]
+        if allowed:
+            owners = self.execute(JobOwnersCommand())
+            by_user = {}  # type: Dict[str, List[str]]
+            for job_id, user, token in allowed:
+                owner = owners.get(job_id.partition("_")[0])
+                refused = check_owner(job_id, user, token, owner)
+                if refused is not None:
+                    errors[(job_id, user, token)] = refused
+                elif job_id not in by_user.setdefault(user, []):
+                    by_user[user].append(job_id)
+            for user, job_ids in by_user.items():
+                for job_id, error in self.execute(ScancelCommand(job_ids, users[user])):
+                    done[(user, job_id)] = error
         cancelled = []  # type: List[Dict[str, Any]]
-        if wanted:
-            for job_id, error in self.execute(ScancelCommand(wanted)):
-                result = {"job_id": job_id, "ok": error is None}  # type: Dict[str, Any]
-                if error is not None:
-                    result["error"] = error.to_json()
-                cancelled.append(result)
+        for job_id, user, token in wanted:
+            error = errors.get((job_id, user, token)) or done.get((user, job_id))
+            result = {"job_id": job_id, "ok": error is None}  # type: Dict[str, Any]
+            if error is not None:
+                result["error"] = error.to_json()
+            cancelled.append(result)
         return {"v": PROTOCOL_VERSION, "ok": True, "op": "cancel", "cancelled": cancelled}
 
-    def output(self, query: Any) -> Dict[str, Any]:
-        """Read a piece of a job's stdout and/or stderr (see ``read_chunk``).
+    def output(self, query: Any, min_uid: Any = None) -> Dict[str, Any]:
+        """Read a piece of a job's stdout and/or stderr as the job's user (see ``read_chunk``).
 
-        Paths: those ``scontrol show job`` gives while slurmctld remembers the job, then the
-        query's patterns, expanded with what Slurm knows about the job (scontrol, else one sacct,
-        else the query's job name, the agent's user and host); the first that exists is read.
+        The query's user is validated first. Paths: those ``scontrol show job`` gives while
+        slurmctld remembers the job, then the query's patterns, expanded with what Slurm knows
+        about the job (scontrol, else one sacct, else the query's job name and user and the
+        agent's host); the first that exists is read. Whatever Slurm says about the id must be
+        the query's user's job with the query's token (else JOB_MISMATCH: the id was reused).
         """
         wanted = validate_output_query(query)
+        run_as = resolve_user(wanted["user"], validate_min_uid(min_uid), self.lookup_user)
         job_id = wanted["job_id"]
         base, _, task = job_id.partition("_")
         values = {"A": base, "a": task or NO_TASK, "s": "batch", "t": "0", "n": "0"}
         values["x"] = wanted["job_name"] or "sbatch"  # sbatch's name for a script on stdin
         values["N"] = self.hostname
-        if self.user:
-            values["u"] = self.user
+        values["u"] = run_as.name
         if not task:
             values["j"] = values["J"] = base
         paths = {}  # type: Dict[str, str]
@@ -1597,11 +1900,18 @@ class Agent(object):
         except AgentError as exc:
             record, trouble = None, exc
         if record is not None:
+            owner = (record.get("UserId", "").split("(", 1)[0], record.get("Comment", ""))
+            refused = check_owner(job_id, run_as.name, wanted["token"], owner)
+            if refused is not None:
+                raise refused
             values.update(_scontrol_values(record))
             paths = {"stdout": record.get("StdOut", ""), "stderr": record.get("StdErr", "")}
         elif wanted["patterns"]:
-            with contextlib.suppress(AgentError):  # none: the request's and the agent's values
-                values.update(self.execute(SacctJobCommand(job_id)))
+            try:
+                values.update(self.execute(SacctJobCommand(job_id, run_as.name, wanted["token"])))
+            except AgentError as exc:  # none: the request's and the agent's values
+                if exc.code == JOB_MISMATCH:
+                    raise
         chunks = []
         for stream in wanted["streams"]:
             pattern = wanted["patterns"].get(stream)
@@ -1614,14 +1924,20 @@ class Agent(object):
                 candidates += [expand_file_pattern(paths[stream], values), paths[stream]]
             if pattern:
                 candidates.append(expand_file_pattern(pattern, values))
-            chunk = self._read_stream(candidates, wanted["offset"], wanted["max_bytes"], trouble)
+            chunk = self._read_stream(
+                run_as, candidates, wanted["offset"], wanted["max_bytes"], trouble
+            )
             chunk["stream"] = stream
             chunks.append(chunk)
         return {"v": PROTOCOL_VERSION, "ok": True, "op": "output", "output": chunks}
 
-    @staticmethod
     def _read_stream(
-        candidates: List[str], offset: Optional[int], max_bytes: int, trouble: Optional[AgentError]
+        self,
+        run_as: RunAs,
+        candidates: List[str],
+        offset: Optional[int],
+        max_bytes: int,
+        trouble: Optional[AgentError],
     ) -> Dict[str, Any]:
         """The chunk of the first candidate path that exists, or why there is none."""
         tried = []  # type: List[str]
@@ -1630,7 +1946,9 @@ class Agent(object):
                 continue  # e.g. '..' from a job name: never opened
             tried.append(path)
             try:
-                return read_chunk(path, offset, max_bytes)
+                return read_chunk(
+                    path, offset, max_bytes, run_as=run_as, run=self.run, base=self.base_env
+                )
             except AgentError as exc:
                 return {"path": path, "error": exc.to_json()}
             except OSError as exc:
@@ -1692,7 +2010,6 @@ def read_payload(argv: Iterable[str], stdin: Any) -> str:
 
 def main(argv: List[str]) -> int:
     agent = Agent(lock_path=os.environ.get("HPCB_AGENT_LOCK") or DEFAULT_LOCK_PATH)
-    agent.user = current_user()
     try:
         line = agent.answer(read_payload(argv, sys.stdin.buffer))
         code = 0

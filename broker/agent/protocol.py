@@ -18,7 +18,7 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.errors import TransientError
 from broker.models import JobSpec
@@ -34,6 +34,12 @@ SLURM_JOB_ID = r"^[0-9]{1,10}(_[0-9]{1,7})?$"
 MAX_OUTPUT_BYTES = 64 * 1024
 #: Largest ``inline_limit`` the agent takes: far above any runner's stdout limit.
 MAX_INLINE_LIMIT = 16 * 1024 * 1024
+#: A POSIX user name as the agent accepts it (useradd's portable shape, at most 32 characters).
+POSIX_USER = r"^[a-z_][a-z0-9_-]{0,31}$"
+#: The de-duplication token a job carries in its Slurm comment.
+DEDUP_PATTERN = r"^hpcb:[a-z0-9]{1,64}$"
+#: The lowest uid the agent acts as unless the request says otherwise (uid 0: never).
+DEFAULT_MIN_UID = 1000
 
 
 class AgentErrorInfo(BaseModel):
@@ -51,23 +57,26 @@ class AgentJob(BaseModel):
     argument; ``hold: 1`` becomes ``--hold``; ``dependency`` is already in Slurm's form, e.g.
     ``afterok:123:124,afterany:125``, with broker job ids resolved by the worker).
     ``environment`` is exported to the job through sbatch's process environment, never argv.
+    ``user`` is the POSIX user the job runs as: the agent runs sbatch as that user.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    token: str = Field(pattern=r"^hpcb:[a-z0-9]{1,64}$")
+    token: str = Field(pattern=DEDUP_PATTERN)
+    user: str = Field(pattern=POSIX_USER, description="POSIX user the job runs as.")
     script: str
     options: dict[str, str | int] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, token: str, spec: JobSpec, dependency: str | None = None) -> AgentJob:
+    def of(cls, token: str, spec: JobSpec, dependency: str | None = None, *, user: str) -> AgentJob:
         """Build the agent's view of a validated job spec.
 
         Args:
             token: the de-duplication token (``hpcb:<job id>``).
             spec: the validated spec.
             dependency: the spec's dependencies in Slurm's form (Slurm ids), if any.
+            user: the POSIX user the job runs as.
         """
         options: dict[str, str | int] = {}
         for key, value in spec.model_dump(
@@ -79,7 +88,11 @@ class AgentJob(BaseModel):
         if dependency:
             options["dependency"] = dependency
         return cls(
-            token=token, script=spec.script, options=options, environment=spec.environment or {}
+            token=token,
+            user=user,
+            script=spec.script,
+            options=options,
+            environment=spec.environment or {},
         )
 
 
@@ -93,11 +106,17 @@ class OutputQuery(BaseModel):
     ``offset`` None reads the tail (the last ``max_bytes``); otherwise from that byte offset.
     ``patterns`` are the job's ``--output``/``--error`` filename patterns as submitted
     (Slurm's ``%j %A %a %x %u %%``), used when Slurm no longer remembers the job's paths.
+    The agent reads the files as ``user``, and only if Slurm's record of ``job_id`` (when it
+    has one) is ``user``'s job with ``token`` in its comment.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(pattern=SLURM_JOB_ID)
+    user: str = Field(pattern=POSIX_USER, description="POSIX user the files are read as.")
+    token: str = Field(
+        pattern=DEDUP_PATTERN, description="The job's token, checked against Slurm's."
+    )
     streams: list[Literal["stdout", "stderr"]] = Field(default_factory=_stdout_only)
     offset: int | None = Field(default=None, ge=0)
     max_bytes: int = Field(default=MAX_OUTPUT_BYTES, ge=1, le=MAX_OUTPUT_BYTES)
@@ -105,11 +124,23 @@ class OutputQuery(BaseModel):
     job_name: str | None = None
 
 
+class JobTarget(BaseModel):
+    """A job to act on as its user (op ``cancel``): acted on only if Slurm's record of
+    ``job_id`` is ``user``'s job with ``token`` in its comment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(pattern=SLURM_JOB_ID)
+    user: str = Field(pattern=POSIX_USER)
+    token: str = Field(pattern=DEDUP_PATTERN)
+
+
 class AgentRequest(BaseModel):
     """What the worker asks of the agent.
 
-    ``jobs`` for ``submit``; ``job_ids`` (Slurm base ids) for ``status`` and ``cancel``;
-    ``output`` for ``output``.
+    ``jobs`` for ``submit`` (each with its user); ``job_ids`` (Slurm ids) for ``status``, which
+    runs as the agent (read-only); ``targets`` for ``cancel`` and ``output`` (with its user) for
+    ``output``, which run as the job's user. ``min_uid``: the agent refuses users below it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -118,6 +149,7 @@ class AgentRequest(BaseModel):
     op: AgentOp
     jobs: list[AgentJob] = Field(default_factory=list)
     job_ids: list[str] = Field(default_factory=list)
+    targets: list[JobTarget] = Field(default_factory=list)
     output: OutputQuery | None = None
     payload_url: str | None = None
     result_put_url: str | None = None
@@ -131,6 +163,22 @@ class AgentRequest(BaseModel):
     concurrency: int | None = Field(
         default=None, ge=1, le=16, description="submit: sbatch processes in flight (agent: 4)."
     )
+    min_uid: int = Field(
+        default=DEFAULT_MIN_UID,
+        ge=1,
+        le=2**32 - 2,
+        description="The lowest uid the agent may act as (uid 0 is refused whatever this says).",
+    )
+
+    @model_validator(mode="after")
+    def _op_fields(self) -> AgentRequest:
+        """Each op's own fields only: a cancel names its targets (with their users), not bare
+        ids; an output request has its query."""
+        if self.op == "cancel" and self.job_ids:
+            raise ValueError("cancel takes targets (job id, user, token), not job_ids")
+        if self.op == "output" and self.output is None:
+            raise ValueError("output needs its query")
+        return self
 
 
 class AgentJobResult(BaseModel):

@@ -24,6 +24,7 @@ from broker.jobs.execution import (
     RunnerFor,
     error_of,
     lookback_seconds,
+    mapped_user,
 )
 from broker.jobs.records import JobState
 from broker.models import JobBatchMessage, RequestRecord, slurm_token
@@ -73,7 +74,9 @@ class ChunkDispatcher:
         *,
         default_working_directory: str,
         submit_concurrency: int | None,
+        run_as_user: str | None = None,
     ) -> None:
+        self._run_as_user = run_as_user  # transitional: HPCB_LOCAL_RUN_AS_USER
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -175,6 +178,7 @@ class ChunkDispatcher:
             if item.job_id not in started:
                 continue
             try:
+                user = mapped_user(self._run_as_user)
                 dependency = self._dependencies.slurm_string(
                     message.owner, message.cluster, item.spec
                 )
@@ -187,7 +191,7 @@ class ChunkDispatcher:
             spec = item.spec
             if spec.working_directory is None:
                 spec = spec.model_copy(update={"working_directory": self._workdir})
-            jobs.append(AgentJob.of(slurm_token(item.job_id), spec, dependency))
+            jobs.append(AgentJob.of(slurm_token(item.job_id), spec, dependency, user=user))
         return jobs, failed, retry
 
     def _submit_chunk(self, cluster: str, jobs: list[AgentJob], lookback: int) -> Answers:

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from broker.agent.protocol import AgentJob, AgentJobResult, AgentRequest, OutputQuery
+from broker.agent.protocol import (
+    AgentJob,
+    AgentJobResult,
+    AgentRequest,
+    JobTarget,
+    OutputQuery,
+)
 from broker.batches.dispatch import ChunkDispatcher
 from broker.errors import ConflictError, PermanentError, TransientError
 from broker.jobs.execution import (
@@ -22,6 +28,7 @@ from broker.jobs.execution import (
     agent_info,
     error_of,
     lookback_seconds,
+    mapped_user,
 )
 from broker.jobs.records import JobRecord, JobState
 from broker.models import (
@@ -67,7 +74,9 @@ class Dispatcher:
         artifacts: ArtifactStore | None = None,
         default_working_directory: str = "/tmp",  # noqa: S108
         submit_concurrency: int | None = None,
+        run_as_user: str | None = None,
     ) -> None:
+        self._run_as_user = run_as_user  # transitional: HPCB_LOCAL_RUN_AS_USER
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -80,6 +89,7 @@ class Dispatcher:
             store, clusters, runner_for, announcer,
             default_working_directory=default_working_directory,
             submit_concurrency=submit_concurrency,
+            run_as_user=run_as_user,
         )  # fmt: skip
 
     def handle(self, message: QueueMessage) -> Outcome:
@@ -137,7 +147,8 @@ class Dispatcher:
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
-        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency)],
+        user = mapped_user(self._run_as_user)
+        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency, user=user)],
                                lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
@@ -170,7 +181,9 @@ class Dispatcher:
                 code="SUBMISSION_IN_PROGRESS",
             )
         target = self._clusters.resolve(message.cluster)
-        request = AgentRequest(op="cancel", job_ids=[job.slurm_job_id])
+        user, token = mapped_user(self._run_as_user), slurm_token(job.job_id)
+        request = AgentRequest(op="cancel", targets=[JobTarget(job_id=job.slurm_job_id, user=user,
+                                                               token=token)])  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
         if not response.ok:
             raise error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
@@ -206,6 +219,8 @@ class Dispatcher:
                 max_bytes=query.max_bytes,
                 patterns=self._patterns(job),
                 job_name=job.name,
+                user=mapped_user(self._run_as_user),
+                token=slurm_token(job.job_id),
             ),
         )
         response = self._runner_for(target.mode).run(target, request)

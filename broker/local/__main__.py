@@ -50,6 +50,9 @@ LOCAL_OVERRIDES: Final = {
     # timeout); every handler shares this process's environment, and nothing enforces Lambda
     # timeouts locally, so both get the job worker's value.
     "HPCB_AGENT_TIMEOUT_SECONDS": "120",
+    # Transitional, until callers are mapped to users: every local job runs as this non-root
+    # user, created by scripts/local-user.sh (make up).
+    "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",
 }
 # Local default: a schedule every 2 s instead of the template's minute, so states move visibly.
 SCHEDULE_SECONDS_ENV: Final = "HPCB_LOCAL_SCHEDULE_SECONDS"

@@ -108,7 +108,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     api = Client(ApiGatewayApp([route], default_principal=ALICE))
     slurm = FakeSlurm()
     worker = Dispatcher(store, FakeDirectory(), slurm.runner_for,  # type: ignore[arg-type]
-                        Announcer(store, RecordingNotifier()))  # fmt: skip
+                        Announcer(store, RecordingNotifier()), run_as_user="hpcb-dev")  # fmt: skip
     return World(store, api, slurm, worker, client("sqs"), queue_url)
 
 
@@ -285,7 +285,7 @@ def _agent_request(message: JobBatchMessage) -> AgentRequest:
 
     return AgentRequest(
         op="submit",
-        jobs=[AgentJob.of(f"hpcb:{i.job_id}", i.spec) for i in message.items],
+        jobs=[AgentJob.of(f"hpcb:{i.job_id}", i.spec, user="hpcb-dev") for i in message.items],
     )
 
 

@@ -50,9 +50,21 @@ COMMAND = re.compile(
     r"'(?P<payload>[A-Za-z0-9+/]*={0,2})'"
 )
 
+#: The head node's user of these jobs: the agent looks users up for real, and ``nobody`` exists
+#: on every machine (uid 65534); the fake setpriv below does not change users.
+JOB_USER = "nobody"
+# The fakes keep their state beside $SLURM_CONF: the one variable the agent gives both its own
+# queries and the processes it starts as a user (whose HOME is the user's).
+FAKE_SETPRIV = r"""#!/bin/sh
+# Fake setpriv (no root needed): records its options, then runs the command after "--" as is.
+echo "$*" >> "$(dirname "$SLURM_CONF")/setpriv"
+while [ "$1" != "--" ]; do shift; done
+shift
+exec "$@"
+"""
 FAKE_SBATCH = r"""#!/bin/sh
 # Fake sbatch: script on stdin, one job per call, remembered for the fake squeue.
-state=$HOME
+state=$(dirname "$SLURM_CONF")
 comment=""; partition=""
 for arg in "$@"; do
   case $arg in
@@ -75,11 +87,11 @@ if [ "$partition" = nope ]; then
 fi
 n=$(( $(cat "$state/next" 2>/dev/null || echo 100) + 1 ))
 echo "$n" > "$state/next"
-echo "$n|$(id -un)|$comment" >> "$state/queue"
+echo "$n|$USER|$comment" >> "$state/queue"
 echo "$n"
 """
 FAKE_SQUEUE = """#!/bin/sh
-cat "$HOME/queue" 2>/dev/null
+cat "$(dirname "$SLURM_CONF")/queue" 2>/dev/null
 exit 0
 """
 FAKE_SACCT = """#!/bin/sh
@@ -190,7 +202,13 @@ class FakeTime:
 def fake_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bin_dir = tmp_path_factory.mktemp("head-node-bin")
     (bin_dir / "python3").symlink_to(head_node_python())
-    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("sacct", FAKE_SACCT)):
+    fakes = (
+        ("sbatch", FAKE_SBATCH),
+        ("squeue", FAKE_SQUEUE),
+        ("sacct", FAKE_SACCT),
+        ("setpriv", FAKE_SETPRIV),
+    )
+    for name, text in fakes:
         path = bin_dir / name
         path.write_text(text)
         path.chmod(0o755)
@@ -204,6 +222,7 @@ def head(moto_url: str, fake_bin: Path, tmp_path: Path) -> HeadNode:
         "PATH": f"{fake_bin}:/usr/bin:/bin",
         "HPCB_AGENT_LOCK": str(tmp_path / "agent.lock"),
         "HOME": str(tmp_path),
+        "SLURM_CONF": str(tmp_path / "slurm.conf"),
     }
     return HeadNode(ssm=ssm, env=env, state_dir=tmp_path)
 
@@ -231,7 +250,9 @@ def runner(head: HeadNode, bucket: str | None = None, clock: FakeTime | None = N
 
 
 def submit(*specs: JobSpec, token: str | None = None) -> AgentRequest:
-    jobs = [AgentJob.of(token or slurm_token(new_request_id()), spec) for spec in specs]
+    jobs = [
+        AgentJob.of(token or slurm_token(new_request_id()), spec, user=JOB_USER) for spec in specs
+    ]
     return AgentRequest(op="submit", jobs=jobs)
 
 

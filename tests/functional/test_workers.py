@@ -75,7 +75,9 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     queue = SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue"))
     runner = ScriptedRunner()
     announcer = Announcer(store, RecordingNotifier())
-    dispatcher = Dispatcher(store, FakeDirectory(), runner.runner_for, announcer)
+    dispatcher = Dispatcher(
+        store, FakeDirectory(), runner.runner_for, announcer, run_as_user="hpcb-dev"
+    )
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
     monkeypatch.setattr(

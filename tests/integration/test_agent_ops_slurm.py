@@ -1,9 +1,10 @@
 """The agent's ops ``status``, ``cancel`` and ``output`` and the new submit options, through
 ``LocalRunner`` against the real local Slurm (scripts/slurm.sh up).
 
-Every test is marked ``slurm`` (skipped without it, a failure with REQUIRE_SLURM=1). Jobs run in a
-world-writable pytest temp directory, never in the repository, and every job created here is
-cancelled at the end. Timeouts are not tested here: Slurm's smallest time limit is one minute.
+Every test is marked ``slurm`` (skipped without it, a failure with REQUIRE_SLURM=1). Jobs run as
+the non-root user ``hpcbtest-a`` (tests/integration/conftest.py), in a directory of that user's,
+never in the repository, and every job created here is cancelled at the end. Timeouts are not
+tested here: Slurm's smallest time limit is one minute.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from broker.agent.protocol import (
     AgentJob,
     AgentRequest,
     AgentResponse,
+    JobTarget,
     OutputQuery,
     SlurmJobStatus,
 )
 from broker.models import JobSpec, new_request_id, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
+from tests.integration.conftest import USER_A
 
 TARGET = ClusterTarget(name="local", mode="local")
 PYTHON37 = Path.home() / ".pyenv/versions/3.7.16/bin/python"
@@ -46,10 +49,13 @@ def created(slurm: dict[str, str]) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """A directory jobs can write to (they run as whichever user the agent submits as)."""
-    tmp_path.chmod(0o777)
-    return tmp_path
+def workdir(dir_a: Path) -> Path:
+    """A directory of the user the jobs run as (USER_A)."""
+    return dir_a
+
+
+#: The token each job submitted here carries, by Slurm id (for cancel and output requests).
+TOKENS: dict[str, str] = {}
 
 
 @pytest.fixture
@@ -63,13 +69,30 @@ def submit(
     spec: JobSpec,
     dependency: str | None = None,
 ) -> str:
-    """Submit one job; its Slurm id (to be cancelled at teardown)."""
-    job = AgentJob.of(slurm_token(new_request_id()), spec, dependency=dependency)
+    """Submit one job as USER_A; its Slurm id (to be cancelled at teardown)."""
+    job = AgentJob.of(slurm_token(new_request_id()), spec, dependency=dependency, user=USER_A)
     response = runner.run(TARGET, AgentRequest(op="submit", jobs=[job]))
     result = response.results[0]
     assert result.job_id is not None, result.error
     created.append(result.job_id)
+    TOKENS[result.job_id] = job.token
     return result.job_id
+
+
+def cancel_request(*job_ids: str) -> AgentRequest:
+    """Cancel jobs as USER_A, each with its token (an unknown id with a made-up one)."""
+    targets = [
+        JobTarget(job_id=job_id, user=USER_A, token=TOKENS.get(job_id, "hpcb:rnone"))
+        for job_id in job_ids
+    ]
+    return AgentRequest(op="cancel", targets=targets)
+
+
+def query(job_id: str, **fields: object) -> OutputQuery:
+    """An output query as USER_A for a job submitted here."""
+    return OutputQuery.model_validate(
+        {"job_id": job_id, "user": USER_A, "token": TOKENS[job_id], **fields}
+    )
 
 
 def status(runner: LocalRunner, *job_ids: str) -> AgentResponse:
@@ -221,7 +244,7 @@ def test_running_job_is_cancelled(runner: LocalRunner, created: list[str], workd
     (running,) = wait_for(runner, [job_id], lambda s: bool(s) and s[0].state == "RUNNING")
     assert running.state == "RUNNING"
     # WHEN cancelled
-    response = runner.run(TARGET, AgentRequest(op="cancel", job_ids=[job_id]))
+    response = runner.run(TARGET, cancel_request(job_id))
     # THEN the cancel is ok and the job ends CANCELLED
     assert [(c.job_id, c.ok) for c in response.cancelled] == [(job_id, True)]
     (final,) = wait_for(runner, [job_id], ended)
@@ -235,7 +258,7 @@ def test_cancel_of_a_finished_job_says_so(
     job_id = submit(runner, created, JobSpec(script=script("true"), working_directory=str(workdir)))
     wait_for(runner, [job_id], ended)
     # WHEN both are cancelled in one call
-    response = runner.run(TARGET, AgentRequest(op="cancel", job_ids=[job_id, "99999999"]))
+    response = runner.run(TARGET, cancel_request(job_id, "99999999"))
     # THEN permanent per-job errors that tell the two cases apart
     finished, unknown = response.cancelled
     assert finished.error is not None
@@ -313,8 +336,9 @@ def read_output(runner: LocalRunner, query: OutputQuery) -> AgentResponse:
 
 def test_output_tail_is_the_last_64_kib(runner: LocalRunner, hundred_kib_job: str) -> None:
     # GIVEN a job that printed 100 KiB / WHEN the tail of stdout and stderr is read
-    query = OutputQuery(job_id=hundred_kib_job, streams=["stdout", "stderr"])
-    stdout, stderr = read_output(runner, query).output
+    stdout, stderr = read_output(
+        runner, query(hundred_kib_job, streams=["stdout", "stderr"])
+    ).output
     # THEN stdout's last 64 KiB from offset 36 KiB to the end, and all of stderr
     assert (stdout.size, stdout.offset, stdout.length, stdout.eof) == (
         100 * 1024,
@@ -332,7 +356,7 @@ def test_output_from_offset_zero_is_the_first_64_kib(
     runner: LocalRunner, hundred_kib_job: str
 ) -> None:
     # GIVEN the same job / WHEN stdout is read from offset 0
-    (chunk,) = read_output(runner, OutputQuery(job_id=hundred_kib_job, offset=0)).output
+    (chunk,) = read_output(runner, query(hundred_kib_job, offset=0)).output
     # THEN the first 64 KiB, not at the end
     assert (chunk.offset, chunk.length, chunk.eof) == (0, 64 * 1024, False)
     assert chunk.data.encode() == HUNDRED_KIB[: 64 * 1024]
@@ -345,7 +369,7 @@ def test_output_of_a_job_without_a_file_is_not_found(
     spec = JobSpec(script=script("true"), hold=True, working_directory=str(workdir))
     job_id = submit(runner, created, spec)
     # WHEN its output is read / THEN OUTPUT_NOT_FOUND naming the default path
-    (chunk,) = read_output(runner, OutputQuery(job_id=job_id)).output
+    (chunk,) = read_output(runner, query(job_id)).output
     assert chunk.error is not None
     assert chunk.error.code == "OUTPUT_NOT_FOUND"
     assert chunk.path == f"{workdir}/slurm-{job_id}.out"
@@ -366,8 +390,8 @@ def test_agent_ops_run_under_python_37(created: list[str], workdir: Path) -> Non
     # WHEN submitting, polling status, reading output and cancelling through it
     job_id = submit(old, created, spec)
     (final,) = wait_for(old, [job_id], ended)
-    (chunk,) = old.run(TARGET, AgentRequest(op="output", output=OutputQuery(job_id=job_id))).output
-    cancel = old.run(TARGET, AgentRequest(op="cancel", job_ids=[job_id]))
+    (chunk,) = old.run(TARGET, AgentRequest(op="output", output=query(job_id))).output
+    cancel = old.run(TARGET, cancel_request(job_id))
     # THEN every op answers as under the current Python
     assert (final.state, final.exit_code) == ("FAILED", 3)
     assert chunk.data == "from 3.7\n"

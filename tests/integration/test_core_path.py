@@ -181,7 +181,7 @@ def test_redelivery_after_sbatch_but_before_the_record_makes_no_duplicate(
             token = slurm_token(message.request_id)
             answer = LocalRunner().run(
                 ClusterTarget(name="local", mode="local"),
-                AgentRequest(op="submit", jobs=[AgentJob.of(token, message.spec)]),
+                AgentRequest(op="submit", jobs=[AgentJob.of(token, message.spec, user="hpcb-dev")]),
             )
             token_holder["job_id"] = str(answer.results[0].job_id)
             super().send(message)  # the redelivery

@@ -21,6 +21,7 @@ from broker.errors import PermanentError, RunnerTimeoutError, TransientError
 from broker.models import JobSpec, new_request_id, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import ARGV_PAYLOAD_LIMIT, LocalRunner
+from tests.integration.conftest import USER_A
 
 TARGET = ClusterTarget(name="local", mode="local")
 #: Long enough to still be in squeue while the test looks; cancelled at teardown.
@@ -53,7 +54,7 @@ def sacct_ids_with_comment(token: str, wait_seconds: float = 15) -> list[str]:
 
 
 @pytest.fixture
-def created(slurm: dict[str, str]) -> Iterator[list[str]]:
+def created(slurm: dict[str, str], test_users: tuple[str, str]) -> Iterator[list[str]]:
     """Job ids to cancel when the test ends."""
     ids: list[str] = []
     yield ids
@@ -62,7 +63,8 @@ def created(slurm: dict[str, str]) -> Iterator[list[str]]:
 
 
 def submit(runner: LocalRunner, spec: JobSpec, token: str | None = None) -> AgentResponse:
-    job = AgentJob.of(token or slurm_token(new_request_id()), spec)
+    """Submit one job as USER_A (a real non-root user, tests/integration/conftest.py)."""
+    job = AgentJob.of(token or slurm_token(new_request_id()), spec, user=USER_A)
     return runner.run(TARGET, AgentRequest(op="submit", jobs=[job]))
 
 
@@ -164,7 +166,10 @@ def test_shell_syntax_in_the_script_is_only_data(created: list[str]) -> None:
 def test_request_too_large_for_argv_goes_through_stdin(created: list[str]) -> None:
     # GIVEN three jobs with 60 KB scripts: a payload far over one argv string's 128 KiB limit
     script = "#!/bin/bash\n" + "# padding padding\n" * 3300 + "sleep 120\n"
-    jobs = [AgentJob.of(slurm_token(new_request_id()), JobSpec(script=script)) for _ in range(3)]
+    jobs = [
+        AgentJob.of(slurm_token(new_request_id()), JobSpec(script=script), user=USER_A)
+        for _ in range(3)
+    ]
     request = AgentRequest(op="submit", jobs=jobs)
     assert len(request.model_dump_json()) > ARGV_PAYLOAD_LIMIT
     # WHEN run (on argv this would fail with E2BIG)

@@ -21,6 +21,9 @@ from broker.agent.hpcb_agent import Agent, AgentError, SbatchCommand
 from broker.runners.ssm import agent_b64
 
 DEDUP = "hpcb:r0123456789abcdef"  # the job's de-duplication token
+#: The job's user, in the fake passwd below (``PASSWD``).
+USER = "alice"
+SETPRIV_ALICE = ["setpriv", "--reuid=1001", "--regid=1001", "--init-groups", "--"]
 SCRIPT = "#!/bin/bash\necho hello\n"
 #: What every sbatch argv starts with.
 PREFIX = ["sbatch", "--parsable", "--export=ALL", f"--comment={DEDUP}"]
@@ -56,7 +59,48 @@ STDERR_BUSY = "sbatch: error: Slurm temporarily unable to accept job, sleeping a
 
 
 def job(**options: Any) -> dict[str, Any]:
-    return {"token": DEDUP, "script": SCRIPT, "options": options}
+    return {"token": DEDUP, "script": SCRIPT, "options": options, "user": USER}
+
+
+class Passwd:
+    """A fake ``pwd.getpwnam`` (the users it names need not exist on this machine)."""
+
+    def __init__(self, name: str, uid: int, gid: int, home: str) -> None:
+        self.pw_name, self.pw_uid, self.pw_gid, self.pw_dir = name, uid, gid, home
+
+
+PASSWD = {
+    entry.pw_name: entry
+    for entry in [
+        Passwd("alice", 1001, 1001, "/home/alice"),
+        Passwd("bob", 1002, 1002, "/home/bob"),
+        Passwd("root", 0, 0, "/root"),
+        Passwd("toor", 0, 1003, "/home/toor"),
+        Passwd("wheel", 1004, 0, "/home/wheel"),
+        Passwd("daemon", 1, 1, "/usr/sbin"),
+        Passwd("svc", 999, 999, "/var/lib/svc"),
+    ]
+}
+
+
+def getpwnam(name: str) -> Passwd:
+    return PASSWD[name]
+
+
+def unwrap(argv: list[str]) -> list[str]:
+    """The Slurm client's own argv, without a ``setpriv ... --`` prefix."""
+    return argv[argv.index("--") + 1 :] if argv[0] == "setpriv" else argv
+
+
+def is_reader(argv: list[str]) -> bool:
+    """Whether ``argv`` starts the output reader (``python3 -I -c READ_CODE ...``)."""
+    return unwrap(argv)[:4] == ["python3", "-I", "-c", agent.READ_CODE]
+
+
+def run_reader(argv: list[str], timeout: float, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the output reader for real, as this process's user: the fake passwd's users do not
+    exist here, so the setpriv prefix (checked by the tests that build it) is dropped."""
+    return agent.run_process(unwrap(argv), None, timeout, env)
 
 
 def b64(document: Any) -> str:
@@ -91,6 +135,7 @@ class FakeSlurm:
         with self._lock:
             self.calls.append((argv, stdin))
             self.envs.append(env)
+        argv = unwrap(argv)
         if argv[0] == "squeue":
             return 0, self.squeue, ""
         if argv[0] == "sacct":
@@ -100,12 +145,17 @@ class FakeSlurm:
         return self.sbatch(argv, stdin or b"")
 
     def commands(self, name: str) -> list[list[str]]:
-        return [argv for argv, _ in self.calls if argv[0] == name]
+        """The calls of one client (without their setpriv prefix)."""
+        return [unwrap(argv) for argv, _ in self.calls if unwrap(argv)[0] == name]
 
 
 def make_agent(tmp_path: Path, slurm: FakeSlurm, **kwargs: Any) -> Agent:
     return Agent(
-        run=slurm, lock_path=str(tmp_path / "agent.lock"), user="root", environ=AGENT_ENV, **kwargs
+        run=slurm,
+        lock_path=str(tmp_path / "agent.lock"),
+        lookup_user=getpwnam,
+        environ=AGENT_ENV,
+        **kwargs,
     )
 
 
@@ -195,7 +245,7 @@ def test_export_all_is_always_passed() -> None:
 
 
 def env_job(environment: dict[str, Any]) -> dict[str, Any]:
-    return {"token": DEDUP, "script": SCRIPT, "environment": environment}
+    return {"token": DEDUP, "script": SCRIPT, "environment": environment, "user": USER}
 
 
 def test_environment_never_reaches_argv() -> None:
@@ -236,7 +286,7 @@ def test_submit_runs_sbatch_with_the_job_environment(tmp_path: Path) -> None:
     # WHEN submitted
     answer(tmp_path, slurm, request)
     # THEN sbatch ran with the clean base plus MYVAR, and squeue without MYVAR
-    envs = {argv[0]: env for (argv, _), env in zip(slurm.calls, slurm.envs, strict=True)}
+    envs = {unwrap(argv)[0]: env for (argv, _), env in zip(slurm.calls, slurm.envs, strict=True)}
     assert envs["sbatch"]["MYVAR"] == "42"
     assert "AWS_SECRET_ACCESS_KEY" not in envs["sbatch"]
     assert envs["squeue"] == agent.base_environment(AGENT_ENV)
@@ -499,7 +549,7 @@ def test_garbage_lines_are_skipped() -> None:
 def test_submit_runs_one_squeue_and_one_sacct_for_many_jobs(tmp_path: Path) -> None:
     # GIVEN an empty Slurm and three jobs
     slurm = FakeSlurm()
-    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(3)]
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT, "user": USER} for i in range(3)]
     # WHEN submitted in one call, one sbatch at a time
     result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs, "concurrency": 1})
     # THEN one squeue, one sacct, three sbatch, and three new job ids, in order
@@ -512,7 +562,7 @@ def test_submit_runs_one_squeue_and_one_sacct_for_many_jobs(tmp_path: Path) -> N
 
 def test_token_already_in_squeue_is_reused_not_resubmitted(tmp_path: Path) -> None:
     # GIVEN a job with our token already pending
-    slurm = FakeSlurm(squeue=f"77|root|{DEDUP}\n")
+    slurm = FakeSlurm(squeue=f"77|{USER}|{DEDUP}\n")
     # WHEN the same job is submitted again
     result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job()]})
     # THEN the existing job is answered with reused=true and sbatch is not called
@@ -522,7 +572,7 @@ def test_token_already_in_squeue_is_reused_not_resubmitted(tmp_path: Path) -> No
 
 def test_token_only_in_sacct_is_reused(tmp_path: Path) -> None:
     # GIVEN a finished job that left squeue but is in accounting
-    slurm = FakeSlurm(sacct=(0, f"55|root|{DEDUP}\n", ""))
+    slurm = FakeSlurm(sacct=(0, f"55|{USER}|{DEDUP}\n", ""))
     # WHEN submitted again / THEN reused from sacct
     result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job()]})
     assert result["results"][0] == {"token": DEDUP, "job_id": "55", "reused": True}
@@ -551,7 +601,7 @@ def test_failing_squeue_fails_the_call_transiently(tmp_path: Path) -> None:
         return slurm(argv, stdin, timeout, env)
 
     # WHEN submitting
-    agent_ = Agent(run=run, lock_path=str(tmp_path / "l"), user="root")
+    agent_ = Agent(run=run, lock_path=str(tmp_path / "l"), lookup_user=getpwnam)
     result = json.loads(agent_.answer(b64({"v": 1, "op": "submit", "jobs": [job()]})))
     # THEN nothing is submitted and the whole call is a transient error
     assert result["ok"] is False
@@ -573,7 +623,7 @@ def test_same_token_twice_in_one_call_submits_once(tmp_path: Path) -> None:
 def test_invalid_job_fails_alone(tmp_path: Path) -> None:
     # GIVEN one good and one malicious job
     slurm = FakeSlurm()
-    bad = {"token": "hpcb:rbad", "script": SCRIPT, "options": {"partition": "$(id)"}}
+    bad = {"token": "hpcb:rbad", "script": SCRIPT, "user": USER, "options": {"partition": "$(id)"}}
     # WHEN submitted together
     result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job(), bad]})
     # THEN the good one gets a job id, the bad one a permanent per-job error
@@ -590,7 +640,7 @@ def test_unreachable_controller_stops_further_sbatch_calls(tmp_path: Path) -> No
         return 1, "", STDERR_SOCKET_TIMEOUT
 
     slurm = FakeSlurm(sbatch=sbatch)
-    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(5)]
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT, "user": USER} for i in range(5)]
     # WHEN submitting five jobs, one at a time
     result = answer(tmp_path, slurm, {"v": 1, "op": "submit", "jobs": jobs, "concurrency": 1})
     # THEN only the first is attempted; all five are transient errors
@@ -627,7 +677,7 @@ class SlowSbatch:
 def test_sbatch_runs_at_most_concurrency_at_once(tmp_path: Path, concurrency: int) -> None:
     # GIVEN 24 jobs and a slow sbatch
     sbatch = SlowSbatch()
-    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(24)]
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT, "user": USER} for i in range(24)]
     # WHEN submitted with a concurrency
     request = {"v": 1, "op": "submit", "jobs": jobs, "concurrency": concurrency}
     result = answer(tmp_path, FakeSlurm(sbatch=sbatch), request)
@@ -643,7 +693,7 @@ def test_sbatch_runs_at_most_concurrency_at_once(tmp_path: Path, concurrency: in
 def test_without_concurrency_the_agent_uses_its_default(tmp_path: Path) -> None:
     # GIVEN a request without concurrency / WHEN submitted / THEN at most the default at once
     sbatch = SlowSbatch()
-    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(12)]
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT, "user": USER} for i in range(12)]
     answer(tmp_path, FakeSlurm(sbatch=sbatch), {"v": 1, "op": "submit", "jobs": jobs})
     assert 1 < sbatch.peak <= agent.DEFAULT_SUBMIT_CONCURRENCY
 
@@ -653,7 +703,7 @@ def test_concurrent_submission_stops_starting_sbatch_once_the_controller_fails(
 ) -> None:
     # GIVEN a controller that times out from the 5th sbatch on
     sbatch = SlowSbatch(fail_after=4)
-    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT} for i in range(40)]
+    jobs = [{"token": f"hpcb:r{i}", "script": SCRIPT, "user": USER} for i in range(40)]
     # WHEN 40 jobs are submitted 4 at a time
     request = {"v": 1, "op": "submit", "jobs": jobs, "concurrency": 4}
     result = answer(tmp_path, FakeSlurm(sbatch=sbatch), request)
@@ -705,7 +755,7 @@ def test_lock_held_elsewhere_makes_the_call_busy(tmp_path: Path) -> None:
     # GIVEN another agent call holding the lock
     lock_path = str(tmp_path / "agent.lock")
     slurm = FakeSlurm()
-    busy = Agent(run=slurm, lock_path=lock_path, lock_wait=0.1, user="root")
+    busy = Agent(run=slurm, lock_path=lock_path, lock_wait=0.1, lookup_user=getpwnam)
     with agent.FileLock(lock_path):
         # WHEN this call cannot get the lock in time
         result = json.loads(busy.answer(b64({"v": 1, "op": "submit", "jobs": [job()]})))
@@ -718,7 +768,7 @@ def test_lock_held_elsewhere_makes_the_call_busy(tmp_path: Path) -> None:
 def test_lock_is_released_after_a_call(tmp_path: Path) -> None:
     # GIVEN a finished submit call
     lock_path = str(tmp_path / "agent.lock")
-    Agent(run=FakeSlurm(), lock_path=lock_path, user="root").answer(
+    Agent(run=FakeSlurm(), lock_path=lock_path, lookup_user=getpwnam).answer(
         b64({"v": 1, "op": "submit", "jobs": [job()]})
     )
     # WHEN another call takes the lock / THEN it gets it at once
@@ -865,7 +915,7 @@ class FakePut:
 
 
 def many_jobs(count: int) -> list[dict[str, Any]]:
-    return [{"token": f"hpcb:r{i:08d}", "script": SCRIPT} for i in range(count)]
+    return [{"token": f"hpcb:r{i:08d}", "script": SCRIPT, "user": USER} for i in range(count)]
 
 
 def test_large_answer_is_put_and_a_staged_marker_printed(tmp_path: Path) -> None:
@@ -988,9 +1038,9 @@ PYTHON37 = Path.home() / ".pyenv/versions/3.7.16/bin/python"
 
 @pytest.mark.skipif(not PYTHON37.exists(), reason="Python 3.7 is not installed (pyenv)")
 def test_agent_runs_under_python_37_without_slurm(tmp_path: Path) -> None:
-    # GIVEN Python 3.7 (Amazon Linux 2's python3), no Slurm on PATH, and a job's output file
-    (tmp_path / "slurm-77.out").write_text("héllo\n")
-    query = {"job_id": "77", "patterns": {"stdout": f"{tmp_path}/slurm-%j.out"}}
+    # GIVEN Python 3.7 (Amazon Linux 2's python3), no Slurm on PATH, and an output request for
+    # a user this machine does not have
+    query = {"job_id": "77", "user": "nosuchuser", "token": DEDUP}
     payload = b64({"v": 1, "op": "output", "output": query})
     # WHEN the agent script runs there
     completed = subprocess.run(
@@ -1001,9 +1051,24 @@ def test_agent_runs_under_python_37_without_slurm(tmp_path: Path) -> None:
         env={"PATH": str(tmp_path / "empty")},
         timeout=30,
     )
-    # THEN one JSON answer with the file's text (patterns expanded, file read, no crash)
+    # THEN one JSON answer refusing the user (decoded, validated, looked up: no crash)
     assert completed.returncode == 0, completed.stderr
-    (chunk,) = json.loads(completed.stdout)["output"]
+    assert json.loads(completed.stdout)["error"]["code"] == agent.USER_REFUSED
+
+
+@pytest.mark.skipif(not PYTHON37.exists(), reason="Python 3.7 is not installed (pyenv)")
+def test_output_reader_runs_under_python_37(tmp_path: Path) -> None:
+    # GIVEN a job's output file and the reader program run by Python 3.7
+    (tmp_path / "slurm-77.out").write_text("héllo\n")
+
+    def python37(
+        argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
+    ) -> tuple[int, str, str]:
+        assert argv[0] == "python3"
+        return agent.run_process([str(PYTHON37), *argv[1:]], stdin, timeout, env)
+
+    # WHEN its tail is read / THEN the file's text
+    chunk = agent.read_chunk(str(tmp_path / "slurm-77.out"), None, 100, run=python37)
     assert (chunk["data"], chunk["eof"]) == ("héllo\n", True)
 
 

@@ -14,10 +14,12 @@ import pytest
 
 from broker.agent import hpcb_agent as agent
 from broker.agent.hpcb_agent import Agent
+from tests.unit.test_agent import getpwnam, is_reader, run_reader
 
 
 class NoSlurm:
-    """A runner that records argv and answers as if no Slurm client were installed (fake)."""
+    """A runner that records argv and answers as if no Slurm client were installed (fake); the
+    output reader runs for real."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
@@ -25,6 +27,8 @@ class NoSlurm:
     def __call__(
         self, argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
     ) -> tuple[int, str, str]:
+        if is_reader(argv):
+            return run_reader(argv, timeout, env)
         self.calls.append(argv)
         raise FileNotFoundError(2, "not found", argv[0])
 
@@ -35,7 +39,11 @@ def encode(text: str) -> str:
 
 def ask(tmp_path: Path, request: dict[str, Any], slurm: NoSlurm | None = None) -> dict[str, Any]:
     subject = Agent(
-        run=slurm or NoSlurm(), lock_path=str(tmp_path / "lock"), environ={}, hostname="h"
+        run=slurm or NoSlurm(),
+        lock_path=str(tmp_path / "lock"),
+        lookup_user=getpwnam,
+        environ={},
+        hostname="h",
     )
     answer: dict[str, Any] = json.loads(subject.answer(encode(json.dumps(request))))
     return answer
@@ -44,7 +52,13 @@ def ask(tmp_path: Path, request: dict[str, Any], slurm: NoSlurm | None = None) -
 def output_request(tmp_path: Path, offset: int) -> dict[str, Any]:
     """An output query for job 77 whose stdout file exists (so it would be read)."""
     (tmp_path / "slurm-77.out").write_text("hello\n")
-    query = {"job_id": "77", "offset": offset, "patterns": {"stdout": f"{tmp_path}/slurm-%j.out"}}
+    query = {
+        "job_id": "77",
+        "offset": offset,
+        "patterns": {"stdout": f"{tmp_path}/slurm-%j.out"},
+        "user": "alice",
+        "token": "hpcb:r77",
+    }
     return {"v": 1, "op": "output", "output": query}
 
 

@@ -16,6 +16,7 @@ import pytest
 from broker.agent import hpcb_agent as agent
 from broker.agent.hpcb_agent import Agent, AgentError, read_chunk
 from broker.agent.protocol import MAX_OUTPUT_BYTES, AgentResponse
+from tests.unit.test_agent import USER, getpwnam, is_reader, run_reader
 
 RECORDED = Path(__file__).parent / "recorded"
 KIB = 1024
@@ -257,17 +258,31 @@ def test_first_node_of_a_node_list(nodelist: str, node: str | None) -> None:
 # ---- op output ----------------------------------------------------------------------------------
 
 
+#: The token of the jobs of these tests (``mine`` writes it into Slurm's records).
+DEDUP = "hpcb:rjob"
+
+
+def mine(record: str) -> str:
+    """A recorded ``scontrol show job`` record (root's job, no comment) made alice's, with DEDUP."""
+    return record.replace("UserId=root(0)", "UserId=alice(1001)").rstrip() + f" Comment={DEDUP}\n"
+
+
 class FakeSlurm:
-    """scontrol and sacct from canned answers; records argv."""
+    """scontrol and sacct from canned answers; records their argv (``calls``). The output reader
+    runs for real (``reads``: its argv, setpriv prefix included)."""
 
     def __init__(self, scontrol: tuple[int, str, str], sacct: tuple[int, str, str] | None = None):
         self.scontrol = scontrol
         self.sacct = sacct
         self.calls: list[list[str]] = []
+        self.reads: list[list[str]] = []
 
     def __call__(
         self, argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
     ) -> tuple[int, str, str]:
+        if is_reader(argv):
+            self.reads.append(argv)
+            return run_reader(argv, timeout, env)
         self.calls.append(argv)
         if argv[0] == "scontrol":
             return self.scontrol
@@ -280,8 +295,10 @@ FORGOTTEN = (1, "", recorded("scontrol_show_job_unknown.stderr"))
 
 
 def output(slurm: FakeSlurm, query: dict[str, Any], **request: Any) -> dict[str, Any]:
+    """The answer to an output query (as alice, for DEDUP's job, unless it says otherwise)."""
+    query = {"user": USER, "token": DEDUP, **query}
     payload = {"v": 1, "op": "output", "output": query, **request}
-    subject = Agent(run=slurm, user="alice", environ={}, hostname="headnode")
+    subject = Agent(run=slurm, lookup_user=getpwnam, environ={}, hostname="headnode")
     answer: dict[str, Any] = json.loads(
         subject.answer(base64.b64encode(json.dumps(payload).encode()).decode())
     )
@@ -291,7 +308,9 @@ def output(slurm: FakeSlurm, query: dict[str, Any], **request: Any) -> dict[str,
 def test_output_of_a_job_slurm_remembers_uses_its_paths(tmp_path: Path) -> None:
     # GIVEN job 1336 as scontrol recorded it (StdOut with %N and %% left unexpanded),
     # moved to a temp directory, and the files the job wrote
-    record = recorded("scontrol_show_job_percent_n.txt").replace("/tmp/hpcb-rec", str(tmp_path))
+    record = mine(recorded("scontrol_show_job_percent_n.txt")).replace(
+        "/tmp/hpcb-rec", str(tmp_path)
+    )
     write(tmp_path / "o-pat-1336-1336_4294967294-root-vm-%.out", b"out\n")
     write(tmp_path / "e-1336.err", b"err\n")
     slurm = FakeSlurm(scontrol=(0, record, ""))
@@ -307,7 +326,9 @@ def test_output_of_a_job_slurm_remembers_uses_its_paths(tmp_path: Path) -> None:
 
 def test_stderr_follows_slurm_even_when_only_a_stdout_pattern_is_given(tmp_path: Path) -> None:
     # GIVEN scontrol knowing a separate stderr file, and a request with a stdout pattern only
-    record = recorded("scontrol_show_job_percent_n.txt").replace("/tmp/hpcb-rec", str(tmp_path))
+    record = mine(recorded("scontrol_show_job_percent_n.txt")).replace(
+        "/tmp/hpcb-rec", str(tmp_path)
+    )
     write(tmp_path / "o.out", b"out\n")
     write(tmp_path / "e-1336.err", b"err\n")
     query = {"job_id": "1336", "streams": ["stderr"], "patterns": {"stdout": f"{tmp_path}/o.out"}}
@@ -318,8 +339,9 @@ def test_stderr_follows_slurm_even_when_only_a_stdout_pattern_is_given(tmp_path:
 
 def test_forgotten_job_expands_patterns_with_what_accounting_knows(tmp_path: Path) -> None:
     # GIVEN task 1329_2 gone from slurmctld, sacct knowing its raw id, name, user and node
-    write(tmp_path / "arr-1333-1329_2-root-vm.out", b"task 2\n")
-    slurm = FakeSlurm(scontrol=FORGOTTEN, sacct=(0, recorded("sacct_output_lookup.txt"), ""))
+    write(tmp_path / "arr-1333-1329_2-alice-vm.out", b"task 2\n")
+    lookup = recorded("sacct_output_lookup.txt").replace("|root|vm", f"|alice|vm|{DEDUP}")
+    slurm = FakeSlurm(scontrol=FORGOTTEN, sacct=(0, lookup, ""))
     query = {"job_id": "1329_2", "patterns": {"stdout": f"{tmp_path}/%x-%j-%A_%a-%u-%N.out"}}
     # WHEN its output is asked for
     (chunk,) = output(slurm, query)["output"]
@@ -392,7 +414,7 @@ def test_unreachable_controller_still_reads_a_pattern(tmp_path: Path) -> None:
 
 def test_expanded_path_climbing_out_is_refused(tmp_path: Path) -> None:
     # GIVEN accounting naming the job ".." (a job not submitted through the broker)
-    slurm = FakeSlurm(scontrol=FORGOTTEN, sacct=(0, "77|..|root|vm\n", ""))
+    slurm = FakeSlurm(scontrol=FORGOTTEN, sacct=(0, f"77|..|alice|vm|{DEDUP}\n", ""))
     write(tmp_path / "out", b"secret\n")
     query = {"job_id": "77", "patterns": {"stdout": f"{tmp_path}/sub/%x/out"}}
     # WHEN read / THEN the expanded path is refused, not opened
@@ -446,7 +468,10 @@ def test_output_answer_validates_and_large_answers_are_staged(tmp_path: Path) ->
         "patterns": {"stdout": f"{tmp_path}/o", "stderr": f"{tmp_path}/e"},
     }
     uploads: list[bytes] = []
-    subject = Agent(run=FakeSlurm(scontrol=FORGOTTEN), put=lambda u, b: uploads.append(b))
+    subject = Agent(
+        run=FakeSlurm(scontrol=FORGOTTEN), put=lambda u, b: uploads.append(b), lookup_user=getpwnam
+    )
+    query = {**query, "user": USER, "token": DEDUP}
     request = {"v": 1, "op": "output", "output": query, "result_put_url": "https://b/r"}
     # WHEN answered
     line = subject.answer(base64.b64encode(json.dumps(request).encode()).decode())

@@ -131,6 +131,16 @@ def test_token_is_the_agent_jobs_pattern() -> None:
     assert agent._TOKEN.pattern == token
 
 
+def test_user_and_token_are_the_protocols_everywhere_they_travel() -> None:
+    # GIVEN the user and token fields of a submitted job, a cancel target and an output query
+    models_ = (protocol.AgentJob, protocol.JobTarget, protocol.OutputQuery)
+    schemas = [model.model_json_schema()["properties"] for model in models_]
+    # THEN each is the agent's own pattern, and the default minimum uid is the agent's
+    assert {s["user"]["pattern"] for s in schemas} == {agent._POSIX_USER.pattern}
+    assert {s["token"]["pattern"] for s in schemas} == {agent._TOKEN.pattern}
+    assert protocol.DEFAULT_MIN_UID == agent.DEFAULT_MIN_UID
+
+
 def test_job_name_is_the_job_specs() -> None:
     # (also the agent's check of output.job_name, which the protocol leaves open)
     assert agent._JOB_NAME.pattern == field(JOB_SPEC, "name")["pattern"]
@@ -161,6 +171,7 @@ def test_script_limit_is_the_brokers() -> None:
         ("lookback_seconds", agent.MIN_LOOKBACK_SECONDS, agent.MAX_LOOKBACK_SECONDS),
         ("concurrency", 1, agent.MAX_SUBMIT_CONCURRENCY),
         ("inline_limit", 0, agent.MAX_INLINE_LIMIT),
+        ("min_uid", 1, agent.MAX_UID),
     ],
 )
 def test_request_integer_bounds_are_the_protocols(name: str, low: int, high: int) -> None:

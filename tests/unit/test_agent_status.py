@@ -14,6 +14,7 @@ import pytest
 from broker.agent import hpcb_agent as agent
 from broker.agent.hpcb_agent import Agent
 from broker.agent.protocol import AgentResponse
+from tests.unit.test_agent import SETPRIV_ALICE, USER, getpwnam, unwrap
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -37,19 +38,20 @@ class FakeSlurm:
         self, argv: list[str], stdin: bytes | None, timeout: float, env: dict[str, str]
     ) -> tuple[int, str, str]:
         self.calls.append(argv)
-        if argv[0] not in self.answers:
-            raise FileNotFoundError(2, "not found", argv[0])
-        return self.answers[argv[0]]
+        name = unwrap(argv)[0]
+        if name not in self.answers:
+            raise FileNotFoundError(2, "not found", name)
+        return self.answers[name]
 
     def commands(self, name: str) -> list[list[str]]:
-        return [argv for argv in self.calls if argv[0] == name]
+        """The calls of one client (without their setpriv prefix)."""
+        return [unwrap(argv) for argv in self.calls if unwrap(argv)[0] == name]
 
 
 def ask(slurm: FakeSlurm, request: dict[str, Any]) -> dict[str, Any]:
     payload = base64.b64encode(json.dumps({"v": 1, **request}).encode()).decode()
-    answer = Agent(run=slurm, lock_path="/nonexistent/lock", user="root", environ={}).answer(
-        payload
-    )
+    subject = Agent(run=slurm, lock_path="/nonexistent/lock", lookup_user=getpwnam, environ={})
+    answer = subject.answer(payload)
     result: dict[str, Any] = json.loads(answer)
     return result
 
@@ -464,13 +466,31 @@ def test_status_of_a_thousand_jobs_stays_compact() -> None:
 # ---- op cancel ----------------------------------------------------------------------------------
 
 
+def token_of(job_id: str) -> str:
+    """The broker token of a test job (its base id in it)."""
+    return "hpcb:j" + job_id.partition("_")[0]
+
+
+def targets(*job_ids: str, user: str = USER) -> list[dict[str, str]]:
+    """Cancel targets: each job as ``user``'s, with its token."""
+    return [{"job_id": job_id, "user": user, "token": token_of(job_id)} for job_id in job_ids]
+
+
+def owners(*job_ids: str, user: str = USER) -> tuple[int, str, str]:
+    """squeue's ``%i|%u|%k`` answer: those jobs are ``user``'s, with their tokens."""
+    return 0, "".join(f"{job_id}|{user}|{token_of(job_id)}\n" for job_id in job_ids), ""
+
+
 def test_cancel_is_one_scancel_with_every_id() -> None:
     # GIVEN three jobs, one named twice
-    slurm = FakeSlurm(scancel=(0, "", "scancel: Terminating job 5\n"))
+    slurm = FakeSlurm(
+        scancel=(0, "", "scancel: Terminating job 5\n"), squeue=owners("5", "6_2", "7")
+    )
     # WHEN cancelled
-    result = ask(slurm, {"op": "cancel", "job_ids": ["5", "6_2", "7", "5"]})
-    # THEN one verbose scancel with each id once as its own argument, all ok
-    assert slurm.calls == [["scancel", "-v", "5", "6_2", "7"]]
+    result = ask(slurm, {"op": "cancel", "targets": targets("5", "6_2", "7", "5")})
+    # THEN one squeue (whose jobs), one verbose scancel as the user with each id once as its
+    # own argument, all ok
+    assert slurm.calls == [agent.SQUEUE_ARGV, [*SETPRIV_ALICE, "scancel", "-v", "5", "6_2", "7"]]
     assert result["cancelled"] == [
         {"job_id": "5", "ok": True},
         {"job_id": "6_2", "ok": True},
@@ -480,9 +500,12 @@ def test_cancel_is_one_scancel_with_every_id() -> None:
 
 def test_cancel_of_finished_and_unknown_jobs_is_a_permanent_per_job_error() -> None:
     # GIVEN scancel's recorded complaints (it exits 0 for them)
-    slurm = FakeSlurm(scancel=(0, "", recorded("scancel_finished_and_unknown.stderr")))
+    slurm = FakeSlurm(
+        scancel=(0, "", recorded("scancel_finished_and_unknown.stderr")),
+        squeue=owners("1324", "1326"),
+    )
     # WHEN cancelling them and one more
-    result = ask(slurm, {"op": "cancel", "job_ids": ["1324", "999999", "1326"]})
+    result = ask(slurm, {"op": "cancel", "targets": targets("1324", "999999", "1326")})
     # THEN finished and unknown are told apart, both permanent; the other one is ok
     finished, unknown, other = result["cancelled"]
     assert finished["error"] == {
@@ -498,9 +521,11 @@ def test_cancel_of_finished_and_unknown_jobs_is_a_permanent_per_job_error() -> N
 
 def test_cancel_with_unreachable_controller_is_transient() -> None:
     # GIVEN scancel unable to reach slurmctld (recorded, exit 8)
-    slurm = FakeSlurm(scancel=(8, "", recorded("scancel_unreachable.stderr")))
+    slurm = FakeSlurm(
+        scancel=(8, "", recorded("scancel_unreachable.stderr")), squeue=owners("1326")
+    )
     # WHEN cancelling
-    (result,) = ask(slurm, {"op": "cancel", "job_ids": ["1326"]})["cancelled"]
+    (result,) = ask(slurm, {"op": "cancel", "targets": targets("1326")})["cancelled"]
     # THEN a transient SCHEDULER_UNAVAILABLE for that job
     assert result["ok"] is False
     assert result["error"]["code"] == agent.SCHEDULER_UNAVAILABLE
@@ -510,9 +535,9 @@ def test_cancel_with_unreachable_controller_is_transient() -> None:
 def test_cancel_failure_without_per_job_lines_applies_to_every_job() -> None:
     # GIVEN scancel failing as a whole (an authentication error)
     stderr = "scancel: error: Munge encode failed: Failed to access socket\n"
-    slurm = FakeSlurm(scancel=(1, "", stderr))
+    slurm = FakeSlurm(scancel=(1, "", stderr), squeue=owners("1", "2"))
     # WHEN cancelling two jobs
-    result = ask(slurm, {"op": "cancel", "job_ids": ["1", "2"]})
+    result = ask(slurm, {"op": "cancel", "targets": targets("1", "2")})
     # THEN both carry that (transient) error
     assert [r["error"]["code"] for r in result["cancelled"]] == [agent.SCHEDULER_UNAVAILABLE] * 2
 
@@ -520,22 +545,24 @@ def test_cancel_failure_without_per_job_lines_applies_to_every_job() -> None:
 def test_cancel_refuses_malformed_ids_before_running_anything() -> None:
     # GIVEN an id with an option in it / WHEN cancelling / THEN BAD_REQUEST, no scancel
     slurm = FakeSlurm(scancel=(0, "", ""))
-    result = ask(slurm, {"op": "cancel", "job_ids": ["5", "--user=alice"]})
+    result = ask(slurm, {"op": "cancel", "targets": targets("5", "--user=alice")})
     assert result["error"]["code"] == agent.BAD_REQUEST
     assert slurm.calls == []
 
 
 def test_cancel_without_scancel_is_slurm_not_found() -> None:
     # GIVEN no scancel installed / WHEN cancelling / THEN the whole call fails permanently
-    result = ask(FakeSlurm(), {"op": "cancel", "job_ids": ["5"]})
+    result = ask(FakeSlurm(), {"op": "cancel", "targets": targets("5")})
     assert result["error"]["code"] == agent.SLURM_NOT_FOUND
 
 
 def test_cancel_answer_validates_against_the_protocol() -> None:
     # GIVEN a cancel answer with errors / WHEN the worker decodes it / THEN it validates
-    slurm = FakeSlurm(scancel=(0, "", recorded("scancel_finished_and_unknown.stderr")))
+    slurm = FakeSlurm(
+        scancel=(0, "", recorded("scancel_finished_and_unknown.stderr")), squeue=owners("1324")
+    )
     response = AgentResponse.model_validate(
-        ask(slurm, {"op": "cancel", "job_ids": ["1324", "999999"]})
+        ask(slurm, {"op": "cancel", "targets": targets("1324", "999999")})
     )
     assert [r.ok for r in response.cancelled] == [False, False]
 

@@ -183,7 +183,10 @@ def test_a_late_delivery_of_a_reaped_chunk_submits_nothing() -> None:
     counts = store.get(batch.request_id).counts
     # WHEN chunk 2's message is delivered after all
     runner = ScriptedRunner()  # no answers: an agent call fails the test
-    worker = Dispatcher(store, FakeDirectory(), runner.runner_for, Announcer(store, notifier))
+    worker = Dispatcher(
+        store, FakeDirectory(), runner.runner_for, Announcer(store, notifier),
+        run_as_user="hpcb-dev",
+    )  # fmt: skip
     assert worker.handle(messages[2]) == "succeeded"
     # THEN no agent call was made, and its items and the batch's counts are as the sweep left
     assert runner.calls == []

@@ -22,7 +22,7 @@ from broker.models import Dependency, JobSpec, slurm_token
 
 def submit_request() -> AgentRequest:
     spec = JobSpec(script="#!/bin/bash\necho 'hi' \"$(id)\" ü\n", name="j1", nodes=2)
-    return AgentRequest(op="submit", jobs=[AgentJob.of(slurm_token("rabc123"), spec)])
+    return AgentRequest(op="submit", jobs=[AgentJob.of(slurm_token("rabc123"), spec, user="alice")])
 
 
 def test_encoded_request_decodes_back_to_the_same_request() -> None:
@@ -79,7 +79,7 @@ def test_agent_accepts_a_job_built_from_a_spec_using_every_field() -> None:
         hold=True,
         tags={"team": "a"},
     )
-    job = AgentJob.of(slurm_token("rall"), spec, dependency="afterok:12:13_2")
+    job = AgentJob.of(slurm_token("rall"), spec, dependency="afterok:12:13_2", user="alice")
     # WHEN the agent validates it as it arrives (JSON)
     command = hpcb_agent.SbatchCommand(json.loads(job.model_dump_json()))
     # THEN every option became one argument and the variable stayed out of argv

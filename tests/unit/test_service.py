@@ -82,8 +82,9 @@ def world() -> World:
     )  # fmt: skip
     runner = ScriptedRunner()
     worker = Dispatcher(
-        store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts
-    )
+        store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts,
+        run_as_user="hpcb-dev",
+    )  # fmt: skip
     api = RequestService(store, queue, FakeDirectory(), Announcer(store, notifier))
     return World(store, queue, api, runner, notifier, artifacts, worker)
 
@@ -378,9 +379,12 @@ def test_cancel_of_a_job_in_slurm_runs_scancel(world: World) -> None:
         AgentResponse(ok=True, op="cancel", cancelled=[CancelResult(job_id="42", ok=True)])
     ]
     assert world.worker.handle(world.queue.sent[-1]) == "succeeded"
-    # THEN the agent was asked to cancel 42 and the cancel request SUCCEEDED
+    # THEN the agent was asked to cancel 42 as the job's user, if it carries the job's token,
+    # and the cancel request SUCCEEDED
     assert world.runner.calls[-1].op == "cancel"
-    assert world.runner.calls[-1].job_ids == ["42"]
+    assert [(t.job_id, t.user, t.token) for t in world.runner.calls[-1].targets] == [
+        ("42", "hpcb-dev", slurm_token(message.request_id))
+    ]
     assert world.store.get(cancel.request_id).state is RequestState.SUCCEEDED
 
 
