@@ -103,7 +103,9 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     service = RequestService(store, queue, FakeDirectory(), limits=limits)
     runner = ScriptedRunner()
     announcer = Announcer(store, RecordingNotifier())
-    dispatcher = Dispatcher(store, FakeDirectory(), runner.runner_for, announcer)
+    dispatcher = Dispatcher(
+        store, FakeDirectory(), runner.runner_for, announcer, run_as_user="hpcb-dev"
+    )
     monkeypatch.setattr(api_app, "request_service", lambda: service)
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
