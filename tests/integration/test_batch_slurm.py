@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.client import BrokerClient
+from broker.client.raw import RawClient as BrokerClient
 from broker.local.stack import LocalStack
 from tests.conftest import local_stack
 
