@@ -82,7 +82,7 @@ def submit(
     **options: Any,
 ) -> None:
     """Submit SCRIPT (a file, or - for standard input) to CLUSTER, with sbatch's options."""
-    spec = {k: v for k, v in options.items() if v not in (None, False)}
+    spec = {k: v for k, v in options.items() if v is not None and v is not False}
     spec["script"] = read_script(script)
     if env := exports(export):
         spec["environment"] = env

@@ -8,8 +8,10 @@ The run file (``.run/local-stack.json``, or ``$HPCB_RUN_FILE``) is how the clien
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -96,15 +98,24 @@ def up(obj: Context, api_port: int, slurm: bool, run_path: str | None, timeout: 
 @local.command()
 @click.option("--slurm", is_flag=True, help="Stop Slurm too (it may be shared: off by default).")
 @click.option("--run-file", "run_path", type=click.Path())
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for it.")
+@click.option("--force", is_flag=True, help="After the timeout, SIGKILL its process group.")
 @pass_ctx
-def down(obj: Context, slurm: bool, run_path: str | None) -> None:
+def down(obj: Context, slurm: bool, run_path: str | None, timeout: float, force: bool) -> None:
     """Stop the local stack."""
-    done = _stack(run_file(run_path), "down")
+    run = run_file(run_path)
+    pid = int(_info(run).get("pid") or 0)
+    done = _stack(run, "down", "--timeout", str(timeout), timeout=timeout + 10)
+    if done.returncode != 0 and force and pid > 0:
+        # `hpcb local up` started it as a session leader: its group is its own and moto's.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        run.unlink(missing_ok=True)
+        done = subprocess.CompletedProcess(done.args, 0, f"killed (pid {pid})\n", "")
     if slurm:
         subprocess.run([str(SLURM_SCRIPT), "down"], capture_output=True, check=False)
-    obj.out.emit(
-        {"stopped": done.returncode == 0, "message": done.stdout.strip()}, done.stdout.strip()
-    )
+    message = (done.stdout + done.stderr).strip()
+    obj.out.emit({"stopped": done.returncode == 0, "message": message}, message)
     if done.returncode != 0:
         sys.exit(FAILED)
 

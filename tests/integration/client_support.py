@@ -63,7 +63,7 @@ class FaultyTransport:
     def send(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
     ) -> HttpAnswer:
-        route = f"{method} {url.split('?')[0]}"
+        route = f"{method} {url.split('?', maxsplit=1)[0]}"
         with self.lock:
             self.calls[route] += 1
             number = self.calls[route]

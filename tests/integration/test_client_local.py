@@ -76,9 +76,7 @@ def test_a_job_round_trip_returns_the_apis_models(alice: BrokerClient, name: str
     # AND get_job, list_jobs and iter_jobs see it
     assert alice.get_job("local", accepted.request_id).job_id == accepted.request_id
     assert [j.job_id for j in alice.list_jobs("local", name=name).jobs] == [accepted.request_id]
-    assert [j.job_id for j in alice.iter_jobs("local", name=name, limit=1)] == [
-        accepted.request_id
-    ]
+    assert [j.job_id for j in alice.iter_jobs("local", name=name, limit=1)] == [accepted.request_id]
     # AND its output comes back typed
     output = alice.output("local", accepted.request_id, stream="stdout")
     assert output.parts[0].data == "hello from the client\n"
@@ -239,4 +237,5 @@ def test_submit_many_survives_faults_without_duplicates(stack: LocalStack, name:
     assert len(set(comments)) == 30
     # AND each retry reused its batch's Idempotency-Key
     batch_keys = [k for k in transport.keys if k]
-    assert len(set(batch_keys)) == 3 and len(batch_keys) == 6
+    assert len(set(batch_keys)) == 3
+    assert len(batch_keys) == 6
