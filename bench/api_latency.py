@@ -65,7 +65,7 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
         for _ in range(n):
             ms, accepted = timed(lambda: client.submit_job("local", spec))
             post_ms.append(ms)
-            ids.append(accepted["request_id"])
+            ids.append(accepted.request_id)
         get_ms = [timed(lambda i=i: client.get_request(i))[0] for i in ids]
         figures["post"] = summary(post_ms)
         figures["get"] = summary(get_ms)
@@ -79,7 +79,7 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
         to_success = []
         for _ in range(20):
             start = time.perf_counter()
-            request_id = client.submit_job("local", spec)["request_id"]
+            request_id = client.submit_job("local", spec).request_id
             client.wait(request_id, first_poll=0.02, max_poll=0.02, timeout=60)
             to_success.append((time.perf_counter() - start) * 1000)
         figures["post_to_succeeded"] = summary(to_success)

@@ -62,7 +62,7 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
     with launched_stack(slurm_env, ROOT / ".run" / "bench-clusters-stack.log") as stack:
         client = BrokerClient(stack.url, principal="arn:aws:iam::000000000000:user/bench")
         for _ in range(5):  # warm up both paths (first calls build clients)
-            client.call("GET", "/v1/clusters")
+            client.list_clusters()
             client.submit_job("local", {"script": "#!/bin/bash\ntrue\n"})
         tag = f"{int(time.time()) % 100000}"
         names = [f"bench-{tag}-{i}" for i in range(n)]
@@ -72,8 +72,8 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
         for name in names:
             body = {"name": name, "configuration": CONFIG}
             jobs.append(timed(lambda: client.submit_job("local", job))[0])
-            posts.append(timed(lambda b=body: client.call("POST", "/v1/clusters", b))[0])
-            gets.append(timed(lambda n=name: client.call("GET", f"/v1/clusters/{n}"))[0])
+            posts.append(timed(lambda b=body: client.create_cluster(**b))[0])
+            gets.append(timed(lambda n=name: client.get_cluster(n))[0])
         figures["post_cluster"] = summary(posts)
         figures["get_cluster"] = summary(gets)
         figures["post_job"] = summary(jobs)

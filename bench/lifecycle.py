@@ -172,7 +172,7 @@ def writes_per_lifecycle(stack: LocalStack, workdir: str) -> dict[str, int]:
     ddb.meta.events.register("provide-client-params.dynamodb", count)
     alice = BrokerClient(stack.api_url, principal=OWNER)
     job_id = alice.submit_job("local", {"script": "#!/bin/sh\nsleep 1\n", "name": NAME,
-                                        "working_directory": workdir})["request_id"]  # fmt: skip
+                                        "working_directory": workdir}).request_id  # fmt: skip
     store = DynamoStore(ddb, _env("HPCB_TABLE_NAME"))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -190,7 +190,7 @@ def notification_latency(stack: LocalStack, jobs: int, workdir: str) -> dict[str
     sqs = client("sqs")
     drain(sqs, stack.notifications_queue_url, 0)
     ids = {alice.submit_job("local", {"script": "#!/bin/sh\nsleep 2\n", "name": NAME,
-                                      "working_directory": workdir})["request_id"]
+                                      "working_directory": workdir}).request_id
            for _ in range(jobs)}  # fmt: skip
     published: dict[str, datetime] = {}
     deadline = time.monotonic() + 300

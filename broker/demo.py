@@ -17,14 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import boto3
 
 from broker.client import ApiError, BrokerClient
+from broker.jobs import JobView
 from broker.local.env_file import read_env_file
 from broker.local.launcher import Launched, launched_stack
 from broker.local.notifications import Notification, drain
+from broker.models import ClusterView, JobResult
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = "arn:aws:iam::000000000000:user/alice"
@@ -59,16 +60,9 @@ def _wait_in_slurm(job_id: str, env: dict[str, str], timeout: float = 90) -> lis
     raise RuntimeError(f"job {job_id} not finished in Slurm after {timeout}s (last: {row})")
 
 
-def _wait_job_final(client: BrokerClient, job_id: str, timeout: float = 90) -> dict[str, Any]:
-    """Poll the job resource (served from the table, kept fresh by the sweeper) until final."""
-    deadline = time.monotonic() + timeout
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = client.call("GET", f"/v1/clusters/local/jobs/{job_id}")
-        if job["final"]:
-            return job
-        time.sleep(0.5)
-    return job
+def _wait_job_final(client: BrokerClient, job_id: str, timeout: float = 90) -> JobView:
+    """The job resource (served from the table, kept fresh by the sweeper), once final."""
+    return client.wait_for_job("local", job_id, timeout=timeout)
 
 
 def _notification_for(stack: Launched, job_id: str, timeout: float = 30) -> Notification | None:
@@ -110,22 +104,18 @@ Scheduling:
 """
 
 
-def _cluster_status(client: BrokerClient, wanted: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    view: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        view = client.call("GET", f"/v1/clusters/{DEMO_CLUSTER}")
-        if view["status"] == wanted and not view["last_operation"]["pending"]:
-            return view
-        time.sleep(0.5)
-    raise RuntimeError(f"{DEMO_CLUSTER} not {wanted} after {timeout}s (last: {view})")
+def _cluster_status(client: BrokerClient, wanted: str, timeout: float = 60) -> ClusterView:
+    view = client.wait_for_cluster(DEMO_CLUSTER, wanted, timeout=timeout)
+    if view.status != wanted:
+        raise RuntimeError(f"{DEMO_CLUSTER} not {wanted} (last: {view})")
+    return view
 
 
 def cluster_round_trip(client: BrokerClient, env: dict[str, str]) -> bool:
     """Create a (simulated) cluster, wait for it, run jobs on it for real, delete it."""
     t0 = time.monotonic()
     body = {"name": DEMO_CLUSTER, "configuration": DEMO_CONFIGURATION}
-    accepted = client.call("POST", "/v1/clusters", body)
+    accepted = client.create_cluster(**body)
     _say(f"POST /v1/clusters -> 202 {accepted} ({(time.monotonic() - t0) * 1000:.0f} ms)")
     try:
         client.submit_job(DEMO_CLUSTER, {"script": "#!/bin/bash\ntrue\n"})
@@ -137,27 +127,27 @@ def cluster_round_trip(client: BrokerClient, env: dict[str, str]) -> bool:
              f"({error.get('cluster_status')})")  # fmt: skip
         ok = bool(exc.status == 409 and error["code"] == "CLUSTER_NOT_READY")
     view = _cluster_status(client, "CREATE_COMPLETE")
-    _say(f"GET /v1/clusters/{DEMO_CLUSTER} -> {view['status']} (provider {view['provider']}, "
-         f"pcluster {view['version']}) after {time.monotonic() - t0:.1f}s")  # fmt: skip
-    created = client.wait(accepted["request_id"], timeout=30)
-    ok &= bool(created["state"] == "SUCCEEDED")
+    _say(f"GET /v1/clusters/{DEMO_CLUSTER} -> {view.status} (provider {view.provider}, "
+         f"pcluster {view.version}) after {time.monotonic() - t0:.1f}s")  # fmt: skip
+    created = client.wait(accepted.request_id, timeout=30)
+    ok &= created.state == "SUCCEEDED"
     script = '#!/bin/bash\necho "hello from $SLURM_CLUSTER_NAME via ' + DEMO_CLUSTER + '"\n'
     jobs = [client.submit_job(DEMO_CLUSTER, {"script": script, "name": f"on-{i}"})
             for i in range(3)]  # fmt: skip
     for job in jobs:
-        final = client.wait(job["request_id"], timeout=120)
-        if final["state"] != "SUCCEEDED":
-            _say(f"FAIL: job {job['request_id']} on {DEMO_CLUSTER}: {final}")
+        final = client.wait(job.request_id, timeout=120)
+        if final.state != "SUCCEEDED" or not isinstance(final.result, JobResult):
+            _say(f"FAIL: job {job.request_id} on {DEMO_CLUSTER}: {final}")
             return False
-        row = _wait_in_slurm(final["result"]["job_id"], env)
-        _say(f"job {final['result']['job_id']} on {DEMO_CLUSTER}: sacct state={row[1]} "
+        row = _wait_in_slurm(final.result.job_id, env)
+        _say(f"job {final.result.job_id} on {DEMO_CLUSTER}: sacct state={row[1]} "
              f"comment={row[3]}")  # fmt: skip
-        ok &= bool(row[1] == "COMPLETED" and row[3] == f"hpcb:{job['request_id']}")
-    deleted = client.call("DELETE", f"/v1/clusters/{DEMO_CLUSTER}")
-    _say(f"DELETE /v1/clusters/{DEMO_CLUSTER} -> 202 {deleted['request_id']}")
+        ok &= bool(row[1] == "COMPLETED" and row[3] == f"hpcb:{job.request_id}")
+    deleted = client.delete_cluster(DEMO_CLUSTER)
+    _say(f"DELETE /v1/clusters/{DEMO_CLUSTER} -> 202 {deleted.request_id}")
     view = _cluster_status(client, "DELETE_COMPLETE")
-    ok &= bool(client.wait(deleted["request_id"], timeout=30)["state"] == "SUCCEEDED")
-    _say(f"cluster {view['status']}; round trip {time.monotonic() - t0:.1f}s")
+    ok &= client.wait(deleted.request_id, timeout=30).state == "SUCCEEDED"
+    _say(f"cluster {view.status}; round trip {time.monotonic() - t0:.1f}s")
     return ok
 
 
@@ -182,25 +172,25 @@ def run(slurm_env_file: Path) -> bool:
             f"POST /v1/clusters/local/jobs -> 202 {accepted} "
             f"({(time.monotonic() - t0) * 1000:.0f} ms)"
         )
-        final = client.wait(accepted["request_id"], timeout=120)
+        final = client.wait(accepted.request_id, timeout=120)
         _say(
-            f"GET {accepted['location']} -> {final['state']} after {final['attempts']} "
-            f"attempt(s): {final.get('result') or final.get('error')}"
+            f"GET {accepted.location} -> {final.state} after {final.attempts} "
+            f"attempt(s): {final.result or final.error}"
         )
-        if final["state"] != "SUCCEEDED":
+        if final.state != "SUCCEEDED" or not isinstance(final.result, JobResult):
             return False
-        job_id = final["result"]["job_id"]
+        job_id = final.result.job_id
         row = _wait_in_slurm(job_id, env)
         _say(f"sacct says job {job_id}: state={row[1]} exit={row[2]} comment={row[3]}")
-        ok &= row[1] == "COMPLETED" and row[3] == f"hpcb:{accepted['request_id']}"
+        ok &= row[1] == "COMPLETED" and row[3] == f"hpcb:{accepted.request_id}"
         _say(f"POST to job finished in Slurm: {time.monotonic() - t0:.1f}s")
-        job = _wait_job_final(client, accepted["request_id"])
+        job = _wait_job_final(client, accepted.request_id)
         _say(
-            f"GET /v1/clusters/local/jobs/{accepted['request_id']} -> {job['state']} "
-            f"exit={job['exit_code']} start={job['start_time']} end={job['end_time']}"
+            f"GET /v1/clusters/local/jobs/{accepted.request_id} -> {job.state} "
+            f"exit={job.exit_code} start={job.start_time} end={job.end_time}"
         )
-        ok &= job["state"] == "COMPLETED" and job["exit_code"] == 0
-        note = _notification_for(stack, accepted["request_id"])
+        ok &= job.state == "COMPLETED" and job.exit_code == 0
+        note = _notification_for(stack, accepted.request_id)
         if note is None:
             _say("FAIL: no notification for the finished job")
             ok = False
@@ -209,7 +199,7 @@ def run(slurm_env_file: Path) -> bool:
             _say(f"  message={json.dumps(note.message, sort_keys=True)}")
 
         try:
-            BrokerClient(client.base_url, principal=MALLORY).get_request(accepted["request_id"])
+            BrokerClient(client.endpoint, principal=MALLORY).get_request(accepted.request_id)
             _say("FAIL: another principal could read the request")
             ok = False
         except ApiError as exc:
@@ -217,10 +207,10 @@ def run(slurm_env_file: Path) -> bool:
             ok &= exc.status == 404
 
         bad = client.submit_job("local", {"script": "#!/bin/bash\ntrue\n", "partition": "nope"})
-        rejected = client.wait(bad["request_id"], timeout=120)
-        _say(f"a job for partition 'nope' -> {rejected['state']}: {rejected.get('error')}")
-        error: dict[str, Any] = rejected.get("error") or {}
-        ok &= rejected["state"] == "FAILED" and error.get("code") == "SCHEDULER_REJECTED"
+        rejected = client.wait(bad.request_id, timeout=120)
+        _say(f"a job for partition 'nope' -> {rejected.state}: {rejected.error}")
+        code = rejected.error.code if rejected.error else None
+        ok &= rejected.state == "FAILED" and code == "SCHEDULER_REJECTED"
 
         try:
             client.submit_job("local", {"script": "#!/bin/bash\n", "nodes": 0, "name": "a b"})

@@ -15,7 +15,7 @@ import pytest
 
 from broker.agent.protocol import AgentRequest, AgentResponse
 from broker.batches.accept import chunk_items
-from broker.client import BrokerClient
+from broker.client.raw import RawClient as BrokerClient
 from broker.local.stack import LocalStack
 from broker.models import BatchItem, JobSpec, slurm_token
 from broker.ports import ClusterTarget

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from broker.adapters.aws import client
-from broker.client import ApiError, BrokerClient
+from broker.client.raw import ApiError
+from broker.client.raw import RawClient as BrokerClient
 from broker.local.notifications import drain
 from broker.local.stack import LocalStack
 from tests.conftest import local_stack

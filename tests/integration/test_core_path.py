@@ -23,7 +23,7 @@ from broker.agent.protocol import AgentJob, AgentRequest
 from broker.client import ApiError, BrokerClient
 from broker.jobs.accept import RequestService
 from broker.local.stack import LocalStack
-from broker.models import JobSpec, JobSubmitMessage, slurm_token
+from broker.models import JobResult, JobSpec, JobSubmitMessage, dump, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 from tests.conftest import local_stack
@@ -89,13 +89,14 @@ def test_a_job_goes_from_post_to_slurm_and_succeeds(alice: BrokerClient) -> None
     # GIVEN the local stack on real Slurm
     # WHEN alice posts a job and polls its request
     accepted = alice.submit_job("local", {"script": HELLO, "name": "it-hello"})
-    final = alice.wait(accepted["request_id"], timeout=60)
+    final = alice.wait(accepted.request_id, timeout=60)
     # THEN it SUCCEEDED with a Slurm job id after one attempt
-    assert final["state"] == "SUCCEEDED"
-    assert final["attempts"] == 1
-    job_id = final["result"]["job_id"]
+    assert final.state == "SUCCEEDED"
+    assert final.attempts == 1
+    assert isinstance(final.result, JobResult)
+    job_id = final.result.job_id
     # AND Slurm has exactly that one job carrying the request id, and it ran to completion
-    token = slurm_token(accepted["request_id"])
+    token = slurm_token(accepted.request_id)
     assert wait_finished(job_id) == ("COMPLETED", "0:0")
     assert slurm_jobs_with(token) == [job_id]
 
@@ -104,8 +105,8 @@ def test_get_right_after_post_never_answers_404(alice: BrokerClient) -> None:
     # GIVEN a burst of posts / WHEN each is read straight after its 202
     states = []
     for _ in range(20):
-        request_id = alice.submit_job("local", {"script": HELLO})["request_id"]
-        states.append(alice.get_request(request_id)["state"])
+        request_id = alice.submit_job("local", {"script": HELLO}).request_id
+        states.append(alice.get_request(request_id).state)
     # THEN every read finds the request (in whatever state it has reached)
     assert set(states) <= {"ACCEPTED", "DISPATCHED", "SUCCEEDED"}
 
@@ -114,18 +115,19 @@ def test_a_job_slurm_rejects_fails_with_slurms_message(alice: BrokerClient) -> N
     # GIVEN a job for a partition that does not exist
     accepted = alice.submit_job("local", {"script": HELLO, "partition": "nope"})
     # WHEN it is processed
-    final = alice.wait(accepted["request_id"], timeout=60)
+    final = alice.wait(accepted.request_id, timeout=60)
     # THEN FAILED, permanent, with Slurm's own words, after a single attempt (no retries)
-    assert final["state"] == "FAILED"
-    assert final["error"]["code"] == "SCHEDULER_REJECTED"
-    assert "invalid partition" in final["error"]["message"].lower()
-    assert final["error"]["transient"] is False
-    assert final["attempts"] == 1
+    assert final.state == "FAILED"
+    assert final.error is not None
+    assert final.error.code == "SCHEDULER_REJECTED"
+    assert "invalid partition" in final.error.message.lower()
+    assert final.error.transient is False
+    assert final.attempts == 1
 
 
 def test_requests_are_private_to_their_owner(stack: LocalStack, alice: BrokerClient) -> None:
     # GIVEN alice's request
-    request_id = alice.submit_job("local", {"script": HELLO})["request_id"]
+    request_id = alice.submit_job("local", {"script": HELLO}).request_id
     # WHEN bob asks for it / THEN 404
     with pytest.raises(ApiError) as info:
         BrokerClient(stack.api_url, principal=BOB).get_request(request_id)
@@ -154,16 +156,13 @@ def test_shell_text_in_options_is_refused_and_in_scripts_is_only_data(
     script = f"#!/bin/bash\n# '; touch {marker}; echo '\necho \"$SLURM_JOB_ID\" > {out}\n"
     tmp_path.chmod(0o777)
     # WHEN it is submitted and runs
-    final = alice.wait(
-        alice.submit_job("local", {"script": script, "working_directory": str(tmp_path)})[
-            "request_id"
-        ],
-        timeout=60,
-    )
-    assert final["state"] == "SUCCEEDED"
-    wait_finished(final["result"]["job_id"])
+    accepted = alice.submit_job("local", {"script": script, "working_directory": str(tmp_path)})
+    final = alice.wait(accepted.request_id, timeout=60)
+    assert final.state == "SUCCEEDED"
+    assert isinstance(final.result, JobResult)
+    wait_finished(final.result.job_id)
     # THEN the job ran its real line, and the text in the comment never executed anywhere
-    assert out.read_text().strip() == final["result"]["job_id"]
+    assert out.read_text().strip() == final.result.job_id
     assert not marker.exists()
 
 
@@ -195,8 +194,9 @@ def test_redelivery_after_sbatch_but_before_the_record_makes_no_duplicate(
     # WHEN the worker handles the redelivered message
     final = alice.wait(request_id, timeout=60)
     # THEN the request reuses the job sbatch already made, and Slurm holds exactly one
-    assert final["state"] == "SUCCEEDED"
-    assert final["result"] == {
+    assert final.state == "SUCCEEDED"
+    assert final.result is not None
+    assert dump(final.result) == {
         "kind": "job.submit",
         "job_id": token_holder["job_id"],
         "cluster": "local",

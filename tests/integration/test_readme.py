@@ -97,3 +97,87 @@ def test_quick_start_example_runs_a_job(stack_banner: str) -> None:
     assert answer["state"] == "SUCCEEDED", answer
     assert isinstance(answer["result"], dict)
     assert answer["result"]["job_id"]
+
+
+# -- "Use it": every example, as written, against the local stack --------------------------------
+
+README_NAMES = ("readme-curl", "readme-py", "readme-cli")
+
+
+def use_it_blocks(language: str) -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## Use it", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+@pytest.fixture(scope="module")
+def use_it_env(
+    slurm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """The local stack, its run file, and an `hpcb` on PATH (the console script's stand-in)."""
+    from tests.conftest import local_stack  # noqa: PLC0415
+
+    base = tmp_path_factory.mktemp("use-it")
+    shim = base / "bin" / "hpcb"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {ROOT / ".venv/bin/python"} -m broker.cli "$@"\n')
+    shim.chmod(0o755)
+    env = {"HPCB_SIMULATED_CLUSTER_SECONDS": "1", "HPCB_SWEEP_WINDOW_SECONDS": "0"}
+    with local_stack(slurm, schedule_seconds=1, notifications_inbox=True, env=env) as stack:
+        run_file = base / "local-stack.json"
+        run_file.write_text(json.dumps({
+            "api_url": stack.api_url,
+            "moto_url": stack.moto_url,
+            "region": stack.region,
+            "notifications_queue_url": stack.notifications_queue_url,
+        }))  # fmt: skip
+        yield {
+            **os.environ,
+            "HPCB_ENDPOINT": stack.api_url,
+            "HPCB_RUN_FILE": str(run_file),
+            "HPCB_CONFIG": str(base / "config.toml"),
+            "PATH": f"{shim.parent}:{os.environ['PATH']}",
+        }
+    for name in README_NAMES:
+        subprocess.run(["scancel", "-n", name], capture_output=True, check=False)
+
+
+def test_use_it_has_a_curl_a_python_and_a_cli_example() -> None:
+    assert len(use_it_blocks("bash")) == 2
+    assert len(use_it_blocks("python")) == 1
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["curl", "cli"])
+def test_use_it_shell_examples_run(use_it_env: dict[str, str], which: int) -> None:
+    # GIVEN the README's example / WHEN run as written, failing on the first error
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", use_it_blocks("bash")[which]],
+        cwd=ROOT,
+        env=use_it_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    # THEN it succeeded
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_use_it_python_example_runs(
+    use_it_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the README's Python example / WHEN run as written
+    for key in ("HPCB_ENDPOINT", "HPCB_RUN_FILE", "HPCB_CONFIG"):
+        monkeypatch.setenv(key, use_it_env[key])
+    monkeypatch.chdir(ROOT)
+    exec(compile(use_it_blocks("python")[0], "README.md", "exec"), {})  # noqa: S102 - our README
+    # THEN it printed what the comments say
+    out = capsys.readouterr().out
+    for expected in (
+        "SUCCEEDED",
+        "COMPLETED",
+        "hello",
+        "100 ",
+        "CREATE_COMPLETE",
+        "DELETE_COMPLETE",
+    ):
+        assert expected in out

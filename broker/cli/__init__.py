@@ -1,0 +1,1 @@
+"""The ``hpcb`` command line (see broker/cli/main.py)."""
