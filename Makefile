@@ -78,6 +78,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/vermin -t=3.7- --eval-annotations --no-parse-comments --no-tips --violations -q broker/agent/hpcb_agent.py
 
 template: venv sam
 	$(BIN)/cfn-lint template.yaml

@@ -49,16 +49,16 @@ class ConflictError(BrokerError):
     code = "CONFLICT"
 
 
-class InvalidTransitionError(ConflictError):
-    """A state machine refused a move (backwards, or out of a final state)."""
-
-    code = "INVALID_TRANSITION"
-
-
 class ValidationError(BrokerError):
     """Input the broker cannot accept; the caller must change it."""
 
     code = "VALIDATION_ERROR"
+
+
+class InvalidNextTokenError(ValidationError):
+    """A ``next_token`` this API did not issue, or issued to another caller or query."""
+
+    code = "INVALID_NEXT_TOKEN"
 
 
 class PayloadTooLargeError(ValidationError):
@@ -71,12 +71,6 @@ class PermanentError(BrokerError):
     """Trying again will not help: the scheduler rejected the job, access was denied, ..."""
 
     code = "PERMANENT_ERROR"
-
-
-class SchedulerRejectedError(PermanentError):
-    """Slurm refused the job (bad partition, invalid option, limit); message is Slurm's own."""
-
-    code = "SCHEDULER_REJECTED"
 
 
 class TransientError(BrokerError):

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, AgentResponse
-from broker.clusters import (
+from broker.clusters.records import (
     ClusterInfo,
     ClusterOperation,
     ClusterRecord,
@@ -21,9 +21,9 @@ from broker.clusters import (
     ProviderAnswer,
     StackObservation,
 )
-from broker.events import Event
-from broker.jobs import JobRecord, JobState
+from broker.jobs.records import JobRecord, JobState
 from broker.models import ClusterMessage, ErrorInfo, QueueMessage, RequestRecord, RequestResult
+from broker.notifications.events import Event
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,12 @@ class RequestStore(Protocol):
 
     def create(self, record: RequestRecord) -> None:
         """Write a new record. Raises ConflictError if the id exists."""
+
+    def create_request(self, request: RequestRecord) -> None:
+        """Write a request that is not a submission (cancel, output, cluster operations).
+
+        Raises ConflictError if the id exists.
+        """
 
     def get(self, request_id: str) -> RequestRecord:
         """Read a record. Raises NotFoundError."""
@@ -91,12 +97,15 @@ class RequestStore(Protocol):
             (dispatched, final, claimed by another sweep, or no such request).
         """
 
+    def clear_request_notification(self, request_id: str, state: str) -> bool:
+        """Mark the request's ``state`` event published."""
+
 
 class JobStore(Protocol):
     """Durable job records with conditional, forward-only state changes.
 
     A final transition also marks the record ``notify_pending`` and keeps it in the
-    "needs attention" index until its notification is published (``clear_notification``).
+    "needs attention" index until its notification is published (``clear_job_notification``).
     """
 
     def create_submission(
@@ -112,61 +121,6 @@ class JobStore(Protocol):
 
         Raises BackpressureError when a limit is reached, ConflictError if the id exists,
         ClusterNotReadyError when the cluster cannot take jobs now.
-        """
-
-    def create_request(self, request: RequestRecord) -> None:
-        """Write a non-submit request (cancel, output) for an existing job."""
-
-    def create_batch(
-        self, request: RequestRecord, limits: Limits | None = None, *, ready_cluster: bool = False
-    ) -> None:
-        """Write a batch request and reserve its items in the backlog counters, within
-        ``limits`` (BackpressureError), checking the cluster as ``create_submission`` does. No
-        item gets a record here: an item is read from its batch
-        (``broker.batches.unrecorded_item``) until its outcome is recorded.
-        """
-
-    def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
-        """Read many job records at once (ids without a record are left out)."""
-
-    def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
-        """Mark a batch chunk as being submitted; return its jobs still to submit (no record
-        yet, or a record still SUBMITTING).
-
-        After this, none of the chunk's jobs can be cancelled as unsubmitted: a cancel either
-        happened before (the job is not returned) or goes through Slurm. A chunk the sweep
-        claimed as lost (``reap_chunk``) is never started: the answer is then empty.
-        """
-
-    def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
-        """Which of a batch's chunks ``0 .. chunk_count - 1`` need no reaping: started by a
-        worker (``start_chunk``), or lost with their loss recorded (``reap_done``).
-
-        A chunk claimed lost whose reap did not finish (an error, a crash) is left out, so the
-        next sweep finishes it. Strongly consistent.
-        """
-
-    def reap_chunk(self, batch_id: str, chunk: int) -> bool:
-        """Claim a chunk no worker started as lost, so that no worker ever starts it.
-
-        Returns:
-            True when the caller is to fail the chunk's items: the chunk had no marker (claimed
-            now), or was claimed lost by a reap that did not finish (``reap_done`` not called).
-            False when a worker started it, or its loss is recorded already.
-        """
-
-    def reap_done(self, batch_id: str, chunk: int) -> None:
-        """Record that every item of a chunk claimed lost has its outcome (the reap is over)."""
-
-    def start_submissions(self, job_ids: list[str]) -> set[str]:
-        """Mark many SUBMITTING jobs as being submitted; the ids that were."""
-
-    def record_batch_outcomes(
-        self, batch: RequestRecord, outcomes: list[JobRecord]
-    ) -> tuple[list[str], list[str]]:
-        """Write the records of batch jobs leaving SUBMITTING: PENDING with their Slurm id, or
-        SUBMIT_FAILED with a reason. A job another writer already moved (an earlier delivery,
-        a cancel) is left as it is. Returns the job ids this call moved (submitted, failed).
         """
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -208,18 +162,71 @@ class JobStore(Protocol):
     def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
         """Write ``changes`` (and ``new_state``) if the job is still in ``job.state``."""
 
-    def attention(self) -> tuple[list[JobRecord], list[RequestRecord]]:
-        """Jobs and requests that are not final, or whose notification is pending."""
-
     def clear_job_notification(self, job_id: str, state: str) -> bool:
         """Mark the job's ``state`` event published (leaves the attention index if final)."""
 
-    def clear_request_notification(self, request_id: str, state: str) -> bool:
-        """Mark the request's ``state`` event published."""
+
+class BatchStore(Protocol):
+    """A batch request, its chunks' markers and its items' outcomes.
+
+    An item has no record of its own until its outcome is written (``record_batch_outcomes``);
+    until then it is read from its batch (``broker.batches.unrecorded_item``).
+    """
+
+    def create_batch(
+        self, request: RequestRecord, limits: Limits | None = None, *, ready_cluster: bool = False
+    ) -> None:
+        """Write a batch request and reserve its items in the backlog counters, within
+        ``limits`` (BackpressureError), checking the cluster as ``JobStore.create_submission``
+        does. No item gets a record here.
+        """
+
+    def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """Read many job records at once (ids without a record are left out)."""
+
+    def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
+        """Mark a batch chunk as being submitted; return its jobs still to submit (no record
+        yet, or a record still SUBMITTING).
+
+        After this, none of the chunk's jobs can be cancelled as unsubmitted: a cancel either
+        happened before (the job is not returned) or goes through Slurm. A chunk the sweep
+        claimed as lost (``reap_chunk``) is never started: the answer is then empty.
+        """
+
+    def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
+        """Which of a batch's chunks ``0 .. chunk_count - 1`` need no reaping: started by a
+        worker (``start_chunk``), or lost with their loss recorded (``reap_done``).
+
+        A chunk claimed lost whose reap did not finish (an error, a crash) is left out, so the
+        next sweep finishes it. Strongly consistent.
+        """
+
+    def reap_chunk(self, batch_id: str, chunk: int) -> bool:
+        """Claim a chunk no worker started as lost, so that no worker ever starts it.
+
+        Returns:
+            True when the caller is to fail the chunk's items: the chunk had no marker (claimed
+            now), or was claimed lost by a reap that did not finish (``reap_done`` not called).
+            False when a worker started it, or its loss is recorded already.
+        """
+
+    def reap_done(self, batch_id: str, chunk: int) -> None:
+        """Record that every item of a chunk claimed lost has its outcome (the reap is over)."""
+
+    def record_batch_outcomes(
+        self, batch: RequestRecord, outcomes: list[JobRecord]
+    ) -> tuple[list[str], list[str]]:
+        """Write the records of batch jobs leaving SUBMITTING: PENDING with their Slurm id, or
+        SUBMIT_FAILED with a reason. A job another writer already moved (an earlier delivery,
+        a cancel) is left as it is. Returns the job ids this call moved (submitted, failed).
+        """
 
 
-class Store(RequestStore, JobStore, Protocol):
-    """Both record ports (one DynamoDB table in AWS)."""
+class AttentionIndex(Protocol):
+    """The records the sweep must look at (an index of the table in AWS)."""
+
+    def attention(self) -> tuple[list[JobRecord], list[RequestRecord]]:
+        """Jobs and requests that are not final, or whose notification is pending."""
 
 
 class Notifier(Protocol):
@@ -275,11 +282,12 @@ class ClusterRecords(Protocol):
         """The cluster's record, or None when the broker has none."""
 
 
-class ClusterStore(ClusterRecords, Store, Protocol):
+class ClusterStore(ClusterRecords, Protocol):
     """Durable cluster records; every change is conditional on the status and operation read.
 
     One operation at a time: ``pending_request_id`` names it until it ends, and only the writer
-    holding that request id may move the cluster.
+    holding that request id may move the cluster. A cluster operation's request is written with
+    ``RequestStore``, except where it must be written together with the cluster.
     """
 
     def create_cluster(self, request: RequestRecord, cluster: ClusterRecord) -> None:

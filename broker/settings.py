@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,7 +41,25 @@ class CommonSettings(BaseSettings):
         return frozenset(n.strip() for n in self.local_clusters.split(",") if n.strip())
 
 
-class ApiSettings(CommonSettings):
+class PageTokenSettings(BaseSettings):
+    """The key that signs the API's ``next_token`` (HMAC-SHA256): the API function only."""
+
+    model_config = SettingsConfigDict(env_prefix="HPCB_", frozen=True, extra="ignore")
+
+    page_token_secret: str | None = Field(
+        default=None,
+        description="Name or ARN of the Secrets Manager secret holding the key (template.yaml "
+        "generates it); read once per cold start.",
+    )
+    page_token_key: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="The key itself, where no secret is configured (tests). Neither set: a "
+        "random key per process (tokens then work within one process only).",
+    )
+
+
+class ApiSettings(CommonSettings, PageTokenSettings):
     """The API function."""
 
     queue_url: str = Field(description="URL of the requests queue.")
@@ -161,6 +179,12 @@ class ClusterWorkerSettings(CommonSettings):
 def cluster_worker_settings() -> ClusterWorkerSettings:
     """The cluster worker's settings (validated once)."""
     return ClusterWorkerSettings()
+
+
+@lru_cache(maxsize=1)
+def page_token_settings() -> PageTokenSettings:
+    """Where the API's page-token key comes from (validated once; needs no other setting)."""
+    return PageTokenSettings()
 
 
 @lru_cache(maxsize=1)

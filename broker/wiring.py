@@ -18,14 +18,13 @@ from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.s3 import S3ArtifactStore
 from broker.adapters.sns import SnsNotifier
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
-from broker.cluster_service import (
-    ClusterAnnouncer,
-    ClusterFollower,
-    ClusterGate,
-    ClusterService,
-    ClusterWorker,
-)
+from broker.clusters.service import ClusterGate, ClusterService
+from broker.clusters.worker import ClusterWorker
 from broker.errors import ValidationError
+from broker.jobs.accept import RequestService
+from broker.jobs.dead_letters import DeadLetterService
+from broker.jobs.dispatch import Dispatcher
+from broker.notifications.announcer import Announcer, ClusterAnnouncer
 from broker.ports import (
     ClusterDirectory,
     ClusterProvider,
@@ -35,16 +34,17 @@ from broker.ports import (
 )
 from broker.runners.local import LocalRunner
 from broker.runners.ssm import SsmRunner
-from broker.service import DeadLetterService, Dispatcher, RequestService
 from broker.settings import (
     CommonSettings,
     JobWorkerSettings,
     api_settings,
     cluster_worker_settings,
     job_worker_settings,
+    page_token_settings,
     sweeper_settings,
 )
-from broker.sweep import Announcer, Sweeper
+from broker.sweep.clusters import ClusterFollower
+from broker.sweep.status import Sweeper
 
 
 def cluster_directory(settings: CommonSettings) -> ClusterDirectory:
@@ -232,6 +232,7 @@ def reset() -> None:
         cached.cache_clear()
     cluster_worker_settings.cache_clear()
     api_settings.cache_clear()
+    page_token_settings.cache_clear()
     job_worker_settings.cache_clear()
     sweeper_settings.cache_clear()
     client.cache_clear()

@@ -325,10 +325,15 @@ write_if_changed() { # FILE MODE CONTENT -> rc 0 if changed
 prepare_dirs() {
   mkdir -p "$PREFIX" "$ETC" "$RUN" "$LOG" "$STATE/slurmctld" "$STATE/slurmd" "$PREFIX/munge"
   chmod 755 "$PREFIX"
-  chmod 700 "$ETC" "$PREFIX/munge"
+  # Jobs run as their callers' own users, whose sbatch/scancel/squeue read slurm.conf and
+  # plugstack.conf (mode 644): etc/ is searchable by all. Its secrets stay root-only (600):
+  # munge.key, db.pass, slurmdbd.conf.
+  chmod 755 "$ETC"
+  chmod 700 "$PREFIX/munge"
   mkdir -p "$SOCKDIR"
   chmod 755 "$SOCKDIR"   # munged refuses a socket directory that is not 755
   [[ -f $ETC/plugstack.conf ]] || : >"$ETC/plugstack.conf"
+  chmod 644 "$ETC/plugstack.conf"
   if [[ ! -s $ETC/munge.key ]]; then
     rm -f "$ETC/munge.key"
     mungekey -c -k "$ETC/munge.key" >/dev/null
@@ -440,6 +445,7 @@ cmd_up() {
   local mode=$ACCOUNTING rmode; rmode=$(running_mode)
   if [[ $rmode == "$mode" ]] && healthy "$mode" && [[ -f $SLURM_CONF_FILE ]] \
      && [[ "$(<"$SLURM_CONF_FILE")" == "$(render_slurm_conf "$mode")" ]] && node_ready; then
+    chmod 755 "$ETC"   # a cluster started by an older slurm.sh had it at 700
     echo "slurm.sh: already up and healthy (accounting=$mode, SLURM_CONF=$SLURM_CONF_FILE) [$(elapsed) s]"
     return 0
   fi

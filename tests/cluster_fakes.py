@@ -8,6 +8,7 @@ CloudFormation stack statuses the sweep reads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from broker.clusters import (
     ClusterInfo,
@@ -17,6 +18,7 @@ from broker.clusters import (
     StackObservation,
 )
 from broker.models import ClusterMessage
+from broker.ports import ClusterProvider, StackStatusReader
 
 
 def info(name: str, status: ClusterStatus = ClusterStatus.CREATE_IN_PROGRESS) -> ClusterInfo:
@@ -91,3 +93,9 @@ class FakeStackReader:
     def read(self, name: str, region: str | None, stack_arn: str | None) -> StackObservation:
         self.reads += 1
         return self.stacks.get(name, StackObservation(exists=False))
+
+
+if TYPE_CHECKING:
+    # Each fake implements every member of its port (checked by mypy in ``make lint``).
+    _provider: ClusterProvider = FakePclusterProvider()
+    _reader: StackStatusReader = FakeStackReader()

@@ -26,9 +26,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from broker.errors import TransientError
+from broker.jobs.execution import Outcome
 from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage
 from broker.observability import logger, metrics, tracer
-from broker.service import Outcome
 from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
 from workers.retrying import run_with_backoff
@@ -93,7 +93,7 @@ def submit_chunks_together(records: list[dict[str, Any]]) -> Ends:
             message = QUEUE_MESSAGE.validate_json(raw.get("body", ""))
         except ValidationError:
             continue  # the record handler fails it and it goes to the DLQ
-        if not isinstance(message, JobBatchMessage) or message.chunk is None:
+        if not isinstance(message, JobBatchMessage):
             continue
         runs = groups.setdefault(message.cluster, [[]])
         if sum(len(m.items) for _, m in runs[-1]) + len(message.items) > MAX_GROUPED_JOBS:

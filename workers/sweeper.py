@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from broker.observability import logger, metrics, tracer
 from broker.settings import sweeper_settings
-from broker.sweep import sweep_for
+from broker.sweep.status import sweep_for
 from broker.wiring import sweeper
 
 

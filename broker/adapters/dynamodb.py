@@ -28,15 +28,15 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from broker.adapters.aws import error_code, translate
+from broker.adapters.aws import condition_failed, condition_failures, error_code, translate
 from broker.batches import batch_id_of, unrecorded_item
 from broker.clusters import ACCEPTS_JOBS, not_ready
 from broker.errors import (
     BackpressureError,
     ClusterNotReadyError,
     ConflictError,
+    InvalidNextTokenError,
     NotFoundError,
-    ValidationError,
 )
 from broker.jobs import JobRecord, JobState
 from broker.models import ErrorInfo, RequestRecord, RequestResult, dump, utcnow
@@ -328,7 +328,7 @@ class DynamoStore:
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            failed = _failed_items(exc)
+            failed = condition_failures(exc)
             if ready_at in failed:
                 raise self._not_ready(job.cluster) from exc
             if limits is not None and 2 in failed:
@@ -342,7 +342,7 @@ class DynamoStore:
                     f"you have {limits.owner_inflight} submissions not yet in Slurm; retry later",
                     retry_after=limits.retry_after_seconds,
                 ) from exc
-            if failed or _condition_failed(exc):
+            if failed or condition_failed(exc):
                 raise ConflictError(f"request {request.request_id} exists already") from exc
             raise translate(exc, "write submission") from exc
         except BotoCoreError as exc:
@@ -370,7 +370,7 @@ class DynamoStore:
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            failed = _failed_items(exc)
+            failed = condition_failures(exc)
             if ready_at in failed:
                 raise self._not_ready(request.cluster) from exc
             if limits is not None and failed & {1, 2}:
@@ -542,7 +542,7 @@ class DynamoStore:
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            refused = _failed_items(exc)
+            refused = condition_failures(exc)
             if refused:
                 return refused
             raise translate(exc, what) from exc
@@ -848,7 +848,7 @@ class DynamoStore:
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if _condition_failed(exc):
+            if condition_failed(exc):
                 return False
             raise translate(exc, "move job out of SUBMITTING") from exc
         except BotoCoreError as exc:
@@ -1034,31 +1034,21 @@ def _outcome_of(job: JobRecord) -> str:
     return "SUBMITTED" if job.slurm_job_id is not None else "FAILED"
 
 
-def _failed_items(exc: ClientError) -> set[int]:
-    """Indexes of the transaction items whose condition failed."""
-    reasons = exc.response.get("CancellationReasons") or []
-    return {i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
-
-
-def _condition_failed(exc: ClientError) -> bool:
-    """Whether a (transactional) write failed on its condition."""
-    if error_code(exc) == "ConditionalCheckFailedException":
-        return True
-    reasons = exc.response.get("CancellationReasons") or []
-    return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
-
-
 def encode_token(key: Mapping[str, Any]) -> str:
     """A ``LastEvaluatedKey`` as an opaque ``next_token`` (listings of jobs, requests, clusters)."""
     return base64.urlsafe_b64encode(json.dumps(key, sort_keys=True).encode()).decode()
 
 
 def decode_token(token: str) -> dict[str, Any]:
-    """The ``ExclusiveStartKey`` of a ``next_token`` (ValidationError if not one of ours)."""
+    """The ``ExclusiveStartKey`` of a ``next_token`` (InvalidNextTokenError if not one of ours).
+
+    The API checks a token's signature before it gets here (``broker.api.tokens``); this is
+    the store's own guard, for callers that are not the API.
+    """
     try:
         decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, TypeError) as exc:
-        raise ValidationError("next_token is not a token this API issued") from exc
+        raise InvalidNextTokenError("next_token is not a token this API issued") from exc
     if not isinstance(decoded, dict):
-        raise ValidationError("next_token is not a token this API issued")
+        raise InvalidNextTokenError("next_token is not a token this API issued")
     return decoded

@@ -19,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from broker.adapters.aws import translate
+from broker.adapters.aws import condition_failures, translate
 from broker.adapters.dynamodb import (
     DynamoStore,
     _plain,
@@ -144,8 +144,7 @@ class DynamoClusterStore(DynamoStore):
         try:
             self._ddb.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            reasons = exc.response.get("CancellationReasons") or []
-            if any(r.get("Code") == "ConditionalCheckFailed" for r in reasons):
+            if condition_failures(exc):
                 raise ConflictError(conflict) from exc
             raise translate(exc, "write cluster operation") from exc
         except BotoCoreError as exc:

@@ -34,7 +34,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from broker.adapters.aws import THROTTLING_CODES, translate
+from broker.adapters.aws import translate
 from broker.clusters import (
     ClusterFailure,
     ClusterInfo,
@@ -222,10 +222,10 @@ def error_of(  # noqa: PLR0911 - one return per pcluster exception class: a tabl
     if name in ("BadRequestException", "ParameterException", "BuildImageBadRequestException"):
         return PermanentError(message, code="BAD_REQUEST")
     if name == "AWSClientError" and exc is not None:
-        code = str(getattr(exc, "error_code", "") or "")
-        if code in THROTTLING_CODES:
-            return ThrottledError(f"pcluster {operation}: {exc}")
-        return PermanentError(f"pcluster {operation}: {exc}", code="AWS_ERROR")
+        # pcluster wraps botocore's ClientError: the same classification as every adapter.
+        code = str(getattr(exc, "error_code", "") or "Unknown")
+        wrapped = ClientError({"Error": {"Code": code, "Message": str(exc)}}, operation)
+        return translate(wrapped, f"pcluster {operation}")
     return PermanentError(f"pcluster {operation} failed: {name}: {message}", code="PCLUSTER_ERROR")
 
 

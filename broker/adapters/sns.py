@@ -7,7 +7,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import translate
-from broker.events import Event
+from broker.notifications.events import Event
 
 
 class SnsNotifier:

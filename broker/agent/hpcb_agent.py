@@ -28,12 +28,20 @@ Ops: ``ping``, ``submit``, ``status`` (one squeue, at most one sacct, for any nu
 them, staged in S3). Every Slurm client runs with a small clean environment (``base_environment``):
 a site's ``SQUEUE_FORMAT``/``SLURM_TIME_FORMAT`` cannot change what the parsers read, and the
 broker's own environment never reaches a job.
+
+Layout, in this order: 1. protocol and validation (what a request may contain: every string
+checked against a pattern, every integer bounded, so a bad request is a permanent error, never
+a crash); 2. commands (one ``SlurmCommand`` class per Slurm call: its argv, and the parser of
+its outcome); 3. output files; 4. effects (processes, HTTP); 5. locking; 6. operations (the
+``Agent``: each op validates, runs commands through ``Agent.execute``, the one place a Slurm
+client starts, and builds its answer); 7. main.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import fcntl
 import json
@@ -49,7 +57,18 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Generic,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    TypeVar,
+)
 
 AGENT_VERSION = "1.0.0"
 #: Imported where used: most runs need none, and they were 60 ms of a 180 ms start.
@@ -80,6 +99,13 @@ SACCT_WINDOW = "now-7days"
 MIN_LOOKBACK_SECONDS = 60
 MAX_LOOKBACK_SECONDS = 90 * 86400
 MAX_MESSAGE_CHARS = 1000
+#: Digits of the longest integer a request may carry: enough for any field (2**64 has 20), and
+#: a bound on the work of parsing one (Python 3.7's ``int()`` of n digits takes O(n**2)).
+MAX_INT_DIGITS = 20
+#: Largest output ``offset``: a 4 EiB file. Above 2**63 - 1, ``os.pread`` overflows.
+MAX_OUTPUT_OFFSET = 2**62
+#: Largest ``inline_limit`` (``protocol.MAX_INLINE_LIMIT``): far above any runner's stdout.
+MAX_INLINE_LIMIT = 16 * 1024 * 1024
 
 # Error codes (stable: the worker and the API expose them).
 BAD_PAYLOAD = "BAD_PAYLOAD"
@@ -101,6 +127,10 @@ JOB_NOT_FOUND = "JOB_NOT_FOUND"
 OUTPUT_NOT_FOUND = "OUTPUT_NOT_FOUND"
 OUTPUT_UNREADABLE = "OUTPUT_UNREADABLE"
 
+
+# ==== 1. protocol and validation: what a request may contain =====================================
+
+
 # ---- validation: the same tight patterns as broker/models.py -----------------------------------
 # Always used with ``fullmatch``: unlike ``match``, a trailing newline cannot slip past ``$``.
 
@@ -111,7 +141,9 @@ _TIME_LIMIT = re.compile(
     r"^(UNLIMITED|\d{1,7}|\d{1,7}:\d{1,2}|\d{1,7}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}){0,2})$"
 )
 _MEMORY = re.compile(r"^[1-9]\d{0,8}[KMGT]?$")
-_ABS_PATH = re.compile(r"^/(?!.*(^|/)\.\.(/|$))[^\x00\n\r]{0,1023}$")
+#: ``broker.models.AbsPath`` plus a lookahead refusing '..' components (JobSpec does that in a
+#: validator); the lookahead stands before the first '/', so '/..' and '/../x' are refused too.
+_ABS_PATH = re.compile(r"^(?!.*(^|/)\.\.(/|$))/[^\x00\n\r]{0,1023}$")
 _ARRAY = re.compile(
     r"^[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?(,[0-9]{1,7}(-[0-9]{1,7}(:[0-9]{1,7})?)?)*"
     r"(%[0-9]{1,5})?$"
@@ -316,11 +348,199 @@ def validate_environment(environment: Any) -> Dict[str, str]:
     return dict(environment)
 
 
+MAX_JOB_IDS = 5000
+
+
+def validate_job_ids(job_ids: Any) -> List[str]:
+    """The requested Slurm ids, without duplicates (BAD_REQUEST if any is malformed)."""
+    if not isinstance(job_ids, list) or len(job_ids) > MAX_JOB_IDS:
+        raise AgentError(BAD_REQUEST, "job_ids must be a list of at most %d ids" % MAX_JOB_IDS)
+    unique = []  # type: List[str]
+    for job_id in job_ids:
+        if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
+            raise AgentError(BAD_REQUEST, "not a Slurm job id: %r" % (str(job_id)[:40],))
+        if job_id not in unique:
+            unique.append(job_id)
+    return unique
+
+
+STREAMS = ("stdout", "stderr")
+#: ``protocol.MAX_OUTPUT_BYTES``: the most one chunk may carry.
+MAX_OUTPUT_BYTES = 64 * 1024
+
+
+def validate_output_query(query: Any) -> Dict[str, Any]:
+    """An ``OutputQuery`` re-validated (BAD_REQUEST when anything is off)."""
+    if not isinstance(query, dict):
+        raise AgentError(BAD_REQUEST, "output must be an object")
+    job_id = query.get("job_id")
+    streams = query.get("streams", ["stdout"])
+    offset = query.get("offset")
+    max_bytes = query.get("max_bytes", MAX_OUTPUT_BYTES)
+    patterns = query.get("patterns") or {}
+    name = query.get("job_name")
+    if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
+        raise AgentError(BAD_REQUEST, "output.job_id must be a Slurm job id")
+    if not isinstance(streams, list) or not set(streams) <= set(STREAMS) or not streams:
+        raise AgentError(BAD_REQUEST, "output.streams must list stdout and/or stderr")
+    if offset is not None:
+        _bounded_int(offset, "output.offset", 0, MAX_OUTPUT_OFFSET)
+    if not _is_int(max_bytes) or not 1 <= max_bytes <= MAX_OUTPUT_BYTES:
+        raise AgentError(BAD_REQUEST, "output.max_bytes must be 1 to %d" % MAX_OUTPUT_BYTES)
+    if not isinstance(patterns, dict) or any(
+        key not in STREAMS or not isinstance(value, str) or not _ABS_PATH.fullmatch(value)
+        for key, value in patterns.items()
+    ):
+        raise AgentError(BAD_REQUEST, "output.patterns must be absolute paths without '..'")
+    if name is not None and (not isinstance(name, str) or not _JOB_NAME.fullmatch(name)):
+        raise AgentError(BAD_REQUEST, "output.job_name must be a job name")
+    return {
+        "job_id": job_id,
+        "streams": [
+            stream for index, stream in enumerate(streams) if stream not in streams[:index]
+        ],
+        "offset": offset,
+        "max_bytes": max_bytes,
+        "patterns": patterns,
+        "job_name": name,
+    }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounded_int(value: Any, name: str, low: int, high: int) -> None:
+    """BAD_REQUEST unless ``value`` is an int (not a bool) within ``low..high``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise AgentError(BAD_REQUEST, "%s must be an integer %d..%d" % (name, low, high))
+
+
+def _check_url(url: Any) -> str:
+    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        raise AgentError(BAD_REQUEST, "URLs must be http(s)")
+    return url
+
+
+def parse_int(text: str) -> int:
+    """``json.loads``'s integer parser, bounded to ``MAX_INT_DIGITS`` digits (else BAD_PAYLOAD)."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise AgentError(
+            BAD_PAYLOAD, "integers in a request have at most %d digits" % MAX_INT_DIGITS
+        )
+    return int(text)
+
+
+def decode_payload(payload: str) -> Dict[str, Any]:
+    """Base64 JSON -> request dict; ``AgentError(BAD_PAYLOAD)`` for anything else."""
+    try:
+        raw = base64.b64decode(payload.strip().encode("ascii"), validate=True)
+        request = json.loads(raw.decode("utf-8"), parse_int=parse_int)
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise AgentError(BAD_PAYLOAD, "the payload is not base64-encoded JSON: %s" % exc) from exc
+    if not isinstance(request, dict):
+        raise AgentError(BAD_PAYLOAD, "the payload must be a JSON object")
+    return request
+
+
+def error_response(op: str, error: AgentError) -> Dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "ok": False, "op": op, "error": error.to_json()}
+
+
+def dumps(document: Dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"), sort_keys=False)
+
+
+def _result_json(result: Dict[str, Any]) -> Dict[str, Any]:
+    document = {"token": result.get("token", "")}  # type: Dict[str, Any]
+    if result.get("job_id") is not None:
+        document["job_id"] = result["job_id"]
+    if result.get("reused"):
+        document["reused"] = True
+    error = result.get("error")
+    if isinstance(error, AgentError):
+        document["error"] = error.to_json()
+    return document
+
+
+def validate_staging(request: Dict[str, Any]) -> None:
+    """BAD_REQUEST unless the answer's staging settings (URL, ``inline_limit``) are acceptable.
+
+    Checked before the op runs: refusing them afterwards would answer an error for jobs that
+    are already in Slurm.
+    """
+    if request.get("result_put_url"):
+        _check_url(request["result_put_url"])
+    _bounded_int(request.get("inline_limit", 20000), "inline_limit", 0, MAX_INLINE_LIMIT)
+
+
+def effective_request(request: Dict[str, Any], inner: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Staging settings for a fetched request: the inner request's, else the outer one's."""
+    if inner is None:
+        return request
+    merged = dict(request)
+    for key in ("result_put_url", "inline_limit"):
+        if key in inner:
+            merged[key] = inner[key]
+    return merged
+
+
+# ==== 2. commands: one class per Slurm call (argv builder + output parser) =======================
+
+
 def base_environment(environ: Mapping[str, str]) -> Dict[str, str]:
     """The environment every Slurm client runs with: a few of the agent's own variables."""
     env = {name: environ[name] for name in BASE_ENV_NAMES if environ.get(name)}
     env.setdefault("PATH", DEFAULT_PATH)
     return env
+
+
+T = TypeVar("T")
+#: What a command's ``parse`` returns (covariant: a command only produces it).
+Result_co = TypeVar("Result_co", covariant=True)
+
+
+class SlurmError(AgentError):
+    """A Slurm client ran and failed: its own words, classified (transient or not)."""
+
+
+class SlurmCommand(Generic[Result_co]):
+    """One Slurm client call, as FirecREST v2 does it.
+
+    ``argv()`` is the argument list (no shell ever; ``argv[0]`` names the client), ``stdin()``
+    and ``env(base)`` the rest of its input; ``parse()`` turns the exit status, stdout and stderr
+    into a result or raises a typed ``AgentError``. ``Agent.execute`` is the one place a command
+    runs: a wrapper for every client (e.g. a ``setpriv`` prefix) goes there, once.
+    """
+
+    timeout = QUERY_TIMEOUT_SECONDS
+
+    def argv(self) -> List[str]:
+        raise NotImplementedError
+
+    def stdin(self) -> Optional[bytes]:
+        return None
+
+    def env(self, base: Mapping[str, str]) -> Dict[str, str]:
+        return dict(base)
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Result_co:
+        raise NotImplementedError
+
+    def unavailable(self, code: int, stderr: str, limit: int = MAX_MESSAGE_CHARS) -> SlurmError:
+        """The transient error of a query that failed: the client's words, else its status."""
+        message = trim_message(stderr, limit) or "%s exited with status %d" % (self.argv()[0], code)
+        return SlurmError(SCHEDULER_UNAVAILABLE, message, transient=True)
+
+
+class SbatchVersionCommand(SlurmCommand[str]):
+    """``sbatch --version`` (op ping): Slurm's version, or what sbatch said instead."""
+
+    def argv(self) -> List[str]:
+        return ["sbatch", "--version"]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> str:
+        return (stdout.strip() if returncode == 0 else "") or trim_message(stderr)
 
 
 # ---- sbatch -------------------------------------------------------------------------------------
@@ -358,32 +578,16 @@ def classify_sbatch_failure(returncode: int, stderr: str) -> AgentError:
     return AgentError(SCHEDULER_REJECTED, message)
 
 
-def parse_parsable(stdout: str) -> str:
-    """The job id in ``sbatch --parsable`` output (``jobid`` or ``jobid;cluster``).
-
-    Raises a transient error when there is none: sbatch said it succeeded, so the job may exist;
-    a retry finds it by its token.
-    """
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
-    if lines:
-        job_id = lines[-1].split(";", 1)[0].strip()
-        if _JOB_ID.fullmatch(job_id):
-            return job_id
-    raise AgentError(
-        SBATCH_BAD_OUTPUT,
-        "sbatch succeeded but printed no job id: %r" % stdout[:200],
-        transient=True,
-    )
-
-
 _JOB_KEYS = frozenset(["token", "script", "options", "environment"])
 
 
-class SbatchCommand(object):
+class SbatchCommand(SlurmCommand[str]):
     """``sbatch`` for one job: validated argv, the script as stdin data, and the output parser.
 
     Raises ``AgentError`` (permanent) on construction when the job is not acceptable.
     """
+
+    timeout = SBATCH_TIMEOUT_SECONDS
 
     def __init__(self, job: Any) -> None:
         if not isinstance(job, dict):
@@ -414,10 +618,20 @@ class SbatchCommand(object):
         return env
 
     def parse(self, returncode: int, stdout: str, stderr: str) -> str:
-        """The new job id, or raise a classified ``AgentError``."""
+        """The new job id (``jobid`` or ``jobid;cluster``), or raise a classified ``AgentError``.
+
+        Success without a job id is transient: the job may exist; a retry finds it by its token.
+        """
         if returncode != 0:
             raise classify_sbatch_failure(returncode, stderr)
-        return parse_parsable(stdout)
+        lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+        if lines and _JOB_ID.fullmatch(lines[-1].split(";", 1)[0].strip()):
+            return lines[-1].split(";", 1)[0].strip()
+        raise AgentError(
+            SBATCH_BAD_OUTPUT,
+            "sbatch succeeded but printed no job id: %r" % stdout[:200],
+            transient=True,
+        )
 
 
 # ---- finding tokens already in Slurm ------------------------------------------------------------
@@ -459,6 +673,40 @@ SQUEUE_ARGV = ["squeue", "-h", "-a", "-t", "all", "-o", "%i|%u|%k"]
 SACCT_ARGV = ["sacct", "-a", "-X", "-n", "-P", "-o", "jobid,user,comment", "-S", SACCT_WINDOW]
 
 
+class SqueueTokensCommand(SlurmCommand[Dict[str, str]]):
+    """Tokens of the jobs slurmctld holds (of ``user``'s jobs, when given)."""
+
+    def __init__(self, user: Optional[str]) -> None:
+        self.user = user
+
+    def argv(self) -> List[str]:
+        return list(SQUEUE_ARGV)
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
+        if returncode != 0:
+            raise self.unavailable(returncode, stderr)
+        return parse_token_lines(stdout, self.user)
+
+
+class SacctTokensCommand(SqueueTokensCommand):
+    """Tokens of the jobs accounting recorded in the last ``lookback`` seconds (None: a week)."""
+
+    def __init__(self, user: Optional[str], lookback: Optional[int]) -> None:
+        super().__init__(user)
+        self.lookback = lookback
+
+    def argv(self) -> List[str]:
+        argv = list(SACCT_ARGV)
+        if self.lookback is not None:
+            argv[-1] = "now-%dseconds" % self.lookback
+        return argv
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
+        if returncode != 0:
+            raise SlurmError(SCHEDULER_UNAVAILABLE, trim_message(stderr, 200), transient=True)
+        return parse_token_lines(stdout, self.user)
+
+
 # ---- op status: squeue for what slurmctld holds, sacct for what it forgot ---------------------
 
 #: squeue's ``exit_code`` is the raw wait status (768 = exit 3; 9 = killed by signal 9). Every
@@ -479,7 +727,7 @@ SACCT_STATUS_ARGV = [
     "-o",
     "jobid,state,exitcode,submit,start,end,reason",
 ]
-MAX_JOB_IDS = 5000
+
 
 #: States in which the job will not run again: only then is an exit code meaningful.
 FINAL_STATES = frozenset(
@@ -632,17 +880,31 @@ def _status_order(status: Dict[str, Any]) -> Tuple[int, int, str]:
     return (int(status["base_id"]), int(task) if task.isdigit() else -1, task)
 
 
-def validate_job_ids(job_ids: Any) -> List[str]:
-    """The requested Slurm ids, without duplicates (BAD_REQUEST if any is malformed)."""
-    if not isinstance(job_ids, list) or len(job_ids) > MAX_JOB_IDS:
-        raise AgentError(BAD_REQUEST, "job_ids must be a list of at most %d ids" % MAX_JOB_IDS)
-    unique = []  # type: List[str]
-    for job_id in job_ids:
-        if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
-            raise AgentError(BAD_REQUEST, "not a Slurm job id: %r" % (str(job_id)[:40],))
-        if job_id not in unique:
-            unique.append(job_id)
-    return unique
+class SqueueStatusCommand(SlurmCommand[List[Dict[str, Any]]]):
+    """Every job and array task slurmctld holds (``parse_squeue_status``)."""
+
+    def argv(self) -> List[str]:
+        return list(SQUEUE_STATUS_ARGV)
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> List[Dict[str, Any]]:
+        if returncode != 0:
+            raise self.unavailable(returncode, stderr)
+        return parse_squeue_status(stdout)
+
+
+class SacctStatusCommand(SlurmCommand[List[Dict[str, Any]]]):
+    """What accounting recorded about some base ids (``parse_sacct_status``)."""
+
+    def __init__(self, base_ids: List[str]) -> None:
+        self.base_ids = base_ids
+
+    def argv(self) -> List[str]:
+        return [*SACCT_STATUS_ARGV, "-j", ",".join(self.base_ids)]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> List[Dict[str, Any]]:
+        if returncode != 0:
+            raise self.unavailable(returncode, stderr, 200)
+        return parse_sacct_status(stdout)
 
 
 # ---- op cancel ----------------------------------------------------------------------------------
@@ -665,63 +927,43 @@ def classify_cancel_error(message: str) -> AgentError:
     return AgentError(SCHEDULER_REJECTED, message)
 
 
-def parse_scancel(
-    job_ids: List[str], returncode: int, stderr: str
-) -> List[Tuple[str, Optional[AgentError]]]:
-    """Each id with its error (None: cancelled, or being cancelled).
-
-    scancel reports per job (``Kill job error on job id 12: ...``); anything else it says when it
-    fails applies to every job it did not mention.
+class ScancelCommand(SlurmCommand[List[Tuple[str, Optional[AgentError]]]]):
+    """One scancel for every id; each id comes back with its error (None: cancelled, or being
+    cancelled). scancel reports per job (``Kill job error on job id 12: ...``); anything else it
+    says when it fails applies to every job it did not mention.
     """
-    errors = {}  # type: Dict[str, AgentError]
-    other = []  # type: List[str]
-    for line in stderr.splitlines():
-        matched = _SCANCEL_JOB_ERROR.search(line)
-        if matched:
-            errors[matched.group(1)] = classify_cancel_error(trim_message(line))
-        elif "error" in line.lower():
-            other.append(line)
-    general = None  # type: Optional[AgentError]
-    if returncode != 0:
-        general = classify_cancel_error(
-            trim_message("\n".join(other)) or "scancel exited with status %d" % returncode
-        )
-    return [(job_id, errors.get(job_id, general)) for job_id in job_ids]
+
+    def __init__(self, job_ids: List[str]) -> None:
+        self.job_ids = job_ids
+
+    def argv(self) -> List[str]:
+        return SCANCEL_ARGV + self.job_ids
+
+    def parse(
+        self, returncode: int, stdout: str, stderr: str
+    ) -> List[Tuple[str, Optional[AgentError]]]:
+        errors = {}  # type: Dict[str, AgentError]
+        other = []  # type: List[str]
+        for line in stderr.splitlines():
+            matched = _SCANCEL_JOB_ERROR.search(line)
+            if matched:
+                errors[matched.group(1)] = classify_cancel_error(trim_message(line))
+            elif "error" in line.lower():
+                other.append(line)
+        general = None  # type: Optional[AgentError]
+        if returncode != 0:
+            general = classify_cancel_error(
+                trim_message("\n".join(other)) or "scancel exited with status %d" % returncode
+            )
+        return [(job_id, errors.get(job_id, general)) for job_id in self.job_ids]
 
 
-# ---- op output: a job's stdout/stderr files -----------------------------------------------------
-
-STREAMS = ("stdout", "stderr")
-#: ``protocol.MAX_OUTPUT_BYTES``: the most one chunk may carry.
-MAX_OUTPUT_BYTES = 64 * 1024
+# ---- op output: what Slurm remembers of a job (its file paths, or the values of its patterns) ---
 
 #: Slurm prints this task id for jobs that are not arrays (NO_VAL), and uses it in file names.
 NO_TASK = "4294967294"
-#: ``%[width]<letter>``; slurmd caps the zero-padding width at 10.
-_FILE_PATTERN = re.compile(r"%([0-9]{0,9})([%AaJjNnstux])")
 _SCONTROL_KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_:/]*)=")
 SACCT_OUTPUT_ARGV = ["sacct", "-a", "-X", "-n", "-P", "-o", "jobidraw,jobname,user,nodelist"]
-
-
-def expand_file_pattern(pattern: str, values: Mapping[str, str]) -> str:
-    """Expand Slurm filename pattern symbols as slurmd does.
-
-    ``values`` maps symbol letters (``j A a x u N ...``) to text; unknown symbols stay as they
-    are; a backslash anywhere turns expansion off (and the backslashes are dropped).
-    """
-    if "\\" in pattern:
-        return pattern.replace("\\", "")
-
-    def one(symbol: "re.Match[str]") -> str:
-        width, letter = symbol.group(1), symbol.group(2)
-        if letter == "%":
-            return "%" if not width else symbol.group(0)
-        value = values.get(letter)
-        if value is None:
-            return symbol.group(0)
-        return value.zfill(min(int(width), 10)) if width and value.isdigit() else value
-
-    return _FILE_PATTERN.sub(one, pattern)
 
 
 def parse_scontrol_job(text: str, job_id: str) -> Optional[Dict[str, str]]:
@@ -750,6 +992,87 @@ def first_node(nodelist: str) -> Optional[str]:
     if matched is None or nodelist.strip().startswith("None"):
         return None
     return matched.group(1) + (matched.group(2) or "")
+
+
+def _scontrol_values(record: Dict[str, str]) -> Dict[str, str]:
+    """Pattern values from a ``scontrol show job`` record (``UserId=alice(1001)`` -> alice)."""
+    values = {
+        "j": record.get("JobId", ""),
+        "J": record.get("JobId", ""),
+        "A": record.get("ArrayJobId", ""),
+        "x": record.get("JobName", ""),
+        "u": record.get("UserId", "").split("(", 1)[0],
+        "N": record.get("BatchHost", ""),
+    }
+    if _DIGITS.fullmatch(record.get("ArrayTaskId", "")):
+        values["a"] = record["ArrayTaskId"]
+    return {key: value for key, value in values.items() if value and value != "(null)"}
+
+
+class ScontrolJobCommand(SlurmCommand[Optional[Dict[str, str]]]):
+    """The job's ``scontrol -o show job`` record; None once slurmctld has forgotten it."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def argv(self) -> List[str]:
+        return ["scontrol", "-o", "show", "job", self.job_id]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Optional[Dict[str, str]]:
+        if returncode == 0:
+            return parse_scontrol_job(stdout, self.job_id)
+        if "invalid job id" in stderr.lower():
+            return None
+        raise self.unavailable(returncode, stderr)
+
+
+class SacctJobCommand(SlurmCommand[Dict[str, str]]):
+    """Pattern values from accounting (raw job id, name, user, first node), if it has them."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def argv(self) -> List[str]:
+        return [*SACCT_OUTPUT_ARGV, "-j", self.job_id]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> Dict[str, str]:
+        lines = [line.split("|") for line in stdout.splitlines() if line.count("|") == 3]
+        if returncode != 0 or not lines or not _JOB_ID.fullmatch(lines[-1][0]):
+            return {}
+        raw, name, user, nodes = lines[-1]
+        values = {"j": raw, "J": raw, "x": name, "u": user}
+        node = first_node(nodes)
+        if node:
+            values["N"] = node
+        return {key: value for key, value in values.items() if value}
+
+
+# ==== 3. output files: Slurm's file name patterns, reading a chunk ===============================
+
+
+#: ``%[width]<letter>``; slurmd caps the zero-padding width at 10.
+_FILE_PATTERN = re.compile(r"%([0-9]{0,9})([%AaJjNnstux])")
+
+
+def expand_file_pattern(pattern: str, values: Mapping[str, str]) -> str:
+    """Expand Slurm filename pattern symbols as slurmd does.
+
+    ``values`` maps symbol letters (``j A a x u N ...``) to text; unknown symbols stay as they
+    are; a backslash anywhere turns expansion off (and the backslashes are dropped).
+    """
+    if "\\" in pattern:
+        return pattern.replace("\\", "")
+
+    def one(symbol: "re.Match[str]") -> str:
+        width, letter = symbol.group(1), symbol.group(2)
+        if letter == "%":
+            return "%" if not width else symbol.group(0)
+        value = values.get(letter)
+        if value is None:
+            return symbol.group(0)
+        return value.zfill(min(int(width), 10)) if width and value.isdigit() else value
+
+    return _FILE_PATTERN.sub(one, pattern)
 
 
 def _utf8_start(data: bytes) -> int:
@@ -821,48 +1144,8 @@ def read_chunk(path: str, offset: Optional[int], max_bytes: int) -> Dict[str, An
     }
 
 
-def validate_output_query(query: Any) -> Dict[str, Any]:
-    """An ``OutputQuery`` re-validated (BAD_REQUEST when anything is off)."""
-    if not isinstance(query, dict):
-        raise AgentError(BAD_REQUEST, "output must be an object")
-    job_id = query.get("job_id")
-    streams = query.get("streams", ["stdout"])
-    offset = query.get("offset")
-    max_bytes = query.get("max_bytes", MAX_OUTPUT_BYTES)
-    patterns = query.get("patterns") or {}
-    name = query.get("job_name")
-    if not isinstance(job_id, str) or not _SLURM_JOB_ID.fullmatch(job_id):
-        raise AgentError(BAD_REQUEST, "output.job_id must be a Slurm job id")
-    if not isinstance(streams, list) or not set(streams) <= set(STREAMS) or not streams:
-        raise AgentError(BAD_REQUEST, "output.streams must list stdout and/or stderr")
-    if offset is not None and (not _is_int(offset) or offset < 0):
-        raise AgentError(BAD_REQUEST, "output.offset must be a byte offset >= 0")
-    if not _is_int(max_bytes) or not 1 <= max_bytes <= MAX_OUTPUT_BYTES:
-        raise AgentError(BAD_REQUEST, "output.max_bytes must be 1 to %d" % MAX_OUTPUT_BYTES)
-    if not isinstance(patterns, dict) or any(
-        key not in STREAMS or not isinstance(value, str) or not _ABS_PATH.fullmatch(value)
-        for key, value in patterns.items()
-    ):
-        raise AgentError(BAD_REQUEST, "output.patterns must be absolute paths without '..'")
-    if name is not None and (not isinstance(name, str) or not _JOB_NAME.fullmatch(name)):
-        raise AgentError(BAD_REQUEST, "output.job_name must be a job name")
-    return {
-        "job_id": job_id,
-        "streams": [
-            stream for index, stream in enumerate(streams) if stream not in streams[:index]
-        ],
-        "offset": offset,
-        "max_bytes": max_bytes,
-        "patterns": patterns,
-        "job_name": name,
-    }
+# ==== 4. effects: processes and HTTP (injected, so tests replace them) ===========================
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# ---- effects: processes, HTTP, lock (injected, so tests replace them) ---------------------------
 
 RunResult = Tuple[int, str, str]
 #: ``(argv, stdin bytes, timeout, environment) -> (returncode, stdout, stderr)``.
@@ -906,12 +1189,6 @@ def run_process(
     )
 
 
-def _check_url(url: Any) -> str:
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("https", "http"):
-        raise AgentError(BAD_REQUEST, "URLs must be http(s)")
-    return url
-
-
 def http_get(url: str) -> bytes:
     """Download a staged request (a presigned S3 GET URL)."""
     import urllib.request  # noqa: PLC0415 - see LAZY_IMPORTS
@@ -936,17 +1213,14 @@ def http_put(url: str, body: bytes) -> None:
         answer.read()
 
 
+# ==== 5. locking =================================================================================
+
+
 #: Descriptors of the locks this agent holds. Every Slurm client it starts inherits them: if the
 #: agent dies (killed by a runner timeout, or its SSM command cancelled) while an sbatch is in
 #: flight, the lock stays held until that sbatch exits, so the next agent cannot list the tokens
 #: before the orphaned submission has landed (and submit it a second time).
 HELD_LOCK_FDS = []  # type: List[int]
-
-
-def _bounded_int(value: Any, name: str, low: int, high: int) -> None:
-    """BAD_REQUEST unless ``value`` is an int (not a bool) within ``low..high``."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise AgentError(BAD_REQUEST, "%s must be an integer %d..%d" % (name, low, high))
 
 
 class FileLock(object):
@@ -1001,27 +1275,7 @@ def current_user() -> Optional[str]:
         return None
 
 
-# ---- the agent ----------------------------------------------------------------------------------
-
-
-def decode_payload(payload: str) -> Dict[str, Any]:
-    """Base64 JSON -> request dict; ``AgentError(BAD_PAYLOAD)`` for anything else."""
-    try:
-        raw = base64.b64decode(payload.strip().encode("ascii"), validate=True)
-        request = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeError, binascii.Error) as exc:
-        raise AgentError(BAD_PAYLOAD, "the payload is not base64-encoded JSON: %s" % exc) from exc
-    if not isinstance(request, dict):
-        raise AgentError(BAD_PAYLOAD, "the payload must be a JSON object")
-    return request
-
-
-def error_response(op: str, error: AgentError) -> Dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "ok": False, "op": op, "error": error.to_json()}
-
-
-def dumps(document: Dict[str, Any]) -> str:
-    return json.dumps(document, separators=(",", ":"), sort_keys=False)
+# ==== 6. operations: ping, submit, status, cancel, output, fetch =================================
 
 
 class Agent(object):
@@ -1074,6 +1328,7 @@ class Agent(object):
                 staging = effective_request(request, inner)
                 request = inner
                 op = str(request.get("op", ""))[:32]
+            validate_staging(staging)
             response = self.handle(request)
             return self.stage_if_large(staging, response)
         except AgentError as exc:
@@ -1104,14 +1359,9 @@ class Agent(object):
 
     def ping(self) -> Dict[str, Any]:
         try:
-            code, out, err = self.run(
-                ["sbatch", "--version"], None, QUERY_TIMEOUT_SECONDS, self.base_env
-            )
-            sbatch = (out.strip() or trim_message(err)) if code == 0 else trim_message(err)
-        except FileNotFoundError:
-            sbatch = "not found"
-        except subprocess.TimeoutExpired:
-            sbatch = "timed out"
+            sbatch = self.execute(SbatchVersionCommand())
+        except AgentError as exc:
+            sbatch = "not found" if exc.code == SLURM_NOT_FOUND else "timed out"
         info = {
             "agent_version": AGENT_VERSION,
             "python": platform.python_version(),
@@ -1134,7 +1384,7 @@ class Agent(object):
                 FETCH_FAILED, "cannot download the staged request: %s" % exc, transient=True
             ) from exc
         try:
-            inner = json.loads(data.decode("utf-8"))
+            inner = json.loads(data.decode("utf-8"), parse_int=parse_int)
         except (ValueError, UnicodeError) as exc:
             raise AgentError(BAD_PAYLOAD, "the staged request is not JSON: %s" % exc) from exc
         if not isinstance(inner, dict):
@@ -1203,7 +1453,7 @@ class Agent(object):
                 results[index] = {"token": command.token, "error": stop}
                 return
             try:
-                results[index] = {"token": command.token, "job_id": self._sbatch(command)}
+                results[index] = {"token": command.token, "job_id": self.execute(command)}
             except AgentError as exc:
                 results[index] = {"token": command.token, "error": exc}
                 if exc.code in (SCHEDULER_UNAVAILABLE, SLURM_NOT_FOUND):
@@ -1228,20 +1478,25 @@ class Agent(object):
                 original = results[first[token]]
                 results[index] = dict(original, reused="job_id" in original)
 
-    def _sbatch(self, command: SbatchCommand) -> str:
+    def execute(self, command: SlurmCommand[T]) -> T:
+        """Run one Slurm command with the clean environment and parse what it answered.
+
+        The one place a Slurm client starts. A client not installed is SLURM_NOT_FOUND; one that
+        does not answer within the command's timeout is transient (SCHEDULER_UNAVAILABLE).
+        """
+        argv = command.argv()
         try:
             code, out, err = self.run(
-                command.argv(),
-                command.stdin(),
-                SBATCH_TIMEOUT_SECONDS,
-                command.env(self.base_env),
+                argv, command.stdin(), command.timeout, command.env(self.base_env)
             )
         except FileNotFoundError as exc:
-            raise AgentError(SLURM_NOT_FOUND, "sbatch is not installed or not on PATH") from exc
+            raise AgentError(
+                SLURM_NOT_FOUND, "%s is not installed or not on PATH" % argv[0]
+            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise AgentError(
                 SCHEDULER_UNAVAILABLE,
-                "sbatch did not answer within %.0f s" % SBATCH_TIMEOUT_SECONDS,
+                "%s did not answer within %.0f s" % (argv[0], command.timeout),
                 transient=True,
             ) from exc
         return command.parse(code, out, err)
@@ -1255,43 +1510,18 @@ class Agent(object):
         transient) plus one sacct for jobs that already left squeue (``MinJobAge``); accounting
         may be absent, so a failing sacct is tolerated and reported in ``info.dedup``.
         """
-        code, out, err = self._query(list(SQUEUE_ARGV))
-        if code != 0:
-            raise AgentError(
-                SCHEDULER_UNAVAILABLE,
-                trim_message(err) or "squeue exited with status %d" % code,
-                transient=True,
-            )
-        found = parse_token_lines(out, self.user)
+        found = self.execute(SqueueTokensCommand(self.user))
         try:
-            argv = list(SACCT_ARGV)
-            if lookback is not None:
-                argv[-1] = "now-%dseconds" % lookback
-            code, out, err = self._query(argv)
+            accounted = self.execute(SacctTokensCommand(self.user, lookback))
+        except SlurmError as exc:
+            return found, "squeue (sacct failed: %s)" % exc.message
         except AgentError as exc:
             missing = exc.code == SLURM_NOT_FOUND
             return found, "squeue (sacct %s)" % ("not installed" if missing else "timed out")
-        if code != 0:
-            return found, "squeue (sacct failed: %s)" % trim_message(err, 200)
-        for token, job_id in parse_token_lines(out, self.user).items():
+        for token, job_id in accounted.items():
             if token not in found or int(job_id) < int(found[token]):
                 found[token] = job_id
         return found, "squeue+sacct"
-
-    def _query(self, argv: List[str]) -> RunResult:
-        """Run a Slurm client with the clean environment; a missing or hanging one is an error."""
-        try:
-            return self.run(argv, None, QUERY_TIMEOUT_SECONDS, self.base_env)
-        except FileNotFoundError as exc:
-            raise AgentError(
-                SLURM_NOT_FOUND, "%s is not installed or not on PATH" % argv[0]
-            ) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise AgentError(
-                SCHEDULER_UNAVAILABLE,
-                "%s did not answer within %.0f s" % (argv[0], QUERY_TIMEOUT_SECONDS),
-                transient=True,
-            ) from exc
 
     def status(self, job_ids: Any) -> Dict[str, Any]:
         """What Slurm says about jobs: one squeue, plus one sacct for what squeue cannot tell.
@@ -1305,31 +1535,18 @@ class Agent(object):
         live = []  # type: List[Dict[str, Any]]
         accounted = []  # type: List[Dict[str, Any]]
         if wanted:
-            code, out, err = self._query(list(SQUEUE_STATUS_ARGV))
-            if code != 0:
-                raise AgentError(
-                    SCHEDULER_UNAVAILABLE,
-                    trim_message(err) or "squeue exited with status %d" % code,
-                    transient=True,
-                )
             bases = {job_id.partition("_")[0] for job_id in wanted}
-            live = [status for status in parse_squeue_status(out) if status["base_id"] in bases]
+            live = [s for s in self.execute(SqueueStatusCommand()) if s["base_id"] in bases]
             listed = {status["base_id"] for status in live}
             arrays = {status["base_id"] for status in live if "array_task" in status}
             ask = sorted((bases - listed) | arrays, key=int)
             if ask:
-                failure = None  # type: Optional[str]
                 try:
-                    code, out, err = self._query([*SACCT_STATUS_ARGV, "-j", ",".join(ask)])
-                    if code != 0:
-                        failure = trim_message(err, 200) or "sacct exited with status %d" % code
+                    accounted = self.execute(SacctStatusCommand(ask))
+                    response["accounting"] = True
                 except AgentError as exc:
-                    failure = exc.message
-                response["accounting"] = failure is None
-                if failure is None:
-                    accounted = parse_sacct_status(out)
-                else:
-                    response["info"] = {"sacct": failure}
+                    response["accounting"] = False
+                    response["info"] = {"sacct": exc.message}
         response["statuses"], response["missing"] = merge_statuses(wanted, live, accounted)
         return response
 
@@ -1338,8 +1555,7 @@ class Agent(object):
         wanted = validate_job_ids(job_ids)
         cancelled = []  # type: List[Dict[str, Any]]
         if wanted:
-            code, _, err = self._query(SCANCEL_ARGV + wanted)
-            for job_id, error in parse_scancel(wanted, code, err):
+            for job_id, error in self.execute(ScancelCommand(wanted)):
                 result = {"job_id": job_id, "ok": error is None}  # type: Dict[str, Any]
                 if error is not None:
                     result["error"] = error.to_json()
@@ -1366,14 +1582,15 @@ class Agent(object):
         paths = {}  # type: Dict[str, str]
         trouble = None  # type: Optional[AgentError]
         try:
-            record = self._scontrol_job(job_id)
+            record = self.execute(ScontrolJobCommand(job_id))
         except AgentError as exc:
             record, trouble = None, exc
         if record is not None:
             values.update(_scontrol_values(record))
             paths = {"stdout": record.get("StdOut", ""), "stderr": record.get("StdErr", "")}
         elif wanted["patterns"]:
-            values.update(self._sacct_values(job_id))
+            with contextlib.suppress(AgentError):  # none: the request's and the agent's values
+                values.update(self.execute(SacctJobCommand(job_id)))
         chunks = []
         for stream in wanted["streams"]:
             pattern = wanted["patterns"].get(stream)
@@ -1390,35 +1607,6 @@ class Agent(object):
             chunk["stream"] = stream
             chunks.append(chunk)
         return {"v": PROTOCOL_VERSION, "ok": True, "op": "output", "output": chunks}
-
-    def _scontrol_job(self, job_id: str) -> Optional[Dict[str, str]]:
-        """The job's ``scontrol -o show job`` record; None once slurmctld has forgotten it."""
-        code, out, err = self._query(["scontrol", "-o", "show", "job", job_id])
-        if code == 0:
-            return parse_scontrol_job(out, job_id)
-        if "invalid job id" in err.lower():
-            return None
-        raise AgentError(
-            SCHEDULER_UNAVAILABLE,
-            trim_message(err) or "scontrol exited with status %d" % code,
-            transient=True,
-        )
-
-    def _sacct_values(self, job_id: str) -> Dict[str, str]:
-        """Pattern values from accounting (raw job id, name, user, first node), if it has them."""
-        try:
-            code, out, _ = self._query([*SACCT_OUTPUT_ARGV, "-j", job_id])
-        except AgentError:
-            return {}
-        lines = [line.split("|") for line in out.splitlines() if line.count("|") == 3]
-        if code != 0 or not lines or not _JOB_ID.fullmatch(lines[-1][0]):
-            return {}
-        raw, name, user, nodes = lines[-1]
-        values = {"j": raw, "J": raw, "x": name, "u": user}
-        node = first_node(nodes)
-        if node:
-            values["N"] = node
-        return {key: value for key, value in values.items() if value}
 
     @staticmethod
     def _read_stream(
@@ -1479,42 +1667,7 @@ class Agent(object):
         )
 
 
-def _scontrol_values(record: Dict[str, str]) -> Dict[str, str]:
-    """Pattern values from a ``scontrol show job`` record (``UserId=alice(1001)`` -> alice)."""
-    values = {
-        "j": record.get("JobId", ""),
-        "J": record.get("JobId", ""),
-        "A": record.get("ArrayJobId", ""),
-        "x": record.get("JobName", ""),
-        "u": record.get("UserId", "").split("(", 1)[0],
-        "N": record.get("BatchHost", ""),
-    }
-    if _DIGITS.fullmatch(record.get("ArrayTaskId", "")):
-        values["a"] = record["ArrayTaskId"]
-    return {key: value for key, value in values.items() if value and value != "(null)"}
-
-
-def _result_json(result: Dict[str, Any]) -> Dict[str, Any]:
-    document = {"token": result.get("token", "")}  # type: Dict[str, Any]
-    if result.get("job_id") is not None:
-        document["job_id"] = result["job_id"]
-    if result.get("reused"):
-        document["reused"] = True
-    error = result.get("error")
-    if isinstance(error, AgentError):
-        document["error"] = error.to_json()
-    return document
-
-
-def effective_request(request: Dict[str, Any], inner: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """Staging settings for a fetched request: the inner request's, else the outer one's."""
-    if inner is None:
-        return request
-    merged = dict(request)
-    for key in ("result_put_url", "inline_limit"):
-        if key in inner:
-            merged[key] = inner[key]
-    return merged
+# ==== 7. main ====================================================================================
 
 
 def read_payload(argv: Iterable[str], stdin: Any) -> str:

@@ -32,6 +32,8 @@ AgentOp = Literal["ping", "submit", "fetch", "status", "cancel", "output"]
 SLURM_JOB_ID = r"^[0-9]{1,10}(_[0-9]{1,7})?$"
 #: Largest output chunk per stream and call (the API's limit as well).
 MAX_OUTPUT_BYTES = 64 * 1024
+#: Largest ``inline_limit`` the agent takes: far above any runner's stdout limit.
+MAX_INLINE_LIMIT = 16 * 1024 * 1024
 
 
 class AgentErrorInfo(BaseModel):
@@ -119,7 +121,7 @@ class AgentRequest(BaseModel):
     output: OutputQuery | None = None
     payload_url: str | None = None
     result_put_url: str | None = None
-    inline_limit: int = 20000
+    inline_limit: int = Field(default=20000, ge=0, le=MAX_INLINE_LIMIT)
     lookback_seconds: int | None = Field(
         default=None,
         ge=60,

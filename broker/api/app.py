@@ -32,6 +32,7 @@ from broker.api.idempotency import (
     accept_once,
     was_replayed,
 )
+from broker.api.tokens import page_tokens
 from broker.errors import BrokerError, ValidationError
 from broker.jobs import JobList, JobState, JobView
 from broker.models import (
@@ -288,16 +289,21 @@ def list_jobs(
     next_token: Annotated[str | None, Query(max_length=2048, description="Next page.")] = None,
 ) -> JobList:
     """GET the caller's jobs on a cluster."""
+    owner, states = caller(), frozenset(state) if state else None
+    # A token is good for this caller and these filters only (any page size).
+    query = {"route": "jobs", "cluster": cluster, "state": sorted(states or ()), "name": name,
+             "since": since, "until": until}  # fmt: skip
     jobs, token = request_service().list_jobs(
-        caller(),
+        owner,
         cluster,
-        states=frozenset(state) if state else None,
+        states=states,
         name=name,
         since=since,
         until=until,
         limit=limit,
-        next_token=next_token,
+        next_token=page_tokens().open(next_token, caller=owner, query=query),
     )
+    token = page_tokens().seal(token, caller=owner, query=query)
     return JobList(jobs=[JobView.of(j, with_tasks=False) for j in jobs], next_token=token)
 
 
@@ -403,7 +409,10 @@ def list_clusters(
     next_token: Annotated[str | None, Query(max_length=2048, description="Next page.")] = None,
 ) -> ClusterList:
     """GET the caller's clusters."""
-    records, token = cluster_service().list(caller(), limit=limit, next_token=next_token)
+    owner, query = caller(), {"route": "clusters"}
+    page = page_tokens().open(next_token, caller=owner, query=query)
+    records, token = cluster_service().list(owner, limit=limit, next_token=page)
+    token = page_tokens().seal(token, caller=owner, query=query)
     return ClusterList(clusters=[ClusterView.of(r) for r in records], next_token=token)
 
 

@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
@@ -33,9 +34,10 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import (
     PydanticSerializer,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
-from broker.adapters.aws import client
+from broker.adapters.aws import client, translate
 from broker.errors import BrokerError, ConflictError, ValidationError
 from broker.models import AcceptedResponse, BatchAccepted
 
@@ -155,6 +157,11 @@ def accept_once(
                 "this Idempotency-Key was already used with a different request; "
                 "use a new key for a new request"
             ) from exc
+        except IdempotencyPersistenceLayerError as exc:
+            # The key table failed (throttled, 5xx, ...): the same translation as every adapter.
+            if isinstance(exc.__cause__, ClientError | BotoCoreError):
+                raise translate(exc.__cause__, "Idempotency-Key record") from exc
+            raise
         except IdempotencyAlreadyInProgressError as exc:
             if time.monotonic() >= deadline:
                 raise IdempotencyInProgressError(

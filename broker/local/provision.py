@@ -1,4 +1,4 @@
-"""Create the template's queues, tables, buckets and topics in a moto server.
+"""Create the template's queues, tables, buckets, topics and secrets in a moto server.
 
 Everything goes through boto3 over real HTTP (``AWS_ENDPOINT_URL`` or an explicit endpoint), the
 same way the deployed functions reach AWS. Resources are created in dependency order (a DLQ
@@ -69,6 +69,17 @@ _SUBSCRIPTION_ATTRIBUTES: Final = (
     "SubscriptionRoleArn",
 )
 _MAX_BUCKET_NAME: Final = 63
+# GenerateSecretString properties that are GetRandomPassword parameters.
+_PASSWORD_OPTIONS: Final = (
+    "ExcludeCharacters",
+    "ExcludeLowercase",
+    "ExcludeNumbers",
+    "ExcludePunctuation",
+    "ExcludeUppercase",
+    "IncludeSpace",
+    "PasswordLength",
+    "RequireEachIncludedType",
+)
 
 
 class ProvisioningError(LocalStackError):
@@ -201,6 +212,7 @@ def provision(
         "AWS::S3::Bucket": _create_bucket,
         "AWS::SNS::Topic": _create_topic,
         "AWS::SNS::Subscription": _create_subscription,
+        "AWS::SecretsManager::Secret": _create_secret,
     }
     ctx = _Context(resolver, region, endpoint_url, name_prefix)
     for res in provision_order(template, resolver):
@@ -380,3 +392,20 @@ def _create_subscription(ctx: _Context, res: ResourceDef) -> PhysicalResource:
         )["SubscriptionArn"]
     )
     return PhysicalResource(res.logical_id, res.type, arn, {"Arn": arn})
+
+
+def _create_secret(ctx: _Context, res: ResourceDef) -> PhysicalResource:
+    """A secret; with ``GenerateSecretString``, its value is generated as CloudFormation would
+    (``GetRandomPassword`` with the same options; ``SecretStringTemplate`` is not supported)."""
+    props = ctx.props(res)
+    name = str(props.get("Name") or ctx.name(res))
+    secrets = ctx.client("secretsmanager")
+    value = props.get("SecretString")
+    generate = props.get("GenerateSecretString")
+    if value is None and isinstance(generate, Mapping):
+        if "SecretStringTemplate" in generate:
+            raise TemplateError(f"{res.logical_id}: SecretStringTemplate is not supported locally")
+        options = {k: generate[k] for k in _PASSWORD_OPTIONS if k in generate}
+        value = secrets.get_random_password(**options)["RandomPassword"]
+    arn = str(secrets.create_secret(Name=name, SecretString=str(value or ""))["ARN"])
+    return PhysicalResource(res.logical_id, res.type, arn, {"Id": arn})

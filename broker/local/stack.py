@@ -2,9 +2,10 @@
 
 :class:`LocalStack` reads ``template.yaml`` and
 
-1. starts (or reuses, see below) a moto server on 127.0.0.1, in a process of its own
-   (:mod:`broker.local.moto_process`: moto gets its own core and GIL), and points boto3 at it
-   through the process environment (``AWS_ENDPOINT_URL``, region, fake credentials);
+1. starts (or reuses: :mod:`broker.local.moto_servers`) a moto server on 127.0.0.1, in a
+   process of its own (:mod:`broker.local.moto_process`: moto gets its own core and GIL), and
+   points boto3 at it through the process environment (``AWS_ENDPOINT_URL``, region, fake
+   credentials);
 2. provisions the template's queues, table, bucket and topics in it;
 3. sets the process environment to the union of every function's resolved environment plus
    overrides (every handler runs in this one process, so their environments must agree);
@@ -22,115 +23,78 @@
 ``stop()`` undoes it: schedules, pollers and API server stop, moto is reset, the environment is
 restored.
 
-One moto server per process, reused across start/stop
--------------------------------------------------------
-Handler modules are imported once per process, and what they build at cold start (boto3 clients,
-settings) keeps the endpoint URL it saw. So a second ``LocalStack`` in the same process (the next
-pytest test) must see AWS at the same URL: with ``moto_port=0`` the first start picks a free port
-and later starts reuse that server, resetting its state (``POST /moto-api/reset``) instead of
-starting a new one. Physical names are deterministic, so the resolved environment is identical
-too. Only one ``LocalStack`` may run at a time in a process.
+This module owns that sequence and the stack's public surface; the steps live next to it:
+:mod:`broker.local.moto_servers` (one moto server per process, reused and reset across
+start/stop), :mod:`broker.local.process_env` (the merged environment, set and restored),
+:mod:`broker.local.provision`, :mod:`broker.local.notifications` and
+:mod:`broker.local.runners` (handlers, API server, pollers, schedules). Only one ``LocalStack``
+may run at a time in a process.
 """
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import logging
 import os
 import sys
 import threading
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 import boto3
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer
 
-from broker.local import moto_process
-from broker.local.apigw import (
-    DEFAULT_PRINCIPAL,
-    ApiGatewayApp,
-    ApiRoute,
-    QuietRequestHandler,
-    RawHeadersRequestHandler,
+from broker.local.apigw import DEFAULT_PRINCIPAL, ApiGatewayApp
+from broker.local.moto_servers import (
+    moto_cpu_seconds,
+    moto_server,
+    reset_moto,
+    shutdown_moto_servers,
 )
 from broker.local.notifications import Inbox, create_inbox
 from broker.local.pollers import SqsPoller
+from broker.local.process_env import ProcessEnvironment, union_environment
 from broker.local.provision import Provisioned, provision
+from broker.local.runners import (
+    Handler,
+    Wiring,
+    build_api_app,
+    build_pollers,
+    build_schedules,
+    import_handler,
+    serve_api,
+    stop_runners,
+)
 from broker.local.scheduler import ScheduledInvoker, ScheduleStats
 from broker.local.template import (
     DEFAULT_NAME_PREFIX,
     FunctionDef,
     LocalStackError,
     Template,
-    api_stage,
     load_template,
-    local_api_id,
     physical_name,
     read_functions,
 )
 
-__all__ = ["DEFAULT_TEMPLATE", "LocalStack", "moto_cpu_seconds", "shutdown_moto_servers"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "Handler",
+    "LocalStack",
+    "moto_cpu_seconds",
+    "shutdown_moto_servers",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE: Final = Path(__file__).resolve().parents[2] / "template.yaml"
 DEFAULT_REGION: Final = "us-east-1"
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
-_FAKE_CREDENTIALS: Final = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Anything that could send boto3 somewhere else, or sign with someone's real session.
-_UNSET_AWS_ENV: Final = (
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-)
 _STOP_TIMEOUT_S: Final = 10.0
 
-Handler = Callable[[dict[str, Any], Any], Any]
-
-_moto_lock = threading.Lock()
-_moto_servers: dict[int, Any] = {}
+_active_lock = threading.Lock()
 _active: LocalStack | None = None
-
-
-def _moto_server(port: int) -> int:
-    """A running moto process on 127.0.0.1 (``port`` 0: any existing one, else a free port)."""
-    with _moto_lock:
-        if port == 0 and _moto_servers:
-            existing: int = min(_moto_servers)
-            return existing
-        if port in _moto_servers:
-            return port
-        process, actual = moto_process.spawn(port)
-        _moto_servers[actual] = process
-        logger.info("moto server on http://127.0.0.1:%d (pid %d)", actual, process.pid)
-        return actual
-
-
-def shutdown_moto_servers() -> None:
-    """Stop every moto process this process started (they also die with it)."""
-    with _moto_lock:
-        for process in _moto_servers.values():
-            process.terminate()
-            process.wait(timeout=10)
-        _moto_servers.clear()
-
-
-def moto_cpu_seconds() -> float:
-    """CPU seconds used so far by the moto processes this process started (benchmarks)."""
-    with _moto_lock:
-        return sum(moto_process.cpu_seconds(p) for p in _moto_servers.values())
-
-
-def _reset_moto(moto_url: str) -> None:
-    request = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")  # noqa: S310
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our 127.0.0.1
-        response.read()
 
 
 def _is_loopback(host: str) -> bool:
@@ -223,7 +187,7 @@ class LocalStack:
         self._moto_url: str | None = None
         self._api_server: BaseWSGIServer | None = None
         self._api_thread: threading.Thread | None = None
-        self._saved_env: dict[str, str | None] = {}
+        self._env = ProcessEnvironment()
         self._started = False
 
     # -- public surface ----------------------------------------------------------------------
@@ -330,7 +294,7 @@ class LocalStack:
                 started is stopped again before raising.
         """
         global _active  # noqa: PLW0603 - one stack per process, by design
-        with _moto_lock:
+        with _active_lock:
             if _active is not None:
                 raise LocalStackError("another LocalStack is already running in this process")
             _active = self
@@ -347,34 +311,15 @@ class LocalStack:
         global _active  # noqa: PLW0603
         if not self._started:
             return
-        # All at once: a poller may be inside a long poll, a schedule inside an invocation.
-        for schedule in self.schedules:
-            schedule.request_stop()
-        for poller in self.pollers:
-            poller.request_stop()
-        if self._api_server is not None:
-            self._api_server.shutdown()
-            self._api_server.server_close()
-        if self._api_thread is not None:
-            self._api_thread.join(_STOP_TIMEOUT_S)
-        for poller in self.pollers:
-            poller.stop(_STOP_TIMEOUT_S)
-        for schedule in self.schedules:
-            schedule.stop(_STOP_TIMEOUT_S)
-            stats = schedule.stats()
-            logger.info(
-                "schedule %s: %d invocation(s), %d error(s), %d skipped tick(s)",
-                schedule.name,
-                stats.invocations,
-                stats.errors,
-                stats.skipped,
-            )
+        stop_runners(
+            self.schedules, self.pollers, self._api_server, self._api_thread, _STOP_TIMEOUT_S
+        )
         if self._moto_url is not None:
             try:
-                _reset_moto(self._moto_url)
+                reset_moto(self._moto_url)
             except OSError as exc:
                 logger.warning("resetting moto failed: %s", exc)
-        self._restore_env()
+        self._env.restore()
         self._api_server = None
         self._api_thread = None
         self.pollers = []
@@ -383,7 +328,7 @@ class LocalStack:
         self.handlers = {}
         self.api_app = None
         self._started = False
-        with _moto_lock:
+        with _active_lock:
             if _active is self:
                 _active = None
 
@@ -407,10 +352,10 @@ class LocalStack:
     def _start(self) -> None:
         template = load_template(self.template_path)
         self.template = template
-        port = _moto_server(self.moto_port)
+        port = moto_server(self.moto_port)
         self._moto_url = f"http://127.0.0.1:{port}"
-        _reset_moto(self._moto_url)
-        self._set_aws_env(self._moto_url)
+        reset_moto(self._moto_url)
+        self._env.point_at_moto(self._moto_url, self.region)
         sts = boto3.client("sts", region_name=self.region, endpoint_url=self._moto_url)
         self.account_id = str(sts.get_caller_identity()["Account"])
 
@@ -432,14 +377,14 @@ class LocalStack:
                 topic_arns=self.topic_arns.values(),
             )
         self.functions = read_functions(template, self._provisioned.resolver)
-        self._set_env(self._union_environment(self.functions))
+        self._env.set(union_environment(self.functions, self.env_overrides))
 
         served = [f for f in self.functions if f.api_events or f.sqs_events or f.schedule_events]
         code_dir = str(self.template_path.resolve().parent)
         if code_dir not in sys.path:
             sys.path.append(code_dir)
         for function in served:
-            self.handlers[function.logical_id] = _import_handler(function)
+            self.handlers[function.logical_id] = import_handler(function)
         self._start_api(template, [f for f in served if f.api_events])
         self._start_pollers([f for f in served if f.sqs_events])
         self._start_schedules([f for f in served if f.schedule_events])
@@ -452,23 +397,6 @@ class LocalStack:
             "" if self.schedules_enabled else " (timers off)",
         )
 
-    def _union_environment(self, functions: list[FunctionDef]) -> dict[str, str]:
-        union: dict[str, str] = {}
-        owner: dict[str, str] = {}
-        for function in functions:
-            for key, value in function.environment.items():
-                if key in self.env_overrides:
-                    continue
-                if key in union and union[key] != value:
-                    raise LocalStackError(
-                        f"environment conflict: {key} is {union[key]!r} in {owner[key]} but "
-                        f"{value!r} in {function.logical_id}; every handler shares this "
-                        "process, so give them one value (or override it)"
-                    )
-                union[key] = value
-                owner[key] = function.logical_id
-        return {**union, **self.env_overrides}
-
     def _function_env_keys(self) -> set[str]:
         keys = set(self.env_overrides)
         for function in self.functions:
@@ -479,135 +407,35 @@ class LocalStack:
         if not functions:
             return
         assert self._provisioned is not None  # noqa: S101 - set by _start
-        resolver = self._provisioned.resolver
-        events = [e for f in functions for e in f.api_events]
-        rest_api = next((e.rest_api_logical_id for e in events if e.rest_api_logical_id), None)
-        routes = [
-            ApiRoute(
-                resource=event.path,
-                method=event.method,
-                handler=self.handlers[function.logical_id],
-                function_name=self.function_name(function.logical_id),
-                timeout_s=function.timeout,
-                memory_mb=function.memory,
-            )
-            for function in functions
-            for event in function.api_events
-        ]
-        self.api_app = ApiGatewayApp(
-            routes,
-            stage=api_stage(template, resolver, events),
-            # SAM names its implicit API "ServerlessRestApi".
-            api_id=local_api_id(rest_api or "ServerlessRestApi"),
-            account_id=self.account_id,
-            region=self.region,
-            default_principal=self.principal,
+        self.api_app = build_api_app(
+            self._wiring(),
+            template,
+            self._provisioned.resolver,
+            functions,
+            principal=self.principal,
         )
-        handler_class = RawHeadersRequestHandler if self.access_log else QuietRequestHandler
-        self._api_server = make_server(
-            self.api_host,
-            self.api_port,
-            self.api_app,
-            threaded=True,
-            request_handler=handler_class,
+        self._api_server, self._api_thread = serve_api(
+            self.api_app, self.api_host, self.api_port, access_log=self.access_log
         )
-        self._api_thread = threading.Thread(
-            target=self._api_server.serve_forever, name="local-api", daemon=True
-        )
-        self._api_thread.start()
 
     def _start_pollers(self, functions: list[FunctionDef]) -> None:
         assert self._provisioned is not None  # noqa: S101 - set by _start
-        for function in functions:
-            for event in function.sqs_events:
-                if not event.enabled:
-                    continue
-                poller = SqsPoller(
-                    function_name=self.function_name(function.logical_id),
-                    handler=self.handlers[function.logical_id],
-                    event=event,
-                    queue_url=self._provisioned.queue_url(event.queue_logical_id),
-                    queue_arn=self._provisioned.attribute(event.queue_logical_id, "Arn"),
-                    region=self.region,
-                    account_id=self.account_id,
-                    timeout_s=function.timeout,
-                    memory_mb=function.memory,
-                    threads=min(self.pollers_per_mapping, event.max_concurrency or 1000),
-                    wait_seconds=self.poll_wait_seconds,
-                    endpoint_url=self._moto_url,
-                )
-                poller.start()
-                self.pollers.append(poller)
+        for poller in build_pollers(
+            self._wiring(),
+            functions,
+            self._provisioned,
+            threads_per_mapping=self.pollers_per_mapping,
+            wait_seconds=self.poll_wait_seconds,
+            endpoint_url=self._moto_url,
+        ):
+            poller.start()
+            self.pollers.append(poller)
 
     def _start_schedules(self, functions: list[FunctionDef]) -> None:
-        for function in functions:
-            # One lock per function: its schedules never invoke it concurrently.
-            lock = threading.Lock()
-            for event in function.schedule_events:
-                invoker = ScheduledInvoker(
-                    function_logical_id=function.logical_id,
-                    function_name=self.function_name(function.logical_id),
-                    handler=self.handlers[function.logical_id],
-                    event=event,
-                    region=self.region,
-                    account_id=self.account_id,
-                    timeout_s=function.timeout,
-                    memory_mb=function.memory,
-                    period_s=self.schedule_seconds,
-                    lock=lock,
-                )
-                if self.schedules_enabled:
-                    invoker.start()
-                self.schedules.append(invoker)
+        for invoker in build_schedules(self._wiring(), functions, period_s=self.schedule_seconds):
+            if self.schedules_enabled:
+                invoker.start()
+            self.schedules.append(invoker)
 
-    # -- environment ---------------------------------------------------------------------------
-
-    def _set_aws_env(self, moto_url: str) -> None:
-        values = {
-            "AWS_ENDPOINT_URL": moto_url,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            **_FAKE_CREDENTIALS,
-        }
-        # A service-specific endpoint (AWS_ENDPOINT_URL_SQS …) would beat AWS_ENDPOINT_URL.
-        unset = [
-            *_UNSET_AWS_ENV,
-            *(k for k in os.environ if k.startswith("AWS_ENDPOINT_URL_")),
-        ]
-        for key in unset:
-            self._save_env(key)
-            os.environ.pop(key, None)
-        self._set_env(values)
-
-    def _save_env(self, key: str) -> None:
-        if key not in self._saved_env:
-            self._saved_env[key] = os.environ.get(key)
-
-    def _set_env(self, values: Mapping[str, str]) -> None:
-        for key, value in values.items():
-            self._save_env(key)
-            os.environ[key] = value
-
-    def _restore_env(self) -> None:
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._saved_env.clear()
-
-
-def _import_handler(function: FunctionDef) -> Handler:
-    module_name, _, attribute = function.handler.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise LocalStackError(
-            f"cannot import {function.handler} ({function.logical_id}): {exc}"
-        ) from exc
-    handler = getattr(module, attribute, None)
-    if not callable(handler):
-        raise LocalStackError(f"{function.handler} ({function.logical_id}) is not a callable")
-    result: Handler = handler
-    return result
+    def _wiring(self) -> Wiring:
+        return Wiring(self.handlers, self.name_prefix, self.region, self.account_id)

@@ -136,7 +136,7 @@ def map_client_error(exc: ClientError | BotoCoreError, what: str) -> BrokerError
     """SSM ``ClientError``/``BotoCoreError`` -> broker error (use with ``raise ... from exc``)."""
     if isinstance(exc, ClientError):
         code = error_code(exc)
-        message = f"{what}: {code}: {exc.response.get('Error', {}).get('Message', '')}"
+        message = f"{what}: {code}"  # AWS's own text (ARNs, ids) stays out of answers
         if code in THROTTLING_CODES:
             return ThrottledError(message)
         if code == "InvalidInstanceId":

@@ -16,11 +16,11 @@ from broker.api import app as api_app
 from broker.api.handler import lambda_handler
 from broker.errors import TransientError
 from broker.jobs import JobState
+from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.models import MAX_SCRIPT_BYTES
 from broker.ports import Limits
-from broker.service import RequestService
-from broker.states import RequestState
+from broker.requests.states import RequestState
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore
 
 ALICE = "arn:aws:iam::123456789012:user/alice"

@@ -12,23 +12,27 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from broker import service as service_module
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentErrorInfo, AgentJobResult, AgentRequest, AgentResponse
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
+from broker.batches import accept as service_module
 from broker.jobs import JobState
+from broker.jobs.accept import RequestService
+from broker.jobs.dead_letters import DeadLetterService
+from broker.jobs.dispatch import Dispatcher
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
 from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage, utcnow
+from broker.notifications.announcer import Announcer
 from broker.ports import ClusterTarget, Limits
-from broker.service import DeadLetterService, Dispatcher, RequestService
+from broker.requests.states import RequestState
 from broker.settings import job_worker_settings
-from broker.states import RequestState
-from broker.sweep import BATCH_LOST_AFTER, LOST_CHUNK_REASON, Announcer, Sweeper
+from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
+from broker.sweep.status import Sweeper
 from tests.conftest import AwsResources
 from tests.fakes import FakeDirectory, FakeQueue, RecordingNotifier
 from workers import dlq_worker, job_worker

@@ -19,8 +19,6 @@ from broker.adapters.dynamodb_clusters import DynamoClusterStore
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
-from broker.cluster_service import ClusterAnnouncer, ClusterFollower, ClusterGate, ClusterService
-from broker.cluster_service import ClusterWorker as ClusterWorkerService
 from broker.clusters import (
     ClusterStatus,
     ComputeFleetStatus,
@@ -28,15 +26,20 @@ from broker.clusters import (
     ProviderAnswer,
     ValidationMessage,
 )
+from broker.clusters.service import ClusterGate, ClusterService
+from broker.clusters.worker import ClusterWorker as ClusterWorkerService
 from broker.errors import ClusterNotFoundError, ThrottledError
-from broker.events import ClusterEvent, RequestEvent
+from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
-from broker.service import RequestService
+from broker.notifications.announcer import Announcer, ClusterAnnouncer
+from broker.notifications.events import ClusterEvent, RequestEvent
+from broker.requests.states import RequestState
 from broker.settings import cluster_worker_settings
-from broker.states import RequestState
-from broker.sweep import Announcer, Sweeper, SweepReport
+from broker.sweep.clusters import ClusterFollower
+from broker.sweep.report import SweepReport
+from broker.sweep.status import Sweeper
 from tests.cluster_fakes import FakePclusterProvider, FakeStackReader, info
 from tests.conftest import REGION, AwsResources
 from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner

@@ -11,8 +11,8 @@ from broker.adapters.dynamodb import DynamoStore
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
 from broker.errors import TransientError
+from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
-from broker.service import RequestService
 from broker.settings import api_settings
 from tests.conftest import AwsResources
 from tests.fakes import FakeDirectory, FakeQueue

@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Protocol
 
 import pytest
 
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.batches import item_id
+from broker.batches.outcomes import item_outcome
 from broker.errors import BackpressureError, ConflictError, NotFoundError
 from broker.jobs import JobRecord, JobState
 from broker.models import (
@@ -24,11 +26,14 @@ from broker.models import (
     new_request_id,
     utcnow,
 )
-from broker.ports import Limits, Store
-from broker.service import item_outcome
-from broker.states import RequestState
+from broker.ports import AttentionIndex, BatchStore, JobStore, Limits, RequestStore
+from broker.requests.states import RequestState
 from tests.conftest import AwsResources
 from tests.fakes import InMemoryStore
+
+
+class Store(RequestStore, JobStore, BatchStore, AttentionIndex, Protocol):
+    """Every record port the table adapter and the in-memory fake both implement."""
 
 
 @pytest.fixture(params=["dynamodb", "memory"])

@@ -18,13 +18,17 @@ from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.errors import RunnerTimeoutError
 from broker.jobs import JobState
+from broker.jobs.accept import RequestService
+from broker.jobs.dead_letters import DeadLetterService
+from broker.jobs.dispatch import Dispatcher
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
 from broker.models import JobSpec, slurm_token, utcnow
-from broker.service import DeadLetterService, Dispatcher, RequestService
+from broker.notifications.announcer import Announcer
+from broker.requests.states import RequestState
 from broker.settings import job_worker_settings
-from broker.states import RequestState
-from broker.sweep import REQUEUE_AFTER, Announcer, Sweeper
+from broker.sweep.repairs import REQUEUE_AFTER
+from broker.sweep.status import Sweeper
 from tests.conftest import REGION, AwsResources
 from tests.fakes import FakeDirectory, FakeQueue, RecordingNotifier, ScriptedRunner, submitted
 from workers import dlq_worker, job_worker

@@ -21,11 +21,11 @@ from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentJob, AgentRequest
 from broker.client import ApiError, BrokerClient
+from broker.jobs.accept import RequestService
 from broker.local.stack import LocalStack
 from broker.models import JobSpec, JobSubmitMessage, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
-from broker.service import RequestService
 from tests.conftest import local_stack
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]

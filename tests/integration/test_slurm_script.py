@@ -120,3 +120,38 @@ def test_a_daemon_that_really_exits_at_start_is_still_reported() -> None:
         # THEN the start fails with the daemon's own log, not a hang until the deadline
         assert result.returncode != 0
         assert "munged exited" in result.stderr
+
+
+@pytest.mark.slurm
+def test_a_non_root_user_can_submit_while_the_cluster_secrets_stay_root_only(
+    slurm: dict[str, str],
+) -> None:
+    # GIVEN the running local Slurm (jobs run as their callers' own users, never root)
+    etc = Path(slurm["SLURM_CONF"]).parent
+
+    # WHEN an unprivileged user asks sbatch whether a job would be accepted
+    probe = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            "env",
+            f"SLURM_CONF={slurm['SLURM_CONF']}",
+            "sbatch",
+            "--test-only",
+            "--wrap",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+    # THEN sbatch can read the configuration, and the secrets beside it are root's alone
+    assert probe.returncode == 0, probe.stderr
+    assert "to start at" in probe.stderr
+    for secret in ("munge.key", "db.pass", "slurmdbd.conf"):
+        mode = (etc / secret).stat().st_mode & 0o777
+        assert mode == 0o600, f"{secret} is {oct(mode)}"

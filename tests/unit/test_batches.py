@@ -10,7 +10,7 @@ import pytest
 from broker.batches import chunk_item_ids, item_id, lost_item
 from broker.jobs import JobState
 from broker.models import RequestRecord, batch_ids, utcnow
-from broker.states import RequestState
+from broker.requests.states import RequestState
 
 
 def batch(size: int, chunk_starts: list[int] | None, rejected: list[int]) -> RequestRecord:

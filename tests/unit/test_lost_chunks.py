@@ -9,18 +9,22 @@ from datetime import datetime, timedelta
 import pydantic
 import pytest
 
-from broker import service as service_module
 from broker.agent.protocol import AgentResponse
+from broker.batches import accept as service_module
 from broker.batches import chunk_item_ids
+from broker.batches.outcomes import item_outcome
 from broker.errors import TransientError
-from broker.events import JobEvent, RequestEvent
 from broker.jobs import JobRecord, JobState
+from broker.jobs.accept import RequestService
+from broker.jobs.dispatch import Dispatcher
 from broker.models import BatchBody, JobBatchMessage, JobSpec, RequestRecord
+from broker.notifications.announcer import Announcer
+from broker.notifications.events import JobEvent, RequestEvent
 from broker.ports import Limits
-from broker.service import Dispatcher, RequestService, item_outcome
+from broker.requests.states import RequestState
 from broker.settings import SweeperSettings
-from broker.states import RequestState
-from broker.sweep import BATCH_LOST_AFTER, LOST_CHUNK_REASON, Announcer, Sweeper
+from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
+from broker.sweep.status import Sweeper
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner
 
 OWNER = "arn:aws:iam::111122223333:user/alice"

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from broker.agent.protocol import AgentResponse, SlurmJobStatus
 from broker.errors import TransientError
+from broker.jobs.accept import RequestService
 from broker.models import (
     BatchBody,
     JobResult,
@@ -16,9 +17,10 @@ from broker.models import (
     QueueMessage,
     utcnow,
 )
-from broker.service import RequestService
-from broker.states import RequestState
-from broker.sweep import REQUEUE_AFTER, Announcer, Sweeper
+from broker.notifications.announcer import Announcer
+from broker.requests.states import RequestState
+from broker.sweep.repairs import REQUEUE_AFTER
+from broker.sweep.status import Sweeper
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner
 
 OWNER = "arn:aws:iam::111122223333:user/alice"

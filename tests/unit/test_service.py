@@ -23,8 +23,11 @@ from broker.errors import (
     RunnerTimeoutError,
     TransientError,
 )
-from broker.events import JobEvent, RequestEvent
 from broker.jobs import JobState
+from broker.jobs.accept import RequestService
+from broker.jobs.dead_letters import DeadLetterService
+from broker.jobs.dispatch import Dispatcher
+from broker.jobs.execution import lookback_seconds
 from broker.models import (
     MAX_SCRIPT_BYTES,
     Dependency,
@@ -34,9 +37,9 @@ from broker.models import (
     slurm_token,
     utcnow,
 )
-from broker.service import DeadLetterService, Dispatcher, RequestService, lookback_seconds
-from broker.states import RequestState
-from broker.sweep import Announcer
+from broker.notifications.announcer import Announcer
+from broker.notifications.events import JobEvent, RequestEvent
+from broker.requests.states import RequestState
 from tests.fakes import (
     FakeDirectory,
     FakeQueue,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.states import TRANSITIONS, RequestState, can_transition, sources_of
+from broker.requests.states import TRANSITIONS, RequestState, can_transition, sources_of
 
 FINAL = [RequestState.SUCCEEDED, RequestState.FAILED, RequestState.CANCELLED]
 

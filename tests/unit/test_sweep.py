@@ -9,11 +9,12 @@ import pytest
 
 from broker.agent.protocol import AgentResponse, SlurmJobStatus
 from broker.errors import TransientError
-from broker.events import JobEvent
 from broker.jobs import JobState
+from broker.jobs.accept import RequestService
 from broker.models import JobSpec, utcnow
-from broker.service import RequestService
-from broker.sweep import REANNOUNCE_AFTER, Announcer, Sweeper
+from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
+from broker.notifications.events import JobEvent
+from broker.sweep.status import Sweeper
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner
 
 OWNER = "arn:aws:iam::111122223333:user/alice"

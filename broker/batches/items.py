@@ -10,7 +10,8 @@ rejected. Every reader of a job (GET, cancel, dependencies, a batch's item pages
 
 A chunk whose message was never sent (the API died between its write and its sends) cannot be
 sent again: the specs were only in the message. Its items are failed instead (``lost_item``),
-by the sweep (``broker.sweep``), which finds them from the batch record (``chunk_item_ids``).
+by the sweep (``broker.sweep.repairs``), which finds them from the batch record
+(``chunk_item_ids``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from datetime import datetime
 
-from broker.jobs import JobRecord, JobState
+from broker.jobs.records import JobRecord, JobState
 from broker.models import RequestRecord
 
 #: Batch ids and their items' ids share their first 23 characters (``models.batch_ids``).

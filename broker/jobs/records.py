@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from broker.agent.protocol import SlurmJobStatus
-from broker.models import Dependency
+from broker.models import Dependency, JobSpec
 
 
 class JobState(StrEnum):
@@ -134,6 +134,38 @@ class JobRecord(BaseModel):
     batch_index: int | None = None
     batch_chunk: int | None = Field(
         default=None, description="Its chunk of the batch: one message, one head-node command."
+    )
+
+
+def new_job(
+    job_id: str,
+    owner: str,
+    cluster: str,
+    spec: JobSpec,
+    now: datetime,
+    *,
+    batch_id: str | None = None,
+    batch_index: int | None = None,
+    batch_chunk: int | None = None,
+) -> JobRecord:
+    """The record of a job just accepted (SUBMITTING), with what its spec says about it."""
+    return JobRecord(
+        job_id=job_id,
+        cluster=cluster,
+        owner=owner,
+        name=spec.name,
+        state=JobState.SUBMITTING,
+        created_at=now,
+        updated_at=now,
+        array=spec.array,
+        dependency=spec.dependency,
+        working_directory=spec.working_directory,
+        output=spec.output,
+        error=spec.error,
+        tags=spec.tags,
+        batch_id=batch_id,
+        batch_index=batch_index,
+        batch_chunk=batch_chunk,
     )
 
 

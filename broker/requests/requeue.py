@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from broker.models import JobCancelMessage, JobOutputMessage, JobSubmitMessage, RequestRecord
-from broker.states import RequestState
+from broker.requests.states import RequestState
 
 SingleMessage = JobSubmitMessage | JobCancelMessage | JobOutputMessage
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from broker.clusters import ClusterFailure, ClusterRecord, ClusterStatus
-from broker.jobs import JobRecord, JobState
+from broker.clusters.records import ClusterFailure, ClusterRecord, ClusterStatus
+from broker.jobs.records import JobRecord, JobState
 from broker.models import ErrorInfo, RequestRecord, RequestResult, utcnow
-from broker.states import RequestState
+from broker.requests.states import RequestState
 
 
 class SnsAttributes:

@@ -1,0 +1,283 @@
+"""The API's side of jobs: accept writes (record, then enqueue) and read records back.
+
+Every write answers at once: the records are written, the message is sent, and a worker does
+the work. Nothing here calls a scheduler.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from broker.batches.accept import accept_batch, batch_page
+from broker.clusters.service import ClusterGate
+from broker.errors import (
+    BrokerError,
+    ClusterNotFoundError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    TransientError,
+    ValidationError,
+)
+from broker.jobs.records import JobRecord, JobState, new_job
+from broker.models import (
+    MAX_SCRIPT_BYTES,
+    BatchAccepted,
+    BatchBody,
+    BatchItemView,
+    CancelResult,
+    ErrorInfo,
+    JobCancelMessage,
+    JobOutputMessage,
+    JobSpec,
+    JobSubmitMessage,
+    OutputQueryBody,
+    QueueMessage,
+    RequestKind,
+    RequestRecord,
+    new_request_id,
+    utcnow,
+)
+from broker.notifications.announcer import Announcer
+from broker.ports import BatchStore, ClusterDirectory, JobStore, Limits, RequestQueue, RequestStore
+from broker.requests.states import RequestState
+
+
+class AcceptedRecords(RequestStore, JobStore, BatchStore, Protocol):
+    """What the accept writes and reads: requests, jobs and batches."""
+
+
+class RequestService:
+    """The API's side: accept writes (record, then enqueue) and read records back."""
+
+    def __init__(
+        self,
+        store: AcceptedRecords,
+        queue: RequestQueue,
+        clusters: ClusterDirectory,
+        announcer: Announcer | None = None,
+        limits: Limits | None = None,
+        *,
+        cluster_gate: ClusterGate | None = None,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._clusters = clusters
+        self._announce = announcer
+        self._limits = limits
+        self._gate = cluster_gate
+
+    def submit_job(self, owner: str, cluster: str, spec: JobSpec) -> RequestRecord:
+        """Accept a job submission: validate, record request and job, enqueue.
+
+        The records are written before the message is sent, so a GET right after the POST
+        never answers 404 and a worker never sees a message without its records.
+
+        Raises:
+            PayloadTooLargeError: the script is over MAX_SCRIPT_BYTES.
+            ClusterNotFoundError: no such cluster.
+            TransientError: the table or queue cannot take the request now (it is then FAILED
+                with ``ENQUEUE_FAILED``, and the caller may send it again).
+        """
+        size = len(spec.script.encode("utf-8"))
+        if size > MAX_SCRIPT_BYTES:
+            raise PayloadTooLargeError(
+                f"the script is {size} bytes; the limit is {MAX_SCRIPT_BYTES} bytes. "
+                "Keep large inputs in files on the cluster and reference them from the script."
+            )
+        self._resolve(cluster)
+        record = self._new_request(owner, cluster, "job.submit", spec=spec)
+        job = new_job(record.request_id, owner, cluster, spec, record.created_at)
+        self._store.create_submission(record, job, self._limits, ready_cluster=self._gated)
+        message = JobSubmitMessage(
+            request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
+        )
+        self._enqueue(record, message, job_id=job.job_id)
+        return record
+
+    def submit_batch(self, owner: str, cluster: str, body: BatchBody) -> BatchAccepted:
+        """Accept a burst: validate each item, record the batch, enqueue its valid items in
+        chunks (``broker.batches.accept``).
+
+        Raises:
+            BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.
+            ClusterNotFoundError, BackpressureError, TransientError: as for one job.
+        """
+        self._resolve(cluster)
+        return accept_batch(self._store, self._queue, owner, cluster, body,
+                            limits=self._limits, ready_cluster=self._gated)  # fmt: skip
+
+    @property
+    def _gated(self) -> bool:
+        """Whether submissions check the cluster's record (in their write's transaction)."""
+        return self._gate is not None
+
+    def _resolve(self, cluster: str) -> None:
+        """The cluster must be known; one the broker is creating (or deleting) has no head node
+        yet (or any more) and answers 409 CLUSTER_NOT_READY, not 404.
+
+        A cluster found here may still be refused with 409 by the submission's transaction,
+        which checks the cluster's record (one read fewer than checking before, and atomic).
+        """
+        try:
+            self._clusters.resolve(cluster)
+        except ClusterNotFoundError:
+            if self._gate is not None:
+                self._gate.ensure_ready(cluster)
+            raise
+
+    def batch_page(self, record: RequestRecord, start: int, limit: int) -> list[BatchItemView]:
+        """A page of a batch's items, by index, with their jobs' states (items without a
+        record yet are SUBMITTING; rejected items are left out)."""
+        return batch_page(self._store, record, start, limit)
+
+    def cancel_job(self, owner: str, cluster: str, ref: str) -> RequestRecord:
+        """Accept a cancel. A job still queued in SQS is cancelled at once, never reaching Slurm.
+
+        Raises:
+            NotFoundError: no such job of the caller's.
+            ConflictError: the job has already ended.
+        """
+        job = self.get_job(owner, cluster, ref)
+        if job.state.final:
+            raise ConflictError(f"job {job.job_id} has already ended ({job.state})")
+        if job.state is JobState.SUBMITTING and self._store.cancel_unsubmitted(job.job_id):
+            now = utcnow()
+            record = RequestRecord(
+                request_id=new_request_id(),
+                kind="job.cancel",
+                owner=owner,
+                cluster=cluster,
+                state=RequestState.SUCCEEDED,
+                created_at=now,
+                updated_at=now,
+                job_id=job.job_id,
+                result=CancelResult(job_id=job.job_id, before_submission=True),
+                notify_pending=RequestState.SUCCEEDED.value,
+            )
+            self._store.create_request(record)
+            if self._announce is not None:  # else the sweep publishes both, a minute later
+                self._announce.job(job.job_id, JobState.SUBMITTING)
+                self._announce.request(record.request_id)
+            return record
+        record = self._new_request(owner, cluster, "job.cancel", job_id=job.job_id)
+        self._store.create_request(record)
+        message = JobCancelMessage(
+            request_id=record.request_id, owner=owner, cluster=cluster, job_id=job.job_id
+        )
+        self._enqueue(record, message)
+        return record
+
+    def fetch_output(
+        self, owner: str, cluster: str, ref: str, query: OutputQueryBody
+    ) -> RequestRecord:
+        """Accept an output fetch for a job that reached Slurm.
+
+        Raises:
+            NotFoundError: no such job of the caller's.
+            ConflictError: the job has no Slurm id (not submitted, or never will be).
+        """
+        job = self.get_job(owner, cluster, ref)
+        if job.slurm_job_id is None:
+            raise ConflictError(f"job {job.job_id} has not reached Slurm ({job.state})")
+        if query.task is not None and job.array is None:
+            raise ConflictError(f"job {job.job_id} is not an array; 'task' does not apply")
+        if query.task is None and job.array is not None:
+            # Slurm keeps an array's base id on its last task: without a task the answer
+            # would silently be that task's file.
+            raise ValidationError(f"job {job.job_id} is an array ({job.array}): name a 'task'")
+        record = self._new_request(owner, cluster, "job.output", job_id=job.job_id, query=query)
+        self._store.create_request(record)
+        message = JobOutputMessage(
+            request_id=record.request_id,
+            owner=owner,
+            cluster=cluster,
+            job_id=job.job_id,
+            query=query,
+        )
+        self._enqueue(record, message)
+        return record
+
+    def get_request(self, owner: str, request_id: str) -> RequestRecord:
+        """Read one of the caller's requests (NotFoundError if absent or someone else's)."""
+        record = self._store.get(request_id)
+        if record.owner != owner:
+            raise NotFoundError(f"no request {request_id}")
+        return record
+
+    def get_job(self, owner: str, cluster: str, ref: str) -> JobRecord:
+        """Read one of the caller's jobs by broker or Slurm id (NotFoundError otherwise)."""
+        self._clusters.resolve(cluster)
+        job = self._store.find_job(cluster, ref)
+        if job.owner != owner or job.cluster != cluster:
+            raise NotFoundError(f"no job {ref} on {cluster}")
+        return job
+
+    def list_jobs(
+        self,
+        owner: str,
+        cluster: str,
+        *,
+        states: frozenset[JobState] | None = None,
+        name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        next_token: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """The caller's jobs on a cluster, newest first (from the table, never Slurm)."""
+        self._clusters.resolve(cluster)
+        return self._store.list_jobs(
+            owner,
+            cluster,
+            states=states,
+            name=name,
+            since=since,
+            until=until,
+            limit=limit,
+            next_token=next_token,
+        )
+
+    def _new_request(
+        self,
+        owner: str,
+        cluster: str,
+        kind: RequestKind,
+        *,
+        spec: JobSpec | None = None,
+        job_id: str | None = None,
+        query: OutputQueryBody | None = None,
+    ) -> RequestRecord:
+        now = utcnow()
+        request_id = new_request_id()
+        return RequestRecord(
+            request_id=request_id,
+            kind=kind,
+            owner=owner,
+            cluster=cluster,
+            state=RequestState.ACCEPTED,
+            created_at=now,
+            updated_at=now,
+            spec=spec,
+            job_id=job_id or (request_id if kind == "job.submit" else None),
+            query=query,
+        )
+
+    def _enqueue(
+        self, record: RequestRecord, message: QueueMessage, job_id: str | None = None
+    ) -> None:
+        try:
+            self._queue.send(message)
+        except BrokerError as exc:
+            # Nothing will ever work on this request: say so in its record instead of leaving
+            # it ACCEPTED forever, then let the caller know it may retry.
+            self._store.record_failure(
+                record.request_id,
+                ErrorInfo(code="ENQUEUE_FAILED", message=exc.message, transient=True),
+            )
+            if job_id is not None:
+                self._store.record_submit_failed(job_id, "the submission could not be queued")
+            raise TransientError(
+                "the request could not be queued; send it again", code="ENQUEUE_FAILED"
+            ) from exc

@@ -1,0 +1,260 @@
+"""The job worker's side: run one queued request on its cluster, record the outcome.
+
+A submission, a cancel or an output fetch is one head-node command; a batch chunk goes to
+``broker.batches.dispatch``. Every error is settled the same way (``RequestEnds.settle``): a
+transient one is kept as the request's last error and raised (SQS retries, then the DLQ), a
+permanent one fails the request.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from broker.agent.protocol import AgentJob, AgentJobResult, AgentRequest, OutputQuery
+from broker.batches.dispatch import ChunkDispatcher
+from broker.errors import ConflictError, PermanentError, TransientError
+from broker.jobs.execution import (
+    PERMANENT,
+    Dependencies,
+    Outcome,
+    RequestEnds,
+    RunnerFor,
+    agent_info,
+    error_of,
+    lookback_seconds,
+)
+from broker.jobs.records import JobRecord, JobState
+from broker.models import (
+    CancelResult,
+    JobBatchMessage,
+    JobCancelMessage,
+    JobOutputMessage,
+    JobResult,
+    JobSubmitMessage,
+    OutputPart,
+    OutputResult,
+    QueueMessage,
+    slurm_token,
+)
+from broker.notifications.announcer import Announcer
+from broker.observability import logger
+from broker.ports import ArtifactStore, BatchStore, ClusterDirectory, JobStore, RequestStore
+
+#: Output text above this many characters (both streams) goes to S3 behind a presigned URL
+#: instead of inline in the request record (SSM itself carries at most 24,000 characters).
+INLINE_OUTPUT_CHARS = 24_000
+
+
+class DispatchedRecords(RequestStore, JobStore, BatchStore, Protocol):
+    """What the job worker reads and writes: requests, jobs, and batches' chunks."""
+
+
+class Dispatcher:
+    """Runs one queued request on its cluster and records the outcome.
+
+    Safe to run twice on the same message: state moves are conditional, and the head-node
+    agent de-duplicates submissions by the token in the job's Slurm comment, so a redelivery
+    after ``sbatch`` returns the existing job instead of making a second one.
+    """
+
+    def __init__(
+        self,
+        store: DispatchedRecords,
+        clusters: ClusterDirectory,
+        runner_for: RunnerFor,
+        announcer: Announcer,
+        *,
+        artifacts: ArtifactStore | None = None,
+        default_working_directory: str = "/tmp",  # noqa: S108
+        submit_concurrency: int | None = None,
+    ) -> None:
+        self._store = store
+        self._clusters = clusters
+        self._runner_for = runner_for
+        self._announce = announcer
+        self._artifacts = artifacts
+        self._workdir = default_working_directory
+        self._dependencies = Dependencies(store)
+        self._ends = RequestEnds(store, announcer)
+        self._chunks = ChunkDispatcher(
+            store, clusters, runner_for, announcer,
+            default_working_directory=default_working_directory,
+            submit_concurrency=submit_concurrency,
+        )  # fmt: skip
+
+    def handle(self, message: QueueMessage) -> Outcome:
+        """Dispatch one message.
+
+        Returns:
+            what happened: ``succeeded``, ``failed`` (permanent error, recorded), ``cancelled``
+            (the job was cancelled before submission) or ``skipped`` (already final).
+
+        Raises:
+            TransientError: try again later (the last error is recorded on the request).
+        """
+        request_id = message.request_id
+        if self._store.mark_dispatched(request_id) is None:
+            logger.info("request already final; skipping", extra={"request_id": request_id})
+            return "skipped"
+        try:
+            if isinstance(message, JobSubmitMessage):
+                return self._submit(message)
+            if isinstance(message, JobCancelMessage):
+                return self._cancel(message)
+            if isinstance(message, JobBatchMessage):
+                return self._chunks.handle(message)
+            return self._output(message)
+        except (TransientError, *PERMANENT) as exc:
+            end = self._ends.settle(message, exc)
+            if isinstance(end, TransientError):
+                raise
+            return end
+
+    def handle_chunks(self, messages: list[JobBatchMessage]) -> list[Outcome | TransientError]:
+        """Batch chunks drained together for one cluster: all their jobs in one agent call
+        (see ``ChunkDispatcher.handle_chunks``)."""
+        return self._chunks.handle_chunks(messages)
+
+    # -- submit ----------------------------------------------------------------------------
+
+    def _submit(self, message: JobSubmitMessage) -> Outcome:
+        job_id = message.request_id
+        job = self._store.start_submission(job_id)
+        if job is None:
+            current = self._store.get_job(job_id)
+            if current.state is JobState.CANCELLED and current.slurm_job_id is None:
+                if self._store.record_cancelled(message.request_id):
+                    self._announce.request(message.request_id)
+                return "cancelled"
+            if current.slurm_job_id is not None:  # an earlier attempt got this far
+                self._ends.succeed(message.request_id, _submitted(current.slurm_job_id, message))
+                return "succeeded"
+            raise ConflictError(f"job {job_id} is {current.state}; not submitting it")
+        dependency = self._dependencies.slurm_string(message.owner, message.cluster, message.spec)
+        target = self._clusters.resolve(message.cluster)
+        token = slurm_token(message.request_id)
+        spec = message.spec
+        if spec.working_directory is None:
+            # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
+            spec = spec.model_copy(update={"working_directory": self._workdir})
+        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency)],
+                               lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
+        response = self._runner_for(target.mode).run(target, request)
+        if not response.ok:
+            raise error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+        result = next((r for r in response.results if r.token == token), None)
+        if result is None:
+            raise TransientError(
+                "the head-node agent's answer does not mention this job", code="AGENT_NO_RESULT"
+            )
+        if result.job_id is None:
+            raise error_of(result.error, "AGENT_NO_RESULT", "the agent returned no job id")
+        self._store.record_submitted(job_id, result.job_id)
+        self._ends.succeed(message.request_id, _submitted(result.job_id, message, result))
+        return "succeeded"
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    def _cancel(self, message: JobCancelMessage) -> Outcome:
+        job = self._store.get_job(message.job_id)
+        if job.slurm_job_id is None:
+            if job.state is JobState.SUBMITTING and self._store.cancel_unsubmitted(job.job_id):
+                self._announce.job(job.job_id, JobState.SUBMITTING)
+                result = CancelResult(job_id=job.job_id, before_submission=True)
+                self._ends.succeed(message.request_id, result)
+                return "succeeded"
+            if job.state.final:
+                raise ConflictError(f"job {job.job_id} has already ended ({job.state})")
+            raise TransientError(
+                "the job's submission is in progress; cancelling once it is in Slurm",
+                code="SUBMISSION_IN_PROGRESS",
+            )
+        target = self._clusters.resolve(message.cluster)
+        request = AgentRequest(op="cancel", job_ids=[job.slurm_job_id])
+        response = self._runner_for(target.mode).run(target, request)
+        if not response.ok:
+            raise error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+        answer = next((c for c in response.cancelled if c.job_id == job.slurm_job_id), None)
+        if answer is None:
+            raise TransientError("the agent did not report the cancel", code="AGENT_NO_RESULT")
+        if not answer.ok:
+            raise error_of(answer.error, "CANCEL_FAILED", "scancel failed")
+        result = CancelResult(job_id=job.job_id, slurm_job_id=job.slurm_job_id)
+        self._ends.succeed(message.request_id, result)
+        return "succeeded"
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _output(self, message: JobOutputMessage) -> Outcome:
+        job = self._store.get_job(message.job_id)
+        if job.slurm_job_id is None:
+            raise ConflictError(f"job {job.job_id} has not reached Slurm")
+        query = message.query
+        slurm_id = job.slurm_job_id
+        if query.task is not None:
+            slurm_id = f"{slurm_id}_{query.task}"
+        streams: list[Literal["stdout", "stderr"]] = (
+            ["stdout", "stderr"] if query.stream == "both" else [query.stream]
+        )
+        target = self._clusters.resolve(message.cluster)
+        request = AgentRequest(
+            op="output",
+            output=OutputQuery(
+                job_id=slurm_id,
+                streams=streams,
+                offset=query.offset,
+                max_bytes=query.max_bytes,
+                patterns=self._patterns(job),
+                job_name=job.name,
+            ),
+        )
+        response = self._runner_for(target.mode).run(target, request)
+        if not response.ok:
+            raise error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+        parts = [
+            OutputPart(
+                stream=chunk.stream,
+                path=chunk.path,
+                size=chunk.size,
+                offset=chunk.offset,
+                length=chunk.length,
+                eof=chunk.eof,
+                data=chunk.data,
+                error=None if chunk.error is None else agent_info(chunk.error),
+            )
+            for chunk in response.output
+        ]
+        if sum(len(p.data or "") for p in parts) > INLINE_OUTPUT_CHARS:
+            parts = self._stage(message.request_id, parts)
+        self._ends.succeed(message.request_id, OutputResult(job_id=job.job_id, parts=parts))
+        return "succeeded"
+
+    def _patterns(self, job: JobRecord) -> dict[Literal["stdout", "stderr"], str]:
+        """The job's output file patterns as submitted (Slurm's defaults where unset)."""
+        workdir = (job.working_directory or self._workdir).rstrip("/")
+        default = f"{workdir}/slurm-%A_%a.out" if job.array else f"{workdir}/slurm-%j.out"
+        stdout = job.output or default
+        return {"stdout": stdout, "stderr": job.error or stdout}
+
+    def _stage(self, request_id: str, parts: list[OutputPart]) -> list[OutputPart]:
+        """Move the text of each part to S3 and give a presigned URL instead."""
+        if self._artifacts is None:
+            raise PermanentError(
+                "the output is too large to return inline and no staging bucket is configured",
+                code="OUTPUT_TOO_LARGE",
+            )
+        staged = []
+        for part in parts:
+            if part.data:
+                url = self._artifacts.put_text(f"outputs/{request_id}/{part.stream}", part.data)
+                staged.append(part.model_copy(update={"data": None, "url": url}))
+            else:
+                staged.append(part)
+        return staged
+
+
+def _submitted(
+    slurm_job_id: str, message: JobSubmitMessage, result: AgentJobResult | None = None
+) -> JobResult:
+    reused = result.reused if result is not None else True
+    return JobResult(job_id=slurm_job_id, cluster=message.cluster, reused=reused)

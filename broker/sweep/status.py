@@ -1,0 +1,165 @@
+"""The status sweep: one pass over the "needs attention" index.
+
+The sweep groups active jobs by cluster and makes ONE head-node command per cluster per sweep
+(the agent's ``status`` op: squeue + sacct/scontrol), so its cost follows the number of
+clusters with active work, never the number of clients polling or of jobs. Only real
+transitions are written, conditionally, so overlapping sweeps cannot write twice or move a job
+backwards. Pending events older than ``REANNOUNCE_AFTER`` are published again
+(``broker.notifications.announcer``); accepted cluster operations are followed
+(``broker.sweep.clusters``); accepts cut short are repaired (``broker.sweep.repairs``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from broker.agent.protocol import AgentRequest
+from broker.errors import BrokerError
+from broker.jobs.records import JobRecord, observe
+from broker.models import utcnow
+from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
+from broker.observability import logger
+from broker.ports import (
+    AttentionIndex,
+    ClusterDirectory,
+    CommandRunner,
+    JobStore,
+    RequestQueue,
+)
+from broker.sweep.clusters import ClusterFollower
+from broker.sweep.repairs import (
+    BATCH_LOST_AFTER,
+    REQUEUE_AFTER,
+    REQUEUE_LIMIT,
+    RepairedRecords,
+    Repairs,
+)
+from broker.sweep.report import SweepReport
+
+
+class SweptRecords(AttentionIndex, JobStore, RepairedRecords, Protocol):
+    """What the sweep reads and writes: the attention index, jobs, and the repairs' records."""
+
+
+class Sweeper:
+    """One pass over the attention index; see the module docstring."""
+
+    def __init__(
+        self,
+        store: SweptRecords,
+        clusters: ClusterDirectory,
+        runner_for: Callable[[Literal["ssm", "local"]], CommandRunner],
+        announcer: Announcer,
+        now: Callable[[], datetime] = utcnow,
+        *,
+        follower: ClusterFollower | None = None,
+        queue: RequestQueue | None = None,
+        requeue_after: timedelta = REQUEUE_AFTER,
+        requeue_limit: int = REQUEUE_LIMIT,
+        batch_lost_after: timedelta = BATCH_LOST_AFTER,
+    ) -> None:
+        """Build a sweeper.
+
+        Args:
+            store, clusters, runner_for, announcer, now, follower: what the sweep reads and
+                writes, and the clock.
+            queue: the requests queue, to re-send lost messages (None: nothing is re-sent).
+            requeue_after: how long a request may stay ACCEPTED before its message counts as
+                lost, and the least time between two re-sends of it.
+            requeue_limit: most re-sends per sweep.
+            batch_lost_after: how long after its batch's accept a chunk no worker started
+                counts as lost (its items are failed).
+        """
+        self._store = store
+        self._clusters = clusters
+        self._runner_for = runner_for
+        self._announce = announcer
+        self._now = now
+        self._follower = follower
+        self._repairs = Repairs(
+            store, announcer, now, queue=queue, requeue_after=requeue_after,
+            requeue_limit=requeue_limit, batch_lost_after=batch_lost_after,
+        )  # fmt: skip
+
+    def sweep(self) -> SweepReport:
+        """Reconcile every active job with Slurm, publish overdue events, re-send lost
+        messages, fail the items of batch chunks never sent."""
+        report = SweepReport()
+        jobs, requests = self._store.attention()
+        stale = self._now() - REANNOUNCE_AFTER
+        for record in requests:
+            if record.notify_pending and record.updated_at < stale:
+                report.announced += int(self._announce.request(record.request_id))
+        by_cluster: dict[str, list[JobRecord]] = defaultdict(list)
+        for job in jobs:
+            if job.notify_pending and job.state.final:
+                if job.updated_at < stale:
+                    report.announced += int(self._announce.job(job.job_id, None))
+            elif job.slurm_job_id is not None and not job.state.final:
+                by_cluster[job.cluster].append(job)
+        for cluster, active in sorted(by_cluster.items()):
+            report.clusters += 1
+            report.active_jobs += len(active)
+            try:
+                self._sweep_cluster(cluster, active, report)
+            except BrokerError as exc:
+                # One cluster's trouble (head node down, throttled) must not stop the others.
+                report.errors[cluster] = str(exc)
+                logger.warning("sweep of a cluster failed", extra={"cluster": cluster})
+        if self._follower is not None:
+            # Cluster operations (create/update/delete) accepted by ParallelCluster: one stack
+            # read each, no head-node command.
+            self._follower.follow(report)
+        # Last, so a burst of re-sends never delays the status work above.
+        self._repairs.requeue(requests, report)
+        self._repairs.reap_lost_chunks(requests, report)
+        return report
+
+    def _sweep_cluster(self, cluster: str, jobs: list[JobRecord], report: SweepReport) -> None:
+        target = self._clusters.resolve(cluster)
+        ids = sorted({j.slurm_job_id for j in jobs if j.slurm_job_id})
+        report.head_node_commands += 1
+        response = self._runner_for(target.mode).run(target, AgentRequest(op="status", job_ids=ids))
+        if not response.ok:
+            message = response.error.message if response.error else "status failed"
+            raise BrokerError(message, code=response.error.code if response.error else "AGENT")
+        report.accounting[cluster] = response.accounting
+        accounting = bool(response.accounting)
+        now = self._now()
+        for job in jobs:
+            seen = observe(job, response.statuses, accounting=accounting, now=now)
+            if seen is None:
+                continue
+            changes = dict(seen.changes)
+            if (
+                seen.new_state.final
+                and response.accounting is False
+                and changes.get("exit_code", job.exit_code) is None
+            ):
+                changes.setdefault("reason", "no accounting: exit code unknown")
+            if not self._store.update_job(job, seen.new_state, changes):
+                continue  # another sweep or writer moved it first
+            if seen.new_state != job.state:
+                report.transitions += 1
+            else:
+                report.field_updates += 1
+            if seen.new_state.final:
+                report.announced += int(self._announce.job(job.job_id, job.state))
+
+
+def sweep_for(
+    seconds: float, interval: float, sweep: Callable[[], SweepReport]
+) -> list[SweepReport]:
+    """Sweep every ``interval`` seconds for ``seconds`` (one scheduled invocation's window)."""
+    reports = []
+    deadline = time.monotonic() + seconds
+    while True:
+        started = time.monotonic()
+        reports.append(sweep())
+        if started + interval > deadline:
+            return reports
+        time.sleep(max(0.0, interval - (time.monotonic() - started)))
