@@ -4,6 +4,7 @@
 #   make demo   - up, submit a job through the HTTP API, poll it to completion, tear down
 #   make down   - stop the local stack and Slurm
 #   make bench  - benchmarks on the local stack, each beside its baseline (last: a 10,000-job burst)
+#   make chaos  - 10,000 jobs under injected faults, checked against Slurm (lost, duplicates, events)
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -22,7 +23,7 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
-        functional integration bench bench-burst lock clean
+        functional integration bench bench-burst chaos lock clean
 
 setup: system-deps venv sam
 
@@ -111,6 +112,12 @@ bench: system-deps venv
 bench-burst: system-deps venv
 	$(SLURM) up
 	source $(SLURM_ENV) && $(BIN)/python -m bench.burst --jobs $(or $(JOBS),10000)
+
+# 10,000 jobs under injected faults (bench/chaos.py): lost, duplicates and notifications checked
+# against Slurm's own job list; its JSON line is the last line. JOBS=... for another size.
+chaos: system-deps venv
+	$(SLURM) up
+	source $(SLURM_ENV) && $(BIN)/python -m bench.chaos --jobs $(or $(JOBS),10000)
 
 # Re-pin: regenerate the lock files from requirements/*.in (then commit them).
 lock:

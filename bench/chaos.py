@@ -83,7 +83,7 @@ class Config:
     singles: int = 20
     seed: int = 1
     rate: float = 0.01
-    visibility_timeout_s: int = 30
+    visibility_timeout_s: int = 20
     quiesce_timeout_s: float = 600.0
     slurm_outage_s: float = 2.0
     pollers: int = 5
@@ -189,7 +189,8 @@ def victim(point: str, queue_url: str) -> None:
             tokens = {job.token for job in request.jobs}
             agent = threading.Thread(target=original, args=(runner, target, request), daemon=True)
             agent.start()
-            while not tokens & set(squeue_tokens()):
+            deadline = time.monotonic() + 60
+            while not tokens & set(squeue_tokens()) and time.monotonic() < deadline:
                 time.sleep(0.01)
             die()
         answer = original(runner, target, request)
@@ -214,14 +215,16 @@ def victim(point: str, queue_url: str) -> None:
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
     messages: list[dict[str, Any]] = []
     deadline = time.monotonic() + 30
-    while not messages and time.monotonic() < deadline:
+    while not any(_kind(m) == "job.batch" for m in messages) and time.monotonic() < deadline:
         messages = sqs.receive_message(
             QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=2,
             VisibilityTimeout=VICTIM_VISIBILITY_S, AttributeNames=["All"],
             MessageAttributeNames=["All"],
         ).get("Messages", [])  # fmt: skip
+    # Batch chunks only: the others (the poison among them) come back after the visibility.
+    messages = [m for m in messages if _kind(m) == "job.batch"]
     if not messages:
-        raise SystemExit("victim: nothing to take")
+        raise SystemExit("victim: no batch chunk to take")
     event = build_sqs_event(messages, queue_arn=arn["Attributes"]["QueueArn"], region="us-east-1")
     context = LambdaContext.for_invocation(
         function_name="victim", timeout_s=150, memory_mb=512, region="us-east-1",
@@ -229,6 +232,11 @@ def victim(point: str, queue_url: str) -> None:
     )  # fmt: skip
     lambda_handler(event, context)
     raise SystemExit(f"victim: {point} was never reached")
+
+
+def _kind(message: dict[str, Any]) -> str | None:
+    value = message.get("MessageAttributes", {}).get("kind", {}).get("StringValue")
+    return str(value) if value is not None else None
 
 
 # -- Slurm's own records ----------------------------------------------------------------------
@@ -324,8 +332,11 @@ def queue_depth(sqs: Any, url: str) -> int:
     return sum(int(attributes.get(n, 0)) for n in names)
 
 
-def quiesce(stack: LocalStack, store: DynamoStore, accepted: Accepted, timeout: float) -> float:
-    """Wait (bounded) until every accepted request is final and both queues are empty."""
+def quiesce(
+    stack: LocalStack, store: DynamoStore, accepted: Accepted, timeout: float
+) -> tuple[float, dict[str, Any]]:
+    """Wait (bounded) until every accepted request is final and both queues are empty; the
+    seconds waited and what was still open then."""
     sqs = boto3.client("sqs")
     queues = [stack.queue_url("RequestsQueue"), stack.queue_url("RequestsDLQ")]
     started = time.monotonic()
@@ -339,7 +350,7 @@ def quiesce(stack: LocalStack, store: DynamoStore, accepted: Accepted, timeout: 
                 "waiting: %d request(s) open, queue depths %s", len(open_requests), depths
             )
         time.sleep(0.5)
-    return time.monotonic() - started
+    return time.monotonic() - started, {"open_requests": open_requests[:5], "queues": depths}
 
 
 def check(stack: LocalStack, store: DynamoStore, accepted: Accepted) -> dict[str, Any]:  # noqa: PLR0912
@@ -362,7 +373,8 @@ def check(stack: LocalStack, store: DynamoStore, accepted: Accepted) -> dict[str
             bad("duplicates", job_id, len(slurm_ids) - 1)
         job = jobs.get(job_id)
         if job is None or not (job.slurm_job_id or job.state.final):
-            bad("lost", job_id)  # still SUBMITTING: no outcome
+            # No outcome (still SUBMITTING, or no record yet): lost unless still in progress.
+            bad("lost", f"{job_id}: {job.state.value if job else 'no record'}, {slurm_ids}")
         elif job.slurm_job_id is not None:
             if job.slurm_job_id in slurm_ids:
                 figures["succeeded"] += 1
@@ -422,7 +434,7 @@ def run(config: Config, slurm_env: dict[str, str]) -> dict[str, Any]:
     os.environ.update(slurm_env)
     Path(config.workdir).chmod(0o777)
     rates = {fault.kind: config.rate for fault in AWS_FAULTS} | {RUNNER_TIMEOUT: config.rate * 5}
-    injector = FaultInjector(config.seed, rates, first_within=20)
+    injector = FaultInjector(config.seed, rates, first_within=6)
     stack = start_stack(config, slurm_env)
     try:
         requests_queues = {stack.queue_url("RequestsQueue"), stack.queue_url("RequestsDLQ")}
@@ -431,12 +443,13 @@ def run(config: Config, slurm_env: dict[str, str]) -> dict[str, Any]:
         injector.poison_marker = POISON_MARK
         injector.attach_runner()
         # A failed delete or visibility change returns a message after the queue's visibility
-        # timeout: 15 minutes as deployed, shortened so a run ends in minutes. A message whose
-        # handling outlives it is delivered again meanwhile: at-least-once, tested too.
-        boto3.client("sqs").set_queue_attributes(
-            QueueUrl=stack.queue_url("RequestsQueue"),
-            Attributes={"VisibilityTimeout": str(config.visibility_timeout_s)},
-        )
+        # timeout: 15 minutes (DLQ: 3) as deployed, shortened so a run ends in minutes. A
+        # message whose handling outlives it is delivered again meanwhile (at-least-once).
+        for queue in ("RequestsQueue", "RequestsDLQ"):
+            boto3.client("sqs").set_queue_attributes(
+                QueueUrl=stack.queue_url(queue),
+                Attributes={"VisibilityTimeout": str(config.visibility_timeout_s)},
+            )
         dlq = next(p for p in stack.pollers if p.queue_url == stack.queue_url("RequestsDLQ"))
         dead_letters = watch(dlq)
         store = DynamoStore(boto3.client("dynamodb"), os.environ["HPCB_TABLE_NAME"])
@@ -445,15 +458,15 @@ def run(config: Config, slurm_env: dict[str, str]) -> dict[str, Any]:
         accepted = burst(stack, config, injector)
         burst_s = time.monotonic() - started
         logger.warning("burst done in %.1f s: %s", burst_s, injector.report())
-        quiet_s = quiesce(stack, store, accepted, config.quiesce_timeout_s)
+        quiet_s, still_open = quiesce(stack, store, accepted, config.quiesce_timeout_s)
         injector.enabled = False
         figures = check(stack, store, accepted)
         figures["poison"]["dead_lettered"] = accepted.poison in dead_letters
-        figures["dlq_debug"] = [dlq.stats_dict(), sorted(dead_letters)]
         figures.update(
             seconds={"burst": round(burst_s, 1), "to_quiescence": round(burst_s + quiet_s, 1)},
             api={"retries": accepted.api_retries, "gave_up": accepted.api_gave_up},
             faults=injector.report(),
+            at_the_end=still_open,
             seed=config.seed,
         )
         return figures
