@@ -467,6 +467,8 @@ def run(config: Config, slurm_env: dict[str, str]) -> dict[str, Any]:
             api={"retries": accepted.api_retries, "gave_up": accepted.api_gave_up},
             faults=injector.report(),
             at_the_end=still_open,
+            pollers={p.name.split("-", 2)[-1]: p.stats_dict()["records"] for p in pollers},
+            handler_errors=sum(p.stats().handler_errors for p in pollers),
             seed=config.seed,
         )
         return figures
