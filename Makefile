@@ -5,6 +5,7 @@
 #   make down   - stop the local stack and Slurm
 #   make fuzz   - schemathesis against the API for ~10 minutes, with stateful links
 #   make bench  - benchmarks on the local stack, each beside its baseline (last: a 10,000-job burst)
+#   make chaos  - 10,000 jobs under injected faults, checked against Slurm (lost, duplicates, events)
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
@@ -23,7 +24,7 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
-        functional integration fuzz bench bench-burst lock clean
+        functional integration fuzz bench bench-burst chaos chaos-test lock clean
 
 setup: system-deps venv sam
 
@@ -102,7 +103,7 @@ integration: system-deps venv
 test: system-deps venv sam lint template
 	$(SLURM) up
 	scripts/local-user.sh
-	source $(SLURM_ENV) && $(BIN)/pytest tests -q
+	source $(SLURM_ENV) && $(BIN)/pytest tests -q -m "not chaos"
 
 # The API against its OpenAPI document for FUZZ_SECONDS (default 600), every phase including
 # stateful links (job ids from POSTs feed GET, DELETE and output); new cases each run (SEED=n
@@ -123,6 +124,19 @@ bench: system-deps venv
 bench-burst: system-deps venv
 	$(SLURM) up
 	source $(SLURM_ENV) && $(BIN)/python -m bench.burst --jobs $(or $(JOBS),10000)
+
+# 10,000 jobs under injected faults (bench/chaos.py): lost, duplicates and notifications checked
+# against Slurm's own job list; its JSON line is the last line. JOBS=... for another size.
+chaos: system-deps venv
+	$(SLURM) up
+	source $(SLURM_ENV) && $(BIN)/python -m bench.chaos --jobs $(or $(JOBS),10000)
+
+# The bounded chaos run (2,000 jobs, every fault kind, ~6 min) as tests. Not yet in `make test`:
+# it fails on two open bugs (README, Chaos); it joins `make test` once they are fixed.
+chaos-test: system-deps venv
+	$(SLURM) up
+	scripts/local-user.sh
+	source $(SLURM_ENV) && $(BIN)/pytest tests -q -m chaos
 
 # Re-pin: regenerate the lock files from requirements/*.in (then commit them).
 lock:

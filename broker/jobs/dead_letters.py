@@ -75,9 +75,16 @@ class DeadLetterService:
                 transient=True,
             ),
         )
-        if failed:
-            job_id = record.job_id if record.kind == "job.submit" else None
-            if job_id and self._store.record_submit_failed(job_id, "retries exhausted"):
-                self._announce.job(job_id, JobState.SUBMITTING)
+        # Even when the request was already final: an earlier delivery of this dead letter may
+        # have failed the request, then stopped (throttled) before failing its job, which
+        # would stay SUBMITTING for ever. The job's write is conditional on SUBMITTING, so a
+        # success that raced the DLQ is never touched.
+        job_id = record.job_id if record.kind == "job.submit" else None
+        job_failed = bool(job_id) and self._store.record_submit_failed(
+            str(job_id), "retries exhausted"
+        )
+        if job_failed:
+            self._announce.job(str(job_id), JobState.SUBMITTING)
+        if failed or job_failed:
             self._announce.request(request_id)
         return failed

@@ -205,6 +205,11 @@ class SqsPoller:
         )
 
     @property
+    def sqs_client(self) -> Any:
+        """The poller's own SQS client (a chaos run hooks its events: broker.local.faults)."""
+        return self._sqs
+
+    @property
     def name(self) -> str:
         """``<function>/<event>``, e.g. ``JobWorkerFunction/Requests``."""
         return f"{self.function_name}/{self.event.name}"
@@ -306,7 +311,14 @@ class SqsPoller:
             if remaining <= 0:
                 break
             wait = 1 if remaining >= 1 else 0
-            more = self._receive(min(batch_size - len(batch), _SQS_MAX_RECEIVE), wait)
+            try:
+                more = self._receive(min(batch_size - len(batch), _SQS_MAX_RECEIVE), wait)
+            except (ClientError, BotoCoreError) as exc:
+                # What was received is in flight: invoke with it rather than leave it hidden
+                # until its visibility timeout (15 minutes for the requests queue).
+                self._count(receive_errors=1)
+                logger.warning("%s: receive failed while batching: %s", self.name, exc)
+                break
             batch.extend(more)
             if not more and wait == 0:
                 self._stop.wait(min(0.05, remaining))

@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.parser.models import SqsModel
+from botocore.awsrequest import AWSResponse
 
 from broker.local.pollers import build_sqs_event, failed_message_ids
 from broker.local.stack import LocalStack
@@ -215,3 +216,39 @@ def test_batch_item_failures_are_read_as_lambda_reads_them(result: Any, expected
     # WHEN the failed messages are derived
     # THEN listed ids fail; an empty, missing or unknown identifier fails the whole batch
     assert failed_message_ids(result, ["a", "b"]) == expected
+
+
+def test_a_failed_receive_while_gathering_keeps_the_messages_already_received(
+    stack: LocalStack, handlers: ModuleType, sqs: Any
+) -> None:
+    # GIVEN a worker poller whose next ReceiveMessage fails once it has received a message
+    # (an SQS error in the middle of its batching window)
+    poller = next(p for p in stack.pollers if p.event.name == "Work")
+    armed = {"received": False, "failed": 0}
+
+    def note(parsed: dict[str, Any], **_: Any) -> None:
+        armed["received"] = armed["received"] or bool(parsed.get("Messages"))
+
+    def fail(**_: Any) -> tuple[Any, dict[str, Any]] | None:
+        if not armed["received"] or armed["failed"]:
+            return None
+        armed["failed"] += 1
+        error = {"Error": {"Code": "ServiceUnavailable", "Message": "test"},
+                 "ResponseMetadata": {"HTTPStatusCode": 503}}  # fmt: skip
+        return AWSResponse("http://test.invalid/", 503, {}, None), error
+
+    events = poller.sqs_client.meta.events
+    events.register("after-call.sqs.ReceiveMessage", note)
+    events.register("before-call.sqs.ReceiveMessage", fail)
+    try:
+        # WHEN a message is sent
+        (message_id,) = _ids(1)
+        _send(sqs, stack.queue_url("WorkQueue"), {"id": message_id})
+        _wait_until(lambda: bool(handlers.deliveries(message_id)))
+    finally:
+        events.unregister("after-call.sqs.ReceiveMessage", note)
+        events.unregister("before-call.sqs.ReceiveMessage", fail)
+    # THEN the receive did fail, and the message was still handled on its first delivery
+    # (not dropped until its visibility timeout brought it back)
+    assert armed["failed"] == 1
+    assert handlers.deliveries(message_id) == [("worker", 1)]

@@ -21,6 +21,7 @@ from broker.errors import (
     PayloadTooLargeError,
     PermanentError,
     RunnerTimeoutError,
+    ThrottledError,
     TransientError,
 )
 from broker.jobs import JobState
@@ -493,3 +494,28 @@ def test_dead_letter_never_overrides_a_success(world: World) -> None:
     dead = DeadLetterService(world.store, Announcer(world.store, world.notifier))
     assert not dead.give_up(message.request_id)
     assert world.store.get(message.request_id).state is RequestState.SUCCEEDED
+
+
+def test_a_dead_letter_delivered_again_fails_the_job_its_first_delivery_left_submitting(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a request whose retries ran out, and whose first dead-letter delivery marked the
+    # request FAILED but was throttled failing its job (the DLQ message then comes back)
+    message = world.accepted()
+    world.runner.answers = [RunnerTimeoutError("no answer")]
+    with pytest.raises(RunnerTimeoutError):
+        world.worker.handle(message)
+    dead = DeadLetterService(world.store, Announcer(world.store, world.notifier))
+    real = world.store.record_submit_failed
+    monkeypatch.setattr(
+        world.store, "record_submit_failed", lambda *_: (_ for _ in ()).throw(ThrottledError("x"))
+    )
+    with pytest.raises(ThrottledError):
+        dead.give_up(message.request_id)
+    monkeypatch.setattr(world.store, "record_submit_failed", real)
+    # WHEN the dead letter is delivered again
+    dead.give_up(message.request_id)
+    # THEN the job is no longer in progress: SUBMIT_FAILED, announced once, as is the request
+    assert world.store.get_job(message.request_id).state is JobState.SUBMIT_FAILED
+    assert [e.new_state for e in world.events(JobEvent)] == [JobState.SUBMIT_FAILED]
+    assert [e.new_state for e in world.events(RequestEvent)] == [RequestState.FAILED]
