@@ -102,8 +102,14 @@ def _secret_key(name: str) -> bytes:
     # Imported here: only the API function reads the secret, and only on its first listing.
     from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415
 
+    from broker.adapters.aws import client  # noqa: PLC0415
+
+    # Our cached client, not Powertools' default provider: that one keeps the first client the
+    # process built, so a process whose endpoint changed (the local stack after the tests' moto)
+    # would ask the old endpoint for ever.
+    provider = parameters.SecretsProvider(boto3_client=client("secretsmanager"))
     try:
-        value = parameters.get_secret(name)
+        value = provider.get(name, max_age=0)
     except parameters.exceptions.GetParameterError as exc:
         logger.warning("page-token secret unavailable", extra={"error": str(exc)})
         raise TransientError("listing is unavailable right now; try again later") from exc
