@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from broker.cli.main import Context, pass_ctx, wait_request
+from broker.cli.context import Context, pass_ctx, wait_request
 from broker.cli.output import FAILED, table
 from broker.models import AcceptedResponse, ClusterView
 

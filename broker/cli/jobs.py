@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from broker.cli.main import Context, pass_ctx, wait_request
+from broker.cli.context import Context, pass_ctx, wait_request
 from broker.cli.output import FAILED, table
 from broker.cli.specs import dependencies, exports, read_script, read_specs
 from broker.client import BatchOutcome, BrokerClient, BulkResult

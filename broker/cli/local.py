@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from broker.cli.main import Context, pass_ctx
+from broker.cli.context import Context, pass_ctx
 from broker.cli.output import FAILED, NOT_FOUND, TIMEOUT
 from broker.client.config import DEFAULT_RUN_FILE, REPO_ROOT
 

@@ -3,38 +3,15 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
+from broker.cli.context import Context, pass_ctx
 from broker.cli.output import EXIT_CODES_HELP, FAILED, OK, TIMEOUT, USAGE, Output, exit_code, table
-from broker.client import BrokerClient, ClientError, WaitTimeoutError, resolve
+from broker.client import ClientError, WaitTimeoutError
 from broker.client.config import config_path, save_config
 from broker.models import RequestView
-
-
-@dataclass
-class Context:
-    """One invocation's settings and output mode; the client is built on first use."""
-
-    options: dict[str, str | None]
-    out: Output
-    _client: BrokerClient | None = field(default=None, repr=False)
-
-    @property
-    def client(self) -> BrokerClient:
-        if self._client is None:
-            o = self.options
-            settings = resolve(
-                endpoint=o.get("endpoint"),
-                stack=o.get("stack"),
-                region=o.get("region"),
-                profile=o.get("profile"),
-                principal=o.get("principal"),
-            )
-            self._client = BrokerClient.from_settings(settings)
-        return self._client
 
 
 class HpcbGroup(click.Group):
@@ -47,9 +24,6 @@ class HpcbGroup(click.Group):
             obj = ctx.find_object(Context)
             (obj.out if obj else Output()).error(exc)
             ctx.exit(exit_code(exc))
-
-
-pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(cls=HpcbGroup, epilog=EXIT_CODES_HELP)
@@ -113,13 +87,6 @@ def requests_show(obj: Context, request_id: str) -> None:
 def requests_wait(obj: Context, request_id: str, timeout: float) -> None:
     """Wait until a request is final; exit 1 if it FAILED, 3 on timeout."""
     finish_request(obj, obj.client.wait(request_id, timeout=timeout))
-
-
-def wait_request(obj: Context, request_id: str, timeout: float) -> RequestView:
-    """Wait for a request, printing a line while waiting (humans only)."""
-    if not obj.out.as_json:
-        obj.out.console.print(f"waiting for {request_id} …", highlight=False)
-    return obj.client.wait(request_id, timeout=timeout)
 
 
 @cli.group()
