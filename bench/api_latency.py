@@ -23,8 +23,8 @@ from typing import Any
 
 from broker.agent.protocol import AgentJob, AgentRequest
 from broker.client import BrokerClient
+from broker.jobs.models import JobSpec
 from broker.local.launcher import ROOT, launched_stack
-from broker.models import JobSpec
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 

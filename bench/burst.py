@@ -45,9 +45,9 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb.table import request_key
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
 from broker.client import BrokerClient
+from broker.jobs.models import JobSpec
 from broker.local.env_file import read_env_file
 from broker.local.stack import LocalStack, moto_cpu_seconds
-from broker.models import JobSpec
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 

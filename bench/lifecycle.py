@@ -38,16 +38,19 @@ from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.sns import SnsNotifier
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
+from broker.batches.models import BatchItem, batch_ids
 from broker.batches.outcomes import item_outcome
 from broker.client import BrokerClient
+from broker.jobs.models import JobSpec, slurm_token
 from broker.local.env_file import read_env_file
 from broker.local.notifications import drain
 from broker.local.stack import LocalStack
-from broker.models import BatchItem, JobSpec, RequestRecord, batch_ids, slurm_token, utcnow
 from broker.notifications.announcer import Announcer
 from broker.ports import ClusterTarget, CommandRunner
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
 from broker.runners.local import LocalRunner
+from broker.schema import utcnow
 from broker.sweep.status import Sweeper
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,11 +21,12 @@ from pathlib import Path
 import boto3
 
 from broker.client import ApiError, BrokerClient
-from broker.jobs import JobView
+from broker.clusters.models import ClusterView
+from broker.jobs.models import JobResult
+from broker.jobs.records import JobView
 from broker.local.env_file import read_env_file
 from broker.local.launcher import Launched, launched_stack
 from broker.local.notifications import Notification, drain
-from broker.models import ClusterView, JobResult
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = "arn:aws:iam::000000000000:user/alice"

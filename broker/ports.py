@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, AgentResponse
+from broker.clusters.models import ClusterMessage
 from broker.clusters.records import (
     ClusterInfo,
     ClusterOperation,
@@ -22,8 +23,9 @@ from broker.clusters.records import (
     StackObservation,
 )
 from broker.jobs.records import JobRecord, JobState
-from broker.models import ClusterMessage, ErrorInfo, QueueMessage, RequestRecord, RequestResult
 from broker.notifications.events import Event
+from broker.requests.models import QueueMessage, RequestRecord, RequestResult
+from broker.schema import ErrorInfo
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from broker.clusters import (
     ProviderAnswer,
     StackObservation,
 )
-from broker.models import ClusterMessage
+from broker.clusters.models import ClusterMessage
 from broker.ports import ClusterProvider, StackStatusReader
 
 

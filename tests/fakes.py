@@ -12,16 +12,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse
-from broker.batches import batch_id_of, unrecorded_item
+from broker.batches.items import batch_id_of, unrecorded_item
 from broker.errors import BackpressureError, ClusterNotFoundError, ConflictError, NotFoundError
-from broker.jobs import JobRecord, JobState
-from broker.models import (
-    ErrorInfo,
-    QueueMessage,
-    RequestRecord,
-    RequestResult,
-    utcnow,
-)
+from broker.jobs.records import JobRecord, JobState
 from broker.notifications.events import Event
 from broker.ports import (
     ArtifactStore,
@@ -36,7 +29,9 @@ from broker.ports import (
     RequestQueue,
     RequestStore,
 )
+from broker.requests.models import QueueMessage, RequestRecord, RequestResult
 from broker.requests.states import RequestState, can_transition
+from broker.schema import ErrorInfo, utcnow
 
 
 class InMemoryStore:

@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from broker.models import ClusterMessage
+from broker.clusters.models import ClusterMessage
 from broker.observability import logger, metrics, tracer
 from broker.settings import cluster_worker_settings
 from broker.wiring import cluster_worker, request_queue

@@ -19,8 +19,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from broker.models import QUEUE_MESSAGE, JobBatchMessage
+from broker.batches.models import JobBatchMessage
 from broker.observability import logger, metrics, tracer
+from broker.requests.models import QUEUE_MESSAGE
 from broker.wiring import dead_letter_service
 from workers.job_worker import request_id_of
 

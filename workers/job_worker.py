@@ -25,10 +25,11 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from broker.batches.models import JobBatchMessage
 from broker.errors import TransientError
 from broker.jobs.execution import Outcome
-from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage
 from broker.observability import logger, metrics, tracer
+from broker.requests.models import QUEUE_MESSAGE, AnyMessage
 from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
 from workers.retrying import run_with_backoff

@@ -14,7 +14,7 @@ from broker.adapters.aws import translate
 from broker.errors import ClusterNotFoundError
 from broker.ports import ClusterTarget
 
-#: ParallelCluster's cluster-name rule (same as ``broker.models.ClusterName``).
+#: ParallelCluster's cluster-name rule (same as ``broker.schema.ClusterName``).
 _CLUSTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,59}$")
 #: A cluster that does not exist is looked up again sooner than a found one is: it may be
 #: being created right now.

@@ -44,6 +44,7 @@ from broker.clusters import (
     ProviderAnswer,
     ValidationMessage,
 )
+from broker.clusters.models import ClusterMessage
 from broker.errors import (
     BrokerError,
     ClusterNotFoundError,
@@ -52,7 +53,6 @@ from broker.errors import (
     ThrottledError,
     TransientError,
 )
-from broker.models import ClusterMessage
 
 _LEVELS = {"INFO", "WARNING", "ERROR"}
 

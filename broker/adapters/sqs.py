@@ -8,7 +8,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import translate
-from broker.models import ClusterMessage, QueueMessage
+from broker.clusters.models import ClusterMessage
+from broker.requests.models import QueueMessage
 
 
 class SqsRequestQueue:

@@ -98,7 +98,7 @@ QUERY_TIMEOUT_SECONDS = 30.0
 HTTP_TIMEOUT_SECONDS = 30.0
 #: Largest staged request the agent downloads (a fetch of a bigger object is refused).
 MAX_FETCH_BYTES = 64 * 1024 * 1024
-#: Same limit as ``broker.models.MAX_SCRIPT_BYTES``.
+#: Same limit as ``broker.jobs.models.MAX_SCRIPT_BYTES``.
 MAX_SCRIPT_BYTES = 64 * 1024
 #: ParallelCluster installs Slurm here; SSM runs commands with a minimal PATH that may miss it.
 FALLBACK_SLURM_BIN = "/opt/slurm/bin"
@@ -153,7 +153,7 @@ _TIME_LIMIT = re.compile(
     r"^(UNLIMITED|\d{1,7}|\d{1,7}:\d{1,2}|\d{1,7}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}){0,2})$"
 )
 _MEMORY = re.compile(r"^[1-9]\d{0,8}[KMGT]?$")
-#: ``broker.models.AbsPath`` plus a lookahead refusing '..' components (JobSpec does that in a
+#: ``broker.schema.AbsPath`` plus a lookahead refusing '..' components (JobSpec does that in a
 #: validator); the lookahead stands before the first '/', so '/..' and '/../x' are refused too.
 #: Its length (1024 at most) is checked beside it (``is_abs_path``), as JobSpec does.
 _PATH_COMPONENT = r"(?:[^/\x00\n\r]{3,}|[^./\x00\n\r][^/\x00\n\r]|\.[^./\x00\n\r]|[^/\x00\n\r]?)"
@@ -182,7 +182,7 @@ _JOB_ID = re.compile(r"^[0-9]{1,20}$")
 #: ``protocol.SLURM_JOB_ID``: a base id, or an array task ``<base>_<index>``.
 _SLURM_JOB_ID = re.compile(r"^[0-9]{1,10}(_[0-9]{1,7})?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-#: Same as broker.models: Slurm's own variables and the loader's.
+#: Same as broker.jobs.models: Slurm's own variables and the loader's.
 RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "LD_", "BASH_FUNC_")
 RESERVED_ENV_NAMES = frozenset(["PATH", "HOME", "USER", "LOGNAME", "SHELL", "IFS", "ENV"])
 #: Also refused here: the user's variables are the environment of sbatch itself, a root process on

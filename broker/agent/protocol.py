@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.errors import TransientError
-from broker.models import JobSpec
+from broker.jobs.models import JobSpec
 
 PROTOCOL_VERSION = 1
 _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")

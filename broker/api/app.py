@@ -35,26 +35,20 @@ from broker.api.idempotency import (
     was_replayed,
 )
 from broker.api.tokens import page_tokens
-from broker.errors import BrokerError, ValidationError
-from broker.jobs import JobList, JobState, JobView
-from broker.models import (
-    MAX_BATCH_ITEMS,
-    NEXT_TOKEN_PATTERN,
-    AcceptedResponse,
-    BatchAccepted,
-    BatchBody,
+from broker.batches.models import MAX_BATCH_ITEMS, BatchAccepted, BatchBody
+from broker.clusters.models import (
     ClusterCreateBody,
     ClusterList,
     ClusterUpdateBody,
     ClusterView,
-    DateTimeText,
     FleetBody,
-    JobSpec,
-    OutputQueryBody,
-    RequestView,
-    dump,
 )
+from broker.errors import BrokerError, ValidationError
+from broker.jobs.models import JobSpec, OutputQueryBody
+from broker.jobs.records import JobList, JobState, JobView
 from broker.observability import logger, metrics
+from broker.requests.models import RequestView
+from broker.schema import NEXT_TOKEN_PATTERN, AcceptedResponse, DateTimeText, dump
 from broker.settings import api_settings
 from broker.wiring import cluster_service, request_service
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 
+from broker.batches.models import MAX_BATCH_BODY_BYTES
 from broker.errors import (
     BackpressureError,
     BrokerError,
@@ -18,15 +19,8 @@ from broker.errors import (
     TransientError,
     ValidationError,
 )
-from broker.models import (
-    MAX_BATCH_BODY_BYTES,
-    MAX_BODY_BYTES,
-    MAX_JSON_DEPTH,
-    MAX_SCRIPT_BYTES,
-    ErrorDetail,
-    ErrorResponse,
-    FieldError,
-)
+from broker.jobs.models import MAX_SCRIPT_BYTES
+from broker.schema import MAX_BODY_BYTES, MAX_JSON_DEPTH, ErrorDetail, ErrorResponse, FieldError
 
 #: Seconds a client should wait before retrying a 503/429.
 RETRY_AFTER_SECONDS = 2

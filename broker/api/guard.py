@@ -27,8 +27,9 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 
 from broker.api.errors import error_response
-from broker.models import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_DEPTH
+from broker.batches.models import MAX_BATCH_BODY_BYTES
 from broker.observability import logger
+from broker.schema import MAX_BODY_BYTES, MAX_JSON_DEPTH
 
 #: The one media type of every request body (parameters other than charset=utf-8 are refused).
 JSON_MEDIA_TYPE = "application/json"

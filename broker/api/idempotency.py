@@ -38,8 +38,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from broker.adapters.aws import client, translate
+from broker.batches.models import BatchAccepted
 from broker.errors import BrokerError, ConflictError, ValidationError
-from broker.models import AcceptedResponse, BatchAccepted
+from broker.schema import AcceptedResponse
 
 #: How long a key is remembered (the records' TTL). Documented: 48 hours.
 IDEMPOTENCY_TTL_SECONDS = 48 * 3600

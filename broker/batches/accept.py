@@ -11,26 +11,22 @@ from typing import Protocol
 from pydantic import ValidationError as PydanticValidationError
 
 from broker.batches.items import item_id, unrecorded_item
-from broker.batches.outcomes import item_outcome
-from broker.errors import PayloadTooLargeError, TransientError, ValidationError
-from broker.models import (
-    MAX_SCRIPT_BYTES,
+from broker.batches.models import (
     BatchAccepted,
     BatchBody,
     BatchItem,
     BatchItemError,
     BatchItemView,
-    ErrorInfo,
-    FieldError,
     JobBatchMessage,
-    JobSpec,
-    QueueMessage,
-    RequestRecord,
     batch_ids,
-    utcnow,
 )
+from broker.batches.outcomes import item_outcome
+from broker.errors import PayloadTooLargeError, TransientError, ValidationError
+from broker.jobs.models import MAX_SCRIPT_BYTES, JobSpec
 from broker.ports import BatchStore, Limits, RequestQueue, RequestStore
+from broker.requests.models import QueueMessage, RequestRecord
 from broker.requests.states import RequestState
+from broker.schema import ErrorInfo, FieldError, utcnow
 
 #: How many item errors an answer lists (the count is always given).
 MAX_LISTED_ERRORS = 1000

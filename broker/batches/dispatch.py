@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.agent.protocol import AgentJob, AgentRequest
+from broker.batches.models import JobBatchMessage
 from broker.batches.outcomes import finish_batch, item_outcome
 from broker.errors import PermanentError, TransientError
 from broker.jobs.execution import (
@@ -26,10 +27,11 @@ from broker.jobs.execution import (
     lookback_seconds,
     mapped_user,
 )
+from broker.jobs.models import slurm_token
 from broker.jobs.records import JobState
-from broker.models import JobBatchMessage, RequestRecord, slurm_token
 from broker.notifications.announcer import Announcer
 from broker.ports import BatchStore, ClusterDirectory, JobStore, RequestStore
+from broker.requests.models import RequestRecord
 
 #: An agent call's answers by broker job id: (submitted with Slurm id, rejected with reason,
 #: to retry).

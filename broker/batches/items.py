@@ -20,7 +20,7 @@ from bisect import bisect_right
 from datetime import datetime
 
 from broker.jobs.records import JobRecord, JobState
-from broker.models import RequestRecord
+from broker.requests.models import RequestRecord
 
 #: Batch ids and their items' ids share their first 23 characters (``models.batch_ids``).
 PREFIX_CHARS = 23

@@ -7,10 +7,12 @@ outcomes and end batches, through these two functions.
 
 from __future__ import annotations
 
+from broker.batches.models import BatchItem, BatchResult
 from broker.jobs.records import JobRecord, JobState, new_job
-from broker.models import BatchItem, BatchResult, RequestRecord, utcnow
 from broker.notifications.announcer import Announcer
 from broker.ports import RequestStore
+from broker.requests.models import RequestRecord
+from broker.schema import utcnow
 
 
 def item_outcome(

@@ -9,7 +9,8 @@ import click
 
 from broker.cli.context import Context, pass_ctx, wait_request
 from broker.cli.output import FAILED, table
-from broker.models import AcceptedResponse, ClusterView
+from broker.clusters.models import ClusterView
+from broker.schema import AcceptedResponse
 
 CLUSTER_COLUMNS = ("name", "status", "fleet", "operation", "pending", "region", "version")
 

@@ -12,7 +12,7 @@ import click
 
 from broker.cli.output import Output
 from broker.client import BrokerClient, resolve
-from broker.models import RequestView
+from broker.requests.models import RequestView
 
 
 @dataclass

@@ -19,8 +19,9 @@ from broker.cli.output import FAILED, table
 from broker.cli.specs import dependencies, exports, read_script, read_specs
 from broker.client import BatchOutcome, BrokerClient, BulkResult
 from broker.client.polling import poll_until
-from broker.jobs import JobState, JobView
-from broker.models import JobResult, OutputPart, OutputResult, RequestView
+from broker.jobs.models import JobResult, OutputPart, OutputResult
+from broker.jobs.records import JobState, JobView
+from broker.requests.models import RequestView
 
 JOB_COLUMNS = ("job_id", "name", "state", "slurm_job_id", "exit_code", "reason", "created_at")
 

@@ -11,7 +11,7 @@ from broker.cli.context import Context, pass_ctx
 from broker.cli.output import EXIT_CODES_HELP, FAILED, OK, TIMEOUT, USAGE, Output, exit_code, table
 from broker.client import ClientError, WaitTimeoutError
 from broker.client.config import config_path, save_config
-from broker.models import RequestView
+from broker.requests.models import RequestView
 
 
 class HpcbGroup(click.Group):

@@ -12,6 +12,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel
 
+from broker.batches.models import MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, BatchAccepted
 from broker.client import bulk
 from broker.client.config import Settings, resolve
 from broker.client.errors import ClientError, NotFoundError, RequestFailedError
@@ -25,19 +26,11 @@ from broker.client.transport import (
     raise_for_status,
 )
 from broker.clusters import ClusterStatus
-from broker.jobs import JobList, JobState, JobView
-from broker.models import (
-    MAX_BATCH_BODY_BYTES,
-    MAX_BATCH_ITEMS,
-    AcceptedResponse,
-    BatchAccepted,
-    ClusterList,
-    ClusterView,
-    JobSpec,
-    OutputResult,
-    RequestView,
-    dump,
-)
+from broker.clusters.models import ClusterList, ClusterView
+from broker.jobs.models import JobSpec, OutputResult
+from broker.jobs.records import JobList, JobState, JobView
+from broker.requests.models import RequestView
+from broker.schema import AcceptedResponse, dump
 
 M = TypeVar("M", bound=BaseModel)
 JobSpecLike = JobSpec | Mapping[str, Any]

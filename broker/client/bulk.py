@@ -25,16 +25,11 @@ from typing import Any, Literal
 import tenacity
 from pydantic import ValidationError as PydanticValidationError
 
+from broker.batches.models import MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS, BatchAccepted
 from broker.client.errors import ApiError, ClientError, is_retryable
 from broker.client.polling import Backoff, Sleep, WaitBackoffOrRetryAfter
-from broker.models import (
-    MAX_BATCH_BODY_BYTES,
-    MAX_BATCH_ITEMS,
-    MAX_SCRIPT_BYTES,
-    BatchAccepted,
-    JobSpec,
-    dump,
-)
+from broker.jobs.models import MAX_SCRIPT_BYTES, JobSpec
+from broker.schema import dump
 
 ItemStatus = Literal["accepted", "rejected", "failed"]
 #: Bytes of ``{"jobs": [], "atomic": false}`` and a margin, kept out of each batch's budget.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from broker.models import RequestView
+    from broker.requests.models import RequestView
 
 
 class ClientError(Exception):

@@ -21,7 +21,7 @@ import tenacity
 from tenacity.wait import wait_base
 
 from broker.client.errors import ApiError, ClientError, WaitTimeoutError, is_retryable
-from broker.jobs import JobList, JobView
+from broker.jobs.records import JobList, JobView
 
 Sleep = Callable[[float], None]
 

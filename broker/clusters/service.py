@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from broker.clusters.models import (
+    ClusterCreateBody,
+    ClusterKind,
+    ClusterMessage,
+    ClusterUpdateBody,
+    FleetBody,
+)
 from broker.clusters.records import (
     DELETABLE,
     UPDATABLE,
@@ -20,20 +27,11 @@ from broker.clusters.records import (
     ensure_ready,
 )
 from broker.errors import BrokerError, ConflictError, NotFoundError, TransientError
-from broker.models import (
-    ClusterCreateBody,
-    ClusterKind,
-    ClusterMessage,
-    ClusterUpdateBody,
-    ErrorInfo,
-    FleetBody,
-    RequestRecord,
-    new_request_id,
-    utcnow,
-)
 from broker.notifications.announcer import ClusterAnnouncer
 from broker.ports import ClusterQueue, ClusterRecords, ClusterStore, RequestStore
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
+from broker.schema import ErrorInfo, new_request_id, utcnow
 
 
 class ClusterOperationRecords(RequestStore, ClusterStore, Protocol):

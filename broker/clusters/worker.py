@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from broker.clusters.models import ClusterMessage, ClusterResult
 from broker.clusters.records import (
     OPERATION_STATUSES,
     ClusterInfo,
@@ -17,11 +18,11 @@ from broker.clusters.records import (
 )
 from broker.clusters.service import ClusterOperationRecords, release
 from broker.errors import BrokerError, ConflictError, NotFoundError, PermanentError, TransientError
-from broker.models import ClusterMessage, ClusterResult, ErrorInfo
 from broker.notifications.announcer import Announcer, ClusterAnnouncer
 from broker.observability import logger
 from broker.ports import ClusterProvider
 from broker.requests.states import RequestState
+from broker.schema import ErrorInfo
 
 Outcome = Literal["accepted", "succeeded", "failed", "skipped"]
 

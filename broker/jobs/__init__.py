@@ -5,38 +5,6 @@ Owns the job record and its ordered states with the one Slurm -> broker state ta
 queued request on the head node (``dispatch``, with ``execution`` for what every agent call
 shares) and the dead-letter worker's end of a request whose retries ran out (``dead_letters``).
 
-The package exposes the record-level names (states, records, views, the pure Slurm rules);
-import services from their modules.
+Import from the modules (the package re-exports nothing, so that importing
+``broker.jobs.models`` does not run the records, which need the agent's protocol).
 """
-
-from broker.jobs.records import (
-    EXIT_CODE_WAIT_SECONDS,
-    SLURM_STATES,
-    JobList,
-    JobRecord,
-    JobState,
-    JobView,
-    Observation,
-    TaskStatus,
-    advances,
-    array_indexes,
-    from_slurm,
-    new_job,
-    observe,
-)
-
-__all__ = [
-    "EXIT_CODE_WAIT_SECONDS",
-    "SLURM_STATES",
-    "JobList",
-    "JobRecord",
-    "JobState",
-    "JobView",
-    "Observation",
-    "TaskStatus",
-    "advances",
-    "array_indexes",
-    "from_slurm",
-    "new_job",
-    "observe",
-]

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Protocol
 
 from broker.batches.accept import accept_batch, batch_page
+from broker.batches.models import BatchAccepted, BatchBody, BatchItemView
 from broker.clusters.service import ClusterGate
 from broker.errors import (
     BrokerError,
@@ -20,28 +21,21 @@ from broker.errors import (
     TransientError,
     ValidationError,
 )
-from broker.jobs.records import JobRecord, JobState, new_job
-from broker.models import (
+from broker.jobs.models import (
     MAX_SCRIPT_BYTES,
-    BatchAccepted,
-    BatchBody,
-    BatchItemView,
     CancelResult,
-    ErrorInfo,
     JobCancelMessage,
     JobOutputMessage,
     JobSpec,
     JobSubmitMessage,
     OutputQueryBody,
-    QueueMessage,
-    RequestKind,
-    RequestRecord,
-    new_request_id,
-    utcnow,
 )
+from broker.jobs.records import JobRecord, JobState, new_job
 from broker.notifications.announcer import Announcer
 from broker.ports import BatchStore, ClusterDirectory, JobStore, Limits, RequestQueue, RequestStore
+from broker.requests.models import QueueMessage, RequestKind, RequestRecord
 from broker.requests.states import RequestState
+from broker.schema import ErrorInfo, new_request_id, utcnow
 
 
 class AcceptedRecords(RequestStore, JobStore, BatchStore, Protocol):

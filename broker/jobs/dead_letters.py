@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from broker.batches.models import JobBatchMessage
 from broker.batches.outcomes import finish_batch, item_outcome
 from broker.errors import NotFoundError
 from broker.jobs.records import JobState
-from broker.models import ErrorInfo, JobBatchMessage
 from broker.notifications.announcer import Announcer
 from broker.observability import logger
 from broker.ports import BatchStore, JobStore, RequestStore
+from broker.schema import ErrorInfo
 
 
 class DeadRecords(RequestStore, JobStore, BatchStore, Protocol):

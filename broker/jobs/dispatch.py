@@ -18,6 +18,7 @@ from broker.agent.protocol import (
     OutputQuery,
 )
 from broker.batches.dispatch import ChunkDispatcher
+from broker.batches.models import JobBatchMessage
 from broker.errors import ConflictError, PermanentError, TransientError
 from broker.jobs.execution import (
     PERMANENT,
@@ -30,22 +31,21 @@ from broker.jobs.execution import (
     lookback_seconds,
     mapped_user,
 )
-from broker.jobs.records import JobRecord, JobState
-from broker.models import (
+from broker.jobs.models import (
     CancelResult,
-    JobBatchMessage,
     JobCancelMessage,
     JobOutputMessage,
     JobResult,
     JobSubmitMessage,
     OutputPart,
     OutputResult,
-    QueueMessage,
     slurm_token,
 )
+from broker.jobs.records import JobRecord, JobState
 from broker.notifications.announcer import Announcer
 from broker.observability import logger
 from broker.ports import ArtifactStore, BatchStore, ClusterDirectory, JobStore, RequestStore
+from broker.requests.models import QueueMessage
 
 #: Output text above this many characters (both streams) goes to S3 behind a presigned URL
 #: instead of inline in the request record (SSM itself carries at most 24,000 characters).

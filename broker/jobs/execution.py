@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from broker.agent.protocol import AgentErrorInfo
+from broker.batches.models import BatchResult
 from broker.errors import (
     BrokerError,
     ClusterNotFoundError,
@@ -20,20 +21,12 @@ from broker.errors import (
     PermanentError,
     TransientError,
 )
+from broker.jobs.models import CancelResult, JobResult, JobSpec, JobSubmitMessage, OutputResult
 from broker.jobs.records import JobState
-from broker.models import (
-    BatchResult,
-    CancelResult,
-    ErrorInfo,
-    JobResult,
-    JobSpec,
-    JobSubmitMessage,
-    OutputResult,
-    QueueMessage,
-    utcnow,
-)
 from broker.notifications.announcer import Announcer
 from broker.ports import CommandRunner, JobStore, RequestStore
+from broker.requests.models import QueueMessage
+from broker.schema import ErrorInfo, utcnow
 
 Outcome = Literal["succeeded", "failed", "skipped", "cancelled"]
 RunnerFor = Callable[[Literal["ssm", "local"]], CommandRunner]

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from broker.agent.protocol import SlurmJobStatus
-from broker.models import Dependency, JobSpec
+from broker.jobs.models import Dependency, JobSpec
 
 
 class JobState(StrEnum):

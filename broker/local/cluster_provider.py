@@ -41,8 +41,8 @@ from broker.clusters import (
     StackObservation,
     ValidationMessage,
 )
+from broker.clusters.models import ClusterMessage
 from broker.errors import ClusterNotFoundError, ConflictError
-from broker.models import ClusterMessage
 
 PROVIDER_NAME = "local-simulation"
 SIMULATED_VERSION = "3.16.1-simulated"

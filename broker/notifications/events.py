@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 
 from broker.clusters.records import ClusterFailure, ClusterRecord, ClusterStatus
 from broker.jobs.records import JobRecord, JobState
-from broker.models import ErrorInfo, RequestRecord, RequestResult, utcnow
+from broker.requests.models import RequestRecord, RequestResult
 from broker.requests.states import RequestState
+from broker.schema import ErrorInfo, utcnow
 
 
 class SnsAttributes:

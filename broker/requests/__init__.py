@@ -1,6 +1,6 @@
 """Requests: one API write, from ACCEPTED to its final state.
 
-Owns the request states and their one transition table (``states``) and the repair of an
-accept whose queue message was lost, rebuilt from the record alone (``requeue``). The request
-record itself is still in ``broker.models`` (it moves here when that module is split).
+Owns the request states and their one transition table (``states``), the repair of an accept
+whose queue message was lost, rebuilt from the record alone (``requeue``), and the request
+record, its public view and the job queue's message union (``models``).
 """

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from broker.models import JobCancelMessage, JobOutputMessage, JobSubmitMessage, RequestRecord
+from broker.jobs.models import JobCancelMessage, JobOutputMessage, JobSubmitMessage
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
 
 SingleMessage = JobSubmitMessage | JobCancelMessage | JobOutputMessage

@@ -7,6 +7,7 @@ publishes ``cluster.state_changed`` (and ``request.finished``).
 
 from __future__ import annotations
 
+from broker.clusters.models import ClusterKind, ClusterResult
 from broker.clusters.records import (
     OPERATION_STATUSES,
     ClusterFailure,
@@ -16,10 +17,10 @@ from broker.clusters.records import (
 )
 from broker.clusters.service import ClusterOperationRecords
 from broker.errors import BrokerError
-from broker.models import ClusterKind, ClusterResult, ErrorInfo, utcnow
 from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer, ClusterAnnouncer
 from broker.observability import logger
 from broker.ports import StackStatusReader
+from broker.schema import ErrorInfo, utcnow
 from broker.sweep.report import SweepReport
 
 

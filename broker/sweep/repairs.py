@@ -19,10 +19,10 @@ from broker.batches.items import chunk_item_ids, lost_item
 from broker.batches.outcomes import finish_batch
 from broker.errors import BrokerError
 from broker.jobs.records import JobState
-from broker.models import RequestRecord
 from broker.notifications.announcer import Announcer
 from broker.observability import logger
 from broker.ports import BatchStore, RequestQueue, RequestStore
+from broker.requests.models import RequestRecord
 from broker.requests.requeue import due_for_requeue, message_of
 from broker.sweep.report import SweepReport
 

@@ -20,7 +20,6 @@ from typing import Literal, Protocol
 from broker.agent.protocol import AgentRequest
 from broker.errors import BrokerError
 from broker.jobs.records import JobRecord, observe
-from broker.models import utcnow
 from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
 from broker.observability import logger
 from broker.ports import (
@@ -30,6 +29,7 @@ from broker.ports import (
     JobStore,
     RequestQueue,
 )
+from broker.schema import utcnow
 from broker.sweep.clusters import ClusterFollower
 from broker.sweep.repairs import (
     BATCH_LOST_AFTER,

@@ -36,7 +36,7 @@ from schemathesis.engine import from_schema
 from broker.api.app import CLUSTER_PATTERN
 from broker.api.idempotency import KEY_PATTERN
 from broker.local.apigw import ApiGatewayApp, ApiRoute
-from broker.models import NEXT_TOKEN_PATTERN
+from broker.schema import NEXT_TOKEN_PATTERN
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 REGION = "us-east-1"

@@ -15,12 +15,13 @@ from werkzeug.test import Client, TestResponse
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
 from broker.errors import TransientError
-from broker.jobs import JobState
 from broker.jobs.accept import RequestService
+from broker.jobs.models import MAX_SCRIPT_BYTES
+from broker.jobs.records import JobState
 from broker.local.apigw import ApiGatewayApp, ApiRoute
-from broker.models import MAX_SCRIPT_BYTES, ErrorResponse
 from broker.ports import Limits
 from broker.requests.states import RequestState
+from broker.schema import ErrorResponse
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore
 
 ALICE = "arn:aws:iam::123456789012:user/alice"

@@ -26,13 +26,13 @@ from broker.api import app as api_app
 from broker.api import idempotency
 from broker.api.handler import lambda_handler
 from broker.errors import NotFoundError
-from broker.jobs import JobState
 from broker.jobs.accept import RequestService
 from broker.jobs.dispatch import Dispatcher
+from broker.jobs.models import JobSpec, slurm_token
+from broker.jobs.records import JobState
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
-from broker.models import JobSpec, slurm_token
 from broker.notifications.announcer import Announcer
 from broker.ports import Limits
 from broker.requests.states import RequestState

@@ -19,17 +19,19 @@ from broker.agent.protocol import AgentErrorInfo, AgentJobResult, AgentRequest, 
 from broker.api import app as api_app
 from broker.api.handler import lambda_handler
 from broker.batches import accept as service_module
-from broker.jobs import JobState
+from broker.batches.models import JobBatchMessage
 from broker.jobs.accept import RequestService
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.dispatch import Dispatcher
+from broker.jobs.records import JobState
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
-from broker.models import QUEUE_MESSAGE, AnyMessage, JobBatchMessage, utcnow
 from broker.notifications.announcer import Announcer
 from broker.ports import ClusterTarget, Limits
+from broker.requests.models import QUEUE_MESSAGE, AnyMessage
 from broker.requests.states import RequestState
+from broker.schema import utcnow
 from broker.settings import job_worker_settings
 from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
 from broker.sweep.status import Sweeper

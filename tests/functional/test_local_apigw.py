@@ -28,7 +28,7 @@ from broker.local.apigw import (
     RawHeadersRequestHandler,
 )
 from broker.local.stack import LocalStack
-from broker.models import ErrorResponse
+from broker.schema import ErrorResponse
 
 HERE = Path(__file__).resolve().parent
 # Saved output of `sam local generate-event apigateway aws-proxy` (SAM CLI 1.170.0).

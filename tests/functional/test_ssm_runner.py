@@ -35,10 +35,11 @@ from broker.errors import (
     ThrottledError,
     TransientError,
 )
-from broker.models import JobSpec, new_request_id, slurm_token
+from broker.jobs.models import JobSpec, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners import AGENT_PATH
 from broker.runners.ssm import STDOUT_LIMIT, SsmRunner, agent_b64, compact_agent
+from broker.schema import new_request_id
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account

@@ -12,22 +12,16 @@ import pytest
 
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
-from broker.batches import item_id
+from broker.batches.items import item_id
+from broker.batches.models import BatchItem, batch_ids
 from broker.batches.outcomes import item_outcome
 from broker.errors import BackpressureError, ConflictError, NotFoundError
-from broker.jobs import JobRecord, JobState
-from broker.models import (
-    BatchItem,
-    ErrorInfo,
-    JobResult,
-    JobSpec,
-    RequestRecord,
-    batch_ids,
-    new_request_id,
-    utcnow,
-)
+from broker.jobs.models import JobResult, JobSpec
+from broker.jobs.records import JobRecord, JobState
 from broker.ports import AttentionIndex, BatchStore, JobStore, Limits, RequestStore
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
+from broker.schema import ErrorInfo, new_request_id, utcnow
 from tests.conftest import AwsResources
 from tests.fakes import InMemoryStore
 

@@ -17,15 +17,16 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.errors import RunnerTimeoutError
-from broker.jobs import JobState
 from broker.jobs.accept import RequestService
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.dispatch import Dispatcher
+from broker.jobs.models import JobSpec, slurm_token
+from broker.jobs.records import JobState
 from broker.local.context import LambdaContext
 from broker.local.pollers import build_sqs_event
-from broker.models import JobSpec, slurm_token, utcnow
 from broker.notifications.announcer import Announcer
 from broker.requests.states import RequestState
+from broker.schema import utcnow
 from broker.settings import job_worker_settings
 from broker.sweep.repairs import REQUEUE_AFTER
 from broker.sweep.status import Sweeper

@@ -26,9 +26,10 @@ from broker.agent.protocol import (
     JobTarget,
     OutputQuery,
 )
-from broker.models import JobSpec, new_request_id, slurm_token
+from broker.jobs.models import JobSpec, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
+from broker.schema import new_request_id
 from tests.conftest import SLURM_PREFIX
 from tests.integration.conftest import USER_A, USER_B
 

@@ -15,9 +15,10 @@ import pytest
 
 from broker.agent.protocol import AgentRequest, AgentResponse
 from broker.batches.accept import chunk_items
+from broker.batches.models import BatchItem
 from broker.client.raw import RawClient as BrokerClient
+from broker.jobs.models import JobSpec, slurm_token
 from broker.local.stack import LocalStack
-from broker.models import BatchItem, JobSpec, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 from tests.conftest import local_stack

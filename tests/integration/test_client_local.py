@@ -20,9 +20,9 @@ from broker.client import (
     NotFoundError,
 )
 from broker.clusters import ClusterStatus
-from broker.jobs import JobState
+from broker.jobs.models import CancelResult, JobResult, JobSpec
+from broker.jobs.records import JobState
 from broker.local.stack import LocalStack
-from broker.models import CancelResult, JobResult, JobSpec
 from tests.conftest import local_stack
 from tests.integration.client_support import (
     ALICE,

@@ -22,10 +22,11 @@ from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentJob, AgentRequest
 from broker.client import ApiError, BrokerClient
 from broker.jobs.accept import RequestService
+from broker.jobs.models import JobResult, JobSpec, JobSubmitMessage, slurm_token
 from broker.local.stack import LocalStack
-from broker.models import JobResult, JobSpec, JobSubmitMessage, dump, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
+from broker.schema import dump
 from tests.conftest import local_stack
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]

@@ -18,9 +18,10 @@ import pytest
 
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
 from broker.errors import PermanentError, RunnerTimeoutError, TransientError
-from broker.models import JobSpec, new_request_id, slurm_token
+from broker.jobs.models import JobSpec, slurm_token
 from broker.ports import ClusterTarget
 from broker.runners.local import ARGV_PAYLOAD_LIMIT, LocalRunner
+from broker.schema import new_request_id
 from tests.integration.conftest import USER_A
 
 TARGET = ClusterTarget(name="local", mode="local")

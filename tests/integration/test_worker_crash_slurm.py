@@ -20,12 +20,13 @@ import pytest
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
-from broker.jobs import JobState
+from broker.batches.models import BatchBody, JobBatchMessage
 from broker.jobs.accept import RequestService
+from broker.jobs.records import JobState
 from broker.local.pollers import build_sqs_event
 from broker.local.template import load_template, read_functions
-from broker.models import QUEUE_MESSAGE, BatchBody, JobBatchMessage
 from broker.ports import Limits
+from broker.requests.models import QUEUE_MESSAGE
 from broker.requests.states import RequestState
 from tests.conftest import REGION, ROOT, TEMPLATE, AwsResources
 from tests.fakes import FakeDirectory

@@ -24,21 +24,17 @@ from broker.adapters.s3 import S3ArtifactStore
 from broker.adapters.sns import SnsNotifier
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
 from broker.agent.protocol import AgentRequest
+from broker.clusters.models import ClusterMessage
 from broker.errors import BrokerError, TransientError
-from broker.jobs import JobRecord, JobState
-from broker.models import (
-    ClusterMessage,
-    ErrorInfo,
-    JobSpec,
-    JobSubmitMessage,
-    RequestRecord,
-    new_request_id,
-)
-from broker.models import utcnow as now
+from broker.jobs.models import JobSpec, JobSubmitMessage
+from broker.jobs.records import JobRecord, JobState
 from broker.notifications.events import JobEvent
 from broker.ports import ClusterTarget
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
 from broker.runners.ssm import SsmRunner
+from broker.schema import ErrorInfo, new_request_id
+from broker.schema import utcnow as now
 
 ROOT = Path(__file__).resolve().parents[2]
 AWS_TEXT = "arn:aws:dynamodb:us-east-1:123456789012:table/hpcb-private-table"

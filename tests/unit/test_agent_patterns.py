@@ -1,6 +1,6 @@
 """One source of each validation rule: the head-node agent keeps its own stdlib copy of the
 broker's patterns and bounds (it must travel as one file, without pydantic), and these tests keep
-each copy EQUAL to the pydantic models' (``broker/models.py``, ``broker/agent/protocol.py``).
+each copy EQUAL to the pydantic models' (``broker/jobs/models.py``, ``broker/agent/protocol.py``).
 
 Where the two differ on purpose or by omission, ``KNOWN_DIFFERENCES`` names the difference and a
 test checks it is exactly that, so a change on either side shows up here."""
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from broker import models
 from broker.agent import hpcb_agent as agent
 from broker.agent import protocol
-from broker.models import Dependency, JobSpec
+from broker.jobs import models
+from broker.jobs.models import Dependency, JobSpec
 
 JOB_SPEC = JobSpec.model_json_schema()
 REQUEST = protocol.AgentRequest.model_json_schema()

@@ -7,10 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from broker.batches import chunk_item_ids, item_id, lost_item
-from broker.jobs import JobState
-from broker.models import RequestRecord, batch_ids, utcnow
+from broker.batches.items import chunk_item_ids, item_id, lost_item
+from broker.batches.models import batch_ids
+from broker.jobs.records import JobState
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
+from broker.schema import utcnow
 
 
 def batch(size: int, chunk_starts: list[int] | None, rejected: list[int]) -> RequestRecord:

@@ -23,6 +23,7 @@ from broker.clusters import (
     ensure_ready,
     outcome_of,
 )
+from broker.clusters.models import ClusterCreateBody
 from broker.errors import (
     ClusterNotFoundError,
     ClusterNotReadyError,
@@ -32,7 +33,7 @@ from broker.errors import (
     TransientError,
 )
 from broker.local.cluster_provider import validate_configuration
-from broker.models import ClusterCreateBody, utcnow
+from broker.schema import utcnow
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = (

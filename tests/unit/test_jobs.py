@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from broker.agent.protocol import SlurmJobStatus
-from broker.jobs import (
+from broker.jobs.records import (
     EXIT_CODE_WAIT_SECONDS,
     SLURM_STATES,
     JobRecord,
@@ -17,7 +17,7 @@ from broker.jobs import (
     from_slurm,
     observe,
 )
-from broker.models import utcnow
+from broker.schema import utcnow
 
 NOW = utcnow()
 

@@ -11,16 +11,18 @@ import pytest
 
 from broker.agent.protocol import AgentResponse
 from broker.batches import accept as service_module
-from broker.batches import chunk_item_ids
+from broker.batches.items import chunk_item_ids
+from broker.batches.models import BatchBody, JobBatchMessage
 from broker.batches.outcomes import item_outcome
 from broker.errors import TransientError
-from broker.jobs import JobRecord, JobState
 from broker.jobs.accept import RequestService
 from broker.jobs.dispatch import Dispatcher
-from broker.models import BatchBody, JobBatchMessage, JobSpec, RequestRecord
+from broker.jobs.models import JobSpec
+from broker.jobs.records import JobRecord, JobState
 from broker.notifications.announcer import Announcer
 from broker.notifications.events import JobEvent, RequestEvent
 from broker.ports import Limits
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
 from broker.settings import SweeperSettings
 from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from broker.models import JobSpec, JobSubmitMessage, new_request_id, slurm_token
+from broker.jobs.models import JobSpec, JobSubmitMessage, slurm_token
+from broker.schema import new_request_id
 
 SCRIPT = "#!/bin/bash\necho hello\n"
 
@@ -115,8 +116,8 @@ def test_queue_messages_round_trip_and_forbid_extras() -> None:
 
 def test_the_api_and_the_agent_refuse_the_same_environment_names() -> None:
     # GIVEN both lists / THEN equal, so a user gets a 422 instead of a failed submission
-    from broker import models  # noqa: PLC0415
     from broker.agent import hpcb_agent  # noqa: PLC0415
+    from broker.jobs import models  # noqa: PLC0415
 
     assert models.RESERVED_ENV_NAMES == hpcb_agent.RESERVED_ENV_NAMES | hpcb_agent.LIBC_ENV_NAMES
     assert models.RESERVED_ENV_PREFIXES == hpcb_agent.RESERVED_ENV_PREFIXES

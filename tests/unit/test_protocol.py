@@ -17,7 +17,7 @@ from broker.agent.protocol import (
     is_safe_payload,
 )
 from broker.errors import TransientError
-from broker.models import Dependency, JobSpec, slurm_token
+from broker.jobs.models import Dependency, JobSpec, slurm_token
 
 
 def submit_request() -> AgentRequest:

@@ -7,18 +7,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from broker.agent.protocol import AgentResponse, SlurmJobStatus
+from broker.batches.models import BatchBody
 from broker.errors import TransientError
 from broker.jobs.accept import RequestService
-from broker.models import (
-    BatchBody,
-    JobResult,
-    JobSpec,
-    OutputQueryBody,
-    QueueMessage,
-    utcnow,
-)
+from broker.jobs.models import JobResult, JobSpec, OutputQueryBody
 from broker.notifications.announcer import Announcer
+from broker.requests.models import QueueMessage
 from broker.requests.states import RequestState
+from broker.schema import utcnow
 from broker.sweep.repairs import REQUEUE_AFTER
 from broker.sweep.status import Sweeper
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner

@@ -24,23 +24,23 @@ from broker.errors import (
     ThrottledError,
     TransientError,
 )
-from broker.jobs import JobState
 from broker.jobs.accept import RequestService
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.dispatch import Dispatcher
 from broker.jobs.execution import lookback_seconds
-from broker.models import (
+from broker.jobs.models import (
     MAX_SCRIPT_BYTES,
     Dependency,
     JobSpec,
     JobSubmitMessage,
     OutputQueryBody,
     slurm_token,
-    utcnow,
 )
+from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
 from broker.notifications.events import JobEvent, RequestEvent
 from broker.requests.states import RequestState
+from broker.schema import utcnow
 from tests.fakes import (
     FakeDirectory,
     FakeQueue,

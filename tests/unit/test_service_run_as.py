@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from broker.agent.protocol import AgentResponse, CancelResult
-from broker.jobs import JobState
 from broker.jobs.accept import RequestService
 from broker.jobs.dispatch import Dispatcher
-from broker.models import OutputQueryBody, slurm_token
+from broker.jobs.models import OutputQueryBody, slurm_token
+from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
 from broker.requests.states import RequestState
 from tests.fakes import (

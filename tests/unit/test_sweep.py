@@ -9,11 +9,12 @@ import pytest
 
 from broker.agent.protocol import AgentResponse, SlurmJobStatus
 from broker.errors import TransientError
-from broker.jobs import JobState
 from broker.jobs.accept import RequestService
-from broker.models import JobSpec, utcnow
+from broker.jobs.models import JobSpec
+from broker.jobs.records import JobState
 from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
 from broker.notifications.events import JobEvent
+from broker.schema import utcnow
 from broker.sweep.status import Sweeper
 from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner
 

@@ -14,8 +14,8 @@ write. Every repair the sweep makes from it is a conditional write of its own (`
 from __future__ import annotations
 
 from broker.adapters.dynamodb.table import TableStore, job_of, record_of
-from broker.jobs import JobRecord
-from broker.models import RequestRecord
+from broker.jobs.records import JobRecord
+from broker.requests.models import RequestRecord
 
 
 class DynamoAttentionIndex(TableStore):

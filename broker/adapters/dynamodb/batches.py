@@ -35,9 +35,10 @@ from broker.adapters.dynamodb.table import (
     value_of,
 )
 from broker.errors import BackpressureError, ConflictError, NotFoundError
-from broker.jobs import JobRecord, JobState
-from broker.models import RequestRecord, utcnow
+from broker.jobs.records import JobRecord, JobState
 from broker.ports import Limits
+from broker.requests.models import RequestRecord
+from broker.schema import utcnow
 
 #: A chunk marker's attributes (placeholders: expressions never meet a reserved word).
 _MARKER_NAMES = {"#l": "lost", "#d": "reap_done"}

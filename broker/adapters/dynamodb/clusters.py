@@ -38,8 +38,9 @@ from broker.clusters import (
     not_ready,
 )
 from broker.errors import ClusterNotReadyError, ConflictError, NotFoundError
-from broker.models import RequestRecord, dump, utcnow
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
+from broker.schema import dump, utcnow
 
 #: A deleted cluster's record is kept this long (DynamoDB TTL), then expires.
 DELETED_RETENTION = timedelta(days=90)

@@ -33,11 +33,12 @@ from broker.adapters.dynamodb.table import (
     request_key,
     value_of,
 )
-from broker.batches import batch_id_of, unrecorded_item
+from broker.batches.items import batch_id_of, unrecorded_item
 from broker.errors import BackpressureError, ConflictError, NotFoundError
-from broker.jobs import JobRecord, JobState
-from broker.models import RequestRecord, dump, utcnow
+from broker.jobs.records import JobRecord, JobState
 from broker.ports import Limits
+from broker.requests.models import RequestRecord
+from broker.schema import dump, utcnow
 
 
 class DynamoJobStore(TableStore):

@@ -16,8 +16,9 @@ from typing import Any
 from broker.adapters.dynamodb.table import Table, TableStore, instant, record_of, request_item
 from broker.adapters.dynamodb.table import request_key as key
 from broker.errors import ConflictError
-from broker.models import ErrorInfo, RequestRecord, RequestResult, dump, utcnow
+from broker.requests.models import RequestRecord, RequestResult
 from broker.requests.states import RequestState, sources_of
+from broker.schema import ErrorInfo, dump, utcnow
 
 
 class DynamoRequestStore(TableStore):

@@ -33,8 +33,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import condition_failures, error_code, translate
 from broker.errors import ConflictError, InvalidNextTokenError, NotFoundError
-from broker.jobs import JobRecord
-from broker.models import RequestRecord, dump
+from broker.jobs.records import JobRecord
+from broker.requests.models import RequestRecord
+from broker.schema import dump
 
 _SER = TypeSerializer()
 _DESER = TypeDeserializer()
