@@ -33,7 +33,7 @@ import schemathesis
 from schemathesis.engine import events as engine_events
 from schemathesis.engine import from_schema
 
-from broker.api.app import CLUSTER_PATTERN
+from broker.api.common import CLUSTER_PATTERN
 from broker.api.idempotency import KEY_PATTERN
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.schema import NEXT_TOKEN_PATTERN

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client, TestResponse
 
-from broker.api import app as api_app
+from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.errors import TransientError
 from broker.jobs.accept import RequestService
@@ -51,7 +51,7 @@ class Api:
 def api(monkeypatch: pytest.MonkeyPatch) -> Api:
     store, queue = InMemoryStore(), FakeQueue()
     service = RequestService(store, queue, FakeDirectory())
-    monkeypatch.setattr(api_app, "request_service", lambda: service)
+    monkeypatch.setattr(api_services, "request_service", lambda: service)
     return Api(store, queue)
 
 
@@ -338,7 +338,7 @@ def test_a_full_backlog_answers_429_with_retry_after(monkeypatch: pytest.MonkeyP
     store, queue = InMemoryStore(), FakeQueue()
     limits = Limits(cluster_backlog=1, owner_inflight=10, retry_after_seconds=12)
     service = RequestService(store, queue, FakeDirectory(), limits=limits)
-    monkeypatch.setattr(api_app, "request_service", lambda: service)
+    monkeypatch.setattr(api_services, "request_service", lambda: service)
     api = Api(store, queue)
     assert api.post("/v1/clusters/local/jobs", {"script": SCRIPT}).status_code == 202
     # WHEN another job is posted

@@ -22,8 +22,8 @@ from werkzeug.test import Client, TestResponse
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
-from broker.api import app as api_app
 from broker.api import idempotency
+from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.errors import NotFoundError
 from broker.jobs.accept import RequestService
@@ -106,7 +106,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     dispatcher = Dispatcher(
         store, FakeDirectory(), runner.runner_for, announcer, run_as_user="hpcb-dev"
     )
-    monkeypatch.setattr(api_app, "request_service", lambda: service)
+    monkeypatch.setattr(api_services, "request_service", lambda: service)
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
     route = ApiRoute(

@@ -16,7 +16,7 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentErrorInfo, AgentJobResult, AgentRequest, AgentResponse
-from broker.api import app as api_app
+from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.batches import accept as service_module
 from broker.batches.models import JobBatchMessage
@@ -104,7 +104,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     queue = SqsRequestQueue(client("sqs"), queue_url)
     limits = Limits(cluster_backlog=5000, owner_inflight=5000)
     service = RequestService(store, queue, FakeDirectory(), limits=limits)
-    monkeypatch.setattr(api_app, "request_service", lambda: service)
+    monkeypatch.setattr(api_services, "request_service", lambda: service)
     route = ApiRoute(resource="/{proxy+}", method="ANY", handler=lambda_handler,
                      function_name="ApiFunction")  # fmt: skip
     api = Client(ApiGatewayApp([route], default_principal=ALICE))
@@ -273,7 +273,7 @@ def test_a_batch_past_the_backlog_limit_is_429(
     tight = RequestService(store, queue, FakeDirectory(),
                            limits=Limits(cluster_backlog=100, owner_inflight=1000,
                                          retry_after_seconds=30))  # fmt: skip
-    monkeypatch.setattr(api_app, "request_service", lambda: tight)
+    monkeypatch.setattr(api_services, "request_service", lambda: tight)
     assert world.post({"jobs": jobs(60)}).status_code == 202
     # WHEN 50 more arrive / THEN 429 with Retry-After, nothing recorded for them
     answer = world.post({"jobs": jobs(50)})

@@ -17,7 +17,7 @@ from werkzeug.test import Client, TestResponse
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
-from broker.api import app as api_app
+from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.clusters import (
     ClusterStatus,
@@ -135,8 +135,8 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
         FakeDirectory(names=frozenset({"local", "alpha"})),
         cluster_gate=ClusterGate(store),
     )
-    monkeypatch.setattr(api_app, "cluster_service", lambda: service)
-    monkeypatch.setattr(api_app, "request_service", lambda: jobs)
+    monkeypatch.setattr(api_services, "cluster_service", lambda: service)
+    monkeypatch.setattr(api_services, "request_service", lambda: jobs)
     sweeper = Sweeper(
         store, FakeDirectory(), ScriptedRunner().runner_for, announcer,
         follower=ClusterFollower(store, stacks, announcer, clusters),

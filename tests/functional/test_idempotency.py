@@ -8,7 +8,7 @@ from werkzeug.test import Client, TestResponse
 
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
-from broker.api import app as api_app
+from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.errors import TransientError
 from broker.jobs.accept import RequestService
@@ -46,7 +46,7 @@ def api(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> Api:
     store = DynamoStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
     queue = FakeQueue()
     service = RequestService(store, queue, FakeDirectory())
-    monkeypatch.setattr(api_app, "request_service", lambda: service)
+    monkeypatch.setattr(api_services, "request_service", lambda: service)
     yield_api = Api(queue, store)
     return yield_api
 

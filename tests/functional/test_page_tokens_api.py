@@ -21,7 +21,7 @@ from werkzeug.test import Client, TestResponse
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
-from broker.api import app as api_app
+from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.api.tokens import page_tokens
 from broker.clusters.service import ClusterService
@@ -72,8 +72,8 @@ def api(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> Iterato
     clusters = ClusterService(
         store, SqsClusterQueue(sqs, aws_resources.provisioned.queue_url("ClusterQueue"))
     )
-    monkeypatch.setattr(api_app, "request_service", lambda: jobs)
-    monkeypatch.setattr(api_app, "cluster_service", lambda: clusters)
+    monkeypatch.setattr(api_services, "request_service", lambda: jobs)
+    monkeypatch.setattr(api_services, "cluster_service", lambda: clusters)
     route = ApiRoute(
         resource="/{proxy+}", method="ANY", handler=lambda_handler, function_name="ApiFunction"
     )
