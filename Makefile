@@ -1,6 +1,7 @@
 # hpc-broker: the few targets a newcomer needs. Run as root on Debian (apt installs Slurm).
 #   make up     - install what is missing, start real Slurm + the local stack, print the API address
 #   make test   - the whole suite: lint, template checks, unit, functional, integration (real Slurm)
+#   make contract - our pcluster adapter against the real pcluster.lib (own venv; also in make test)
 #   make demo   - up, submit a job through the HTTP API, poll it to completion, tear down
 #   make down   - stop the local stack and Slurm
 #   make fuzz   - schemathesis against the API for ~10 minutes, with stateful links
@@ -13,6 +14,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 SAM_VENV := .venv-sam
+CONTRACT_VENV := .venv-contract
 BIN := $(VENV)/bin
 SLURM := scripts/slurm.sh
 SLURM_ENV := $(or $(HPCB_SLURM_PREFIX),/var/tmp/hpc-broker/slurm)/env
@@ -24,7 +26,7 @@ export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
-        functional integration fuzz bench bench-burst chaos chaos-test lock clean
+        functional integration contract contract-venv fuzz bench bench-burst chaos chaos-test lock clean
 
 setup: system-deps venv sam
 
@@ -43,6 +45,18 @@ $(SAM_VENV)/.installed: requirements/sam.lock
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install -q --disable-pip-version-check -r requirements/sam.lock
 	touch $@
+
+# The real ParallelCluster library (aws-parallelcluster pins its own boto3, PyYAML, aws-cdk):
+# an environment of its own for the contract test.
+contract-venv: $(CONTRACT_VENV)/.installed
+$(CONTRACT_VENV)/.installed: requirements/contract.lock
+	$(PYTHON) -m venv $(CONTRACT_VENV)
+	$(CONTRACT_VENV)/bin/pip install -q --disable-pip-version-check -r requirements/contract.lock
+	touch $@
+
+# Our ClusterProvider adapter against the real pcluster.lib and a moto server (tests/contract).
+contract: contract-venv
+	PYTHONPATH=. $(CONTRACT_VENV)/bin/pytest tests/contract -q -p no:cacheprovider
 
 # Starts the stack in the background (log: .run/local-stack.log) and prints its banner.
 up: system-deps venv
@@ -103,7 +117,8 @@ integration: system-deps venv
 test: system-deps venv sam lint template
 	$(SLURM) up
 	scripts/local-user.sh
-	source $(SLURM_ENV) && $(BIN)/pytest tests -q -m "not chaos"
+	source $(SLURM_ENV) && $(BIN)/pytest tests -q -m "not chaos" --ignore=tests/contract
+	$(MAKE) --no-print-directory contract
 
 # The API against its OpenAPI document for FUZZ_SECONDS (default 600), every phase including
 # stateful links (job ids from POSTs feed GET, DELETE and output); new cases each run (SEED=n
@@ -145,6 +160,9 @@ lock:
 	/tmp/hpcb-lock/bin/pip freeze --exclude-editable > requirements/app.lock
 	/tmp/hpcb-lock/bin/pip install -q -r requirements/dev.in
 	/tmp/hpcb-lock/bin/pip freeze --exclude-editable > requirements/dev.lock
+	rm -rf /tmp/hpcb-lock && $(PYTHON) -m venv /tmp/hpcb-lock
+	/tmp/hpcb-lock/bin/pip install -q -r requirements/contract.in
+	/tmp/hpcb-lock/bin/pip freeze --exclude-editable > requirements/contract.lock
 
 clean:
 	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
