@@ -138,6 +138,8 @@ OUTPUT_UNREADABLE = "OUTPUT_UNREADABLE"
 USER_REFUSED = "USER_REFUSED"
 #: The Slurm job with the request's id is not the request's job (another user's, another token).
 JOB_MISMATCH = "JOB_MISMATCH"
+#: A job's dependency names a Slurm job of another user (the broker resolves its own ids first).
+DEPENDENCY_NOT_FOUND = "DEPENDENCY_NOT_FOUND"
 
 
 # ==== 1. protocol and validation: what a request may contain =====================================
@@ -733,6 +735,8 @@ class SbatchCommand(SlurmCommand[str]):
         self.token = validate_token(job.get("token"))
         self.script = validate_script(job.get("script"))
         self._options = option_args(job.get("options", {}))
+        options = job.get("options") or {}
+        self.dependency_ids = dependency_job_ids(options.get("dependency"))
         self.environment = validate_environment(job.get("environment") or {})
 
     def argv(self) -> List[str]:
@@ -772,6 +776,35 @@ class SbatchCommand(SlurmCommand[str]):
             "sbatch succeeded but printed no job id: %r" % stdout[:200],
             transient=True,
         )
+
+
+def dependency_job_ids(dependency: Optional[str]) -> List[str]:
+    """The base Slurm ids a validated ``--dependency`` names (``afterok:12:13_2`` -> 12, 13)."""
+    ids = []  # type: List[str]
+    for condition in (dependency or "").split(","):
+        for part in condition.split(":")[1:]:
+            job_id = part.partition("_")[0]
+            if job_id and job_id not in ids:
+                ids.append(job_id)
+    return ids
+
+
+def foreign_dependency(
+    command: "SbatchCommand", owners: Dict[str, Tuple[str, str]]
+) -> Optional[AgentError]:
+    """Why ``command`` may not depend on what it names: a job slurmctld holds for another user.
+
+    Slurm lets any user depend on anyone's job id, which would let a caller watch, or wait on,
+    another user's jobs. An id slurmctld does not hold is left to sbatch, which refuses it.
+    """
+    foreign = [job_id for job_id in command.dependency_ids
+               if job_id in owners and owners[job_id][0] != command.user]  # fmt: skip
+    if not foreign:
+        return None
+    return AgentError(
+        DEPENDENCY_NOT_FOUND,
+        "dependency on Slurm job %s: not a job of %s" % (foreign[0], command.user),
+    )
 
 
 # ---- finding tokens already in Slurm ------------------------------------------------------------
@@ -1673,6 +1706,8 @@ class Agent(object):
             except AgentError as exc:
                 token = job.get("token") if isinstance(job, dict) else None
                 results.append({"token": token if isinstance(token, str) else "", "error": exc})
+        if any(command.dependency_ids for _, command in commands):
+            commands = self._own_dependencies_only(commands, results)
         info = {}  # type: Dict[str, str]
         if commands:
             with FileLock(self.lock_path, self.lock_wait):
@@ -1694,6 +1729,20 @@ class Agent(object):
         if info:
             response["info"] = info
         return response
+
+    def _own_dependencies_only(
+        self, commands: List[Tuple[int, SbatchCommand]], results: List[Dict[str, Any]]
+    ) -> List[Tuple[int, SbatchCommand]]:
+        """The commands whose dependencies are all their user's jobs; the others fail, unsent."""
+        owners = self.execute(JobOwnersCommand())
+        kept = []  # type: List[Tuple[int, SbatchCommand]]
+        for index, command in commands:
+            refused = foreign_dependency(command, owners)
+            if refused is None:
+                kept.append((index, command))
+            else:
+                results[index] = {"token": command.token, "error": refused}
+        return kept
 
     def _submit_all(
         self,
