@@ -48,7 +48,7 @@ Ends = dict[str, "tuple[JobBatchMessage, Outcome | TransientError]"]
 MAX_GROUPED_JOBS = 1000
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False)
 def record_handler(record: SQSRecord, ends: Ends | None = None) -> None:
     """Dispatch one queued request (raises to mark the record failed)."""
     grouped = (ends or {}).pop(record.message_id, None)
@@ -118,7 +118,7 @@ def submit_chunks_together(records: list[dict[str, Any]]) -> Ends:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Process an SQS batch, reporting partial failures (batch chunks grouped per cluster)."""
