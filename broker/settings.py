@@ -41,6 +41,24 @@ class CommonSettings(BaseSettings):
         return frozenset(n.strip() for n in self.local_clusters.split(",") if n.strip())
 
 
+class IdentitySettings(BaseSettings):
+    """How the API names a caller as an owner (``broker.identity``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HPCB_", frozen=True, extra="ignore")
+
+    session_name_roles: str = Field(
+        default="AWSReservedSSO_*",
+        description="Comma-separated name patterns of IAM roles whose session names an identity "
+        "provider sets (the caller cannot choose them): their sessions are owners of their own. "
+        "Every other role's sessions share one owner, the role.",
+    )
+
+    @property
+    def session_name_role_patterns(self) -> tuple[str, ...]:
+        """The patterns, as a tuple."""
+        return tuple(p.strip() for p in self.session_name_roles.split(",") if p.strip())
+
+
 class PageTokenSettings(BaseSettings):
     """The key that signs the API's ``next_token`` (HMAC-SHA256): the API function only."""
 
@@ -186,6 +204,12 @@ class ClusterWorkerSettings(CommonSettings):
 def cluster_worker_settings() -> ClusterWorkerSettings:
     """The cluster worker's settings (validated once)."""
     return ClusterWorkerSettings()
+
+
+@lru_cache(maxsize=1)
+def identity_settings() -> IdentitySettings:
+    """The identity settings (cached)."""
+    return IdentitySettings()
 
 
 @lru_cache(maxsize=1)

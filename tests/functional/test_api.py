@@ -99,6 +99,25 @@ def test_owner_comes_from_the_request_context_not_the_body(api: Api) -> None:
     assert answer.get_json()["error"]["fields"][0]["field"] == "body.owner"
 
 
+def test_a_roles_sessions_are_one_owner_whatever_their_chosen_names(api: Api) -> None:
+    # GIVEN a request by a session of an ordinary role, named "bob" by whoever assumed it
+    request_id = _submit(api, principal=BOB)
+    # WHEN another session of that role, named as it likes, reads it
+    other = "arn:aws:sts::123456789012:assumed-role/Researcher/anything"
+    # THEN it is the same owner (the role): no session name is an identity of its own
+    assert api.get(f"/v1/requests/{request_id}", principal=other).status_code == 200
+    assert api.queue.sent[-1].owner == "arn:aws:sts::123456789012:assumed-role/Researcher/*"
+
+
+def test_identity_center_sessions_are_owners_of_their_own(api: Api) -> None:
+    # GIVEN a request by alice's IAM Identity Center session (its name set by Identity Center)
+    role = "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Hpc_0123456789abcdef"
+    request_id = _submit(api, principal=f"{role}/alice")
+    # WHEN bob's session of the same role reads it / THEN 404: one owner per person
+    assert api.get(f"/v1/requests/{request_id}", principal=f"{role}/bob").status_code == 404
+    assert api.get(f"/v1/requests/{request_id}", principal=f"{role}/alice").status_code == 200
+
+
 def test_invalid_fields_are_each_listed(api: Api) -> None:
     # GIVEN a body with three bad fields
     body = {"script": "no shebang", "nodes": 0, "partition": "a;b"}
