@@ -108,7 +108,9 @@ def cluster_service() -> ClusterService:
     if not settings.cluster_queue_url:
         raise ValidationError("cluster operations are not configured in this deployment")
     return ClusterService(
-        _records(settings), SqsClusterQueue(client("sqs"), settings.cluster_queue_url)
+        _records(settings),
+        SqsClusterQueue(client("sqs"), settings.cluster_queue_url),
+        _stack_reader(settings),
     )
 
 

@@ -129,7 +129,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     monkeypatch.setattr(cluster_worker, "cluster_worker", lambda: worker)
     monkeypatch.setattr(cluster_worker, "request_queue", lambda: SqsRequestQueue(sqs, None))
     service = ClusterService(
-        store, SqsClusterQueue(sqs, aws_resources.provisioned.queue_url("ClusterQueue"))
+        store, SqsClusterQueue(sqs, aws_resources.provisioned.queue_url("ClusterQueue")), stacks
     )
     jobs = RequestService(
         store,
@@ -387,6 +387,19 @@ def outside(name: str, *, created_at: datetime, stack: str = "theirs") -> Cluste
     described.stack_arn = f"arn:aws:cloudformation:us-east-1:123456789012:stack/{name}/{stack}"
     described.created_at = created_at
     return described
+
+
+def test_creating_the_name_of_a_stack_the_broker_did_not_create_is_409(world: World) -> None:
+    # GIVEN a cluster stack "alpha" made outside the broker (the broker has no record of it)
+    world.stacks.set("alpha", ClusterStatus.CREATE_COMPLETE)
+    # WHEN a caller asks to create "alpha"
+    answer = world.post("/v1/clusters", {"name": "alpha", "configuration": CONFIG})
+    # THEN 409 CLUSTER_EXISTS, and nothing is recorded or queued
+    assert answer.status_code == 409
+    assert answer.get_json()["error"]["code"] == "CLUSTER_EXISTS"
+    assert world.get("/v1/clusters/alpha").status_code == 404
+    url = world.resources.provisioned.queue_url("ClusterQueue")
+    assert "Messages" not in world.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
 
 
 def test_a_name_taken_outside_the_broker_cannot_be_created_nor_then_deleted(world: World) -> None:
