@@ -25,7 +25,7 @@ STACK := $(BIN)/python -m broker.local --run-file $(RUN_DIR)/local-stack.json
 export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
+.PHONY: setup system-deps test-deps venv sam up down status demo test lint typecheck template unit \
         functional integration contract contract-venv fuzz bench bench-burst chaos chaos-test lock clean
 
 setup: system-deps venv sam
@@ -114,7 +114,11 @@ integration: system-deps venv
 	source $(SLURM_ENV) && $(BIN)/pytest tests/integration -q
 
 # The whole suite. REQUIRE_SLURM=1 (set by .ci/run) turns a missing Slurm into a failure.
-test: system-deps venv sam lint template
+# Test-only system packages: everything make up needs, plus Chromium for the Swagger UI test.
+test-deps:
+	scripts/install-system-deps.sh --with-browser
+
+test: test-deps venv sam lint template
 	$(SLURM) up
 	scripts/local-user.sh
 	source $(SLURM_ENV) && $(BIN)/pytest tests -q -m "not chaos" --ignore=tests/contract
