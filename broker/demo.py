@@ -118,6 +118,9 @@ def cluster_round_trip(client: BrokerClient, env: dict[str, str]) -> bool:
     body = {"name": DEMO_CLUSTER, "configuration": DEMO_CONFIGURATION}
     accepted = client.create_cluster(**body)
     _say(f"POST /v1/clusters -> 202 {accepted} ({(time.monotonic() - t0) * 1000:.0f} ms)")
+    mapping = client.map_user(DEMO_CLUSTER, ALICE, "hpcb-dev")  # alice administers this stack
+    _say(f"PUT /v1/admin/clusters/{DEMO_CLUSTER}/users -> {mapping.principal} runs as "
+         f"{mapping.user} there")  # fmt: skip
     try:
         client.submit_job(DEMO_CLUSTER, {"script": "#!/bin/bash\ntrue\n"})
         _say("FAIL: a job was accepted for a cluster still being created")
@@ -158,7 +161,7 @@ def run(slurm_env_file: Path) -> bool:
     ok = True
     log_path = ROOT / ".run" / "demo-stack.log"
     started = time.monotonic()
-    with launched_stack(slurm_env_file, log_path) as stack:
+    with launched_stack(slurm_env_file, log_path, principal=ALICE) as stack:
         client = BrokerClient(stack.url, principal=ALICE)
         _say(
             f"local stack up at {stack.url} in {time.monotonic() - started:.1f}s "

@@ -43,6 +43,13 @@ class ClusterNotFoundError(NotFoundError):
     code = "CLUSTER_NOT_FOUND"
 
 
+class NotMappedError(BrokerError):
+    """The caller has no POSIX user on that cluster (default deny): 403 at the API, a permanent
+    failure in a worker (the mapping was removed since the request was accepted)."""
+
+    code = "NOT_MAPPED"
+
+
 class ConflictError(BrokerError):
     """The write conflicts with the current state (exists already, invalid transition)."""
 

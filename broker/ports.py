@@ -26,6 +26,7 @@ from broker.jobs.records import JobRecord, JobState
 from broker.notifications.events import Event
 from broker.requests.models import QueueMessage, RequestRecord, RequestResult
 from broker.schema import ErrorInfo
+from broker.users.models import UserMapping
 
 
 @dataclass(frozen=True)
@@ -383,3 +384,37 @@ class StackStatusReader(Protocol):
 
         A stack that does not exist (deleted) answers ``exists=False``.
         """
+
+
+class UserMappings(Protocol):
+    """The broker's record of each caller's POSIX user per cluster (``broker.users``)."""
+
+    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        """The mapping of ``principal`` on ``cluster`` (strongly consistent), or None."""
+        ...
+
+    def put_mapping(self, mapping: UserMapping) -> None:
+        """Create or replace the mapping of its principal on its cluster."""
+        ...
+
+    def delete_mapping(self, cluster: str, principal: str) -> bool:
+        """Remove it; False if there was none."""
+        ...
+
+    def list_mappings(
+        self, cluster: str, *, limit: int, next_token: str | None
+    ) -> tuple[list[UserMapping], str | None]:
+        """A page of the cluster's mappings, by principal."""
+        ...
+
+
+class UserResolver(Protocol):
+    """Who a caller runs as on a cluster."""
+
+    def user_for(self, cluster: str, owner: str) -> str:
+        """The POSIX user ``owner`` acts as on ``cluster``.
+
+        Raises:
+            NotMappedError: none (default deny: no fallback, never root).
+        """
+        ...

@@ -53,6 +53,22 @@ class IdentitySettings(BaseSettings):
         "Every other role's sessions share one owner, the role.",
     )
 
+    admin_principals: str = Field(
+        default="",
+        description="Comma-separated owners (as broker.identity names them) who may use the "
+        "admin routes (/v1/admin/...: caller-to-user mappings). Everyone else gets 404 there.",
+    )
+    admin_contact: str = Field(
+        default="",
+        max_length=200,
+        description="Whom a caller without a user on a cluster should ask (in the 403's text).",
+    )
+
+    @property
+    def admin_principal_set(self) -> frozenset[str]:
+        """The admin owners, as a set."""
+        return frozenset(p.strip() for p in self.admin_principals.split(",") if p.strip())
+
     @property
     def session_name_role_patterns(self) -> tuple[str, ...]:
         """The patterns, as a tuple."""
@@ -135,12 +151,12 @@ class JobWorkerSettings(CommonSettings):
         default="", description="Python for the local runner's agent (default: this one)."
     )
     topic_arn: str = Field(description="SNS topic for notifications.")
-    local_run_as_user: str | None = Field(
-        default=None,
-        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
-        description="TRANSITIONAL, until the broker maps callers to users: the one POSIX user "
-        "every job, cancel and output read runs as on the head node (the agent refuses root and "
-        "uids below 1000). Unset: every such request fails with NOT_MAPPED.",
+    user_cache_seconds: float = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="How long a worker remembers a caller's POSIX user on a cluster (one "
+        "DynamoDB read per cluster and caller); a removed mapping stops applying within this.",
     )
 
 

@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 from broker.adapters.aws import client, regional_client
 from broker.adapters.cloudformation import CloudFormationStackReader
 from broker.adapters.dynamodb import DynamoClusterStore, DynamoStore
+from broker.adapters.dynamodb.users import DynamoUserMappings
 from broker.adapters.ec2 import Ec2ClusterDirectory
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.s3 import S3ArtifactStore
@@ -46,12 +47,14 @@ from broker.settings import (
     JobWorkerSettings,
     api_settings,
     cluster_worker_settings,
+    identity_settings,
     job_worker_settings,
     page_token_settings,
     sweeper_settings,
 )
 from broker.sweep.clusters import ClusterFollower
 from broker.sweep.status import Sweeper
+from broker.users.service import MappedUsers, UserAdmin
 
 
 class TableRecords(RequestStore, JobStore, BatchStore, AttentionIndex, ClusterStore, Protocol):
@@ -66,6 +69,16 @@ def _records(settings: CommonSettings) -> TableRecords:
 def _clusters(settings: CommonSettings) -> ClusterStore:
     """The cluster records alone."""
     return DynamoClusterStore(client("dynamodb"), settings.table_name)
+
+
+def _mappings(settings: CommonSettings) -> DynamoUserMappings:
+    return DynamoUserMappings(client("dynamodb"), settings.table_name)
+
+
+@cache
+def user_admin() -> UserAdmin:
+    """The admin API's mapping service."""
+    return UserAdmin(_mappings(api_settings()))
 
 
 def cluster_directory(settings: CommonSettings) -> ClusterDirectory:
@@ -155,6 +168,7 @@ def request_service() -> RequestService:
             owner_inflight=settings.max_owner_inflight,
             retry_after_seconds=settings.retry_after_seconds,
         ),
+        users=MappedUsers(_mappings(settings), contact=identity_settings().admin_contact or None),
         cluster_gate=ClusterGate(_clusters(settings)),
     )
 
@@ -202,7 +216,7 @@ def dispatcher() -> Dispatcher:
         ),
         default_working_directory=settings.default_working_directory,
         submit_concurrency=settings.submit_concurrency,
-        run_as_user=settings.local_run_as_user,
+        users=MappedUsers(_mappings(settings), cache_seconds=settings.user_cache_seconds),
     )
 
 
@@ -249,9 +263,11 @@ def reset() -> None:
         sweeper,
         cluster_service,
         cluster_worker,
+        user_admin,
         regional_client,
     ):
         cached.cache_clear()
+    identity_settings.cache_clear()
     cluster_worker_settings.cache_clear()
     api_settings.cache_clear()
     page_token_settings.cache_clear()

@@ -45,7 +45,6 @@ _FAKE_AWS_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_NAMESPACE": "HpcBrokerTests",
     "POWERTOOLS_SERVICE_NAME": "hpc-broker-tests",
-    "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",  # transitional: the user every job runs as
 }
 
 
@@ -128,11 +127,20 @@ def slurm() -> dict[str, str]:
     return env
 
 
+#: The callers the integration tests act as, each mapped to the local non-root user on the
+#: cluster "local" (scripts/local-user.sh); a test of its own mappings passes ``users=``.
+TEST_USERS: dict[str, str] = {
+    f"arn:aws:iam::000000000000:user/{name}": "hpcb-dev"
+    for name in ("alice", "bob", "local-developer", "bench", "chaos")
+}
+
+
 @contextmanager
 def local_stack(slurm_env: dict[str, str], **options: Any) -> Iterator[Any]:
     """The template's local stack in this process, in local cluster mode, on the real Slurm.
 
-    ``options`` go to LocalStack (schedules, inbox, ...); ``env`` adds environment overrides.
+    ``options`` go to LocalStack (schedules, inbox, ...); ``env`` adds environment overrides;
+    ``users`` maps callers to POSIX users on "local" (default ``TEST_USERS``).
     """
     from broker import wiring  # noqa: PLC0415
     from broker.local.stack import LocalStack  # noqa: PLC0415
@@ -141,13 +149,15 @@ def local_stack(slurm_env: dict[str, str], **options: Any) -> Iterator[Any]:
         "HPCB_CLUSTERS_MODE": "local",
         "HPCB_LOCAL_CLUSTERS": "local",
         "POWERTOOLS_TRACE_DISABLED": "true",
-        "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",
         **options.pop("env", {}),
         **slurm_env,
     }
+    users = options.pop("users", TEST_USERS)
     wiring.reset()
     stack = LocalStack(TEMPLATE, env_overrides=env, access_log=False, **options)
     stack.start()
+    for principal, user in users.items():
+        stack.map_user("local", principal, user)
     try:
         yield stack
     finally:

@@ -28,10 +28,13 @@ from broker.ports import (
     Notifier,
     RequestQueue,
     RequestStore,
+    UserMappings,
+    UserResolver,
 )
 from broker.requests.models import QueueMessage, RequestRecord, RequestResult
 from broker.requests.states import RequestState, can_transition
 from broker.schema import ErrorInfo, utcnow
+from broker.users.models import UserMapping
 
 
 class InMemoryStore:
@@ -426,6 +429,43 @@ def submitted(token: str, job_id: str = "42", *, reused: bool = False) -> AgentR
     )
 
 
+class EveryoneAs:
+    """UserResolver fake for tests that are not about mappings: every caller, on every cluster,
+    runs as one POSIX user (the real resolver, ``broker.users.service.MappedUsers``, reads the
+    broker's mappings and refuses unmapped callers)."""
+
+    def __init__(self, user: str = "hpcb-dev") -> None:
+        self.user = user
+
+    def user_for(self, cluster: str, owner: str) -> str:
+        return self.user
+
+
+@dataclass
+class InMemoryUserMappings:
+    """UserMappings fake: a dict by (cluster, principal)."""
+
+    items: dict[tuple[str, str], UserMapping] = field(default_factory=dict)
+
+    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        return self.items.get((cluster, principal))
+
+    def put_mapping(self, mapping: UserMapping) -> None:
+        self.items[(mapping.cluster, mapping.principal)] = mapping
+
+    def delete_mapping(self, cluster: str, principal: str) -> bool:
+        return self.items.pop((cluster, principal), None) is not None
+
+    def list_mappings(
+        self, cluster: str, *, limit: int, next_token: str | None
+    ) -> tuple[list[UserMapping], str | None]:
+        mine = sorted((m for (c, _), m in self.items.items() if c == cluster),
+                      key=lambda m: m.principal)  # fmt: skip
+        start = int(next_token) if next_token else 0
+        page = mine[start : start + limit]
+        return page, (str(start + limit) if start + limit < len(mine) else None)
+
+
 if TYPE_CHECKING:
     # Each fake implements every member of the ports it stands for: mypy (``make lint``) fails
     # here when a port gains a member its fake lacks.
@@ -438,3 +478,5 @@ if TYPE_CHECKING:
     _runner: CommandRunner = ScriptedRunner()
     _notifier: Notifier = RecordingNotifier()
     _artifacts: ArtifactStore = MemoryArtifacts()
+    _users: UserResolver = EveryoneAs()
+    _mappings: UserMappings = InMemoryUserMappings()

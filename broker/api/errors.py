@@ -14,6 +14,7 @@ from broker.errors import (
     BrokerError,
     ConflictError,
     NotFoundError,
+    NotMappedError,
     PayloadTooLargeError,
     ThrottledError,
     TransientError,
@@ -29,6 +30,7 @@ _STATUS: list[tuple[type[BrokerError], HTTPStatus]] = [
     # Most specific first.
     (PayloadTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
     (ValidationError, HTTPStatus.UNPROCESSABLE_ENTITY),
+    (NotMappedError, HTTPStatus.FORBIDDEN),
     (NotFoundError, HTTPStatus.NOT_FOUND),
     (ConflictError, HTTPStatus.CONFLICT),
     (BackpressureError, HTTPStatus.TOO_MANY_REQUESTS),
@@ -107,7 +109,9 @@ ERROR_RESPONSES: dict[int, Any] = {
         ),
         (
             HTTPStatus.FORBIDDEN,
-            "UNAUTHENTICATED: the call carries no authenticated identity. API Gateway's own "
+            "NOT_MAPPED: you have no user on that cluster; the broker's administrator maps "
+            "callers to cluster users. UNAUTHENTICATED: the call carries no authenticated "
+            "identity. API Gateway's own "
             "refusals (unsigned or badly signed call: MISSING_AUTHENTICATION_TOKEN, "
             "INVALID_SIGNATURE, ACCESS_DENIED, …) have this schema too.",
         ),

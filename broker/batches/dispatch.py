@@ -16,7 +16,7 @@ from typing import Protocol
 from broker.agent.protocol import AgentJob, AgentRequest
 from broker.batches.models import JobBatchMessage
 from broker.batches.outcomes import finish_batch, item_outcome
-from broker.errors import PermanentError, TransientError
+from broker.errors import NotMappedError, PermanentError, TransientError
 from broker.jobs.execution import (
     PERMANENT,
     Dependencies,
@@ -25,12 +25,11 @@ from broker.jobs.execution import (
     RunnerFor,
     error_of,
     lookback_seconds,
-    mapped_user,
 )
 from broker.jobs.models import slurm_token
 from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
-from broker.ports import BatchStore, ClusterDirectory, JobStore, RequestStore
+from broker.ports import BatchStore, ClusterDirectory, JobStore, RequestStore, UserResolver
 from broker.requests.models import RequestRecord
 
 #: An agent call's answers by broker job id: (submitted with Slurm id, rejected with reason,
@@ -76,9 +75,9 @@ class ChunkDispatcher:
         *,
         default_working_directory: str,
         submit_concurrency: int | None,
-        run_as_user: str | None = None,
+        users: UserResolver,
     ) -> None:
-        self._run_as_user = run_as_user  # transitional: HPCB_LOCAL_RUN_AS_USER
+        self._users = users
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -180,14 +179,14 @@ class ChunkDispatcher:
             if item.job_id not in started:
                 continue
             try:
-                user = mapped_user(self._run_as_user)
+                user = self._users.user_for(message.cluster, message.owner)
                 dependency = self._dependencies.slurm_string(
                     message.owner, message.cluster, item.spec
                 )
             except TransientError:
                 retry.append(item.job_id)
                 continue
-            except PermanentError as exc:
+            except (PermanentError, NotMappedError) as exc:
                 failed.append((item.job_id, exc.message))
                 continue
             spec = item.spec

@@ -32,7 +32,15 @@ from broker.jobs.models import (
 )
 from broker.jobs.records import JobRecord, JobState, new_job
 from broker.notifications.announcer import Announcer
-from broker.ports import BatchStore, ClusterDirectory, JobStore, Limits, RequestQueue, RequestStore
+from broker.ports import (
+    BatchStore,
+    ClusterDirectory,
+    JobStore,
+    Limits,
+    RequestQueue,
+    RequestStore,
+    UserResolver,
+)
 from broker.requests.models import QueueMessage, RequestKind, RequestRecord
 from broker.requests.states import RequestState
 from broker.schema import ErrorInfo, new_request_id, utcnow
@@ -53,8 +61,10 @@ class RequestService:
         announcer: Announcer | None = None,
         limits: Limits | None = None,
         *,
+        users: UserResolver,
         cluster_gate: ClusterGate | None = None,
     ) -> None:
+        self._users = users
         self._store = store
         self._queue = queue
         self._clusters = clusters
@@ -71,6 +81,7 @@ class RequestService:
         Raises:
             PayloadTooLargeError: the script is over MAX_SCRIPT_BYTES.
             ClusterNotFoundError: no such cluster.
+            NotMappedError: the caller has no user on that cluster (403; nothing recorded).
             TransientError: the table or queue cannot take the request now (it is then FAILED
                 with ``ENQUEUE_FAILED``, and the caller may send it again).
         """
@@ -81,6 +92,7 @@ class RequestService:
                 "Keep large inputs in files on the cluster and reference them from the script."
             )
         self._resolve(cluster)
+        self._users.user_for(cluster, owner)
         record = self._new_request(owner, cluster, "job.submit", spec=spec)
         job = new_job(record.request_id, owner, cluster, spec, record.created_at)
         self._store.create_submission(record, job, self._limits, ready_cluster=self._gated)
@@ -99,6 +111,7 @@ class RequestService:
             ClusterNotFoundError, BackpressureError, TransientError: as for one job.
         """
         self._resolve(cluster)
+        self._users.user_for(cluster, owner)
         return accept_batch(self._store, self._queue, owner, cluster, body,
                             limits=self._limits, ready_cluster=self._gated)  # fmt: skip
 
@@ -130,9 +143,11 @@ class RequestService:
         """Accept a cancel. A job still queued in SQS is cancelled at once, never reaching Slurm.
 
         Raises:
+            NotMappedError: the caller has no user on that cluster (403).
             NotFoundError: no such job of the caller's.
             ConflictError: the job has already ended.
         """
+        self._users.user_for(cluster, owner)
         job = self.get_job(owner, cluster, ref)
         if job.state.final:
             raise ConflictError(f"job {job.job_id} has already ended ({job.state})")
@@ -169,9 +184,11 @@ class RequestService:
         """Accept an output fetch for a job that reached Slurm.
 
         Raises:
+            NotMappedError: the caller has no user on that cluster (403).
             NotFoundError: no such job of the caller's.
             ConflictError: the job has no Slurm id (not submitted, or never will be).
         """
+        self._users.user_for(cluster, owner)
         job = self.get_job(owner, cluster, ref)
         if job.slurm_job_id is None:
             raise ConflictError(f"job {job.job_id} has not reached Slurm ({job.state})")

@@ -29,7 +29,6 @@ from broker.jobs.execution import (
     agent_info,
     error_of,
     lookback_seconds,
-    mapped_user,
 )
 from broker.jobs.models import (
     CancelResult,
@@ -44,7 +43,14 @@ from broker.jobs.models import (
 from broker.jobs.records import JobRecord, JobState
 from broker.notifications.announcer import Announcer
 from broker.observability import logger
-from broker.ports import ArtifactStore, BatchStore, ClusterDirectory, JobStore, RequestStore
+from broker.ports import (
+    ArtifactStore,
+    BatchStore,
+    ClusterDirectory,
+    JobStore,
+    RequestStore,
+    UserResolver,
+)
 from broker.requests.models import QueueMessage
 
 #: Output text above this many characters (both streams) goes to S3 behind a presigned URL
@@ -74,9 +80,9 @@ class Dispatcher:
         artifacts: ArtifactStore | None = None,
         default_working_directory: str = "/tmp",  # noqa: S108
         submit_concurrency: int | None = None,
-        run_as_user: str | None = None,
+        users: UserResolver,
     ) -> None:
-        self._run_as_user = run_as_user  # transitional: HPCB_LOCAL_RUN_AS_USER
+        self._users = users
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -89,7 +95,7 @@ class Dispatcher:
             store, clusters, runner_for, announcer,
             default_working_directory=default_working_directory,
             submit_concurrency=submit_concurrency,
-            run_as_user=run_as_user,
+            users=users,
         )  # fmt: skip
 
     def handle(self, message: QueueMessage) -> Outcome:
@@ -147,7 +153,7 @@ class Dispatcher:
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
-        user = mapped_user(self._run_as_user)
+        user = self._users.user_for(message.cluster, message.owner)
         request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency, user=user)],
                                lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
@@ -181,7 +187,7 @@ class Dispatcher:
                 code="SUBMISSION_IN_PROGRESS",
             )
         target = self._clusters.resolve(message.cluster)
-        user, token = mapped_user(self._run_as_user), slurm_token(job.job_id)
+        user, token = self._users.user_for(message.cluster, message.owner), slurm_token(job.job_id)
         request = AgentRequest(op="cancel", targets=[JobTarget(job_id=job.slurm_job_id, user=user,
                                                                token=token)])  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
@@ -219,7 +225,7 @@ class Dispatcher:
                 max_bytes=query.max_bytes,
                 patterns=self._patterns(job),
                 job_name=job.name,
-                user=mapped_user(self._run_as_user),
+                user=self._users.user_for(message.cluster, message.owner),
                 token=slurm_token(job.job_id),
             ),
         )

@@ -18,6 +18,7 @@ from broker.errors import (
     ClusterNotFoundError,
     ConflictError,
     NotFoundError,
+    NotMappedError,
     PermanentError,
     TransientError,
 )
@@ -31,7 +32,7 @@ from broker.schema import ErrorInfo, utcnow
 Outcome = Literal["succeeded", "failed", "skipped", "cancelled"]
 RunnerFor = Callable[[Literal["ssm", "local"]], CommandRunner]
 #: Errors that end a request for good (recorded FAILED): retrying cannot fix them.
-PERMANENT = (PermanentError, ClusterNotFoundError, NotFoundError, ConflictError)
+PERMANENT = (PermanentError, ClusterNotFoundError, NotFoundError, ConflictError, NotMappedError)
 
 #: Added to a job's age for the agent's accounting search: clock skew between the worker and
 #: the head node (both NTP-synced in AWS) is far smaller.
@@ -149,21 +150,3 @@ class RequestEnds:
             self.fail_job(message.request_id, exc.message)
         self.fail(message.request_id, info_of(exc))
         return "failed"
-
-
-def mapped_user(run_as_user: str | None) -> str:
-    """The POSIX user the head-node agent acts as for a caller.
-
-    Transitional: one setting (``HPCB_LOCAL_RUN_AS_USER``) for every caller, until the per-cluster
-    caller-to-user mapping exists. Unset means nobody is mapped: never a fallback to root.
-
-    Raises:
-        PermanentError: ``NOT_MAPPED``, no user to act as.
-    """
-    if run_as_user is None:
-        raise PermanentError(
-            "no cluster user is mapped for this caller (HPCB_LOCAL_RUN_AS_USER is unset); "
-            "ask the broker's administrator to map you",
-            code="NOT_MAPPED",
-        )
-    return run_as_user

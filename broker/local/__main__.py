@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from broker.local.apigw import DEFAULT_PRINCIPAL, PRINCIPAL_HEADER
 from broker.local.env_file import read_env_file
 from broker.local.template import LocalStackError, load_template
+from broker.local.users import add_users_parser
 
 if TYPE_CHECKING:
     from broker.local.stack import LocalStack
@@ -50,9 +51,6 @@ LOCAL_OVERRIDES: Final = {
     # timeout); every handler shares this process's environment, and nothing enforces Lambda
     # timeouts locally, so both get the job worker's value.
     "HPCB_AGENT_TIMEOUT_SECONDS": "120",
-    # Transitional, until callers are mapped to users: every local job runs as this non-root
-    # user, created by scripts/local-user.sh (make up).
-    "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",
 }
 # Local default: a schedule every 2 s instead of the template's minute, so states move visibly.
 SCHEDULE_SECONDS_ENV: Final = "HPCB_LOCAL_SCHEDULE_SECONDS"
@@ -135,6 +133,7 @@ def _write_run_file(run_file: Path, stack: LocalStack, template: Path) -> None:
         "notifications_queue_url": _notifications_queue_url(stack),
         "schedule_seconds": stack.schedule_seconds,
         "schedules": {s.name: s.describe() for s in stack.schedules},
+        "table": stack.resources.get("RequestsTable"),
     }
     run_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
@@ -178,6 +177,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         logger.warning("no Slurm env file at %s (is Slurm up? scripts/slurm.sh up)", slurm_env)
 
     overrides = template_overrides(args.template)
+    # The local developer administers the local stack's mappings (the admin routes).
+    overrides["HPCB_ADMIN_PRINCIPALS"] = args.principal
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep:
@@ -213,6 +214,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"cannot start the local stack: {exc}", file=sys.stderr)
         return 1
     try:
+        _map_default_user(stack, overrides, args.principal, args.map_user)
         if run_file is not None:
             _write_run_file(run_file, stack, args.template)
         print_banner(stack, args.principal)
@@ -224,6 +226,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             run_file.unlink(missing_ok=True)
         print("stopped", flush=True)
     return 0
+
+
+def _map_default_user(
+    stack: LocalStack, overrides: dict[str, str], principal: str, user: str | None
+) -> None:
+    """``--map-user``: the default caller runs as ``user`` on every local cluster."""
+    if user:
+        for cluster in overrides.get("HPCB_LOCAL_CLUSTERS", "local").split(","):
+            stack.map_user(cluster.strip(), principal, user)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -325,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--template", type=Path, default=REPO_ROOT / "template.yaml")
     up.add_argument("--slurm-env", type=Path, default=DEFAULT_SLURM_ENV)
     up.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="default caller IAM ARN")
+    up.add_argument(
+        "--map-user",
+        metavar="USER",
+        help="map the default caller to this POSIX user on every local cluster (make up: hpcb-dev)",
+    )
     up.add_argument("--pollers", type=int, default=1, help="threads per SQS mapping")
     up.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment"
@@ -366,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=1.0, help="seconds to wait for one (without --follow)"
     )
     notifications.set_defaults(func=cmd_notifications)
+    add_users_parser(sub, _read_run_file)
     return parser
 
 

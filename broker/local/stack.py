@@ -46,6 +46,7 @@ from typing import Any, Final
 import boto3
 from werkzeug.serving import BaseWSGIServer
 
+from broker.adapters.dynamodb.users import DynamoUserMappings
 from broker.local.apigw import DEFAULT_PRINCIPAL, ApiGatewayApp
 from broker.local.moto_servers import (
     moto_cpu_seconds,
@@ -77,6 +78,8 @@ from broker.local.template import (
     physical_name,
     read_functions,
 )
+from broker.users.models import MappingBody
+from broker.users.service import UserAdmin
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -342,6 +345,16 @@ class LocalStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def user_mappings(self) -> DynamoUserMappings:
+        """The broker's caller-to-user mappings in this stack's table (``broker.users``)."""
+        ddb = boto3.client("dynamodb", region_name=self.region, endpoint_url=self.moto_url)
+        return DynamoUserMappings(ddb, self.resources["RequestsTable"])
+
+    def map_user(self, cluster: str, principal: str, user: str, *, by: str = "local") -> None:
+        """Let ``principal`` run as POSIX ``user`` on ``cluster`` (as an admin would)."""
+        body = MappingBody(principal=principal, user=user)
+        UserAdmin(self.user_mappings()).put(by, cluster, body)
 
     def function_name(self, logical_id: str) -> str:
         """The local name of a function (as the Lambda context reports it)."""

@@ -44,7 +44,7 @@ from broker.sweep.report import SweepReport
 from broker.sweep.status import Sweeper
 from tests.cluster_fakes import FakePclusterProvider, FakeStackReader, info
 from tests.conftest import REGION, AwsResources
-from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner
+from tests.fakes import EveryoneAs, FakeDirectory, RecordingNotifier, ScriptedRunner
 from workers import cluster_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
@@ -136,6 +136,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
         SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue")),
         FakeDirectory(names=frozenset({"local", "alpha"})),
         cluster_gate=ClusterGate(store),
+        users=EveryoneAs(),
     )
     monkeypatch.setattr(api_services, "cluster_service", lambda: service)
     monkeypatch.setattr(api_services, "request_service", lambda: jobs)

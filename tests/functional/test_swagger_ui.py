@@ -26,7 +26,7 @@ from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
-from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore
+from tests.fakes import EveryoneAs, FakeDirectory, FakeQueue, InMemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("get", "put", "post", "delete", "patch")
@@ -44,7 +44,7 @@ def chromium() -> str:
 @pytest.fixture
 def api_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The API handler behind the local API Gateway adapter, on a real HTTP port."""
-    service = RequestService(InMemoryStore(), FakeQueue(), FakeDirectory())
+    service = RequestService(InMemoryStore(), FakeQueue(), FakeDirectory(), users=EveryoneAs())
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     route = ApiRoute(
         resource="/{proxy+}", method="ANY", handler=lambda_handler, function_name="ApiFunction"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -45,6 +47,13 @@ def stack(
             os.environ["HPCB_SIMULATED_CLUSTER_SECONDS"] = saved
     assert up.exit_code == 0, up.output
     info = json.loads(up.output)
+    # The tests act as alice: the stack's administrator maps her, as for the local developer.
+    mapped = subprocess.run(
+        [sys.executable, "-m", "broker.local", "--run-file", str(run_file), "users", "map",
+         "--cluster", "local", "--principal", ALICE, "--user", "hpcb-dev"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert mapped.returncode == 0, mapped.stderr
     yield {**info, "run_file": str(run_file)}
     # A sweep still recording the tests' cancelled jobs can keep the stack's process alive
     # past its "stopped" (seen: over 240 s after 1,000 jobs): --force ends its process group.

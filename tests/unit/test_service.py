@@ -42,6 +42,7 @@ from broker.notifications.events import JobEvent, RequestEvent
 from broker.requests.states import RequestState
 from broker.schema import utcnow
 from tests.fakes import (
+    EveryoneAs,
     FakeDirectory,
     FakeQueue,
     InMemoryStore,
@@ -84,9 +85,11 @@ def world() -> World:
     runner = ScriptedRunner()
     worker = Dispatcher(
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts,
-        run_as_user="hpcb-dev",
+        users=EveryoneAs(),
     )  # fmt: skip
-    api = RequestService(store, queue, FakeDirectory(), Announcer(store, notifier))
+    api = RequestService(
+        store, queue, FakeDirectory(), Announcer(store, notifier), users=EveryoneAs()
+    )
     return World(store, queue, api, runner, notifier, artifacts, worker)
 
 

@@ -1,5 +1,5 @@
-"""The worker's side of running as a user (transitional, until callers are mapped to users): every
-agent request it builds carries the one user of ``HPCB_LOCAL_RUN_AS_USER``; without it, each
+"""The worker's side of running as a user: every agent request it builds carries the caller's
+mapped user; for a caller with no mapping (removed since the API accepted the request), each
 submission, cancel and output request fails permanently with NOT_MAPPED and no agent call."""
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from broker.jobs.models import OutputQueryBody, slurm_token
 from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
 from broker.requests.states import RequestState
+from broker.users.service import MappedUsers
 from tests.fakes import (
+    EveryoneAs,
     FakeDirectory,
     FakeQueue,
     InMemoryStore,
+    InMemoryUserMappings,
     MemoryArtifacts,
     RecordingNotifier,
     ScriptedRunner,
@@ -34,18 +37,21 @@ def world() -> World:
     runner = ScriptedRunner()
     worker = Dispatcher(
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts,
-        run_as_user="hpcb-dev",
+        users=EveryoneAs(),
     )  # fmt: skip
-    api = RequestService(store, queue, FakeDirectory(), Announcer(store, notifier))
+    api = RequestService(
+        store, queue, FakeDirectory(), Announcer(store, notifier), users=EveryoneAs()
+    )
     return World(store, queue, api, runner, notifier, artifacts, worker)
 
 
 @pytest.fixture
 def unmapped(world: World) -> World:
-    """The world's worker, without a user to run as."""
+    """The world's worker, with no mapping for anyone."""
     world.worker = Dispatcher(
         world.store, FakeDirectory(), world.runner.runner_for,
         Announcer(world.store, world.notifier), artifacts=world.artifacts,
+        users=MappedUsers(InMemoryUserMappings()),
     )  # fmt: skip
     return world
 
@@ -77,14 +83,14 @@ def test_without_a_user_a_submission_fails_not_mapped_without_an_agent_call(
 
 
 def test_without_a_user_cancel_and_output_fail_not_mapped(world: World) -> None:
-    # GIVEN a job in Slurm as 42, then the user setting gone
+    # GIVEN a job in Slurm as 42, then its caller's mapping removed
     message = world.accepted()
     world.runner.answers = [submitted(slurm_token(message.request_id), "42")]
     world.worker.handle(message)
     calls = len(world.runner.calls)
     world.worker = Dispatcher(
         world.store, FakeDirectory(), world.runner.runner_for,
-        Announcer(world.store, world.notifier),
+        Announcer(world.store, world.notifier), users=MappedUsers(InMemoryUserMappings()),
     )  # fmt: skip
     world.runner.answers = [AgentResponse(ok=True, op="cancel", cancelled=[CancelResult(
         job_id="42", ok=True)])]  # fmt: skip
