@@ -151,6 +151,11 @@ class JobWorkerSettings(CommonSettings):
         default="", description="Python for the local runner's agent (default: this one)."
     )
     topic_arn: str = Field(description="SNS topic for notifications.")
+    coalesce_submissions: bool = Field(
+        default=True,
+        description="Single submissions drained together for one cluster share one head-node "
+        "command (false: one command each, the benchmark's baseline).",
+    )
     user_cache_seconds: float = Field(
         default=60,
         ge=0,

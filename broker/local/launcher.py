@@ -49,11 +49,14 @@ def launched_stack(
     *,
     principal: str | None = None,
     map_user: str | None = "hpcb-dev",
+    env: dict[str, str] | None = None,
+    schedules: bool = True,
 ) -> Iterator[Launched]:
     """Start ``python -m broker.local up`` on free ports; yield where it answers; stop it.
 
     ``principal`` is the stack's default caller and administrator; it runs as ``map_user``
-    on the local clusters (scripts/local-user.sh creates hpcb-dev).
+    on the local clusters (scripts/local-user.sh creates hpcb-dev). ``env``: extra environment
+    of the handlers; ``schedules``: False runs no scheduled function (no sweep).
 
     Raises:
         RuntimeError: the stack exited or did not answer within ``timeout`` seconds.
@@ -65,6 +68,8 @@ def launched_stack(
     command += ["--api-port", str(port), "--moto-port", "0", "--slurm-env", str(slurm_env)]
     command += ["--principal", principal] if principal else []
     command += ["--map-user", map_user] if map_user else []
+    command += [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
+    command += [] if schedules else ["--no-schedules"]
     with log_path.open("wb") as log:
         stack = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
