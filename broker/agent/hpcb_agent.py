@@ -320,14 +320,26 @@ def validate_token(token: Any) -> str:
     return token
 
 
+#: ``broker.jobs.models.SCHEDULER_DIRECTIVE_PATTERN`` (a test keeps them equal): a scheduler
+#: directive in the script's leading comment block, which sbatch would read as options.
+SCHEDULER_DIRECTIVE_PATTERN = (
+    r"^(?:[ \t]*(?:#[^\n]*)?\n)*[ \t]*#[ \t]*(?:[Ss][Bb][Aa][Tt][Cc][Hh]|[Pp][Bb][Ss]|"
+    r"[Bb][Ss][Uu][Bb]|[Mm][Ss][Uu][Bb]|[Pp][Jj][Mm]|[Ff][Ll][Uu][Xx]|[Cc][Oo][Bb][Aa][Ll][Tt]|\$)"
+)
+_SCHEDULER_DIRECTIVE = re.compile(SCHEDULER_DIRECTIVE_PATTERN)
+
+
 def validate_script(script: Any) -> bytes:
-    """Return the script as UTF-8 bytes if it is an acceptable batch script."""
+    """Return the script as UTF-8 bytes if it is an acceptable batch script (no scheduler
+    directive: options come only from the validated fields, and sbatch runs with --ignore-pbs)."""
     if not isinstance(script, str):
         raise AgentError(INVALID_SCRIPT, "the script must be a string")
     if "\x00" in script:
         raise AgentError(INVALID_SCRIPT, "the script must not contain NUL characters")
     if not script.startswith("#!"):
         raise AgentError(INVALID_SCRIPT, "the script must start with a shebang line")
+    if _SCHEDULER_DIRECTIVE.search(script):
+        raise AgentError(INVALID_SCRIPT, "scheduler directives (#SBATCH, #PBS, ...) are refused")
     data = script.encode("utf-8")
     if len(data) > MAX_SCRIPT_BYTES:
         raise AgentError(INVALID_SCRIPT, "the script is larger than %d bytes" % MAX_SCRIPT_BYTES)
@@ -745,7 +757,8 @@ class SbatchCommand(SlurmCommand[str]):
         ``--export=ALL`` always, so the job's environment is sbatch's (``env``) whether or not the
         job has variables: explicit, and the same as Slurm's default.
         """
-        return ["sbatch", "--parsable", "--export=ALL", "--comment=" + self.token, *self._options]
+        return ["sbatch", "--parsable", "--ignore-pbs", "--export=ALL",
+                "--comment=" + self.token, *self._options]  # fmt: skip
 
     @property
     def user(self) -> str:
