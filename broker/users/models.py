@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from broker.agent.protocol import POSIX_USER
-from broker.schema import StrictModel
+from broker.schema import StrictModel, a_json_number
 
 #: An owner as ``broker.identity.owner_of`` names it: an IAM or STS ARN (a role's or federated
 #: users' wildcard form included). Printable ASCII without spaces.
@@ -44,8 +44,12 @@ class MappingBody(StrictModel):
         "agent's minimum, never root: the agent checks again).",
     )
     uid: int | None = Field(
-        default=None, ge=1, le=MAX_UID, description="Optional: the uid, for the record."
-    )
+        default=None, strict=False, ge=1, le=MAX_UID,
+        description="Optional: the uid, for the record.",
+    )  # fmt: skip
+
+    # 3.0 is the integer 3, as JSON Schema reads it; "3" and true are not.
+    _integers = field_validator("uid", mode="before")(a_json_number)
 
 
 class MappingView(BaseModel):
