@@ -363,6 +363,7 @@ def test_provision_order_creates_the_dlq_before_the_queue_that_names_it(
         "IdempotencyTable",
         "StagingBucket",
         "NotificationsTopic",
+        "AlarmsTopic",
         "PageTokenSecret",
     }
 
