@@ -43,6 +43,12 @@ class ClusterNotFoundError(NotFoundError):
     code = "CLUSTER_NOT_FOUND"
 
 
+class ForbiddenError(BrokerError):
+    """The caller is known but may not do this (HTTP 403); the message says whom to ask."""
+
+    code = "FORBIDDEN"
+
+
 class ConflictError(BrokerError):
     """The write conflicts with the current state (exists already, invalid transition)."""
 

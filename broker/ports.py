@@ -26,6 +26,7 @@ from broker.jobs.records import JobRecord, JobState
 from broker.notifications.events import Event
 from broker.requests.models import QueueMessage, RequestRecord, RequestResult
 from broker.schema import ErrorInfo
+from broker.users.models import UserMapping
 
 
 @dataclass(frozen=True)
@@ -383,3 +384,21 @@ class StackStatusReader(Protocol):
 
         A stack that does not exist (deleted) answers ``exists=False``.
         """
+
+
+class UserStore(Protocol):
+    """Which POSIX user each caller acts as, per cluster (managed by administrators)."""
+
+    def put_mapping(self, mapping: UserMapping) -> None:
+        """Write ``mapping``, replacing the principal's mapping on that cluster if any."""
+
+    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        """The principal's mapping on ``cluster`` (strongly consistent), or None."""
+
+    def delete_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        """Remove the principal's mapping on ``cluster``; the removed one, or None if none."""
+
+    def list_mappings(
+        self, cluster: str, *, limit: int, next_token: str | None
+    ) -> tuple[list[UserMapping], str | None]:
+        """A page of ``cluster``'s mappings, by principal."""

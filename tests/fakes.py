@@ -6,6 +6,7 @@ in tests/functional/test_store_contract.py run the same cases against both.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,8 @@ from broker.ports import (
 from broker.requests.models import QueueMessage, RequestRecord, RequestResult
 from broker.requests.states import RequestState, can_transition
 from broker.schema import ErrorInfo, utcnow
+from broker.users.models import UserMapping
+from broker.users.service import UserService
 
 
 class InMemoryStore:
@@ -362,6 +365,55 @@ class FakeQueue:
 
     def delay_retry(self, event_source_arn: str, receipt_handle: str, seconds: int) -> None:
         self.delays.append((event_source_arn, receipt_handle, seconds))
+
+
+class InMemoryUserStore:
+    """UserStore in a dict: the adapter's semantics (last write wins; pages by principal)."""
+
+    def __init__(self) -> None:
+        self.mappings: dict[tuple[str, str], UserMapping] = {}
+
+    def put_mapping(self, mapping: UserMapping) -> None:
+        self.mappings[(mapping.cluster, mapping.principal)] = mapping
+
+    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        return self.mappings.get((cluster, principal))
+
+    def delete_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        return self.mappings.pop((cluster, principal), None)
+
+    def list_mappings(
+        self, cluster: str, *, limit: int, next_token: str | None
+    ) -> tuple[list[UserMapping], str | None]:
+        after = base64.urlsafe_b64decode(next_token.encode()).decode() if next_token else ""
+        mine = sorted(
+            (m for (c, p), m in self.mappings.items() if c == cluster and p > after),
+            key=lambda m: m.principal,
+        )
+        page = mine[:limit]
+        more = len(mine) > limit
+        token = base64.urlsafe_b64encode(page[-1].principal.encode()).decode() if more else None
+        return page, token
+
+
+class EveryoneMapped(InMemoryUserStore):
+    """A UserStore in which every caller is mapped to one user on every cluster: for tests of
+    other behaviour (the mapping's own tests use InMemoryUserStore)."""
+
+    def __init__(self, user: str = "hpcb-dev") -> None:
+        super().__init__()
+        self.user = user
+
+    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        return super().get_mapping(cluster, principal) or UserMapping(
+            cluster=cluster, principal=principal, user=self.user, created_at=utcnow(),
+            created_by="tests",
+        )  # fmt: skip
+
+
+def everyone_mapped(user: str = "hpcb-dev") -> UserService:
+    """The API's user service with every caller mapped to ``user`` (see EveryoneMapped)."""
+    return UserService(EveryoneMapped(user))
 
 
 @dataclass

@@ -7,6 +7,7 @@ jobs        JobStore: job and alias items, moves in and out of SUBMITTING (with 
 batches     BatchStore: batch requests, chunk markers, backlog counters, outcome counts
 attention   AttentionIndex: the sparse index gsi2 the sweep reads
 clusters    ClusterStore: cluster items, and the readiness check of job submissions
+users       UserStore: caller-to-user mappings per cluster
 store       DynamoStore: all of the above over one table, for services that need several
 """
 
@@ -16,6 +17,7 @@ from broker.adapters.dynamodb.clusters import DynamoClusterStore
 from broker.adapters.dynamodb.jobs import DynamoJobStore
 from broker.adapters.dynamodb.requests import DynamoRequestStore
 from broker.adapters.dynamodb.store import DynamoStore
+from broker.adapters.dynamodb.users import DynamoUserStore
 
 __all__ = [
     "DynamoAttentionIndex",
@@ -24,4 +26,5 @@ __all__ = [
     "DynamoJobStore",
     "DynamoRequestStore",
     "DynamoStore",
+    "DynamoUserStore",
 ]
