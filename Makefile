@@ -61,14 +61,14 @@ contract: contract-venv
 # Starts the stack in the background (log: .run/local-stack.log) and prints its banner.
 up: system-deps venv
 	@$(SLURM) up
-	@scripts/local-user.sh   # hpcb-dev: the user local jobs run as (HPCB_LOCAL_RUN_AS_USER)
+	@scripts/local-user.sh   # hpcb-dev: the non-root user the local principal is mapped to
 	mkdir -p $(RUN_DIR)
 	log=$(RUN_DIR)/local-stack.log
 	if $(STACK) status >/dev/null 2>&1; then
 	  echo "The local stack is already running:"
 	else
 	  setsid nohup $(STACK) up --api-port $(API_PORT) --moto-port $(MOTO_PORT) \
-	    --slurm-env $(SLURM_ENV) > $$log 2>&1 < /dev/null &
+	    --slurm-env $(SLURM_ENV) --map-user hpcb-dev > $$log 2>&1 < /dev/null &
 	  pid=$$!
 	  for _ in $$(seq 300); do
 	    grep -q '^Stop with' $$log && break

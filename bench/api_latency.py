@@ -28,6 +28,9 @@ from broker.local.launcher import ROOT, launched_stack
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 
+#: The benchmarks' caller (mapped to hpcb-dev as the stack starts).
+BENCH = "arn:aws:iam::000000000000:user/bench"
+
 BENCH_NAME = "hpcb-bench"
 SCRIPT = "#!/bin/bash\ntrue\n"
 
@@ -56,8 +59,8 @@ def summary(values: list[float]) -> dict[str, float]:
 def run(n: int, slurm_env: Path) -> dict[str, Any]:
     """Measure everything; return the figures."""
     figures: dict[str, Any] = {"calls": n}
-    with launched_stack(slurm_env, ROOT / ".run" / "bench-stack.log") as stack:
-        client = BrokerClient(stack.url, principal="arn:aws:iam::000000000000:user/bench")
+    with launched_stack(slurm_env, ROOT / ".run" / "bench-stack.log", principal=BENCH) as stack:
+        client = BrokerClient(stack.url, principal=BENCH)
         spec = {"script": SCRIPT, "name": BENCH_NAME}
         client.submit_job("local", spec)  # warm up both handlers' cold start
         post_ms, ids = [], []

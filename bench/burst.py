@@ -185,7 +185,6 @@ def start_stack(slurm_env: dict[str, str], pollers: int) -> LocalStack:
         env_overrides={
             "HPCB_CLUSTERS_MODE": "local",
             "HPCB_LOCAL_CLUSTERS": "local",
-            "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",  # scripts/local-user.sh
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             **slurm_env,
@@ -194,7 +193,9 @@ def start_stack(slurm_env: dict[str, str], pollers: int) -> LocalStack:
         access_log=False,
         pollers_per_mapping=pollers,
     )
-    return stack.start()
+    stack.start()
+    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh creates hpcb-dev
+    return stack
 
 
 def burst(stack: LocalStack, count: int, workdir: str, calls: Calls) -> dict[str, Any]:

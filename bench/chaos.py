@@ -270,7 +270,6 @@ def start_stack(config: Config, slurm_env: dict[str, str]) -> LocalStack:
         env_overrides={
             "HPCB_CLUSTERS_MODE": "local",
             "HPCB_LOCAL_CLUSTERS": "local",
-            "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",  # scripts/local-user.sh
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "CRITICAL",
             # Retries within seconds, not minutes: the poison reaches the DLQ after 8 receives.
@@ -283,7 +282,9 @@ def start_stack(config: Config, slurm_env: dict[str, str]) -> LocalStack:
         access_log=False,
         pollers_per_mapping=config.pollers,
     )
-    return stack.start()
+    stack.start()
+    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh creates hpcb-dev
+    return stack
 
 
 def burst(stack: LocalStack, config: Config, injector: FaultInjector) -> Accepted:

@@ -27,6 +27,9 @@ from bench.api_latency import summary, timed
 from broker.client import BrokerClient
 from broker.local.launcher import ROOT, launched_stack
 
+#: The benchmarks' caller (mapped to hpcb-dev as the stack starts).
+BENCH = "arn:aws:iam::000000000000:user/bench"
+
 CONFIG = (
     "Image:\n  Os: alinux2\nHeadNode:\n  InstanceType: t3.micro\n  Ssh:\n    KeyName: k\n"
     "Scheduling:\n  Scheduler: slurm\n  SlurmQueues:\n  - Name: q\n"
@@ -59,8 +62,10 @@ def import_times(repeats: int = 5) -> dict[str, dict[str, Any]]:
 def run(n: int, slurm_env: Path) -> dict[str, Any]:
     """Measure; return the figures."""
     figures: dict[str, Any] = {"calls": n}
-    with launched_stack(slurm_env, ROOT / ".run" / "bench-clusters-stack.log") as stack:
-        client = BrokerClient(stack.url, principal="arn:aws:iam::000000000000:user/bench")
+    with launched_stack(
+        slurm_env, ROOT / ".run" / "bench-clusters-stack.log", principal=BENCH
+    ) as stack:
+        client = BrokerClient(stack.url, principal=BENCH)
         for _ in range(5):  # warm up both paths (first calls build clients)
             client.list_clusters()
             client.submit_job("local", {"script": "#!/bin/bash\ntrue\n"})

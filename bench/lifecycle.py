@@ -81,7 +81,6 @@ def start_stack(slurm_env: dict[str, str], schedule_seconds: float | None) -> Lo
         env_overrides={
             "HPCB_CLUSTERS_MODE": "local",
             "HPCB_LOCAL_CLUSTERS": "local",
-            "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",  # scripts/local-user.sh
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "HPCB_SWEEP_WINDOW_SECONDS": "0",
@@ -91,7 +90,9 @@ def start_stack(slurm_env: dict[str, str], schedule_seconds: float | None) -> Lo
         schedules_enabled=schedule_seconds is not None,
         access_log=False,
     )
-    return stack.start()
+    stack.start()
+    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh creates hpcb-dev
+    return stack
 
 
 def held_jobs(store: DynamoStore, count: int, workdir: str) -> list[str]:

@@ -83,6 +83,17 @@ class ApiSettings(CommonSettings, PageTokenSettings):
         description="Submissions accepted but not yet in Slurm, per caller, before 429.",
     )
     retry_after_seconds: int = Field(default=10, ge=1, description="Retry-After of a 429.")
+    admin_principals: str = Field(
+        default="",
+        description="Comma-separated IAM principal ARNs allowed to manage the caller-to-user "
+        "mappings (/v1/admin/...; everyone else gets 404 there). Named in NOT_MAPPED answers "
+        "as whom to ask. Empty: nobody (mappings then come from the table alone).",
+    )
+
+    @property
+    def admin_principal_arns(self) -> frozenset[str]:
+        """The set of administrator ARNs."""
+        return frozenset(a.strip() for a in self.admin_principals.split(",") if a.strip())
 
 
 class JobWorkerSettings(CommonSettings):
@@ -117,13 +128,6 @@ class JobWorkerSettings(CommonSettings):
         default="", description="Python for the local runner's agent (default: this one)."
     )
     topic_arn: str = Field(description="SNS topic for notifications.")
-    local_run_as_user: str | None = Field(
-        default=None,
-        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
-        description="TRANSITIONAL, until the broker maps callers to users: the one POSIX user "
-        "every job, cancel and output read runs as on the head node (the agent refuses root and "
-        "uids below 1000). Unset: every such request fails with NOT_MAPPED.",
-    )
 
 
 class SweeperSettings(JobWorkerSettings):

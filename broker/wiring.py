@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from broker.adapters.aws import client, regional_client
 from broker.adapters.cloudformation import CloudFormationStackReader
-from broker.adapters.dynamodb import DynamoClusterStore, DynamoStore
+from broker.adapters.dynamodb import DynamoClusterStore, DynamoStore, DynamoUserStore
 from broker.adapters.ec2 import Ec2ClusterDirectory
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.s3 import S3ArtifactStore
@@ -52,6 +52,7 @@ from broker.settings import (
 )
 from broker.sweep.clusters import ClusterFollower
 from broker.sweep.status import Sweeper
+from broker.users.service import UserService
 
 
 class TableRecords(RequestStore, JobStore, BatchStore, AttentionIndex, ClusterStore, Protocol):
@@ -147,6 +148,7 @@ def request_service() -> RequestService:
         store=store,
         queue=SqsRequestQueue(client("sqs"), settings.queue_url),
         clusters=cluster_directory(settings),
+        users=user_service(),
         announcer=announcer,
         limits=Limits(
             cluster_backlog=settings.max_cluster_backlog,
@@ -154,6 +156,16 @@ def request_service() -> RequestService:
             retry_after_seconds=settings.retry_after_seconds,
         ),
         cluster_gate=ClusterGate(_clusters(settings)),
+    )
+
+
+@cache
+def user_service() -> UserService:
+    """The API's caller-to-user mappings (default deny; managed by the admin routes)."""
+    settings = api_settings()
+    return UserService(
+        DynamoUserStore(client("dynamodb"), settings.table_name),
+        admins=settings.admin_principal_arns,
     )
 
 
@@ -200,7 +212,6 @@ def dispatcher() -> Dispatcher:
         ),
         default_working_directory=settings.default_working_directory,
         submit_concurrency=settings.submit_concurrency,
-        run_as_user=settings.local_run_as_user,
     )
 
 
@@ -240,6 +251,7 @@ def reset() -> None:
     """Forget every cached dependency and setting (tests, and local stacks that restart)."""
     for cached in (
         request_service,
+        user_service,
         request_queue,
         _runner,
         dispatcher,

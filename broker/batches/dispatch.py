@@ -23,9 +23,9 @@ from broker.jobs.execution import (
     Outcome,
     RequestEnds,
     RunnerFor,
+    acting_user,
     error_of,
     lookback_seconds,
-    mapped_user,
 )
 from broker.jobs.models import slurm_token
 from broker.jobs.records import JobState
@@ -76,9 +76,7 @@ class ChunkDispatcher:
         *,
         default_working_directory: str,
         submit_concurrency: int | None,
-        run_as_user: str | None = None,
     ) -> None:
-        self._run_as_user = run_as_user  # transitional: HPCB_LOCAL_RUN_AS_USER
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -142,9 +140,10 @@ class ChunkDispatcher:
             # Every accept numbers its chunks; the field is optional only in the message model.
             raise PermanentError("a batch message without its chunk number", code="NO_CHUNK")
         batch = self._store.get(message.request_id)
+        user = acting_user(batch.user, message.user)  # before the chunk starts: never half-done
         job_ids = [item.job_id for item in message.items]
         started = self._store.start_chunk(message.request_id, message.chunk, job_ids)
-        jobs, failed, retry = self._prepare(message, started)
+        jobs, failed, retry = self._prepare(message, started, user)
         return _OpenChunk(message, batch, jobs, failed, retry)
 
     def _close_chunk(self, chunk: _OpenChunk, answers: Answers) -> Outcome:
@@ -170,7 +169,7 @@ class ChunkDispatcher:
         return "succeeded"
 
     def _prepare(
-        self, message: JobBatchMessage, started: set[str]
+        self, message: JobBatchMessage, started: set[str], user: str
     ) -> tuple[list[AgentJob], list[tuple[str, str]], list[str]]:
         """The agent jobs of the started items; items failed or to retry (dependencies)."""
         jobs: list[AgentJob] = []
@@ -180,7 +179,6 @@ class ChunkDispatcher:
             if item.job_id not in started:
                 continue
             try:
-                user = mapped_user(self._run_as_user)
                 dependency = self._dependencies.slurm_string(
                     message.owner, message.cluster, item.spec
                 )

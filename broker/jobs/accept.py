@@ -36,6 +36,7 @@ from broker.ports import BatchStore, ClusterDirectory, JobStore, Limits, Request
 from broker.requests.models import QueueMessage, RequestKind, RequestRecord
 from broker.requests.states import RequestState
 from broker.schema import ErrorInfo, new_request_id, utcnow
+from broker.users.service import UserService
 
 
 class AcceptedRecords(RequestStore, JobStore, BatchStore, Protocol):
@@ -43,21 +44,29 @@ class AcceptedRecords(RequestStore, JobStore, BatchStore, Protocol):
 
 
 class RequestService:
-    """The API's side: accept writes (record, then enqueue) and read records back."""
+    """The API's side: accept writes (record, then enqueue) and read records back.
+
+    Default deny: a job, a batch, a cancel or an output read is accepted only from a caller
+    mapped to a POSIX user on that cluster (``users``); otherwise NotMappedError (403) and
+    nothing is recorded or queued. The user is recorded with the request and the job and
+    carried in the message: the worker acts as that user and never looks it up again.
+    """
 
     def __init__(
         self,
         store: AcceptedRecords,
         queue: RequestQueue,
         clusters: ClusterDirectory,
+        users: UserService,
+        *,
         announcer: Announcer | None = None,
         limits: Limits | None = None,
-        *,
         cluster_gate: ClusterGate | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
         self._clusters = clusters
+        self._users = users
         self._announce = announcer
         self._limits = limits
         self._gate = cluster_gate
@@ -71,6 +80,7 @@ class RequestService:
         Raises:
             PayloadTooLargeError: the script is over MAX_SCRIPT_BYTES.
             ClusterNotFoundError: no such cluster.
+            NotMappedError: the caller has no user on the cluster (nothing recorded).
             TransientError: the table or queue cannot take the request now (it is then FAILED
                 with ``ENQUEUE_FAILED``, and the caller may send it again).
         """
@@ -81,11 +91,12 @@ class RequestService:
                 "Keep large inputs in files on the cluster and reference them from the script."
             )
         self._resolve(cluster)
-        record = self._new_request(owner, cluster, "job.submit", spec=spec)
-        job = new_job(record.request_id, owner, cluster, spec, record.created_at)
+        user = self._users.require(cluster, owner)
+        record = self._new_request(owner, cluster, "job.submit", user, spec=spec)
+        job = new_job(record.request_id, owner, cluster, spec, record.created_at, user=user)
         self._store.create_submission(record, job, self._limits, ready_cluster=self._gated)
         message = JobSubmitMessage(
-            request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
+            request_id=record.request_id, owner=owner, cluster=cluster, user=user, spec=spec
         )
         self._enqueue(record, message, job_id=job.job_id)
         return record
@@ -96,10 +107,12 @@ class RequestService:
 
         Raises:
             BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.
-            ClusterNotFoundError, BackpressureError, TransientError: as for one job.
+            ClusterNotFoundError, NotMappedError, BackpressureError, TransientError: as for
+                one job.
         """
         self._resolve(cluster)
-        return accept_batch(self._store, self._queue, owner, cluster, body,
+        user = self._users.require(cluster, owner)
+        return accept_batch(self._store, self._queue, owner, cluster, body, user=user,
                             limits=self._limits, ready_cluster=self._gated)  # fmt: skip
 
     @property
@@ -130,9 +143,12 @@ class RequestService:
         """Accept a cancel. A job still queued in SQS is cancelled at once, never reaching Slurm.
 
         Raises:
+            NotMappedError: the caller has no user on the cluster (any more).
             NotFoundError: no such job of the caller's.
             ConflictError: the job has already ended.
         """
+        self._clusters.resolve(cluster)  # an unknown cluster is 404 for everyone
+        self._users.require(cluster, owner)
         job = self.get_job(owner, cluster, ref)
         if job.state.final:
             raise ConflictError(f"job {job.job_id} has already ended ({job.state})")
@@ -143,6 +159,7 @@ class RequestService:
                 kind="job.cancel",
                 owner=owner,
                 cluster=cluster,
+                user=job.user,
                 state=RequestState.SUCCEEDED,
                 created_at=now,
                 updated_at=now,
@@ -155,11 +172,13 @@ class RequestService:
                 self._announce.job(job.job_id, JobState.SUBMITTING)
                 self._announce.request(record.request_id)
             return record
-        record = self._new_request(owner, cluster, "job.cancel", job_id=job.job_id)
+        user = _recorded_user(job)
+        record = self._new_request(owner, cluster, "job.cancel", user, job_id=job.job_id)
         self._store.create_request(record)
         message = JobCancelMessage(
-            request_id=record.request_id, owner=owner, cluster=cluster, job_id=job.job_id
-        )
+            request_id=record.request_id, owner=owner, cluster=cluster, user=user,
+            job_id=job.job_id,
+        )  # fmt: skip
         self._enqueue(record, message)
         return record
 
@@ -169,9 +188,12 @@ class RequestService:
         """Accept an output fetch for a job that reached Slurm.
 
         Raises:
+            NotMappedError: the caller has no user on the cluster (any more).
             NotFoundError: no such job of the caller's.
             ConflictError: the job has no Slurm id (not submitted, or never will be).
         """
+        self._clusters.resolve(cluster)  # an unknown cluster is 404 for everyone
+        self._users.require(cluster, owner)
         job = self.get_job(owner, cluster, ref)
         if job.slurm_job_id is None:
             raise ConflictError(f"job {job.job_id} has not reached Slurm ({job.state})")
@@ -181,12 +203,16 @@ class RequestService:
             # Slurm keeps an array's base id on its last task: without a task the answer
             # would silently be that task's file.
             raise ValidationError(f"job {job.job_id} is an array ({job.array}): name a 'task'")
-        record = self._new_request(owner, cluster, "job.output", job_id=job.job_id, query=query)
+        user = _recorded_user(job)
+        record = self._new_request(
+            owner, cluster, "job.output", user, job_id=job.job_id, query=query
+        )
         self._store.create_request(record)
         message = JobOutputMessage(
             request_id=record.request_id,
             owner=owner,
             cluster=cluster,
+            user=user,
             job_id=job.job_id,
             query=query,
         )
@@ -238,6 +264,7 @@ class RequestService:
         owner: str,
         cluster: str,
         kind: RequestKind,
+        user: str,
         *,
         spec: JobSpec | None = None,
         job_id: str | None = None,
@@ -250,6 +277,7 @@ class RequestService:
             kind=kind,
             owner=owner,
             cluster=cluster,
+            user=user,
             state=RequestState.ACCEPTED,
             created_at=now,
             updated_at=now,
@@ -275,3 +303,18 @@ class RequestService:
             raise TransientError(
                 "the request could not be queued; send it again", code="ENQUEUE_FAILED"
             ) from exc
+
+
+def _recorded_user(job: JobRecord) -> str:
+    """The user a job runs as, recorded at its accept: its cancel and output reads act as it
+    (the caller's mapping may have changed since; the job is still that user's in Slurm).
+
+    Raises:
+        ConflictError: the job was accepted without a user (before users were mapped).
+    """
+    if job.user is None:
+        raise ConflictError(
+            f"job {job.job_id} was accepted before callers were mapped to cluster users; the "
+            "broker cannot act on it"
+        )
+    return job.user

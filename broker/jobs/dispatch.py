@@ -26,10 +26,10 @@ from broker.jobs.execution import (
     Outcome,
     RequestEnds,
     RunnerFor,
+    acting_user,
     agent_info,
     error_of,
     lookback_seconds,
-    mapped_user,
 )
 from broker.jobs.models import (
     CancelResult,
@@ -74,9 +74,7 @@ class Dispatcher:
         artifacts: ArtifactStore | None = None,
         default_working_directory: str = "/tmp",  # noqa: S108
         submit_concurrency: int | None = None,
-        run_as_user: str | None = None,
     ) -> None:
-        self._run_as_user = run_as_user  # transitional: HPCB_LOCAL_RUN_AS_USER
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -89,7 +87,6 @@ class Dispatcher:
             store, clusters, runner_for, announcer,
             default_working_directory=default_working_directory,
             submit_concurrency=submit_concurrency,
-            run_as_user=run_as_user,
         )  # fmt: skip
 
     def handle(self, message: QueueMessage) -> Outcome:
@@ -147,7 +144,7 @@ class Dispatcher:
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
-        user = mapped_user(self._run_as_user)
+        user = acting_user(job.user, message.user)
         request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency, user=user)],
                                lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
@@ -181,7 +178,7 @@ class Dispatcher:
                 code="SUBMISSION_IN_PROGRESS",
             )
         target = self._clusters.resolve(message.cluster)
-        user, token = mapped_user(self._run_as_user), slurm_token(job.job_id)
+        user, token = acting_user(job.user, message.user), slurm_token(job.job_id)
         request = AgentRequest(op="cancel", targets=[JobTarget(job_id=job.slurm_job_id, user=user,
                                                                token=token)])  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
@@ -219,7 +216,7 @@ class Dispatcher:
                 max_bytes=query.max_bytes,
                 patterns=self._patterns(job),
                 job_name=job.name,
-                user=mapped_user(self._run_as_user),
+                user=acting_user(job.user, message.user),
                 token=slurm_token(job.job_id),
             ),
         )

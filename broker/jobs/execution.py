@@ -151,19 +151,23 @@ class RequestEnds:
         return "failed"
 
 
-def mapped_user(run_as_user: str | None) -> str:
-    """The POSIX user the head-node agent acts as for a caller.
-
-    Transitional: one setting (``HPCB_LOCAL_RUN_AS_USER``) for every caller, until the per-cluster
-    caller-to-user mapping exists. Unset means nobody is mapped: never a fallback to root.
+def acting_user(recorded: str | None, carried: str) -> str:
+    """The POSIX user a worker acts as: the one recorded with the job (or batch) at accept,
+    which the queue message carries too. Never looked up again, never a default.
 
     Raises:
-        PermanentError: ``NOT_MAPPED``, no user to act as.
+        PermanentError: ``NOT_MAPPED`` when the record has no user (accepted before users were
+            mapped); ``USER_MISMATCH`` when the message names another user than the record.
     """
-    if run_as_user is None:
+    if recorded is None:
         raise PermanentError(
-            "no cluster user is mapped for this caller (HPCB_LOCAL_RUN_AS_USER is unset); "
-            "ask the broker's administrator to map you",
+            "this request was accepted without a cluster user; ask the broker's administrator "
+            "to map you, then send it again",
             code="NOT_MAPPED",
         )
-    return run_as_user
+    if recorded != carried:
+        raise PermanentError(
+            "the queue message names another user than the request's record; not acting on it",
+            code="USER_MISMATCH",
+        )
+    return recorded

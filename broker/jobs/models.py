@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from broker.schema import (
+    POSIX_USER,
     AbsPath,
     ErrorInfo,
     SlurmWord,
@@ -301,6 +302,7 @@ class JobSubmitMessage(BaseModel):
     request_id: str
     owner: str
     cluster: str
+    user: str = Field(pattern=POSIX_USER, description="POSIX user it runs as (recorded at accept).")
     spec: JobSpec
 
 
@@ -314,6 +316,7 @@ class JobCancelMessage(BaseModel):
     request_id: str
     owner: str
     cluster: str
+    user: str = Field(pattern=POSIX_USER, description="POSIX user it runs as (recorded at accept).")
     job_id: str
 
 
@@ -327,6 +330,7 @@ class JobOutputMessage(BaseModel):
     request_id: str
     owner: str
     cluster: str
+    user: str = Field(pattern=POSIX_USER, description="POSIX user it runs as (recorded at accept).")
     job_id: str
     query: OutputQueryBody
 

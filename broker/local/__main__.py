@@ -7,6 +7,10 @@ prints the API address, schedules, topics and a curl example, writes ``.run/loca
 cleanly and removes the file. Schedules tick every ``--schedule-seconds`` (default 2 s, or
 ``HPCB_LOCAL_SCHEDULE_SECONDS``; 0: the template's own rate), so job states move while you watch.
 
+``up --map-user USER`` maps the default principal to the POSIX user USER on every local cluster
+(``make up``: hpcb-dev), so jobs run as that user with no other step. ``users map|unmap|list``
+manages the mappings of the running stack (:mod:`broker.local.users`).
+
 ``down`` signals the running one and waits (bounded); ``status`` prints the run file and whether
 its process is alive; ``notifications [--follow]`` reads (and consumes) what the functions
 published to the template's SNS topics, one JSON line per notification.
@@ -28,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
+from broker.local import users as users_command
 from broker.local.apigw import DEFAULT_PRINCIPAL, PRINCIPAL_HEADER
 from broker.local.env_file import read_env_file
 from broker.local.template import LocalStackError, load_template
@@ -50,9 +55,8 @@ LOCAL_OVERRIDES: Final = {
     # timeout); every handler shares this process's environment, and nothing enforces Lambda
     # timeouts locally, so both get the job worker's value.
     "HPCB_AGENT_TIMEOUT_SECONDS": "120",
-    # Transitional, until callers are mapped to users: every local job runs as this non-root
-    # user, created by scripts/local-user.sh (make up).
-    "HPCB_LOCAL_RUN_AS_USER": "hpcb-dev",
+    # The local developer administers the local stack's caller-to-user mappings (/v1/admin).
+    "HPCB_ADMIN_PRINCIPALS": DEFAULT_PRINCIPAL,
 }
 # Local default: a schedule every 2 s instead of the template's minute, so states move visibly.
 SCHEDULE_SECONDS_ENV: Final = "HPCB_LOCAL_SCHEDULE_SECONDS"
@@ -128,6 +132,7 @@ def _write_run_file(run_file: Path, stack: LocalStack, template: Path) -> None:
         "pid": os.getpid(),
         "api_url": stack.api_url,
         "moto_url": stack.moto_url,
+        "table_name": stack.resources.get("RequestsTable"),
         "region": stack.region,
         "template": str(template),
         "started_at": time.time(),
@@ -158,6 +163,16 @@ def print_banner(stack: LocalStack, principal: str) -> None:
     print("Try:")
     print(curl_example(stack.api_url))
     print("Stop with Ctrl-C or `python -m broker.local down`.", flush=True)
+
+
+def _map_default_user(
+    stack: LocalStack, principal: str, user: str, overrides: dict[str, str]
+) -> None:
+    """``--map-user``: map the default principal to ``user`` on every local cluster."""
+    clusters = overrides.get("HPCB_LOCAL_CLUSTERS", "local").split(",")
+    for cluster in filter(None, (c.strip() for c in clusters)):
+        stack.map_user(cluster, principal, user, by=users_command.LOCAL_ADMIN)
+        print(f"mapped {principal} to {user} on {cluster}", flush=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -213,6 +228,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"cannot start the local stack: {exc}", file=sys.stderr)
         return 1
     try:
+        if args.map_user:
+            _map_default_user(stack, args.principal, args.map_user, overrides)
         if run_file is not None:
             _write_run_file(run_file, stack, args.template)
         print_banner(stack, args.principal)
@@ -325,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--template", type=Path, default=REPO_ROOT / "template.yaml")
     up.add_argument("--slurm-env", type=Path, default=DEFAULT_SLURM_ENV)
     up.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="default caller IAM ARN")
+    up.add_argument(
+        "--map-user", metavar="USER", help="map --principal to this POSIX user on local clusters"
+    )
     up.add_argument("--pollers", type=int, default=1, help="threads per SQS mapping")
     up.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment"
@@ -366,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=1.0, help="seconds to wait for one (without --follow)"
     )
     notifications.set_defaults(func=cmd_notifications)
+
+    users = users_command.add_parser(sub)
+    users.set_defaults(
+        func=lambda args: users_command.cmd_users(args, _read_run_file(args.run_file))
+    )
     return parser
 
 

@@ -42,8 +42,19 @@ class Launched:
 
 
 @contextmanager
-def launched_stack(slurm_env: Path, log_path: Path, timeout: float = 60) -> Iterator[Launched]:
+def launched_stack(
+    slurm_env: Path,
+    log_path: Path,
+    timeout: float = 60,
+    *,
+    principal: str | None = None,
+    map_user: str | None = "hpcb-dev",
+) -> Iterator[Launched]:
     """Start ``python -m broker.local up`` on free ports; yield where it answers; stop it.
+
+    ``principal`` (default: the local default principal) is mapped to ``map_user`` on the
+    local cluster as the stack starts (``up --map-user``; scripts/local-user.sh creates
+    hpcb-dev); ``map_user=None`` maps nobody.
 
     Raises:
         RuntimeError: the stack exited or did not answer within ``timeout`` seconds.
@@ -53,6 +64,10 @@ def launched_stack(slurm_env: Path, log_path: Path, timeout: float = 60) -> Iter
     run_file = Path(tempfile.mkdtemp(prefix="hpcb-launch-")) / "stack.json"
     command = [sys.executable, "-m", "broker.local", "--run-file", str(run_file), "up"]
     command += ["--api-port", str(port), "--moto-port", "0", "--slurm-env", str(slurm_env)]
+    if principal is not None:
+        command += ["--principal", principal]
+    if map_user is not None:
+        command += ["--map-user", map_user]
     with log_path.open("wb") as log:
         stack = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -224,6 +224,19 @@ class LocalStack:
         """The URL of a queue of the template, by logical id."""
         return self.provisioned.queue_url(logical_id)
 
+    def map_user(self, cluster: str, principal: str, user: str, *, by: str = "local") -> None:
+        """Map ``principal`` to the POSIX ``user`` on ``cluster`` in the stack's table (what
+        ``PUT /v1/admin/clusters/{cluster}/users/mapping`` does; ``users map`` of the CLI)."""
+        # Imported here: the users package is Lambda code, needed only once the stack runs.
+        from broker.adapters.dynamodb import DynamoUserStore  # noqa: PLC0415
+        from broker.users.models import MappingBody  # noqa: PLC0415
+        from broker.users.service import UserService  # noqa: PLC0415
+
+        # The stack's process environment holds moto's endpoint and the fake credentials.
+        dynamodb = boto3.client("dynamodb", endpoint_url=self.moto_url, region_name=self.region)
+        store = DynamoUserStore(dynamodb, self.provisioned.physical_id("RequestsTable"))
+        UserService(store).map(cluster, principal, MappingBody(user=user), by=by)
+
     @property
     def topic_arns(self) -> dict[str, str]:
         """Logical id -> ARN of each SNS topic of the template."""

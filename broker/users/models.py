@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from broker.agent.protocol import DEFAULT_MIN_UID, POSIX_USER
+from broker.agent.protocol import DEFAULT_MIN_UID
 from broker.errors import ForbiddenError
-from broker.schema import StrictModel
+from broker.schema import POSIX_USER, StrictModel
 
 #: An IAM principal as API Gateway reports it (``requestContext.identity.userArn``): an IAM user
 #: or root (``arn:aws:iam::<account>:user/path/name``), an assumed role's session

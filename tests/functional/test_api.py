@@ -22,7 +22,7 @@ from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.ports import Limits
 from broker.requests.states import RequestState
 from broker.schema import ErrorResponse
-from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore
+from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, everyone_mapped
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 BOB = "arn:aws:sts::123456789012:assumed-role/Researcher/bob"
@@ -50,7 +50,7 @@ class Api:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Api:
     store, queue = InMemoryStore(), FakeQueue()
-    service = RequestService(store, queue, FakeDirectory())
+    service = RequestService(store, queue, FakeDirectory(), everyone_mapped())
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     return Api(store, queue)
 
@@ -337,7 +337,7 @@ def test_a_full_backlog_answers_429_with_retry_after(monkeypatch: pytest.MonkeyP
     # GIVEN a cluster whose backlog limit is 1, already reached
     store, queue = InMemoryStore(), FakeQueue()
     limits = Limits(cluster_backlog=1, owner_inflight=10, retry_after_seconds=12)
-    service = RequestService(store, queue, FakeDirectory(), limits=limits)
+    service = RequestService(store, queue, FakeDirectory(), everyone_mapped(), limits=limits)
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     api = Api(store, queue)
     assert api.post("/v1/clusters/local/jobs", {"script": SCRIPT}).status_code == 202

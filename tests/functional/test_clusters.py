@@ -42,7 +42,7 @@ from broker.sweep.report import SweepReport
 from broker.sweep.status import Sweeper
 from tests.cluster_fakes import FakePclusterProvider, FakeStackReader, info
 from tests.conftest import REGION, AwsResources
-from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner
+from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner, everyone_mapped
 from workers import cluster_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
@@ -133,6 +133,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
         store,
         SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue")),
         FakeDirectory(names=frozenset({"local", "alpha"})),
+        everyone_mapped(),
         cluster_gate=ClusterGate(store),
     )
     monkeypatch.setattr(api_services, "cluster_service", lambda: service)

@@ -31,7 +31,14 @@ from broker.settings import job_worker_settings
 from broker.sweep.repairs import REQUEUE_AFTER
 from broker.sweep.status import Sweeper
 from tests.conftest import REGION, AwsResources
-from tests.fakes import FakeDirectory, FakeQueue, RecordingNotifier, ScriptedRunner, submitted
+from tests.fakes import (
+    FakeDirectory,
+    FakeQueue,
+    RecordingNotifier,
+    ScriptedRunner,
+    everyone_mapped,
+    submitted,
+)
 from workers import dlq_worker, job_worker
 
 OWNER = "arn:aws:iam::123456789012:user/alice"
@@ -76,15 +83,19 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     queue = SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue"))
     runner = ScriptedRunner()
     announcer = Announcer(store, RecordingNotifier())
-    dispatcher = Dispatcher(
-        store, FakeDirectory(), runner.runner_for, announcer, run_as_user="hpcb-dev"
-    )
+    dispatcher = Dispatcher(store, FakeDirectory(), runner.runner_for, announcer)
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
     monkeypatch.setattr(
         dlq_worker, "dead_letter_service", lambda: DeadLetterService(store, announcer)
     )
-    return World(aws_resources, store, RequestService(store, queue, FakeDirectory()), runner, sqs)
+    return World(
+        aws_resources,
+        store,
+        RequestService(store, queue, FakeDirectory(), everyone_mapped()),
+        runner,
+        sqs,
+    )
 
 
 def context() -> LambdaContext:
@@ -195,7 +206,7 @@ def test_a_submit_whose_message_was_lost_is_sent_again_by_the_sweep_and_submitte
     world: World,
 ) -> None:
     # GIVEN a submit recorded in DynamoDB whose message never reached SQS (the API died)
-    lost = RequestService(world.store, FakeQueue(), FakeDirectory())
+    lost = RequestService(world.store, FakeQueue(), FakeDirectory(), everyone_mapped())
     request_id = lost.submit_job(OWNER, "local", SPEC).request_id
     assert world.receive()["Records"] == []
     # WHEN a sweep runs after the threshold, twice (the second while the re-send is fresh)

@@ -28,6 +28,7 @@ from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 from broker.schema import dump
 from tests.conftest import local_stack
+from tests.fakes import everyone_mapped
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -190,6 +191,7 @@ def test_redelivery_after_sbatch_but_before_the_record_makes_no_duplicate(
         store,
         CrashAfterSbatch(client("sqs"), stack.queue_url("RequestsQueue")),
         LocalClusterDirectory(frozenset({"local"})),
+        everyone_mapped(),
     )
     request_id = service.submit_job(ALICE, "local", spec).request_id
     # WHEN the worker handles the redelivered message

@@ -29,7 +29,7 @@ from broker.ports import Limits
 from broker.requests.models import QUEUE_MESSAGE
 from broker.requests.states import RequestState
 from tests.conftest import REGION, ROOT, TEMPLATE, AwsResources
-from tests.fakes import FakeDirectory
+from tests.fakes import FakeDirectory, everyone_mapped
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -70,7 +70,9 @@ class World:
         """A batch of ``count`` held jobs accepted; (batch id, job id prefix, its one message)."""
         queue = SqsRequestQueue(client("sqs"), self.queue_url)
         limits = Limits(cluster_backlog=10_000, owner_inflight=10_000)
-        service = RequestService(self.store, queue, FakeDirectory(), limits=limits)
+        service = RequestService(
+            self.store, queue, FakeDirectory(), everyone_mapped(), limits=limits
+        )
         spec = {"script": "#!/bin/sh\ntrue\n", "name": NAME, "hold": True,
                 "working_directory": str(self.workdir)}  # fmt: skip
         accepted = service.submit_batch(ALICE, "local", BatchBody.model_validate(

@@ -27,7 +27,14 @@ from broker.requests.states import RequestState
 from broker.settings import SweeperSettings
 from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
 from broker.sweep.status import Sweeper
-from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner
+from tests.fakes import (
+    FakeDirectory,
+    FakeQueue,
+    InMemoryStore,
+    RecordingNotifier,
+    ScriptedRunner,
+    everyone_mapped,
+)
 
 OWNER = "arn:aws:iam::111122223333:user/alice"
 SPEC = JobSpec(script="#!/bin/sh\ntrue\n", name="j")
@@ -43,9 +50,9 @@ def accept(store: InMemoryStore, count: int) -> tuple[RequestRecord, list[JobBat
     """A batch of ``count`` jobs (chunks of 2) and the chunk messages the API built."""
     queue = FakeQueue()
     body = BatchBody(jobs=[SPEC.model_dump(exclude_none=True)] * count)
-    accepted = RequestService(store, queue, FakeDirectory(), limits=LIMITS).submit_batch(
-        OWNER, "local", body
-    )
+    accepted = RequestService(
+        store, queue, FakeDirectory(), everyone_mapped(), limits=LIMITS
+    ).submit_batch(OWNER, "local", body)
     messages = [m for m in queue.sent if isinstance(m, JobBatchMessage)]
     return store.get(accepted.request_id), messages
 
@@ -187,7 +194,6 @@ def test_a_late_delivery_of_a_reaped_chunk_submits_nothing() -> None:
     runner = ScriptedRunner()  # no answers: an agent call fails the test
     worker = Dispatcher(
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier),
-        run_as_user="hpcb-dev",
     )  # fmt: skip
     assert worker.handle(messages[2]) == "succeeded"
     # THEN no agent call was made, and its items and the batch's counts are as the sweep left

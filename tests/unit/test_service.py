@@ -48,6 +48,7 @@ from tests.fakes import (
     MemoryArtifacts,
     RecordingNotifier,
     ScriptedRunner,
+    everyone_mapped,
     submitted,
 )
 
@@ -84,9 +85,10 @@ def world() -> World:
     runner = ScriptedRunner()
     worker = Dispatcher(
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts,
-        run_as_user="hpcb-dev",
     )  # fmt: skip
-    api = RequestService(store, queue, FakeDirectory(), Announcer(store, notifier))
+    api = RequestService(
+        store, queue, FakeDirectory(), everyone_mapped(), announcer=Announcer(store, notifier)
+    )
     return World(store, queue, api, runner, notifier, artifacts, worker)
 
 

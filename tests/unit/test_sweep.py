@@ -16,14 +16,23 @@ from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
 from broker.notifications.events import JobEvent
 from broker.schema import utcnow
 from broker.sweep.status import Sweeper
-from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, RecordingNotifier, ScriptedRunner
+from tests.fakes import (
+    FakeDirectory,
+    FakeQueue,
+    InMemoryStore,
+    RecordingNotifier,
+    ScriptedRunner,
+    everyone_mapped,
+)
 
 OWNER = "arn:aws:iam::111122223333:user/alice"
 
 
 def in_slurm(store: InMemoryStore, count: int, cluster: str = "local") -> list[str]:
     """``count`` jobs accepted and submitted as Slurm ids 1000, 1001, ..."""
-    api = RequestService(store, FakeQueue(), FakeDirectory(frozenset({"local", "other"})))
+    api = RequestService(
+        store, FakeQueue(), FakeDirectory(frozenset({"local", "other"})), everyone_mapped()
+    )
     ids = []
     for _ in range(count):
         job_id = api.submit_job(OWNER, cluster, JobSpec(script="#!/bin/sh\ntrue\n")).request_id
