@@ -1,5 +1,6 @@
 """The HTTP API: one Powertools REST resolver, validated by the pydantic models, with the routes
-of each capability included from their own module (``jobs``, ``requests``, ``clusters``).
+of each capability included from their own module (``jobs``, ``requests``, ``clusters``,
+``admin``).
 
 Every write answers 202 with a request id at once; the work happens in a worker. The caller's
 identity is the IAM principal API Gateway authenticated (``requestContext.identity.userArn``),
@@ -20,7 +21,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
 from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
 
 from broker import __version__
-from broker.api import clusters, jobs, requests
+from broker.api import admin, clusters, jobs, requests
 from broker.api.common import UnauthenticatedError
 from broker.api.errors import broker_error_response, error_response, field_errors
 from broker.errors import BrokerError
@@ -47,6 +48,7 @@ app.enable_swagger(
 app.include_router(jobs.router)
 app.include_router(requests.router)
 app.include_router(clusters.router)
+app.include_router(admin.router)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from broker.agent.protocol import DEFAULT_MIN_UID
 from broker.errors import ForbiddenError
-from broker.schema import POSIX_USER, StrictModel
+from broker.schema import POSIX_USER, StrictModel, a_json_number
 
 #: An IAM principal as API Gateway reports it (``requestContext.identity.userArn``): an IAM user
 #: or root (``arn:aws:iam::<account>:user/path/name``), an assumed role's session
@@ -39,11 +39,14 @@ class MappingBody(StrictModel):
     )
     uid: int | None = Field(
         default=None,
+        strict=False,  # 1500.0 is 1500, as JSON Schema reads it; "1500" and true are not
         ge=DEFAULT_MIN_UID,
         le=MAX_UID,
         description="The user's uid, if known: recorded for the administrator (the agent "
         "reads the real uid on the head node). At least 1000.",
     )
+
+    _integers = field_validator("uid", mode="before")(a_json_number)
 
     @field_validator("user")
     @classmethod

@@ -210,6 +210,7 @@ def fuzz_stack(moto_url: str | None = None) -> Iterator[ApiGatewayApp]:
     from broker.local.provision import provision  # noqa: PLC0415
     from broker.local.template import load_template, read_functions  # noqa: PLC0415
     from broker.settings import api_settings  # noqa: PLC0415
+    from broker.users.models import MappingBody  # noqa: PLC0415
 
     server = None
     if moto_url is None:
@@ -248,11 +249,17 @@ def fuzz_stack(moto_url: str | None = None) -> Iterator[ApiGatewayApp]:
                 **function.environment,
                 "HPCB_CLUSTERS_MODE": "local",
                 "HPCB_LOCAL_CLUSTERS": "local",
+                # The fuzzer administers (the admin routes answer it) and is mapped on local (its
+                # jobs are accepted, not 403 NOT_MAPPED).
+                "HPCB_ADMIN_PRINCIPALS": PRINCIPAL,
             }
             with environment(env):
                 aws.client.cache_clear()
                 api_settings.cache_clear()
                 wiring.reset()
+                wiring.user_service().map(
+                    "local", PRINCIPAL, MappingBody(user="hpcb-fuzz"), by=PRINCIPAL
+                )
                 try:
                     yield api_app()
                 finally:
