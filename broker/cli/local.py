@@ -56,8 +56,16 @@ def local() -> None:
 @click.option("--slurm/--no-slurm", default=True, show_default=True, help="Start Slurm too.")
 @click.option("--run-file", "run_path", type=click.Path(), help="Where to record the stack.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for it.")
+@click.option(
+    "--map-user",
+    default="hpcb-dev",
+    show_default=True,
+    help="POSIX user the local default principal's jobs run as ('' maps nobody).",
+)
 @pass_ctx
-def up(obj: Context, api_port: int, slurm: bool, run_path: str | None, timeout: float) -> None:
+def up(
+    obj: Context, api_port: int, slurm: bool, run_path: str | None, timeout: float, map_user: str
+) -> None:
     """Start the local stack in the background (log beside the run file)."""
     run = run_file(run_path)
     if _stack(run, "status").returncode == 0:
@@ -75,6 +83,8 @@ def up(obj: Context, api_port: int, slurm: bool, run_path: str | None, timeout: 
         sys.executable, "-m", "broker.local", "--run-file", str(run), "up",
         "--api-port", str(api_port), "--moto-port", "0", "--slurm-env", str(DEFAULT_SLURM_ENV),
     ]  # fmt: skip
+    if map_user:
+        command += ["--map-user", map_user]
     with log.open("w") as sink:
         process = subprocess.Popen(
             command,

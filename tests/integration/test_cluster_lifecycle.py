@@ -30,7 +30,11 @@ CONFIG = (
 @pytest.fixture(scope="module")
 def stack(slurm: dict[str, str]) -> Iterator[LocalStack]:
     env = {"HPCB_SWEEP_WINDOW_SECONDS": "0", "HPCB_SIMULATED_CLUSTER_SECONDS": "2"}
-    with local_stack(slurm, schedule_seconds=1, notifications_inbox=True, env=env) as running:
+    # alice runs as hpcbtest-a on local and on the cluster she creates.
+    users = {("local", ALICE): "hpcbtest-a", ("sim-one", ALICE): "hpcbtest-a"}
+    with local_stack(
+        slurm, users=users, schedule_seconds=1, notifications_inbox=True, env=env
+    ) as running:
         yield running
 
 
