@@ -25,7 +25,7 @@ STACK := $(BIN)/python -m broker.local --run-file $(RUN_DIR)/local-stack.json
 export SAM_CLI_TELEMETRY := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps venv sam up down status demo test lint typecheck template unit \
+.PHONY: setup system-deps test-deps venv sam up down status demo test lint typecheck template unit \
         functional integration contract contract-venv fuzz bench bench-burst chaos chaos-test lock clean
 
 setup: system-deps venv sam
@@ -61,14 +61,14 @@ contract: contract-venv
 # Starts the stack in the background (log: .run/local-stack.log) and prints its banner.
 up: system-deps venv
 	@$(SLURM) up
-	@scripts/local-user.sh   # hpcb-dev: the non-root user the local principal is mapped to
+	@scripts/local-user.sh   # hpcb-dev: the non-root user the local caller is mapped to
 	mkdir -p $(RUN_DIR)
 	log=$(RUN_DIR)/local-stack.log
 	if $(STACK) status >/dev/null 2>&1; then
 	  echo "The local stack is already running:"
 	else
-	  setsid nohup $(STACK) up --api-port $(API_PORT) --moto-port $(MOTO_PORT) \
-	    --slurm-env $(SLURM_ENV) --map-user hpcb-dev > $$log 2>&1 < /dev/null &
+	  setsid nohup $(STACK) up --api-port $(API_PORT) --moto-port $(MOTO_PORT) --map-user hpcb-dev \
+	    --slurm-env $(SLURM_ENV) > $$log 2>&1 < /dev/null &
 	  pid=$$!
 	  for _ in $$(seq 300); do
 	    grep -q '^Stop with' $$log && break
@@ -114,7 +114,11 @@ integration: system-deps venv
 	source $(SLURM_ENV) && $(BIN)/pytest tests/integration -q
 
 # The whole suite. REQUIRE_SLURM=1 (set by .ci/run) turns a missing Slurm into a failure.
-test: system-deps venv sam lint template
+# Test-only system packages: everything make up needs, plus Chromium for the Swagger UI test.
+test-deps:
+	scripts/install-system-deps.sh --with-browser
+
+test: test-deps venv sam lint template
 	$(SLURM) up
 	scripts/local-user.sh
 	source $(SLURM_ENV) && $(BIN)/pytest tests -q -m "not chaos" --ignore=tests/contract

@@ -7,6 +7,11 @@ Measured in one run, on the real local Slurm, with the stack in its own process:
 - baseline: what a POST costs when the API submits synchronously inside the request, as the
   public samples do: one head-node agent call running ``sbatch`` (same agent, same Slurm,
   through the local runner - no SSM round trips, so the real seed is slower still).
+- the drain of N single POSTs through the job worker (one poller, as deployed per invocation):
+  coalesced (single submissions drained together for one cluster share one head-node command,
+  the default) beside one command per job (HPCB_COALESCE_SUBMISSIONS=false), same run, same
+  Slurm, no sweep running; head-node commands counted by an interpreter wrapper that notes each
+  agent start (HPCB_LOCAL_AGENT_PYTHON).
 
 Prints a table and a final JSON line. Usage: ``make bench`` (or python -m bench.api_latency -n 200).
 """
@@ -17,6 +22,8 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +35,7 @@ from broker.local.launcher import ROOT, launched_stack
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 
-#: The benchmarks' caller (mapped to hpcb-dev as the stack starts).
 BENCH = "arn:aws:iam::000000000000:user/bench"
-
 BENCH_NAME = "hpcb-bench"
 SCRIPT = "#!/bin/bash\ntrue\n"
 
@@ -54,6 +59,31 @@ def summary(values: list[float]) -> dict[str, float]:
         "p99_ms": round(percentile(values, 99), 2),
         "mean_ms": round(statistics.fmean(values), 2),
     }
+
+
+def drain(n: int, slurm_env: Path, *, coalesce: bool, workdir: Path) -> dict[str, float]:
+    """N single POSTs, then until all SUCCEEDED: jobs/s and head-node commands of the drain."""
+    count = workdir / f"agent-starts-{'coalesced' if coalesce else 'single'}.txt"
+    wrapper = workdir / f"python-{'coalesced' if coalesce else 'single'}"
+    wrapper.write_text(f'#!/bin/sh\necho >> "{count}"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"HPCB_COALESCE_SUBMISSIONS": str(coalesce).lower(),
+           "HPCB_LOCAL_AGENT_PYTHON": str(wrapper)}  # fmt: skip
+    log = ROOT / ".run" / f"bench-drain-{'coalesced' if coalesce else 'single'}.log"
+    with launched_stack(slurm_env, log, principal=BENCH, env=env, schedules=False) as stack:
+        client = BrokerClient(stack.url, principal=BENCH)
+        spec = {"script": SCRIPT, "name": BENCH_NAME, "hold": True}
+        client.wait(client.submit_job("local", spec).request_id, timeout=120)  # warm up
+        before = len(count.read_text().splitlines()) if count.exists() else 0
+        start = time.monotonic()
+        ids = [client.submit_job("local", spec).request_id for _ in range(n)]
+        for request_id in ids:
+            client.wait(request_id, timeout=900)
+        seconds = time.monotonic() - start
+        commands = len(count.read_text().splitlines()) - before
+    subprocess.run(["scancel", "--name", BENCH_NAME], check=False)
+    return {"seconds": round(seconds, 2), "jobs_per_s": round(n / seconds, 2),
+            "head_node_commands": commands}  # fmt: skip
 
 
 def run(n: int, slurm_env: Path) -> dict[str, Any]:
@@ -101,14 +131,39 @@ def run(n: int, slurm_env: Path) -> dict[str, Any]:
         figures["baseline_sync_post"]["p50_ms"] / figures["post"]["p50_ms"], 1
     )
     subprocess.run(["scancel", "--name", BENCH_NAME], check=False)
+    with tempfile.TemporaryDirectory(prefix="hpcb-bench-") as tmp:
+        single = drain(n, slurm_env, coalesce=False, workdir=Path(tmp))
+        coalesced = drain(n, slurm_env, coalesce=True, workdir=Path(tmp))
+    figures["drain_jobs_per_s"] = coalesced["jobs_per_s"]
+    figures["drain_head_node_commands"] = coalesced["head_node_commands"]
+    figures["drain_seconds"] = coalesced["seconds"]
+    figures["single_drain_jobs_per_s"] = single["jobs_per_s"]
+    figures["single_drain_head_node_commands"] = single["head_node_commands"]
+    figures["single_drain_seconds"] = single["seconds"]
     return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=200, help="calls per measurement")
+    parser.add_argument(
+        "--drain-only", action="store_true", help="only the coalesced/single drain comparison"
+    )
     parser.add_argument("--slurm-env", type=Path, default=Path("/var/tmp/hpc-broker/slurm/env"))
     args = parser.parse_args()
+    if args.drain_only:
+        with tempfile.TemporaryDirectory(prefix="hpcb-bench-") as tmp:
+            single = drain(args.n, args.slurm_env, coalesce=False, workdir=Path(tmp))
+            coalesced = drain(args.n, args.slurm_env, coalesce=True, workdir=Path(tmp))
+        figures = {
+            "calls": args.n,
+            "drain_jobs_per_s": coalesced["jobs_per_s"],
+            "drain_head_node_commands": coalesced["head_node_commands"],
+            "single_drain_jobs_per_s": single["jobs_per_s"],
+            "single_drain_head_node_commands": single["head_node_commands"],
+        }
+        print(json.dumps(figures))
+        return
     figures = run(args.n, args.slurm_env)
     post, get, base = figures["post"], figures["get"], figures["baseline_sync_post"]
     rows = [
@@ -126,6 +181,13 @@ def main() -> None:
         f"the first POST ({figures['worker_jobs_per_s']} jobs/s through one worker poller)"
     )
     print("POST -> SUCCEEDED is measured on an idle queue; it includes the 1 s batching window")
+    print(f"drain of {figures['calls']} single POSTs (held jobs, no sweep):")
+    print(f"  coalesced per cluster: {figures['drain_seconds']} s, "
+          f"{figures['drain_jobs_per_s']} jobs/s, {figures['drain_head_node_commands']} "
+          "head-node commands")  # fmt: skip
+    print(f"  one command per job:   {figures['single_drain_seconds']} s, "
+          f"{figures['single_drain_jobs_per_s']} jobs/s, "
+          f"{figures['single_drain_head_node_commands']} head-node commands")  # fmt: skip
     print(json.dumps(figures, separators=(",", ":")))
 
 

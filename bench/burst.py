@@ -194,7 +194,7 @@ def start_stack(slurm_env: dict[str, str], pollers: int) -> LocalStack:
         pollers_per_mapping=pollers,
     )
     stack.start()
-    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh creates hpcb-dev
+    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh
     return stack
 
 

@@ -283,7 +283,7 @@ def start_stack(config: Config, slurm_env: dict[str, str]) -> LocalStack:
         pollers_per_mapping=config.pollers,
     )
     stack.start()
-    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh creates hpcb-dev
+    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh
     return stack
 
 

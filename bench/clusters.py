@@ -27,7 +27,6 @@ from bench.api_latency import summary, timed
 from broker.client import BrokerClient
 from broker.local.launcher import ROOT, launched_stack
 
-#: The benchmarks' caller (mapped to hpcb-dev as the stack starts).
 BENCH = "arn:aws:iam::000000000000:user/bench"
 
 CONFIG = (

@@ -91,7 +91,7 @@ def start_stack(slurm_env: dict[str, str], schedule_seconds: float | None) -> Lo
         access_log=False,
     )
     stack.start()
-    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh creates hpcb-dev
+    stack.map_user("local", OWNER, "hpcb-dev")  # scripts/local-user.sh
     return stack
 
 

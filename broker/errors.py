@@ -43,10 +43,11 @@ class ClusterNotFoundError(NotFoundError):
     code = "CLUSTER_NOT_FOUND"
 
 
-class ForbiddenError(BrokerError):
-    """The caller is known but may not do this (HTTP 403); the message says whom to ask."""
+class NotMappedError(BrokerError):
+    """The caller has no POSIX user on that cluster (default deny): 403 at the API, a permanent
+    failure in a worker (the mapping was removed since the request was accepted)."""
 
-    code = "FORBIDDEN"
+    code = "NOT_MAPPED"
 
 
 class ConflictError(BrokerError):

@@ -386,19 +386,35 @@ class StackStatusReader(Protocol):
         """
 
 
-class UserStore(Protocol):
-    """Which POSIX user each caller acts as, per cluster (managed by administrators)."""
-
-    def put_mapping(self, mapping: UserMapping) -> None:
-        """Write ``mapping``, replacing the principal's mapping on that cluster if any."""
+class UserMappings(Protocol):
+    """The broker's record of each caller's POSIX user per cluster (``broker.users``)."""
 
     def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
-        """The principal's mapping on ``cluster`` (strongly consistent), or None."""
+        """The mapping of ``principal`` on ``cluster`` (strongly consistent), or None."""
+        ...
 
-    def delete_mapping(self, cluster: str, principal: str) -> UserMapping | None:
-        """Remove the principal's mapping on ``cluster``; the removed one, or None if none."""
+    def put_mapping(self, mapping: UserMapping) -> None:
+        """Create or replace the mapping of its principal on its cluster."""
+        ...
+
+    def delete_mapping(self, cluster: str, principal: str) -> bool:
+        """Remove it; False if there was none."""
+        ...
 
     def list_mappings(
         self, cluster: str, *, limit: int, next_token: str | None
     ) -> tuple[list[UserMapping], str | None]:
-        """A page of ``cluster``'s mappings, by principal."""
+        """A page of the cluster's mappings, by principal."""
+        ...
+
+
+class UserResolver(Protocol):
+    """Who a caller runs as on a cluster."""
+
+    def user_for(self, cluster: str, owner: str) -> str:
+        """The POSIX user ``owner`` acts as on ``cluster``.
+
+        Raises:
+            NotMappedError: none (default deny: no fallback, never root).
+        """
+        ...

@@ -41,6 +41,40 @@ class CommonSettings(BaseSettings):
         return frozenset(n.strip() for n in self.local_clusters.split(",") if n.strip())
 
 
+class IdentitySettings(BaseSettings):
+    """How the API names a caller as an owner (``broker.identity``)."""
+
+    model_config = SettingsConfigDict(env_prefix="HPCB_", frozen=True, extra="ignore")
+
+    session_name_roles: str = Field(
+        default="AWSReservedSSO_*",
+        description="Comma-separated name patterns of IAM roles whose session names an identity "
+        "provider sets (the caller cannot choose them): their sessions are owners of their own. "
+        "Every other role's sessions share one owner, the role.",
+    )
+
+    admin_principals: str = Field(
+        default="",
+        description="Comma-separated owners (as broker.identity names them) who may use the "
+        "admin routes (/v1/admin/...: caller-to-user mappings). Everyone else gets 404 there.",
+    )
+    admin_contact: str = Field(
+        default="",
+        max_length=200,
+        description="Whom a caller without a user on a cluster should ask (in the 403's text).",
+    )
+
+    @property
+    def admin_principal_set(self) -> frozenset[str]:
+        """The admin owners, as a set."""
+        return frozenset(p.strip() for p in self.admin_principals.split(",") if p.strip())
+
+    @property
+    def session_name_role_patterns(self) -> tuple[str, ...]:
+        """The patterns, as a tuple."""
+        return tuple(p.strip() for p in self.session_name_roles.split(",") if p.strip())
+
+
 class PageTokenSettings(BaseSettings):
     """The key that signs the API's ``next_token`` (HMAC-SHA256): the API function only."""
 
@@ -83,17 +117,6 @@ class ApiSettings(CommonSettings, PageTokenSettings):
         description="Submissions accepted but not yet in Slurm, per caller, before 429.",
     )
     retry_after_seconds: int = Field(default=10, ge=1, description="Retry-After of a 429.")
-    admin_principals: str = Field(
-        default="",
-        description="Comma-separated IAM principal ARNs allowed to manage the caller-to-user "
-        "mappings (/v1/admin/...; everyone else gets 404 there). Named in NOT_MAPPED answers "
-        "as whom to ask. Empty: nobody (mappings then come from the table alone).",
-    )
-
-    @property
-    def admin_principal_arns(self) -> frozenset[str]:
-        """The set of administrator ARNs."""
-        return frozenset(a.strip() for a in self.admin_principals.split(",") if a.strip())
 
 
 class JobWorkerSettings(CommonSettings):
@@ -128,6 +151,11 @@ class JobWorkerSettings(CommonSettings):
         default="", description="Python for the local runner's agent (default: this one)."
     )
     topic_arn: str = Field(description="SNS topic for notifications.")
+    coalesce_submissions: bool = Field(
+        default=True,
+        description="Single submissions drained together for one cluster share one head-node "
+        "command (false: one command each, the benchmark's baseline).",
+    )
 
 
 class SweeperSettings(JobWorkerSettings):
@@ -190,6 +218,12 @@ class ClusterWorkerSettings(CommonSettings):
 def cluster_worker_settings() -> ClusterWorkerSettings:
     """The cluster worker's settings (validated once)."""
     return ClusterWorkerSettings()
+
+
+@lru_cache(maxsize=1)
+def identity_settings() -> IdentitySettings:
+    """The identity settings (cached)."""
+    return IdentitySettings()
 
 
 @lru_cache(maxsize=1)

@@ -14,7 +14,8 @@ from typing import Literal, Protocol
 
 from broker.adapters.aws import client, regional_client
 from broker.adapters.cloudformation import CloudFormationStackReader
-from broker.adapters.dynamodb import DynamoClusterStore, DynamoStore, DynamoUserStore
+from broker.adapters.dynamodb import DynamoClusterStore, DynamoStore
+from broker.adapters.dynamodb.users import DynamoUserMappings
 from broker.adapters.ec2 import Ec2ClusterDirectory
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.s3 import S3ArtifactStore
@@ -46,13 +47,14 @@ from broker.settings import (
     JobWorkerSettings,
     api_settings,
     cluster_worker_settings,
+    identity_settings,
     job_worker_settings,
     page_token_settings,
     sweeper_settings,
 )
 from broker.sweep.clusters import ClusterFollower
 from broker.sweep.status import Sweeper
-from broker.users.service import UserService
+from broker.users.service import MappedUsers, UserAdmin
 
 
 class TableRecords(RequestStore, JobStore, BatchStore, AttentionIndex, ClusterStore, Protocol):
@@ -67,6 +69,16 @@ def _records(settings: CommonSettings) -> TableRecords:
 def _clusters(settings: CommonSettings) -> ClusterStore:
     """The cluster records alone."""
     return DynamoClusterStore(client("dynamodb"), settings.table_name)
+
+
+def _mappings(settings: CommonSettings) -> DynamoUserMappings:
+    return DynamoUserMappings(client("dynamodb"), settings.table_name)
+
+
+@cache
+def user_admin() -> UserAdmin:
+    """The admin API's mapping service."""
+    return UserAdmin(_mappings(api_settings()))
 
 
 def cluster_directory(settings: CommonSettings) -> ClusterDirectory:
@@ -109,7 +121,9 @@ def cluster_service() -> ClusterService:
     if not settings.cluster_queue_url:
         raise ValidationError("cluster operations are not configured in this deployment")
     return ClusterService(
-        _records(settings), SqsClusterQueue(client("sqs"), settings.cluster_queue_url)
+        _records(settings),
+        SqsClusterQueue(client("sqs"), settings.cluster_queue_url),
+        _stack_reader(settings),
     )
 
 
@@ -148,24 +162,14 @@ def request_service() -> RequestService:
         store=store,
         queue=SqsRequestQueue(client("sqs"), settings.queue_url),
         clusters=cluster_directory(settings),
-        users=user_service(),
         announcer=announcer,
         limits=Limits(
             cluster_backlog=settings.max_cluster_backlog,
             owner_inflight=settings.max_owner_inflight,
             retry_after_seconds=settings.retry_after_seconds,
         ),
+        users=MappedUsers(_mappings(settings), contact=identity_settings().admin_contact or None),
         cluster_gate=ClusterGate(_clusters(settings)),
-    )
-
-
-@cache
-def user_service() -> UserService:
-    """The API's caller-to-user mappings (default deny; managed by the admin routes)."""
-    settings = api_settings()
-    return UserService(
-        DynamoUserStore(client("dynamodb"), settings.table_name),
-        admins=settings.admin_principal_arns,
     )
 
 
@@ -251,7 +255,6 @@ def reset() -> None:
     """Forget every cached dependency and setting (tests, and local stacks that restart)."""
     for cached in (
         request_service,
-        user_service,
         request_queue,
         _runner,
         dispatcher,
@@ -259,9 +262,11 @@ def reset() -> None:
         sweeper,
         cluster_service,
         cluster_worker,
+        user_admin,
         regional_client,
     ):
         cached.cache_clear()
+    identity_settings.cache_clear()
     cluster_worker_settings.cache_clear()
     api_settings.cache_clear()
     page_token_settings.cache_clear()

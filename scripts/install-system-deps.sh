@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages hpc-broker needs (Slurm 22.05 single-node cluster + accounting).
+# Install the Debian packages hpc-broker needs (Slurm 22.05 single-node cluster + accounting, and
+# python3-venv for the project's virtual environments).
+#   scripts/install-system-deps.sh [--with-browser]   (--with-browser: also chromium, for make test)
 # Idempotent; must run as root. A second run with everything present returns in well under 1 s
 # (no apt-get update). Package post-install scripts are kept from starting daemons via policy-rc.d.
 set -euo pipefail
@@ -12,7 +14,13 @@ PACKAGES=(
   mariadb-server mariadb-client             # accounting database (started by scripts/slurm.sh, not by init)
   slurmrestd slurm-wlm-jwt-plugin           # Slurm REST API daemon and JWT auth (optional HTTP access to Slurm)
   procps                                    # ps (used by scripts/slurm.sh for zombie-aware liveness checks)
+  python3-venv                              # Debian's python3 has no venv/ensurepip without it (make venv)
 )
+
+# make test also needs a real browser for the Swagger UI page test (Debian's Chromium, ~350 MB).
+if [[ ${1:-} == --with-browser ]]; then
+  PACKAGES+=(chromium)
+fi
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "install-system-deps: must run as root" >&2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the non-root Linux users the local stack runs jobs as (idempotent; as root).
-#   scripts/local-user.sh              -> hpcb-dev (make up maps the local principal to it)
+#   scripts/local-user.sh              -> hpcb-dev (make up maps the local caller to it)
 #   scripts/local-user.sh NAME [NAME]  -> those users (the tests' hpcbtest-a, hpcbtest-b)
 # Normal users (uid >= 1000, from useradd's UID_MIN), home under /home, no password (login only
 # through su/setpriv by root), no extra groups, a home only they can enter. An existing user is left as it is.

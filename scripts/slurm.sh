@@ -10,10 +10,13 @@
 #   HPCB_SLURM_PREFIX      where everything lives      [/var/tmp/hpc-broker/slurm]
 #   HPCB_SLURM_ACCOUNTING  1: MariaDB + slurmdbd (sacct); 0: no accounting storage   [1]
 #   HPCB_SLURM_TIMEOUT     seconds to wait for the cluster to become ready            [60]
+#   HPCB_SLURM_PORT_BASE   slurmctld's port; slurmd and slurmdbd take the next two    [6817]
+#   HPCB_SLURM_DB_PORT     MariaDB's port on 127.0.0.1                                [3307]
 #
 # Clients: `source "$PREFIX/env"` (sets SLURM_CONF) before sbatch/squeue/sacct/scontrol.
-# Slurm's ports 6817-6819 are fixed, so only one such cluster can run per machine; MariaDB listens on
-# 127.0.0.1:3307. The partition uses OverSubscribe=FORCE:32 (up to 32 jobs share a core): meant for
+# A second cluster on the same machine needs its own prefix and ports (e.g. HPCB_SLURM_PREFIX=/var/tmp/b
+# HPCB_SLURM_PORT_BASE=7817 HPCB_SLURM_DB_PORT=3317): a disruptive run (chaos restarts slurmctld) then
+# leaves the default cluster alone. The partition uses OverSubscribe=FORCE:32 (up to 32 jobs share a core): meant for
 # tests and local mode, not for real resource isolation.
 set -euo pipefail
 exec </dev/null
@@ -23,7 +26,12 @@ ACCOUNTING=${HPCB_SLURM_ACCOUNTING:-1}
 TIMEOUT=${HPCB_SLURM_TIMEOUT:-60}
 CLUSTER=local
 PARTITION=compute
-DB_PORT=3307
+DB_PORT=${HPCB_SLURM_DB_PORT:-3307}
+PORT_BASE=${HPCB_SLURM_PORT_BASE:-6817}
+[[ $PORT_BASE =~ ^[0-9]+$ && $DB_PORT =~ ^[0-9]+$ ]] || { echo "slurm.sh: ports must be numbers" >&2; exit 2; }
+CTLD_PORT=$PORT_BASE
+SLURMD_PORT=$((PORT_BASE + 1))
+DBD_PORT=$((PORT_BASE + 2))
 DB_NAME=slurm_acct_db
 DB_USER=slurm
 
@@ -243,8 +251,8 @@ ClusterName=$CLUSTER
 SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCK
 CredType=cred/munge
@@ -279,7 +287,7 @@ EOF
     cat <<EOF
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=$host
-AccountingStoragePort=6819
+AccountingStoragePort=$DBD_PORT
 # Connections to slurmdbd ignore AuthInfo: the munge socket is passed this way.
 AccountingStoragePass=$MUNGE_SOCK
 AccountingStoreFlags=job_comment
@@ -298,7 +306,7 @@ render_slurmdbd_conf() {
 AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCK
 DbdHost=$host
-DbdPort=6819
+DbdPort=$DBD_PORT
 SlurmUser=root
 LogFile=$LOG/slurmdbd.log
 PidFile=$STATE/slurmdbd.pid
@@ -349,7 +357,9 @@ write_env_file() {
   local content
   content="# Source this file to use the private Slurm cluster of hpc-broker.
 export SLURM_CONF=$SLURM_CONF_FILE
-export HPCB_SLURM_PREFIX=$PREFIX"
+export HPCB_SLURM_PREFIX=$PREFIX
+export HPCB_SLURM_PORT_BASE=$PORT_BASE
+export HPCB_SLURM_DB_PORT=$DB_PORT"
   write_if_changed "$ENV_FILE" 644 "$content" || true
 }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,6 @@ import requests
 from moto.server import ThreadedMotoServer
 
 from broker.adapters import aws
-from broker.local.apigw import DEFAULT_PRINCIPAL
 from broker.local.moto_patches import patch_moto
 from broker.local.provision import Provisioned, provision
 from broker.local.template import load_template
@@ -34,15 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
-#: Who runs as whom on the local cluster in the tests that drive the local stack (the integration
-#: tests' principals A and B, and the local API's default principal).
-PRINCIPAL_A = "arn:aws:iam::000000000000:user/alice"
-PRINCIPAL_B = "arn:aws:iam::000000000000:user/bob"
-LOCAL_USERS = {
-    DEFAULT_PRINCIPAL: "hpcb-dev",
-    PRINCIPAL_A: "hpcbtest-a",
-    PRINCIPAL_B: "hpcbtest-b",
-}
 SLURM_PREFIX = Path(os.environ.get("HPCB_SLURM_PREFIX", "/var/tmp/hpc-broker/slurm"))
 
 _FAKE_AWS_ENV = {
@@ -132,25 +122,25 @@ def slurm() -> dict[str, str]:
         if os.environ.get("REQUIRE_SLURM") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    # The non-root users local jobs run as (idempotent): the default principal's, A's and B's.
-    subprocess.run([str(ROOT / "scripts" / "local-user.sh"), *sorted(set(LOCAL_USERS.values()))],
-                   check=True)  # fmt: skip
+    subprocess.run([str(ROOT / "scripts" / "local-user.sh")], check=True)  # hpcb-dev
     os.environ.update(env)
     return env
 
 
+#: The callers the integration tests act as, each mapped to the local non-root user on the
+#: cluster "local" (scripts/local-user.sh); a test of its own mappings passes ``users=``.
+TEST_USERS: dict[str, str] = {
+    f"arn:aws:iam::000000000000:user/{name}": "hpcb-dev"
+    for name in ("alice", "bob", "local-developer", "bench", "chaos")
+}
+
+
 @contextmanager
-def local_stack(
-    slurm_env: dict[str, str],
-    *,
-    users: Mapping[tuple[str, str], str] | None = None,
-    **options: Any,
-) -> Iterator[Any]:
+def local_stack(slurm_env: dict[str, str], **options: Any) -> Iterator[Any]:
     """The template's local stack in this process, in local cluster mode, on the real Slurm.
 
-    ``options`` go to LocalStack (schedules, inbox, ...); ``env`` adds environment overrides.
-    Callers are mapped to users as an administrator would (the store the admin API writes):
-    ``users`` ((cluster, principal) -> POSIX user), by default LOCAL_USERS on ``local``.
+    ``options`` go to LocalStack (schedules, inbox, ...); ``env`` adds environment overrides;
+    ``users`` maps callers to POSIX users on "local" (default ``TEST_USERS``).
     """
     from broker import wiring  # noqa: PLC0415
     from broker.local.stack import LocalStack  # noqa: PLC0415
@@ -162,13 +152,13 @@ def local_stack(
         **options.pop("env", {}),
         **slurm_env,
     }
+    users = options.pop("users", TEST_USERS)
     wiring.reset()
     stack = LocalStack(TEMPLATE, env_overrides=env, access_log=False, **options)
     stack.start()
+    for principal, user in users.items():
+        stack.map_user("local", principal, user)
     try:
-        mappings = {("local", p): u for p, u in LOCAL_USERS.items()} if users is None else users
-        for (cluster, principal), user in mappings.items():
-            stack.map_user(cluster, principal, user)
         yield stack
     finally:
         stack.stop()

@@ -6,7 +6,6 @@ in tests/functional/test_store_contract.py run the same cases against both.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,12 +28,13 @@ from broker.ports import (
     Notifier,
     RequestQueue,
     RequestStore,
+    UserMappings,
+    UserResolver,
 )
 from broker.requests.models import QueueMessage, RequestRecord, RequestResult
 from broker.requests.states import RequestState, can_transition
 from broker.schema import ErrorInfo, utcnow
 from broker.users.models import UserMapping
-from broker.users.service import UserService
 
 
 class InMemoryStore:
@@ -367,55 +367,6 @@ class FakeQueue:
         self.delays.append((event_source_arn, receipt_handle, seconds))
 
 
-class InMemoryUserStore:
-    """UserStore in a dict: the adapter's semantics (last write wins; pages by principal)."""
-
-    def __init__(self) -> None:
-        self.mappings: dict[tuple[str, str], UserMapping] = {}
-
-    def put_mapping(self, mapping: UserMapping) -> None:
-        self.mappings[(mapping.cluster, mapping.principal)] = mapping
-
-    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
-        return self.mappings.get((cluster, principal))
-
-    def delete_mapping(self, cluster: str, principal: str) -> UserMapping | None:
-        return self.mappings.pop((cluster, principal), None)
-
-    def list_mappings(
-        self, cluster: str, *, limit: int, next_token: str | None
-    ) -> tuple[list[UserMapping], str | None]:
-        after = base64.urlsafe_b64decode(next_token.encode()).decode() if next_token else ""
-        mine = sorted(
-            (m for (c, p), m in self.mappings.items() if c == cluster and p > after),
-            key=lambda m: m.principal,
-        )
-        page = mine[:limit]
-        more = len(mine) > limit
-        token = base64.urlsafe_b64encode(page[-1].principal.encode()).decode() if more else None
-        return page, token
-
-
-class EveryoneMapped(InMemoryUserStore):
-    """A UserStore in which every caller is mapped to one user on every cluster: for tests of
-    other behaviour (the mapping's own tests use InMemoryUserStore)."""
-
-    def __init__(self, user: str = "hpcb-dev") -> None:
-        super().__init__()
-        self.user = user
-
-    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
-        return super().get_mapping(cluster, principal) or UserMapping(
-            cluster=cluster, principal=principal, user=self.user, created_at=utcnow(),
-            created_by="tests",
-        )  # fmt: skip
-
-
-def everyone_mapped(user: str = "hpcb-dev") -> UserService:
-    """The API's user service with every caller mapped to ``user`` (see EveryoneMapped)."""
-    return UserService(EveryoneMapped(user))
-
-
 @dataclass
 class FakeDirectory:
     """ClusterDirectory knowing a fixed set of local clusters."""
@@ -478,6 +429,43 @@ def submitted(token: str, job_id: str = "42", *, reused: bool = False) -> AgentR
     )
 
 
+class EveryoneAs:
+    """UserResolver fake for tests that are not about mappings: every caller, on every cluster,
+    runs as one POSIX user (the real resolver, ``broker.users.service.MappedUsers``, reads the
+    broker's mappings and refuses unmapped callers)."""
+
+    def __init__(self, user: str = "hpcb-dev") -> None:
+        self.user = user
+
+    def user_for(self, cluster: str, owner: str) -> str:
+        return self.user
+
+
+@dataclass
+class InMemoryUserMappings:
+    """UserMappings fake: a dict by (cluster, principal)."""
+
+    items: dict[tuple[str, str], UserMapping] = field(default_factory=dict)
+
+    def get_mapping(self, cluster: str, principal: str) -> UserMapping | None:
+        return self.items.get((cluster, principal))
+
+    def put_mapping(self, mapping: UserMapping) -> None:
+        self.items[(mapping.cluster, mapping.principal)] = mapping
+
+    def delete_mapping(self, cluster: str, principal: str) -> bool:
+        return self.items.pop((cluster, principal), None) is not None
+
+    def list_mappings(
+        self, cluster: str, *, limit: int, next_token: str | None
+    ) -> tuple[list[UserMapping], str | None]:
+        mine = sorted((m for (c, _), m in self.items.items() if c == cluster),
+                      key=lambda m: m.principal)  # fmt: skip
+        start = int(next_token) if next_token else 0
+        page = mine[start : start + limit]
+        return page, (str(start + limit) if start + limit < len(mine) else None)
+
+
 if TYPE_CHECKING:
     # Each fake implements every member of the ports it stands for: mypy (``make lint``) fails
     # here when a port gains a member its fake lacks.
@@ -490,3 +478,5 @@ if TYPE_CHECKING:
     _runner: CommandRunner = ScriptedRunner()
     _notifier: Notifier = RecordingNotifier()
     _artifacts: ArtifactStore = MemoryArtifacts()
+    _users: UserResolver = EveryoneAs()
+    _mappings: UserMappings = InMemoryUserMappings()

@@ -33,7 +33,7 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 dlq_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False)
 def record_handler(record: SQSRecord) -> None:
     """Run one queued cluster operation (raises to mark the record failed)."""
     try:
@@ -64,7 +64,7 @@ def dead_letter_handler(record: SQSRecord) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Process a batch of cluster operations, reporting partial failures."""
@@ -74,7 +74,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def dlq_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Process a batch of dead-lettered cluster operations."""

@@ -6,8 +6,8 @@ message's visibility (exponential back-off) and fail the record, so SQS delivers
 after MaxReceiveCount moves it to the DLQ, where the DLQ worker marks the request FAILED.
 Nothing is silently dropped.
 
-Batch chunks drained together for one cluster share one head-node command
-(``submit_chunks_together``); each message still ends on its own (its record fails or not).
+Batch chunks drained together for one cluster share one head-node command, and so do single
+submissions (``submit_together``); each message still ends on its own (its record fails or not).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from broker.batches.models import JobBatchMessage
 from broker.errors import TransientError
 from broker.jobs.execution import Outcome
+from broker.jobs.models import JobSubmitMessage
 from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE, AnyMessage
 from broker.settings import job_worker_settings
@@ -39,8 +40,10 @@ from workers.retrying import run_with_backoff
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
+#: A message that can share a head-node command with others of its kind and cluster.
+Grouped = JobBatchMessage | JobSubmitMessage
 #: Per message id, a message of a grouped submission (as parsed once) and how it ended.
-Ends = dict[str, "tuple[JobBatchMessage, Outcome | TransientError]"]
+Ends = dict[str, "tuple[Grouped, Outcome | TransientError]"]
 #: Jobs per head-node command when chunks are grouped. Commands for one head node run one at a
 #: time (the agent's lock, which a command waits for at most 90 s), and the SQS mapping runs
 #: five invocations at once: four commands of 1,000 jobs at 3-13 ms a job (idle to a loaded
@@ -48,7 +51,7 @@ Ends = dict[str, "tuple[JobBatchMessage, Outcome | TransientError]"]
 MAX_GROUPED_JOBS = 1000
 
 
-@tracer.capture_method
+@tracer.capture_method(capture_response=False)
 def record_handler(record: SQSRecord, ends: Ends | None = None) -> None:
     """Dispatch one queued request (raises to mark the record failed)."""
     grouped = (ends or {}).pop(record.message_id, None)
@@ -80,33 +83,39 @@ def _replay(end: Outcome | TransientError) -> Outcome:
     return end
 
 
-def submit_chunks_together(records: list[dict[str, Any]]) -> Ends:
-    """Submit the batch chunks of this SQS batch per cluster, several chunks per head-node
-    command (at most MAX_GROUPED_JOBS jobs each); message id -> how each message ended.
+def submit_together(records: list[dict[str, Any]]) -> Ends:
+    """Submit what this SQS batch holds per cluster in as few head-node commands as possible:
+    its batch chunks together, and its single submissions together (at most MAX_GROUPED_JOBS
+    jobs per command); message id -> how each message ended.
 
-    Messages not grouped (another kind, or alone for their cluster) are left to the record
-    handler. Should grouping itself fail unexpectedly, every message is handled on its own
-    (each step is idempotent, so nothing is submitted twice).
+    Messages not grouped (cancels, output reads, or alone of their kind for their cluster) are
+    left to the record handler; so are single submissions when HPCB_COALESCE_SUBMISSIONS is
+    false. Should grouping itself fail unexpectedly, every message is handled on its own (each
+    step is idempotent, so nothing is submitted twice).
     """
-    groups: dict[str, list[list[tuple[str, JobBatchMessage]]]] = {}
+    coalesce = job_worker_settings().coalesce_submissions
+    groups: dict[tuple[str, str], list[list[tuple[str, Grouped]]]] = {}
     for raw in records:
         try:
             message = QUEUE_MESSAGE.validate_json(raw.get("body", ""))
         except ValidationError:
             continue  # the record handler fails it and it goes to the DLQ
-        if not isinstance(message, JobBatchMessage):
+        if not isinstance(message, JobBatchMessage | JobSubmitMessage):
             continue
-        runs = groups.setdefault(message.cluster, [[]])
-        if sum(len(m.items) for _, m in runs[-1]) + len(message.items) > MAX_GROUPED_JOBS:
+        if isinstance(message, JobSubmitMessage) and not coalesce:
+            continue
+        runs = groups.setdefault((message.cluster, message.kind), [[]])
+        if sum(_jobs_in(m) for _, m in runs[-1]) + _jobs_in(message) > MAX_GROUPED_JOBS:
             runs.append([])
         runs[-1].append((raw["messageId"], message))
     ends: Ends = {}
-    for runs in groups.values():
+    for (_, kind), runs in groups.items():
         for run in (run for run in runs if len(run) > 1):
-            jobs = sum(len(m.items) for _, m in run)
-            logger.info("submitting chunks together", extra={"chunks": len(run), "jobs": jobs})
+            jobs = sum(_jobs_in(m) for _, m in run)
+            logger.info("submitting together", extra={"kind": kind, "messages": len(run),
+                                                      "jobs": jobs})  # fmt: skip
             try:
-                answers = dispatcher().handle_chunks([message for _, message in run])
+                answers = _submit_run([message for _, message in run])
             except Exception:
                 logger.exception("grouped submission failed; handling its messages one by one")
                 continue
@@ -117,12 +126,25 @@ def submit_chunks_together(records: list[dict[str, Any]]) -> Ends:
     return ends
 
 
+def _jobs_in(message: Grouped) -> int:
+    return len(message.items) if isinstance(message, JobBatchMessage) else 1
+
+
+def _submit_run(run: list[Grouped]) -> list[Outcome | TransientError]:
+    """One agent call for a run of messages of one kind and cluster."""
+    chunks = [m for m in run if isinstance(m, JobBatchMessage)]
+    singles = [m for m in run if isinstance(m, JobSubmitMessage)]
+    if chunks:
+        return dispatcher().handle_chunks(chunks)
+    return dispatcher().handle_submits(singles)
+
+
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    """Process an SQS batch, reporting partial failures (batch chunks grouped per cluster)."""
-    ends = submit_chunks_together(event.get("Records", []))
+    """Process an SQS batch, reporting partial failures (submissions grouped per cluster)."""
+    ends = submit_together(event.get("Records", []))
     return process_partial_response(
         event=event,
         record_handler=lambda record: record_handler(record, ends),

@@ -20,7 +20,7 @@ from broker.wiring import sweeper
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Run the sweep(s) of one scheduled invocation; return the last report."""

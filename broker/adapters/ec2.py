@@ -25,7 +25,11 @@ class Ec2ClusterDirectory:
     """``ClusterDirectory`` over EC2: a cluster is the running instance tagged as its head node.
 
     ParallelCluster 3 tags the head node ``parallelcluster:cluster-name=<name>`` and
-    ``parallelcluster:node-type=HeadNode``. Answers are cached per cluster for
+    ``parallelcluster:node-type=HeadNode``, and CloudFormation, which launches it as part of the
+    cluster's stack (named as the cluster), tags it ``aws:cloudformation:stack-name=<name>``.
+    All three must match: anyone allowed ``ec2:CreateTags`` can copy the ``parallelcluster:``
+    tags onto an instance of theirs, but nobody can set an ``aws:`` tag, so only the instance of
+    the cluster's own stack can receive the broker's commands. Answers are cached per cluster for
     ``cache_seconds`` (not-found answers for at most ``NEGATIVE_CACHE_SECONDS``), so a busy
     worker does not call DescribeInstances for every message.
 
@@ -69,6 +73,7 @@ class Ec2ClusterDirectory:
 
     def _lookup(self, cluster: str) -> ClusterTarget | None:
         filters = [
+            {"Name": "tag:aws:cloudformation:stack-name", "Values": [cluster]},
             {"Name": "tag:parallelcluster:cluster-name", "Values": [cluster]},
             {"Name": "tag:parallelcluster:node-type", "Values": ["HeadNode"]},
             {"Name": "instance-state-name", "Values": ["running"]},

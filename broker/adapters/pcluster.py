@@ -30,6 +30,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -251,6 +252,7 @@ def cluster_info(data: Mapping[str, Any]) -> ClusterInfo:
         scheduler=scheduler.get("type") if isinstance(scheduler, Mapping) else None,
         head_node_instance_id=head.get("instanceId") if isinstance(head, Mapping) else None,
         stack_arn=data.get("cloudformationStackArn"),
+        created_at=_time(data.get("creationTime")),
         compute_fleet_status=ComputeFleetStatus(str(fleet)) if fleet else None,
         failures=[
             ClusterFailure(
@@ -296,3 +298,16 @@ def _change_set(items: Any) -> list[dict[str, Any]] | None:
     if not isinstance(items, list):
         return None
     return [dict(i) for i in items if isinstance(i, Mapping)]
+
+
+def _time(value: Any) -> datetime | None:
+    """pcluster's ``creationTime`` (a datetime, or ISO 8601 text over JSON); None if absent."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None

@@ -138,6 +138,8 @@ OUTPUT_UNREADABLE = "OUTPUT_UNREADABLE"
 USER_REFUSED = "USER_REFUSED"
 #: The Slurm job with the request's id is not the request's job (another user's, another token).
 JOB_MISMATCH = "JOB_MISMATCH"
+#: A job's dependency names a Slurm job of another user (the broker resolves its own ids first).
+DEPENDENCY_NOT_FOUND = "DEPENDENCY_NOT_FOUND"
 
 
 # ==== 1. protocol and validation: what a request may contain =====================================
@@ -318,14 +320,26 @@ def validate_token(token: Any) -> str:
     return token
 
 
+#: ``broker.jobs.models.SCHEDULER_DIRECTIVE_PATTERN`` (a test keeps them equal): a scheduler
+#: directive in the script's leading comment block, which sbatch would read as options.
+SCHEDULER_DIRECTIVE_PATTERN = (
+    r"^(?:[ \t]*(?:#[^\n]*)?\n)*[ \t]*#[ \t]*(?:[Ss][Bb][Aa][Tt][Cc][Hh]|[Pp][Bb][Ss]|"
+    r"[Bb][Ss][Uu][Bb]|[Mm][Ss][Uu][Bb]|[Pp][Jj][Mm]|[Ff][Ll][Uu][Xx]|[Cc][Oo][Bb][Aa][Ll][Tt]|\$)"
+)
+_SCHEDULER_DIRECTIVE = re.compile(SCHEDULER_DIRECTIVE_PATTERN)
+
+
 def validate_script(script: Any) -> bytes:
-    """Return the script as UTF-8 bytes if it is an acceptable batch script."""
+    """Return the script as UTF-8 bytes if it is an acceptable batch script (no scheduler
+    directive: options come only from the validated fields, and sbatch runs with --ignore-pbs)."""
     if not isinstance(script, str):
         raise AgentError(INVALID_SCRIPT, "the script must be a string")
     if "\x00" in script:
         raise AgentError(INVALID_SCRIPT, "the script must not contain NUL characters")
     if not script.startswith("#!"):
         raise AgentError(INVALID_SCRIPT, "the script must start with a shebang line")
+    if _SCHEDULER_DIRECTIVE.search(script):
+        raise AgentError(INVALID_SCRIPT, "scheduler directives (#SBATCH, #PBS, ...) are refused")
     data = script.encode("utf-8")
     if len(data) > MAX_SCRIPT_BYTES:
         raise AgentError(INVALID_SCRIPT, "the script is larger than %d bytes" % MAX_SCRIPT_BYTES)
@@ -733,6 +747,8 @@ class SbatchCommand(SlurmCommand[str]):
         self.token = validate_token(job.get("token"))
         self.script = validate_script(job.get("script"))
         self._options = option_args(job.get("options", {}))
+        options = job.get("options") or {}
+        self.dependency_ids = dependency_job_ids(options.get("dependency"))
         self.environment = validate_environment(job.get("environment") or {})
 
     def argv(self) -> List[str]:
@@ -741,7 +757,8 @@ class SbatchCommand(SlurmCommand[str]):
         ``--export=ALL`` always, so the job's environment is sbatch's (``env``) whether or not the
         job has variables: explicit, and the same as Slurm's default.
         """
-        return ["sbatch", "--parsable", "--export=ALL", "--comment=" + self.token, *self._options]
+        return ["sbatch", "--parsable", "--ignore-pbs", "--export=ALL",
+                "--comment=" + self.token, *self._options]  # fmt: skip
 
     @property
     def user(self) -> str:
@@ -772,6 +789,35 @@ class SbatchCommand(SlurmCommand[str]):
             "sbatch succeeded but printed no job id: %r" % stdout[:200],
             transient=True,
         )
+
+
+def dependency_job_ids(dependency: Optional[str]) -> List[str]:
+    """The base Slurm ids a validated ``--dependency`` names (``afterok:12:13_2`` -> 12, 13)."""
+    ids = []  # type: List[str]
+    for condition in (dependency or "").split(","):
+        for part in condition.split(":")[1:]:
+            job_id = part.partition("_")[0]
+            if job_id and job_id not in ids:
+                ids.append(job_id)
+    return ids
+
+
+def foreign_dependency(
+    command: "SbatchCommand", owners: Dict[str, Tuple[str, str]]
+) -> Optional[AgentError]:
+    """Why ``command`` may not depend on what it names: a job slurmctld holds for another user.
+
+    Slurm lets any user depend on anyone's job id, which would let a caller watch, or wait on,
+    another user's jobs. An id slurmctld does not hold is left to sbatch, which refuses it.
+    """
+    foreign = [job_id for job_id in command.dependency_ids
+               if job_id in owners and owners[job_id][0] != command.user]  # fmt: skip
+    if not foreign:
+        return None
+    return AgentError(
+        DEPENDENCY_NOT_FOUND,
+        "dependency on Slurm job %s: not a job of %s" % (foreign[0], command.user),
+    )
 
 
 # ---- finding tokens already in Slurm ------------------------------------------------------------
@@ -1673,6 +1719,8 @@ class Agent(object):
             except AgentError as exc:
                 token = job.get("token") if isinstance(job, dict) else None
                 results.append({"token": token if isinstance(token, str) else "", "error": exc})
+        if any(command.dependency_ids for _, command in commands):
+            commands = self._own_dependencies_only(commands, results)
         info = {}  # type: Dict[str, str]
         if commands:
             with FileLock(self.lock_path, self.lock_wait):
@@ -1694,6 +1742,20 @@ class Agent(object):
         if info:
             response["info"] = info
         return response
+
+    def _own_dependencies_only(
+        self, commands: List[Tuple[int, SbatchCommand]], results: List[Dict[str, Any]]
+    ) -> List[Tuple[int, SbatchCommand]]:
+        """The commands whose dependencies are all their user's jobs; the others fail, unsent."""
+        owners = self.execute(JobOwnersCommand())
+        kept = []  # type: List[Tuple[int, SbatchCommand]]
+        for index, command in commands:
+            refused = foreign_dependency(command, owners)
+            if refused is None:
+                kept.append((index, command))
+            else:
+                results[index] = {"token": command.token, "error": refused}
+        return kept
 
     def _submit_all(
         self,

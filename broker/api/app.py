@@ -1,6 +1,5 @@
 """The HTTP API: one Powertools REST resolver, validated by the pydantic models, with the routes
-of each capability included from their own module (``jobs``, ``requests``, ``clusters``,
-``admin``).
+of each capability included from their own module (``jobs``, ``requests``, ``clusters``).
 
 Every write answers 202 with a request id at once; the work happens in a worker. The caller's
 identity is the IAM principal API Gateway authenticated (``requestContext.identity.userArn``),

@@ -14,7 +14,9 @@ from broker.api.errors import ERROR_RESPONSES
 from broker.api.idempotency import IDEMPOTENCY_TTL_SECONDS, KEY_PATTERN
 from broker.batches.models import BatchAccepted
 from broker.errors import BrokerError
+from broker.identity import owner_of
 from broker.schema import NEXT_TOKEN_PATTERN, AcceptedResponse
+from broker.settings import identity_settings
 
 CLUSTER_PATTERN = r"^[A-Za-z][A-Za-z0-9-]{0,59}$"
 REQUEST_ID_PATTERN = r"^r[0-9a-f]{28}$"
@@ -69,8 +71,9 @@ class UnauthenticatedError(BrokerError):
 
 
 def caller(event: BaseProxyEvent) -> str:
-    """The authenticated principal of a call (``requestContext.identity.userArn``), never a
-    field of the request.
+    """The owner a call acts as: its authenticated principal (``requestContext.identity.userArn``),
+    never a field of the request, with the parts the caller chose removed (``broker.identity``:
+    a session name of a role whose sessions anyone may name).
 
     Raises:
         UnauthenticatedError: no identity in the request context.
@@ -78,7 +81,7 @@ def caller(event: BaseProxyEvent) -> str:
     arn: str | None = event.request_context.identity.user_arn  # type: ignore[attr-defined]
     if not arn:
         raise UnauthenticatedError("the call carries no authenticated IAM identity")
-    return arn
+    return owner_of(arn, identity_settings().session_name_role_patterns)
 
 
 def accepted_body(request_id: str) -> AcceptedResponse:

@@ -13,8 +13,8 @@ from broker.errors import (
     BackpressureError,
     BrokerError,
     ConflictError,
-    ForbiddenError,
     NotFoundError,
+    NotMappedError,
     PayloadTooLargeError,
     ThrottledError,
     TransientError,
@@ -30,7 +30,7 @@ _STATUS: list[tuple[type[BrokerError], HTTPStatus]] = [
     # Most specific first.
     (PayloadTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
     (ValidationError, HTTPStatus.UNPROCESSABLE_ENTITY),
-    (ForbiddenError, HTTPStatus.FORBIDDEN),
+    (NotMappedError, HTTPStatus.FORBIDDEN),
     (NotFoundError, HTTPStatus.NOT_FOUND),
     (ConflictError, HTTPStatus.CONFLICT),
     (BackpressureError, HTTPStatus.TOO_MANY_REQUESTS),
@@ -109,11 +109,11 @@ ERROR_RESPONSES: dict[int, Any] = {
         ),
         (
             HTTPStatus.FORBIDDEN,
-            "UNAUTHENTICATED: the call carries no authenticated identity. API Gateway's own "
+            "NOT_MAPPED: you have no user on that cluster; the broker's administrator maps "
+            "callers to cluster users. UNAUTHENTICATED: the call carries no authenticated "
+            "identity. API Gateway's own "
             "refusals (unsigned or badly signed call: MISSING_AUTHENTICATION_TOKEN, "
-            "INVALID_SIGNATURE, ACCESS_DENIED, …) have this schema too. NOT_MAPPED: the caller "
-            "has no POSIX user on that cluster (the message says whom to ask); nothing was "
-            "recorded or queued.",
+            "INVALID_SIGNATURE, ACCESS_DENIED, …) have this schema too.",
         ),
         (HTTPStatus.NOT_FOUND, "No such resource visible to the caller."),
         (HTTPStatus.CONFLICT, "Conflicts with the current state (CONFLICT, CLUSTER_NOT_READY, …)."),

@@ -7,7 +7,6 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from broker.api.admin import hidden
 from broker.api.app import app, render
 from broker.api.guard import refusal
 from broker.api.idempotency import register_lambda_context
@@ -15,14 +14,11 @@ from broker.observability import logger, metrics, tracer
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Resolve one API Gateway REST proxy event."""
     register_lambda_context(context)
-    concealed = hidden(event)  # admin routes do not exist for anyone but administrators
-    if concealed is not None:
-        return render(concealed)
     refused, event = refusal(event)
     if refused is not None:
         return render(refused)

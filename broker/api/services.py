@@ -3,6 +3,6 @@ puts its own in place with one ``monkeypatch.setattr(services, ...)`` for every 
 
 from __future__ import annotations
 
-from broker.wiring import cluster_service, request_service, user_service
+from broker.wiring import cluster_service, request_service, user_admin
 
-__all__ = ["cluster_service", "request_service", "user_service"]
+__all__ = ["cluster_service", "request_service", "user_admin"]

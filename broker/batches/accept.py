@@ -113,7 +113,7 @@ def accept_batch(
     ready_cluster: bool,
 ) -> BatchAccepted:
     """Accept a burst: validate each item, record the batch, enqueue its valid items in
-    chunks (the cluster is known already, and ``user`` is the caller's mapped user there).
+    chunks (the cluster is known already).
 
     Raises:
         BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.

@@ -57,14 +57,12 @@ def local() -> None:
 @click.option("--run-file", "run_path", type=click.Path(), help="Where to record the stack.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for it.")
 @click.option(
-    "--map-user",
-    default="hpcb-dev",
-    show_default=True,
-    help="POSIX user the local default principal's jobs run as ('' maps nobody).",
-)
+    "--user", default="hpcb-dev", show_default=True,
+    help="The POSIX user the local caller runs as (scripts/local-user.sh creates hpcb-dev).",
+)  # fmt: skip
 @pass_ctx
 def up(
-    obj: Context, api_port: int, slurm: bool, run_path: str | None, timeout: float, map_user: str
+    obj: Context, api_port: int, slurm: bool, run_path: str | None, timeout: float, user: str
 ) -> None:
     """Start the local stack in the background (log beside the run file)."""
     run = run_file(run_path)
@@ -82,9 +80,8 @@ def up(
     command = [
         sys.executable, "-m", "broker.local", "--run-file", str(run), "up",
         "--api-port", str(api_port), "--moto-port", "0", "--slurm-env", str(DEFAULT_SLURM_ENV),
+        "--map-user", user,
     ]  # fmt: skip
-    if map_user:
-        command += ["--map-user", map_user]
     with log.open("w") as sink:
         process = subprocess.Popen(
             command,

@@ -31,6 +31,7 @@ from broker.jobs.models import JobSpec, OutputResult
 from broker.jobs.records import JobList, JobState, JobView
 from broker.requests.models import RequestView
 from broker.schema import AcceptedResponse, dump
+from broker.users.models import MappingList, MappingView
 
 M = TypeVar("M", bound=BaseModel)
 JobSpecLike = JobSpec | Mapping[str, Any]
@@ -373,6 +374,35 @@ class BrokerClient:
         )
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    # -- admin: caller-to-user mappings (HPCB_ADMIN_PRINCIPALS only; 404 for anyone else) ------
+
+    def map_user(
+        self, cluster: str, principal: str, user: str, uid: int | None = None
+    ) -> MappingView:
+        """``PUT /v1/admin/clusters/{cluster}/users``: ``principal`` runs as ``user`` there."""
+        body = {"principal": principal, "user": user, **({"uid": uid} if uid else {})}
+        return self._model(MappingView, "PUT", f"/v1/admin/clusters/{_seg(cluster)}/users", body)
+
+    def unmap_user(self, cluster: str, principal: str) -> MappingView:
+        """``DELETE /v1/admin/clusters/{cluster}/users?principal=...``."""
+        query = urlencode({"principal": principal})
+        return self._model(
+            MappingView, "DELETE", f"/v1/admin/clusters/{_seg(cluster)}/users?{query}"
+        )
+
+    def list_user_mappings(
+        self, cluster: str, *, principal: str | None = None, limit: int = 50,
+        next_token: str | None = None,
+    ) -> MappingList:  # fmt: skip
+        """``GET /v1/admin/clusters/{cluster}/users``: a page of mappings (or one principal's)."""
+        params: dict[str, Any] = {"limit": limit}
+        if principal:
+            params["principal"] = principal
+        if next_token:
+            params["next_token"] = next_token
+        path = f"/v1/admin/clusters/{_seg(cluster)}/users?{urlencode(params)}"
+        return self._model(MappingList, "GET", path)
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document (``GET /v1/openapi.json``)."""

@@ -207,6 +207,7 @@ class ClusterInfo(BaseModel):
     stack_arn: str | None = None
     compute_fleet_status: ComputeFleetStatus | None = None
     failures: list[ClusterFailure] = Field(default_factory=list)
+    created_at: datetime | None = Field(default=None, description="When its stack was created.")
 
 
 class ProviderAnswer(BaseModel):

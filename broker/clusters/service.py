@@ -26,9 +26,21 @@ from broker.clusters.records import (
     ensure_can_start,
     ensure_ready,
 )
-from broker.errors import BrokerError, ConflictError, NotFoundError, TransientError
+from broker.errors import (
+    BrokerError,
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
 from broker.notifications.announcer import ClusterAnnouncer
-from broker.ports import ClusterQueue, ClusterRecords, ClusterStore, RequestStore
+from broker.ports import (
+    ClusterQueue,
+    ClusterRecords,
+    ClusterStore,
+    RequestStore,
+    StackStatusReader,
+)
 from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
 from broker.schema import ErrorInfo, new_request_id, utcnow
@@ -52,9 +64,15 @@ class ClusterGate:
 class ClusterService:
     """The API's side: accept cluster operations (record, then enqueue) and read records."""
 
-    def __init__(self, store: ClusterOperationRecords, queue: ClusterQueue) -> None:
+    def __init__(
+        self,
+        store: ClusterOperationRecords,
+        queue: ClusterQueue,
+        stacks: StackStatusReader | None = None,
+    ) -> None:
         self._store = store
         self._queue = queue
+        self._stacks = stacks
 
     def create(self, owner: str, body: ClusterCreateBody) -> RequestRecord:
         """Accept a create: the cluster is recorded CREATE_IN_PROGRESS at once (so its name is
@@ -69,6 +87,7 @@ class ClusterService:
         existing = self._store.get_cluster(body.name)
         if existing is not None and existing.status is not ClusterStatus.DELETE_COMPLETE:
             raise ConflictError(f"cluster {body.name} exists already ({existing.status.value})")
+        self._ensure_no_stack(body.name, body.region)
         if body.dryrun:
             self._store.create_request(record)
         else:
@@ -88,6 +107,29 @@ class ClusterService:
         )  # fmt: skip
         self._enqueue(record, message)
         return record
+
+    def _ensure_no_stack(self, name: str, region: str | None) -> None:
+        """Refuse a name whose stack the broker did not create (ParallelCluster's stack is named
+        as the cluster): the broker must never come to own, and then delete, someone else's
+        cluster. The worker checks again, for a stack made after this (``ClusterWorker``).
+
+        Raises:
+            ConflictError: ``CLUSTER_EXISTS``.
+        """
+        if self._stacks is None:
+            return
+        try:
+            exists = self._stacks.read(name, region, None).exists
+        except PermanentError as exc:
+            if exc.code != "NOT_A_CLUSTER_STACK":
+                raise
+            exists = True  # another kind of stack has the name: pcluster could not use it either
+        if exists:
+            raise ConflictError(
+                f"a cluster named {name} exists that this broker did not create; "
+                "choose another name",
+                code="CLUSTER_EXISTS",
+            )
 
     def update(self, owner: str, name: str, body: ClusterUpdateBody) -> RequestRecord:
         """Accept an update (one operation at a time; 409 while another is in progress).

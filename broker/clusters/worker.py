@@ -6,6 +6,7 @@ stack reads until it ends (``broker.sweep.clusters``).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from broker.clusters.models import ClusterMessage, ClusterResult
@@ -25,6 +26,10 @@ from broker.requests.states import RequestState
 from broker.schema import ErrorInfo
 
 Outcome = Literal["accepted", "succeeded", "failed", "skipped"]
+
+#: How far the provider's clock may be behind ours when telling a stack our create made from one
+#: that was there before it.
+CLOCK_SKEW = timedelta(minutes=1)
 
 
 class ClusterWorker:
@@ -105,7 +110,12 @@ class ClusterWorker:
         operation = message.operation
         if operation in ("create", "update"):
             call = self._provider.create if operation == "create" else self._provider.update
-            answer = call(message)
+            try:
+                answer = call(message)
+            except ConflictError:
+                if operation != "create" or message.dryrun:
+                    raise
+                return self._name_taken(message)
             if answer.dryrun:
                 result = ClusterResult(
                     kind=message.kind, cluster=message.cluster, dryrun=True,
@@ -118,12 +128,7 @@ class ClusterWorker:
                 raise PermanentError("the provider answered without the cluster")
             return self._accepted(message, answer.info)
         if operation == "delete":
-            try:
-                info = self._provider.delete(message.cluster, message.region)
-            except NotFoundError:
-                # Nothing to delete (e.g. a create the validators rejected): it is gone.
-                return self._ended(message, ClusterStatus.DELETE_COMPLETE)
-            return self._accepted(message, info)
+            return self._delete(message)
         if operation == "fleet":
             status = self._provider.update_compute_fleet(
                 message.cluster, message.fleet_status or "START_REQUESTED", message.region
@@ -149,6 +154,63 @@ class ClusterWorker:
         )  # fmt: skip
         self._succeed(message.request_id, result)
         return "succeeded"
+
+    def _delete(self, message: ClusterMessage) -> Outcome:
+        if not self._holds_our_stack(message):
+            return self._ended(message, ClusterStatus.DELETE_COMPLETE)
+        try:
+            info = self._provider.delete(message.cluster, message.region)
+        except NotFoundError:
+            # Nothing to delete (e.g. a create the validators rejected): it is gone.
+            return self._ended(message, ClusterStatus.DELETE_COMPLETE)
+        return self._accepted(message, info)
+
+    def _name_taken(self, message: ClusterMessage) -> Outcome:
+        """The provider refused a create because the name is taken. Either by our own create,
+        accepted before this delivery of its message (the worker stopped before recording
+        it): then it is accepted now; or by a cluster the broker did not create: the request
+        fails, and the broker's record never gains its stack, so nothing done through the
+        broker can touch it.
+
+        Ours is a stack created since the request was accepted (its record's ``created_at``).
+
+        Raises:
+            ConflictError: ``CLUSTER_EXISTS``, a cluster of that name exists outside the broker.
+        """
+        record = self._pending_record(message)
+        try:
+            info = self._provider.describe(message.cluster, message.region)
+        except NotFoundError:
+            info = None
+        if (
+            record is not None
+            and info is not None
+            and info.created_at is not None
+            and info.created_at >= record.created_at - CLOCK_SKEW
+        ):
+            return self._accepted(message, info)
+        raise ConflictError(
+            f"a cluster named {message.cluster} exists that this broker did not create; "
+            "choose another name",
+            code="CLUSTER_EXISTS",
+        )
+
+    def _holds_our_stack(self, message: ClusterMessage) -> bool:
+        """Whether the provider's cluster of that name is the stack this broker created.
+
+        The record keeps the stack the provider answered our create with. Without one, our
+        create never reached the provider (or it refused: the name was someone else's), and a
+        stack of that name, if any, is not ours; with one that differs from the provider's,
+        ours is gone and the name is used again by someone else. Either way: never deleted.
+        """
+        record = self._store.get_cluster(message.cluster)
+        if record is None or record.stack_arn is None:
+            return False
+        try:
+            current = self._provider.describe(message.cluster, message.region)
+        except NotFoundError:
+            return False
+        return current.stack_arn == record.stack_arn
 
     def _accepted(self, message: ClusterMessage, info: ClusterInfo) -> Outcome:
         """The provider started a long operation: record what it said; the sweep follows."""

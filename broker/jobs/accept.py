@@ -32,11 +32,18 @@ from broker.jobs.models import (
 )
 from broker.jobs.records import JobRecord, JobState, new_job
 from broker.notifications.announcer import Announcer
-from broker.ports import BatchStore, ClusterDirectory, JobStore, Limits, RequestQueue, RequestStore
+from broker.ports import (
+    BatchStore,
+    ClusterDirectory,
+    JobStore,
+    Limits,
+    RequestQueue,
+    RequestStore,
+    UserResolver,
+)
 from broker.requests.models import QueueMessage, RequestKind, RequestRecord
 from broker.requests.states import RequestState
 from broker.schema import ErrorInfo, new_request_id, utcnow
-from broker.users.service import UserService
 
 
 class AcceptedRecords(RequestStore, JobStore, BatchStore, Protocol):
@@ -44,29 +51,23 @@ class AcceptedRecords(RequestStore, JobStore, BatchStore, Protocol):
 
 
 class RequestService:
-    """The API's side: accept writes (record, then enqueue) and read records back.
-
-    Default deny: a job, a batch, a cancel or an output read is accepted only from a caller
-    mapped to a POSIX user on that cluster (``users``); otherwise NotMappedError (403) and
-    nothing is recorded or queued. The user is recorded with the request and the job and
-    carried in the message: the worker acts as that user and never looks it up again.
-    """
+    """The API's side: accept writes (record, then enqueue) and read records back."""
 
     def __init__(
         self,
         store: AcceptedRecords,
         queue: RequestQueue,
         clusters: ClusterDirectory,
-        users: UserService,
-        *,
         announcer: Announcer | None = None,
         limits: Limits | None = None,
+        *,
+        users: UserResolver,
         cluster_gate: ClusterGate | None = None,
     ) -> None:
+        self._users = users
         self._store = store
         self._queue = queue
         self._clusters = clusters
-        self._users = users
         self._announce = announcer
         self._limits = limits
         self._gate = cluster_gate
@@ -80,7 +81,7 @@ class RequestService:
         Raises:
             PayloadTooLargeError: the script is over MAX_SCRIPT_BYTES.
             ClusterNotFoundError: no such cluster.
-            NotMappedError: the caller has no user on the cluster (nothing recorded).
+            NotMappedError: the caller has no user on that cluster (403; nothing recorded).
             TransientError: the table or queue cannot take the request now (it is then FAILED
                 with ``ENQUEUE_FAILED``, and the caller may send it again).
         """
@@ -91,7 +92,9 @@ class RequestService:
                 "Keep large inputs in files on the cluster and reference them from the script."
             )
         self._resolve(cluster)
-        user = self._users.require(cluster, owner)
+        # Recorded with the request and the job and carried in the message: the worker acts
+        # as this user and never looks it up again (a later re-mapping does not move a job).
+        user = self._users.user_for(cluster, owner)
         record = self._new_request(owner, cluster, "job.submit", user, spec=spec)
         job = new_job(record.request_id, owner, cluster, spec, record.created_at, user=user)
         self._store.create_submission(record, job, self._limits, ready_cluster=self._gated)
@@ -107,11 +110,10 @@ class RequestService:
 
         Raises:
             BatchRejectedError: ``atomic`` and some item is invalid, or no item is valid.
-            ClusterNotFoundError, NotMappedError, BackpressureError, TransientError: as for
-                one job.
+            ClusterNotFoundError, BackpressureError, TransientError: as for one job.
         """
         self._resolve(cluster)
-        user = self._users.require(cluster, owner)
+        user = self._users.user_for(cluster, owner)
         return accept_batch(self._store, self._queue, owner, cluster, body, user=user,
                             limits=self._limits, ready_cluster=self._gated)  # fmt: skip
 
@@ -143,12 +145,11 @@ class RequestService:
         """Accept a cancel. A job still queued in SQS is cancelled at once, never reaching Slurm.
 
         Raises:
-            NotMappedError: the caller has no user on the cluster (any more).
+            NotMappedError: the caller has no user on that cluster (403).
             NotFoundError: no such job of the caller's.
             ConflictError: the job has already ended.
         """
-        self._clusters.resolve(cluster)  # an unknown cluster is 404 for everyone
-        self._users.require(cluster, owner)
+        self._users.user_for(cluster, owner)
         job = self.get_job(owner, cluster, ref)
         if job.state.final:
             raise ConflictError(f"job {job.job_id} has already ended ({job.state})")
@@ -188,12 +189,11 @@ class RequestService:
         """Accept an output fetch for a job that reached Slurm.
 
         Raises:
-            NotMappedError: the caller has no user on the cluster (any more).
+            NotMappedError: the caller has no user on that cluster (403).
             NotFoundError: no such job of the caller's.
             ConflictError: the job has no Slurm id (not submitted, or never will be).
         """
-        self._clusters.resolve(cluster)  # an unknown cluster is 404 for everyone
-        self._users.require(cluster, owner)
+        self._users.user_for(cluster, owner)
         job = self.get_job(owner, cluster, ref)
         if job.slurm_job_id is None:
             raise ConflictError(f"job {job.job_id} has not reached Slurm ({job.state})")
@@ -306,8 +306,9 @@ class RequestService:
 
 
 def _recorded_user(job: JobRecord) -> str:
-    """The user a job runs as, recorded at its accept: its cancel and output reads act as it
-    (the caller's mapping may have changed since; the job is still that user's in Slurm).
+    """The user a job runs as, recorded at its accept: its cancel and output reads act as that
+    user (the caller's mapping may have changed since; in Slurm the job is still that user's,
+    and the agent acts only on a job of the request's user).
 
     Raises:
         ConflictError: the job was accepted without a user (before users were mapped).

@@ -1,19 +1,21 @@
-"""The job worker's side: run one queued request on its cluster, record the outcome.
+"""The job worker's side: run queued requests on their cluster, record the outcomes.
 
-A submission, a cancel or an output fetch is one head-node command; a batch chunk goes to
-``broker.batches.dispatch``. Every error is settled the same way (``RequestEnds.settle``): a
-transient one is kept as the request's last error and raised (SQS retries, then the DLQ), a
-permanent one fails the request.
+A cancel or an output fetch is one head-node command; single submissions drained together for
+one cluster share one (``handle_submits``); a batch chunk goes to ``broker.batches.dispatch``.
+Every error is settled the same way (``RequestEnds.settle``): a transient one is kept as the
+request's last error and raised (SQS retries, then the DLQ), a permanent one fails the request.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from broker.agent.protocol import (
     AgentJob,
     AgentJobResult,
     AgentRequest,
+    AgentResponse,
     JobTarget,
     OutputQuery,
 )
@@ -44,8 +46,24 @@ from broker.jobs.models import (
 from broker.jobs.records import JobRecord, JobState
 from broker.notifications.announcer import Announcer
 from broker.observability import logger
-from broker.ports import ArtifactStore, BatchStore, ClusterDirectory, JobStore, RequestStore
+from broker.ports import (
+    ArtifactStore,
+    BatchStore,
+    ClusterDirectory,
+    JobStore,
+    RequestStore,
+)
 from broker.requests.models import QueueMessage
+
+
+@dataclass(frozen=True)
+class _OpenSubmit:
+    """A single submission started by a worker: its message, agent job and token lookback."""
+
+    message: JobSubmitMessage
+    agent_job: AgentJob
+    lookback: int
+
 
 #: Output text above this many characters (both streams) goes to S3 behind a presigned URL
 #: instead of inline in the request record (SSM itself carries at most 24,000 characters).
@@ -75,6 +93,7 @@ class Dispatcher:
         default_working_directory: str = "/tmp",  # noqa: S108
         submit_concurrency: int | None = None,
     ) -> None:
+        self._concurrency = submit_concurrency
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -124,7 +143,54 @@ class Dispatcher:
 
     # -- submit ----------------------------------------------------------------------------
 
+    def handle_submits(self, messages: list[JobSubmitMessage]) -> list[Outcome | TransientError]:
+        """Single submissions drained together for one cluster: one agent call for all of them.
+
+        Each message ends as ``handle`` would end it alone (its job's record, its request's
+        result or error), with its outcome or the TransientError its record must fail with; a
+        failure of the shared agent call ends every message that was in it. The agent's token
+        search makes a redelivery of any of them find its job instead of submitting it again.
+        """
+        ends: list[Outcome | TransientError] = ["skipped"] * len(messages)
+        opened: dict[int, _OpenSubmit] = {}
+        for position, message in enumerate(messages):
+            if self._store.mark_dispatched(message.request_id) is None:
+                continue  # already final
+            try:
+                started = self._open_submit(message)
+            except (TransientError, *PERMANENT) as exc:
+                ends[position] = self._ends.settle(message, exc)
+                continue
+            if isinstance(started, _OpenSubmit):
+                opened[position] = started
+            else:
+                ends[position] = started
+        if not opened:
+            return ends
+        try:
+            response = self._run_submits(messages[0].cluster, list(opened.values()))
+        except (TransientError, *PERMANENT) as exc:
+            for position in opened:
+                ends[position] = self._ends.settle(messages[position], exc)
+            return ends
+        for position, started in opened.items():
+            try:
+                ends[position] = self._close_submit(started, response)
+            except (TransientError, *PERMANENT) as exc:
+                ends[position] = self._ends.settle(messages[position], exc)
+        return ends
+
+    # -- submit ----------------------------------------------------------------------------
+
     def _submit(self, message: JobSubmitMessage) -> Outcome:
+        started = self._open_submit(message)
+        if not isinstance(started, _OpenSubmit):
+            return started
+        return self._close_submit(started, self._run_submits(message.cluster, [started]))
+
+    def _open_submit(self, message: JobSubmitMessage) -> _OpenSubmit | Outcome:
+        """Move the job to its submission and build its agent job; or how the message ends
+        when an earlier delivery already did the work (cancelled, or in Slurm)."""
         job_id = message.request_id
         job = self._store.start_submission(job_id)
         if job is None:
@@ -138,16 +204,28 @@ class Dispatcher:
                 return "succeeded"
             raise ConflictError(f"job {job_id} is {current.state}; not submitting it")
         dependency = self._dependencies.slurm_string(message.owner, message.cluster, message.spec)
-        target = self._clusters.resolve(message.cluster)
-        token = slurm_token(message.request_id)
         spec = message.spec
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
         user = acting_user(job.user, message.user)
-        request = AgentRequest(op="submit", jobs=[AgentJob.of(token, spec, dependency, user=user)],
-                               lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
-        response = self._runner_for(target.mode).run(target, request)
+        agent_job = AgentJob.of(slurm_token(job_id), spec, dependency, user=user)
+        return _OpenSubmit(message, agent_job, lookback_seconds(job.created_at))
+
+    def _run_submits(self, cluster: str, started: list[_OpenSubmit]) -> AgentResponse:
+        """One agent call submitting every started job (as each job's own user)."""
+        target = self._clusters.resolve(cluster)
+        request = AgentRequest(
+            op="submit",
+            jobs=[s.agent_job for s in started],
+            concurrency=self._concurrency if len(started) > 1 else None,
+            lookback_seconds=max(s.lookback for s in started),
+        )
+        return self._runner_for(target.mode).run(target, request)
+
+    def _close_submit(self, started: _OpenSubmit, response: AgentResponse) -> Outcome:
+        """Record what the agent said of one started job."""
+        message, token = started.message, started.agent_job.token
         if not response.ok:
             raise error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
         result = next((r for r in response.results if r.token == token), None)
@@ -157,7 +235,7 @@ class Dispatcher:
             )
         if result.job_id is None:
             raise error_of(result.error, "AGENT_NO_RESULT", "the agent returned no job id")
-        self._store.record_submitted(job_id, result.job_id)
+        self._store.record_submitted(message.request_id, result.job_id)
         self._ends.succeed(message.request_id, _submitted(result.job_id, message, result))
         return "succeeded"
 

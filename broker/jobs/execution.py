@@ -18,6 +18,7 @@ from broker.errors import (
     ClusterNotFoundError,
     ConflictError,
     NotFoundError,
+    NotMappedError,
     PermanentError,
     TransientError,
 )
@@ -31,7 +32,7 @@ from broker.schema import ErrorInfo, utcnow
 Outcome = Literal["succeeded", "failed", "skipped", "cancelled"]
 RunnerFor = Callable[[Literal["ssm", "local"]], CommandRunner]
 #: Errors that end a request for good (recorded FAILED): retrying cannot fix them.
-PERMANENT = (PermanentError, ClusterNotFoundError, NotFoundError, ConflictError)
+PERMANENT = (PermanentError, ClusterNotFoundError, NotFoundError, ConflictError, NotMappedError)
 
 #: Added to a job's age for the agent's accounting search: clock skew between the worker and
 #: the head node (both NTP-synced in AWS) is far smaller.

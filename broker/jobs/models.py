@@ -3,6 +3,7 @@ of one job, what the job worker receives, and what each request ends with."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -73,6 +74,32 @@ TagKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+@-]{1,128}$
 TagValue = Annotated[str, StringConstraints(pattern=r"^[^\x00]{0,256}$")]
 
 
+#: A script whose leading comment block holds a scheduler directive. sbatch (Slurm 22.05, checked
+#: on this machine) reads ``#SBATCH`` (and ``#PBS``, ``#BSUB``) lines at column 0, with or
+#: without a space before the option, until the first line that is neither blank nor a comment;
+#: not ``# SBATCH``, not lower case, not indented. This refuses a superset of that: any case,
+#: leading blanks, a blank between ``#`` and the word, and the directives of other schedulers
+#: a site may run beside Slurm (MSUB, PJM, FLUX, COBALT, SGE's ``#$``). Lines after the first
+#: command are data to sbatch and are left alone (a job may write a script of its own). The
+#: pattern is ECMA-262 and Python alike, so the OpenAPI document states it (``not``).
+SCHEDULER_DIRECTIVE_PATTERN = (
+    r"^(?:[ \t]*(?:#[^\n]*)?\n)*[ \t]*#[ \t]*(?:[Ss][Bb][Aa][Tt][Cc][Hh]|[Pp][Bb][Ss]|"
+    r"[Bb][Ss][Uu][Bb]|[Mm][Ss][Uu][Bb]|[Pp][Jj][Mm]|[Ff][Ll][Uu][Xx]|[Cc][Oo][Bb][Aa][Ll][Tt]|\$)"
+)
+_DIRECTIVE_LINE = re.compile(SCHEDULER_DIRECTIVE_PATTERN[len(r"^(?:[ \t]*(?:#[^\n]*)?\n)*") :])
+
+
+def scheduler_directive(script: str) -> tuple[int, str] | None:
+    """(line number, line) of the first scheduler directive in the script's leading comment
+    block, as sbatch would read it (see ``SCHEDULER_DIRECTIVE_PATTERN``); None if there is none."""
+    for number, line in enumerate(script.split("\n"), start=1):
+        if _DIRECTIVE_LINE.match(line):
+            return number, line.strip()[:80]
+        if line.strip() and not line.lstrip(" \t").startswith("#"):
+            return None
+    return None
+
+
 #: Environment names the broker will not let a caller set: Slurm's own, the loader's, and
 #: those glibc reads (they become the environment of sbatch, a root process on the head node).
 #: The head-node agent refuses the same (a unit test keeps the two lists equal).
@@ -123,12 +150,17 @@ class JobSpec(StrictModel):
     script: str = Field(
         description=(
             "The batch script, starting with a shebang line (e.g. '#!/bin/bash'). Any text "
-            f"without NUL, at most {MAX_SCRIPT_BYTES} bytes UTF-8 (413 above)."
+            f"without NUL, at most {MAX_SCRIPT_BYTES} bytes UTF-8 (413 above). No scheduler "
+            "directives (#SBATCH, #PBS, #BSUB, ...) in its leading comment block: every option "
+            "is a field of the job, validated as such (422 names the line)."
         ),
         min_length=3,
         pattern=r"^#![^\x00]*$",
         # The limit is in bytes (413, checked by the service); JSON Schema counts characters.
-        json_schema_extra={"maxLength": MAX_SCRIPT_BYTES},
+        json_schema_extra={
+            "maxLength": MAX_SCRIPT_BYTES,
+            "not": {"pattern": SCHEDULER_DIRECTIVE_PATTERN},
+        },
     )
     name: JobName | None = Field(default=None, description="Slurm job name (--job-name).")
     partition: SlurmWord | None = Field(default=None, description="Slurm partition (--partition).")
@@ -192,6 +224,13 @@ class JobSpec(StrictModel):
             raise ValueError("the script must not contain NUL characters")
         if isinstance(value, str) and not value.startswith("#!"):
             raise ValueError("the script must start with a shebang line, e.g. '#!/bin/bash'")
+        found = scheduler_directive(value) if isinstance(value, str) else None
+        if found is not None:
+            raise ValueError(
+                f"line {found[0]}: {found[1]!r}: scheduler directives are not accepted in a "
+                "script; use the job's fields instead (name, partition, time_limit, nodes, "
+                "ntasks, mem, array, dependency, ...), which are validated"
+            )
         return value
 
     _integers = field_validator("nodes", "ntasks", "cpus_per_task", mode="before")(a_json_number)

@@ -7,10 +7,6 @@ prints the API address, schedules, topics and a curl example, writes ``.run/loca
 cleanly and removes the file. Schedules tick every ``--schedule-seconds`` (default 2 s, or
 ``HPCB_LOCAL_SCHEDULE_SECONDS``; 0: the template's own rate), so job states move while you watch.
 
-``up --map-user USER`` maps the default principal to the POSIX user USER on every local cluster
-(``make up``: hpcb-dev), so jobs run as that user with no other step. ``users map|unmap|list``
-manages the mappings of the running stack (:mod:`broker.local.users`).
-
 ``down`` signals the running one and waits (bounded); ``status`` prints the run file and whether
 its process is alive; ``notifications [--follow]`` reads (and consumes) what the functions
 published to the template's SNS topics, one JSON line per notification.
@@ -32,10 +28,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
-from broker.local import users as users_command
 from broker.local.apigw import DEFAULT_PRINCIPAL, PRINCIPAL_HEADER
 from broker.local.env_file import read_env_file
 from broker.local.template import LocalStackError, load_template
+from broker.local.users import add_users_parser
 
 if TYPE_CHECKING:
     from broker.local.stack import LocalStack
@@ -55,8 +51,6 @@ LOCAL_OVERRIDES: Final = {
     # timeout); every handler shares this process's environment, and nothing enforces Lambda
     # timeouts locally, so both get the job worker's value.
     "HPCB_AGENT_TIMEOUT_SECONDS": "120",
-    # The local developer administers the local stack's caller-to-user mappings (/v1/admin).
-    "HPCB_ADMIN_PRINCIPALS": DEFAULT_PRINCIPAL,
 }
 # Local default: a schedule every 2 s instead of the template's minute, so states move visibly.
 SCHEDULE_SECONDS_ENV: Final = "HPCB_LOCAL_SCHEDULE_SECONDS"
@@ -132,7 +126,6 @@ def _write_run_file(run_file: Path, stack: LocalStack, template: Path) -> None:
         "pid": os.getpid(),
         "api_url": stack.api_url,
         "moto_url": stack.moto_url,
-        "table_name": stack.resources.get("RequestsTable"),
         "region": stack.region,
         "template": str(template),
         "started_at": time.time(),
@@ -140,6 +133,7 @@ def _write_run_file(run_file: Path, stack: LocalStack, template: Path) -> None:
         "notifications_queue_url": _notifications_queue_url(stack),
         "schedule_seconds": stack.schedule_seconds,
         "schedules": {s.name: s.describe() for s in stack.schedules},
+        "table": stack.resources.get("RequestsTable"),
     }
     run_file.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
@@ -165,16 +159,6 @@ def print_banner(stack: LocalStack, principal: str) -> None:
     print("Stop with Ctrl-C or `python -m broker.local down`.", flush=True)
 
 
-def _map_default_user(
-    stack: LocalStack, principal: str, user: str, overrides: dict[str, str]
-) -> None:
-    """``--map-user``: map the default principal to ``user`` on every local cluster."""
-    clusters = overrides.get("HPCB_LOCAL_CLUSTERS", "local").split(",")
-    for cluster in filter(None, (c.strip() for c in clusters)):
-        stack.map_user(cluster, principal, user, by=users_command.LOCAL_ADMIN)
-        print(f"mapped {principal} to {user} on {cluster}", flush=True)
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the stack in the foreground until SIGINT/SIGTERM."""
     from broker.local.stack import LocalStack  # noqa: PLC0415 - moto/werkzeug only for `up`
@@ -193,6 +177,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         logger.warning("no Slurm env file at %s (is Slurm up? scripts/slurm.sh up)", slurm_env)
 
     overrides = template_overrides(args.template)
+    # The local developer administers the local stack's mappings (the admin routes).
+    overrides["HPCB_ADMIN_PRINCIPALS"] = args.principal
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep:
@@ -228,8 +214,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"cannot start the local stack: {exc}", file=sys.stderr)
         return 1
     try:
-        if args.map_user:
-            _map_default_user(stack, args.principal, args.map_user, overrides)
+        _map_default_user(stack, overrides, args.principal, args.map_user)
         if run_file is not None:
             _write_run_file(run_file, stack, args.template)
         print_banner(stack, args.principal)
@@ -241,6 +226,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             run_file.unlink(missing_ok=True)
         print("stopped", flush=True)
     return 0
+
+
+def _map_default_user(
+    stack: LocalStack, overrides: dict[str, str], principal: str, user: str | None
+) -> None:
+    """``--map-user``: the default caller runs as ``user`` on every local cluster."""
+    if user:
+        for cluster in overrides.get("HPCB_LOCAL_CLUSTERS", "local").split(","):
+            stack.map_user(cluster.strip(), principal, user)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -343,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--slurm-env", type=Path, default=DEFAULT_SLURM_ENV)
     up.add_argument("--principal", default=DEFAULT_PRINCIPAL, help="default caller IAM ARN")
     up.add_argument(
-        "--map-user", metavar="USER", help="map --principal to this POSIX user on local clusters"
+        "--map-user",
+        metavar="USER",
+        help="map the default caller to this POSIX user on every local cluster (make up: hpcb-dev)",
     )
     up.add_argument("--pollers", type=int, default=1, help="threads per SQS mapping")
     up.add_argument(
@@ -386,11 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=1.0, help="seconds to wait for one (without --follow)"
     )
     notifications.set_defaults(func=cmd_notifications)
-
-    users = users_command.add_parser(sub)
-    users.set_defaults(
-        func=lambda args: users_command.cmd_users(args, _read_run_file(args.run_file))
-    )
+    add_users_parser(sub, _read_run_file)
     return parser
 
 

@@ -25,7 +25,9 @@ makes that operation fail at its end, with a resource failure reason, as CloudFo
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -43,6 +45,7 @@ from broker.clusters import (
 )
 from broker.clusters.models import ClusterMessage
 from broker.errors import ClusterNotFoundError, ConflictError
+from broker.schema import utcnow
 
 PROVIDER_NAME = "local-simulation"
 SIMULATED_VERSION = "3.16.1-simulated"
@@ -156,6 +159,7 @@ class SimulatedClusterProvider:
             return _dry_run(findings)
         item = {
             "name": message.cluster, "region": message.region or self._region,
+            "created_at": utcnow().isoformat(), "incarnation": uuid.uuid4().hex[:12],
             "operation": "create", "started": self._clock(),
             "fail": fail == ClusterStatus.CREATE_FAILED.value, "fleet": "RUNNING",
         }  # fmt: skip
@@ -272,8 +276,11 @@ class SimulatedClusterProvider:
             head_node_instance_id="i-simulated" if status.usable else None,
             stack_arn=(
                 f"arn:aws:cloudformation:{item.get('region') or self._region}:000000000000:"
-                f"stack/{item['name']}/simulated"
+                f"stack/{item['name']}/{item.get('incarnation', 'simulated')}"
             ),
+            created_at=datetime.fromisoformat(str(item["created_at"]))
+            if item.get("created_at")
+            else None,
             compute_fleet_status=ComputeFleetStatus(str(item.get("fleet", "RUNNING"))),
             failures=[ClusterFailure(code="StackFailure", reason=_FAILURE_REASON)]
             if failed
@@ -309,6 +316,8 @@ class SimulatedClusterProvider:
                     "started": {"N": repr(float(item["started"]))},
                     "fail": {"BOOL": bool(item.get("fail"))},
                     "fleet": {"S": str(item.get("fleet", "RUNNING"))},
+                    "created_at": {"S": str(item.get("created_at") or utcnow().isoformat())},
+                    "incarnation": {"S": str(item.get("incarnation") or "simulated")},
                 },
             )
         except ClientError as exc:  # moto only: nothing to retry meaningfully

@@ -50,12 +50,14 @@ def launched_stack(
     *,
     principal: str | None = None,
     map_user: str | None = "hpcb-dev",
+    env: dict[str, str] | None = None,
+    schedules: bool = True,
 ) -> Iterator[Launched]:
     """Start ``python -m broker.local up`` on free ports; yield where it answers; stop it.
 
-    ``principal`` (default: the local default principal) is mapped to ``map_user`` on the
-    local cluster as the stack starts (``up --map-user``; scripts/local-user.sh creates
-    hpcb-dev); ``map_user=None`` maps nobody.
+    ``principal`` is the stack's default caller and administrator; it runs as ``map_user``
+    on the local clusters (scripts/local-user.sh creates hpcb-dev). ``env``: extra environment
+    of the handlers; ``schedules``: False runs no scheduled function (no sweep).
 
     Raises:
         RuntimeError: the stack exited or did not answer within ``timeout`` seconds.
@@ -65,10 +67,10 @@ def launched_stack(
     run_file = Path(tempfile.mkdtemp(prefix="hpcb-launch-")) / "stack.json"
     command = [sys.executable, "-m", "broker.local", "--run-file", str(run_file), "up"]
     command += ["--api-port", str(port), "--moto-port", "0", "--slurm-env", str(slurm_env)]
-    if principal is not None:
-        command += ["--principal", principal]
-    if map_user is not None:
-        command += ["--map-user", map_user]
+    command += ["--principal", principal] if principal else []
+    command += ["--map-user", map_user] if map_user else []
+    command += [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
+    command += [] if schedules else ["--no-schedules"]
     with log_path.open("wb") as log:
         stack = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -92,8 +94,8 @@ def launched_stack(
 def _wait_until_up(
     url: str, stack: subprocess.Popen[bytes], timeout: float, run_file: Path
 ) -> dict[str, Any]:
-    """The run file's data once the API answers and the run file is written (``up`` writes
-    it after the ``--map-user`` mapping: until then the caller would be refused)."""
+    """The run file's data once the API answers and the run file is written: ``up`` writes it
+    after the ``--map-user`` mapping, and the API answers before (a caller would be refused)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack.poll() is not None:

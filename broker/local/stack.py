@@ -46,6 +46,7 @@ from typing import Any, Final
 import boto3
 from werkzeug.serving import BaseWSGIServer
 
+from broker.adapters.dynamodb.users import DynamoUserMappings
 from broker.local.apigw import DEFAULT_PRINCIPAL, ApiGatewayApp
 from broker.local.moto_servers import (
     moto_cpu_seconds,
@@ -77,6 +78,8 @@ from broker.local.template import (
     physical_name,
     read_functions,
 )
+from broker.users.models import MappingBody
+from broker.users.service import UserAdmin
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -224,19 +227,6 @@ class LocalStack:
         """The URL of a queue of the template, by logical id."""
         return self.provisioned.queue_url(logical_id)
 
-    def map_user(self, cluster: str, principal: str, user: str, *, by: str = "local") -> None:
-        """Map ``principal`` to the POSIX ``user`` on ``cluster`` in the stack's table (what
-        ``PUT /v1/admin/clusters/{cluster}/users/mapping`` does; ``users map`` of the CLI)."""
-        # Imported here: the users package is Lambda code, needed only once the stack runs.
-        from broker.adapters.dynamodb import DynamoUserStore  # noqa: PLC0415
-        from broker.users.models import MappingBody  # noqa: PLC0415
-        from broker.users.service import UserService  # noqa: PLC0415
-
-        # The stack's process environment holds moto's endpoint and the fake credentials.
-        dynamodb = boto3.client("dynamodb", endpoint_url=self.moto_url, region_name=self.region)
-        store = DynamoUserStore(dynamodb, self.provisioned.physical_id("RequestsTable"))
-        UserService(store).map(cluster, principal, MappingBody(user=user), by=by)
-
     @property
     def topic_arns(self) -> dict[str, str]:
         """Logical id -> ARN of each SNS topic of the template."""
@@ -355,6 +345,16 @@ class LocalStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def user_mappings(self) -> DynamoUserMappings:
+        """The broker's caller-to-user mappings in this stack's table (``broker.users``)."""
+        ddb = boto3.client("dynamodb", region_name=self.region, endpoint_url=self.moto_url)
+        return DynamoUserMappings(ddb, self.resources["RequestsTable"])
+
+    def map_user(self, cluster: str, principal: str, user: str, *, by: str = "local") -> None:
+        """Let ``principal`` run as POSIX ``user`` on ``cluster`` (as an admin would)."""
+        body = MappingBody(principal=principal, user=user)
+        UserAdmin(self.user_mappings()).put(by, cluster, body)
 
     def function_name(self, logical_id: str) -> str:
         """The local name of a function (as the Lambda context reports it)."""

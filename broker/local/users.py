@@ -1,92 +1,73 @@
-"""``python -m broker.local users map|unmap|list``: the caller-to-user mappings of the running
-local stack (what an administrator does with ``/v1/admin/clusters/{cluster}/users``).
-
-It writes the stack's table directly (its moto endpoint and table name are in the run file), so
-it works whoever the stack's administrators are. ``up --map-user USER`` maps the stack's default
-principal the same way as it starts.
-"""
+"""``python -m broker.local users map|unmap|list``: the running local stack's caller-to-user
+mappings (what an administrator does with the admin API in AWS; ``broker.users``)."""
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import sys
-from typing import Any, Final
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from broker.local.apigw import DEFAULT_PRINCIPAL
+from broker.adapters.dynamodb.users import DynamoUserMappings
+from broker.errors import BrokerError
+from broker.users.models import MappingBody, MappingView
+from broker.users.service import UserAdmin
 
-#: Who the local command writes mappings as (``created_by``).
-LOCAL_ADMIN: Final = "local-command"
-# moto's answers do not depend on credentials; boto3 only needs some to sign with.
-_MOTO_CREDENTIALS: Final = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def _service(info: dict[str, Any]) -> Any:
-    """The users service on the running stack's table."""
-    import boto3  # noqa: PLC0415 - only these commands talk to AWS themselves
-
-    from broker.adapters.dynamodb import DynamoUserStore  # noqa: PLC0415
-    from broker.users.service import UserService  # noqa: PLC0415
-
-    dynamodb = boto3.client(
-        "dynamodb", endpoint_url=str(info["moto_url"]),
-        region_name=str(info.get("region") or "us-east-1"), **_MOTO_CREDENTIALS,
-    )  # fmt: skip
-    return UserService(DynamoUserStore(dynamodb, str(info["table_name"])))
+#: moto's answers do not depend on credentials; boto3 only needs some to sign with.
+_MOTO_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def _run(args: argparse.Namespace, service: Any) -> None:
-    """One action; prints JSON lines. Raises BrokerError or ValueError (a bad argument)."""
-    from broker.users.models import PRINCIPAL_PATTERN, MappingBody  # noqa: PLC0415
-
-    if args.action == "list":
-        token: str | None = None
-        while True:
-            page, token = service.list(args.cluster, limit=100, next_token=token)
-            for mapping in page:
-                print(mapping.model_dump_json())
-            if token is None:
-                return
-    if not re.fullmatch(PRINCIPAL_PATTERN, args.principal):
-        raise ValueError(f"not an IAM principal ARN: {args.principal!r}")
-    if args.action == "unmap":
-        print(service.unmap(args.cluster, args.principal).model_dump_json())
-        return
-    if args.user is None:
-        raise ValueError("users map needs --user")
-    body = MappingBody.model_validate({"user": args.user, "uid": args.uid})
-    print(service.map(args.cluster, args.principal, body, by=LOCAL_ADMIN).model_dump_json())
+def add_users_parser(sub: Any, read_run_file: Callable[[Path], dict[str, Any] | None]) -> None:
+    """The ``users`` command and its three subcommands."""
+    users = sub.add_parser("users", help="map callers to POSIX users on the local clusters")
+    actions = users.add_subparsers(dest="action", required=True)
+    for name, text in (("map", "let a caller run as a POSIX user on a cluster"),
+                       ("unmap", "remove a caller's user on a cluster"),
+                       ("list", "a cluster's mappings, one JSON line each")):  # fmt: skip
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--cluster", default="local")
+        if name != "list":
+            action.add_argument("--principal", required=True, help="the caller's owner ARN")
+        if name == "map":
+            action.add_argument("--user", required=True, help="their POSIX user")
+        action.set_defaults(func=lambda args: cmd_users(args, read_run_file))
 
 
-def cmd_users(args: argparse.Namespace, info: dict[str, Any] | None) -> int:
-    """Map, unmap or list users on the running stack: 0 done, 1 refused (e.g. nothing to
-    unmap), 2 bad arguments, 3 not running."""
-    from broker.errors import BrokerError  # noqa: PLC0415
+def cmd_users(
+    args: argparse.Namespace, read_run_file: Callable[[Path], dict[str, Any] | None]
+) -> int:
+    """Run one ``users`` action against the stack of the run file (exit 0 on success)."""
+    import boto3  # noqa: PLC0415 - only this command talks to AWS itself
 
-    if info is None or not info.get("table_name"):
+    info = read_run_file(args.run_file)
+    if info is None or not info.get("table"):
         print("not running (start it with `make up`)", file=sys.stderr)
         return 3
+    ddb = boto3.client("dynamodb", endpoint_url=str(info["moto_url"]),
+                       region_name=str(info.get("region") or "us-east-1"),
+                       **_MOTO_CREDENTIALS)  # fmt: skip
+    admin = UserAdmin(DynamoUserMappings(ddb, str(info["table"])))
     try:
-        _run(args, _service(info))
+        if args.action == "map":
+            body = MappingBody(principal=args.principal, user=args.user)
+            print(MappingView.of(admin.put("local", args.cluster, body)).model_dump_json())
+        elif args.action == "unmap":
+            admin.delete(args.cluster, args.principal)
+            print(json.dumps({"unmapped": args.principal, "cluster": args.cluster}))
+        else:
+            token: str | None = None
+            while True:
+                page, token = admin.list(args.cluster, limit=100, next_token=token)
+                for mapping in page:
+                    print(MappingView.of(mapping).model_dump_json())
+                if token is None:
+                    break
     except BrokerError as exc:
-        print(str(exc), file=sys.stderr)
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+    except ValueError as exc:  # pydantic: a principal or user the broker would refuse
         print(f"invalid: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """The ``users`` sub-command (its ``func`` takes the arguments and the run file's data)."""
-    users: argparse.ArgumentParser = sub.add_parser(
-        "users", help="map callers to POSIX users on a cluster (admin)"
-    )
-    users.add_argument("action", choices=["map", "unmap", "list"])
-    users.add_argument("--cluster", default="local", help="cluster name (default: local)")
-    users.add_argument(
-        "--principal", default=DEFAULT_PRINCIPAL, help="caller IAM ARN (default: the local one)"
-    )
-    users.add_argument("--user", help="POSIX user (map)")
-    users.add_argument("--uid", type=int, default=None, help="its uid, if known (map)")
-    return users

@@ -3,6 +3,10 @@
 Subscribers filter with SNS filter policies on the message attributes ``type``, ``cluster``,
 ``owner`` and ``state`` - for example ``{"owner": ["arn:…:user/alice"], "state": ["FAILED"]}``
 delivers only alice's failures. ``version`` changes only for incompatible changes.
+
+Events carry no secrets: never job output nor its presigned URLs (an output read's event keeps
+the parts' positions and sizes; the text stays behind the request's link, for its owner), never
+a job's environment or script.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from broker.clusters.records import ClusterFailure, ClusterRecord, ClusterStatus
+from broker.jobs.models import OutputResult
 from broker.jobs.records import JobRecord, JobState
 from broker.requests.models import RequestRecord, RequestResult
 from broker.requests.states import RequestState
@@ -121,7 +126,7 @@ class RequestEvent(SnsAttributes, BaseModel):
             owner=record.owner,
             new_state=record.state,
             job_id=record.job_id,
-            result=record.result,
+            result=without_content(record.result),
             error=record.error,
             links=Links(request=f"/v1/requests/{record.request_id}", job=job_link),
         )
@@ -163,3 +168,11 @@ class ClusterEvent(SnsAttributes, BaseModel):
 
 
 Event = JobEvent | RequestEvent | ClusterEvent
+
+
+def without_content(result: RequestResult | None) -> RequestResult | None:
+    """``result`` as an event may carry it: an output read without its text or URLs."""
+    if not isinstance(result, OutputResult):
+        return result
+    parts = [part.model_copy(update={"data": None, "url": None}) for part in result.parts]
+    return result.model_copy(update={"parts": parts})

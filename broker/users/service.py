@@ -1,92 +1,96 @@
-"""The rules of the caller-to-user mapping: default deny, and administrators only.
-
-The API asks :meth:`UserService.require` before it accepts a job, a batch, a cancel or an
-output read; a caller with no mapping for that cluster gets ``NOT_MAPPED`` (403) and nothing is
-recorded or queued. The user it answers is recorded with the request (and the job) and carried
-in the queue message, so a worker never looks it up again, and never guesses.
-"""
+"""Resolving a caller's POSIX user (every job write, API and worker) and administering the
+mappings (the admin API and the local command)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable
 
-from broker.errors import NotFoundError
-from broker.ports import UserStore
+from broker.errors import NotFoundError, NotMappedError
+from broker.ports import UserMappings
 from broker.schema import utcnow
-from broker.users.models import MappingBody, NotMappedError, UserMapping
+from broker.users.models import MappingBody, UserMapping
 
 
-class UserService:
-    """Resolves callers to POSIX users per cluster; lets administrators manage the mappings.
+class MappedUsers:
+    """``UserResolver`` over the broker's mappings: default deny, no fallback user.
 
     Args:
-        store: the mappings (``UserStore``).
-        admins: the IAM principals allowed to manage mappings (``HPCB_ADMIN_PRINCIPALS``).
+        mappings: the store.
+        contact: whom a refused caller should ask (shown in the 403's message).
+        cache_seconds: how long an answer is remembered (0: never; the API reads afresh, and
+            workers never ask: they act as the user recorded with the job). A mapping
+            removed meanwhile stops applying after at most that long.
+        clock: monotonic clock (tests).
     """
 
-    def __init__(self, store: UserStore, admins: Iterable[str] = ()) -> None:
-        self._store = store
-        self._admins = frozenset(a for a in admins if a)
+    def __init__(
+        self,
+        mappings: UserMappings,
+        *,
+        contact: str | None = None,
+        cache_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._mappings = mappings
+        self._contact = contact
+        self._ttl = cache_seconds
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, str | None]] = {}
 
-    def is_admin(self, principal: str) -> bool:
-        """Whether ``principal`` may manage mappings (exact ARN match; none configured: nobody)."""
-        return principal in self._admins
-
-    def require(self, cluster: str, principal: str) -> str:
-        """The POSIX user ``principal`` acts as on ``cluster``.
+    def user_for(self, cluster: str, owner: str) -> str:
+        """The POSIX user ``owner`` acts as on ``cluster``.
 
         Raises:
-            NotMappedError: no mapping (403 ``NOT_MAPPED``), with whom to ask.
+            NotMappedError: ``owner`` has no user on ``cluster``.
         """
-        mapping = self._store.get_mapping(cluster, principal)
-        if mapping is None:
-            raise NotMappedError(self._not_mapped(cluster, principal))
-        return mapping.user
+        key, now = (cluster, owner), self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            user = cached[1]
+        else:
+            mapping = self._mappings.get_mapping(cluster, owner)
+            user = None if mapping is None else mapping.user
+            if self._ttl > 0:
+                self._cache[key] = (now + self._ttl, user)
+        if user is None:
+            ask = f" ({self._contact})" if self._contact else ""
+            raise NotMappedError(
+                f"you have no user on cluster {cluster}: ask the broker's administrator{ask} "
+                "to map you to your cluster user"
+            )
+        return user
 
-    def _not_mapped(self, cluster: str, principal: str) -> str:
-        contact = (
-            f" ({', '.join(sorted(self._admins))})"
-            if self._admins
-            else " (AdminPrincipals of the broker's deployment)"
-        )
-        return (
-            f"{principal} has no user on cluster {cluster}: the broker runs nothing on a cluster "
-            f"for a caller it has not mapped to a POSIX user there. Ask the broker's "
-            f"administrator{contact} to map you"
-        )
 
-    def map(self, cluster: str, principal: str, body: MappingBody, *, by: str) -> UserMapping:
-        """Write (or replace) ``principal``'s user on ``cluster``; return the mapping."""
+class UserAdmin:
+    """The mappings of a cluster, for administrators (``broker.api.admin``)."""
+
+    def __init__(self, mappings: UserMappings) -> None:
+        self._mappings = mappings
+
+    def put(self, admin: str, cluster: str, body: MappingBody) -> UserMapping:
+        """Map ``body.principal`` on ``cluster`` to ``body.user`` (replacing any mapping)."""
         mapping = UserMapping(
-            cluster=cluster, principal=principal, user=body.user, uid=body.uid,
-            created_at=utcnow(), created_by=by,
+            cluster=cluster, principal=body.principal, user=body.user, uid=body.uid,
+            created_at=utcnow(), created_by=admin,
         )  # fmt: skip
-        self._store.put_mapping(mapping)
+        self._mappings.put_mapping(mapping)
         return mapping
 
     def get(self, cluster: str, principal: str) -> UserMapping:
-        """``principal``'s mapping on ``cluster``. Raises NotFoundError."""
-        mapping = self._store.get_mapping(cluster, principal)
+        """One mapping. Raises NotFoundError if none."""
+        mapping = self._mappings.get_mapping(cluster, principal)
         if mapping is None:
             raise NotFoundError(f"{principal} has no user on cluster {cluster}")
         return mapping
 
-    def unmap(self, cluster: str, principal: str) -> UserMapping:
-        """Remove ``principal``'s mapping on ``cluster``; return what it was.
-
-        Jobs accepted before keep the user recorded with them (a cancel or output read of
-        them is refused once the caller is no longer mapped).
-
-        Raises:
-            NotFoundError: there was none.
-        """
-        removed = self._store.delete_mapping(cluster, principal)
-        if removed is None:
+    def delete(self, cluster: str, principal: str) -> None:
+        """Remove one mapping. Raises NotFoundError if none."""
+        if not self._mappings.delete_mapping(cluster, principal):
             raise NotFoundError(f"{principal} has no user on cluster {cluster}")
-        return removed
 
     def list(
         self, cluster: str, *, limit: int, next_token: str | None
     ) -> tuple[list[UserMapping], str | None]:
-        """A page of ``cluster``'s mappings, by principal."""
-        return self._store.list_mappings(cluster, limit=limit, next_token=next_token)
+        """A page of the cluster's mappings."""
+        return self._mappings.list_mappings(cluster, limit=limit, next_token=next_token)

@@ -206,11 +206,13 @@ def fuzz_stack(moto_url: str | None = None) -> Iterator[ApiGatewayApp]:
 
     from broker import wiring  # noqa: PLC0415
     from broker.adapters import aws  # noqa: PLC0415
+    from broker.adapters.dynamodb.users import DynamoUserMappings  # noqa: PLC0415
     from broker.local.moto_patches import patch_moto  # noqa: PLC0415
     from broker.local.provision import provision  # noqa: PLC0415
     from broker.local.template import load_template, read_functions  # noqa: PLC0415
     from broker.settings import api_settings  # noqa: PLC0415
     from broker.users.models import MappingBody  # noqa: PLC0415
+    from broker.users.service import UserAdmin  # noqa: PLC0415
 
     server = None
     if moto_url is None:
@@ -249,16 +251,16 @@ def fuzz_stack(moto_url: str | None = None) -> Iterator[ApiGatewayApp]:
                 **function.environment,
                 "HPCB_CLUSTERS_MODE": "local",
                 "HPCB_LOCAL_CLUSTERS": "local",
-                # The fuzzer administers (the admin routes answer it) and is mapped on local (its
-                # jobs are accepted, not 403 NOT_MAPPED).
+                # The fuzzer administers the mappings (so the admin routes are exercised too)
+                # and runs as a user on "local" (else every job write would be 403 NOT_MAPPED).
                 "HPCB_ADMIN_PRINCIPALS": PRINCIPAL,
             }
             with environment(env):
                 aws.client.cache_clear()
                 api_settings.cache_clear()
                 wiring.reset()
-                wiring.user_service().map(
-                    "local", PRINCIPAL, MappingBody(user="hpcb-fuzz"), by=PRINCIPAL
+                UserAdmin(DynamoUserMappings(aws.client("dynamodb"), env["HPCB_TABLE_NAME"])).put(
+                    PRINCIPAL, "local", MappingBody(principal=PRINCIPAL, user="hpcb-dev")
                 )
                 try:
                     yield api_app()

@@ -22,7 +22,7 @@ from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.ports import Limits
 from broker.requests.states import RequestState
 from broker.schema import ErrorResponse
-from tests.fakes import FakeDirectory, FakeQueue, InMemoryStore, everyone_mapped
+from tests.fakes import EveryoneAs, FakeDirectory, FakeQueue, InMemoryStore
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 BOB = "arn:aws:sts::123456789012:assumed-role/Researcher/bob"
@@ -50,7 +50,7 @@ class Api:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Api:
     store, queue = InMemoryStore(), FakeQueue()
-    service = RequestService(store, queue, FakeDirectory(), everyone_mapped())
+    service = RequestService(store, queue, FakeDirectory(), users=EveryoneAs())
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     return Api(store, queue)
 
@@ -97,6 +97,25 @@ def test_owner_comes_from_the_request_context_not_the_body(api: Api) -> None:
     # THEN it is rejected as an unknown field
     assert answer.status_code == 422
     assert answer.get_json()["error"]["fields"][0]["field"] == "body.owner"
+
+
+def test_a_roles_sessions_are_one_owner_whatever_their_chosen_names(api: Api) -> None:
+    # GIVEN a request by a session of an ordinary role, named "bob" by whoever assumed it
+    request_id = _submit(api, principal=BOB)
+    # WHEN another session of that role, named as it likes, reads it
+    other = "arn:aws:sts::123456789012:assumed-role/Researcher/anything"
+    # THEN it is the same owner (the role): no session name is an identity of its own
+    assert api.get(f"/v1/requests/{request_id}", principal=other).status_code == 200
+    assert api.queue.sent[-1].owner == "arn:aws:sts::123456789012:assumed-role/Researcher/*"
+
+
+def test_identity_center_sessions_are_owners_of_their_own(api: Api) -> None:
+    # GIVEN a request by alice's IAM Identity Center session (its name set by Identity Center)
+    role = "arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_Hpc_0123456789abcdef"
+    request_id = _submit(api, principal=f"{role}/alice")
+    # WHEN bob's session of the same role reads it / THEN 404: one owner per person
+    assert api.get(f"/v1/requests/{request_id}", principal=f"{role}/bob").status_code == 404
+    assert api.get(f"/v1/requests/{request_id}", principal=f"{role}/alice").status_code == 200
 
 
 def test_invalid_fields_are_each_listed(api: Api) -> None:
@@ -337,7 +356,7 @@ def test_a_full_backlog_answers_429_with_retry_after(monkeypatch: pytest.MonkeyP
     # GIVEN a cluster whose backlog limit is 1, already reached
     store, queue = InMemoryStore(), FakeQueue()
     limits = Limits(cluster_backlog=1, owner_inflight=10, retry_after_seconds=12)
-    service = RequestService(store, queue, FakeDirectory(), everyone_mapped(), limits=limits)
+    service = RequestService(store, queue, FakeDirectory(), limits=limits, users=EveryoneAs())
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     api = Api(store, queue)
     assert api.post("/v1/clusters/local/jobs", {"script": SCRIPT}).status_code == 202

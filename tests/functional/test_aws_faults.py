@@ -38,7 +38,7 @@ from broker.ports import Limits
 from broker.requests.states import RequestState
 from broker.settings import api_settings, job_worker_settings
 from tests.conftest import REGION, AwsResources
-from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner, everyone_mapped, submitted
+from tests.fakes import EveryoneAs, FakeDirectory, RecordingNotifier, ScriptedRunner, submitted
 from tests.functional.aws_faults import AWS_TEXT, TRANSIENT_FAULTS, FaultyClient
 from workers import job_worker
 
@@ -100,10 +100,15 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     store = DynamoStore(ddb, aws_resources.ref("RequestsTable"))
     queue = SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue"))
     limits = Limits(cluster_backlog=100, owner_inflight=100)
-    service = RequestService(store, queue, FakeDirectory(), everyone_mapped(), limits=limits)
+    service = RequestService(store, queue, FakeDirectory(), limits=limits, users=EveryoneAs())
     runner = ScriptedRunner()
     announcer = Announcer(store, RecordingNotifier())
-    dispatcher = Dispatcher(store, FakeDirectory(), runner.runner_for, announcer)
+    dispatcher = Dispatcher(
+        store,
+        FakeDirectory(),
+        runner.runner_for,
+        announcer,
+    )
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)

@@ -36,7 +36,7 @@ from broker.settings import job_worker_settings
 from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
 from broker.sweep.status import Sweeper
 from tests.conftest import AwsResources
-from tests.fakes import FakeDirectory, FakeQueue, RecordingNotifier, everyone_mapped
+from tests.fakes import EveryoneAs, FakeDirectory, FakeQueue, RecordingNotifier
 from workers import dlq_worker, job_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
@@ -103,14 +103,14 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     queue_url = aws_resources.provisioned.queue_url("RequestsQueue")
     queue = SqsRequestQueue(client("sqs"), queue_url)
     limits = Limits(cluster_backlog=5000, owner_inflight=5000)
-    service = RequestService(store, queue, FakeDirectory(), everyone_mapped(), limits=limits)
+    service = RequestService(store, queue, FakeDirectory(), limits=limits, users=EveryoneAs())
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     route = ApiRoute(resource="/{proxy+}", method="ANY", handler=lambda_handler,
                      function_name="ApiFunction")  # fmt: skip
     api = Client(ApiGatewayApp([route], default_principal=ALICE))
     slurm = FakeSlurm()
     worker = Dispatcher(store, FakeDirectory(), slurm.runner_for,  # type: ignore[arg-type]
-                        Announcer(store, RecordingNotifier()))  # fmt: skip
+                        Announcer(store, RecordingNotifier()),)  # fmt: skip
     return World(store, api, slurm, worker, client("sqs"), queue_url)
 
 
@@ -270,9 +270,9 @@ def test_a_batch_past_the_backlog_limit_is_429(
     # GIVEN a cluster backlog limit of 100 with 60 waiting
     store = world.store
     queue = SqsRequestQueue(world.sqs, world.queue_url)
-    tight = RequestService(store, queue, FakeDirectory(), everyone_mapped(),
+    tight = RequestService(store, queue, FakeDirectory(),
                            limits=Limits(cluster_backlog=100, owner_inflight=1000,
-                                         retry_after_seconds=30))  # fmt: skip
+                                         retry_after_seconds=30), users=EveryoneAs())  # fmt: skip
     monkeypatch.setattr(api_services, "request_service", lambda: tight)
     assert world.post({"jobs": jobs(60)}).status_code == 202
     # WHEN 50 more arrive / THEN 429 with Retry-After, nothing recorded for them

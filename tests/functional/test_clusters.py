@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from broker.adapters.sqs import SqsClusterQueue, SqsRequestQueue
 from broker.api import services as api_services
 from broker.api.handler import lambda_handler
 from broker.clusters import (
+    ClusterInfo,
     ClusterStatus,
     ComputeFleetStatus,
     ConfigurationRejectedError,
@@ -28,7 +30,7 @@ from broker.clusters import (
 )
 from broker.clusters.service import ClusterGate, ClusterService
 from broker.clusters.worker import ClusterWorker as ClusterWorkerService
-from broker.errors import ClusterNotFoundError, ThrottledError
+from broker.errors import ClusterNotFoundError, ConflictError, ThrottledError
 from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.local.context import LambdaContext
@@ -42,7 +44,7 @@ from broker.sweep.report import SweepReport
 from broker.sweep.status import Sweeper
 from tests.cluster_fakes import FakePclusterProvider, FakeStackReader, info
 from tests.conftest import REGION, AwsResources
-from tests.fakes import FakeDirectory, RecordingNotifier, ScriptedRunner, everyone_mapped
+from tests.fakes import EveryoneAs, FakeDirectory, RecordingNotifier, ScriptedRunner
 from workers import cluster_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
@@ -127,14 +129,14 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     monkeypatch.setattr(cluster_worker, "cluster_worker", lambda: worker)
     monkeypatch.setattr(cluster_worker, "request_queue", lambda: SqsRequestQueue(sqs, None))
     service = ClusterService(
-        store, SqsClusterQueue(sqs, aws_resources.provisioned.queue_url("ClusterQueue"))
+        store, SqsClusterQueue(sqs, aws_resources.provisioned.queue_url("ClusterQueue")), stacks
     )
     jobs = RequestService(
         store,
         SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue")),
         FakeDirectory(names=frozenset({"local", "alpha"})),
-        everyone_mapped(),
         cluster_gate=ClusterGate(store),
+        users=EveryoneAs(),
     )
     monkeypatch.setattr(api_services, "cluster_service", lambda: service)
     monkeypatch.setattr(api_services, "request_service", lambda: jobs)
@@ -348,6 +350,8 @@ def test_delete_follows_the_stack_to_delete_complete(world: World) -> None:
     answer = world.delete("/v1/clusters/alpha")
     assert answer.status_code == 202
     request_id = answer.get_json()["request_id"]
+    # (pcluster describes the stack the create made, then accepts the delete)
+    world.provider.answers.append(info("alpha", ClusterStatus.CREATE_COMPLETE))
     world.provider.answers.append(info("alpha", ClusterStatus.DELETE_IN_PROGRESS))
     world.work()
     # THEN it is DELETE_IN_PROGRESS, and a second delete meanwhile is a conflict
@@ -376,6 +380,76 @@ def test_deleting_a_cluster_pcluster_does_not_know_completes_at_once(world: Worl
     assert world.request(request_id)["state"] == "SUCCEEDED"
     assert world.get("/v1/clusters/alpha").get_json()["status"] == "DELETE_COMPLETE"
     assert world.post("/v1/clusters", {"name": "alpha", "configuration": CONFIG}).status_code == 202
+
+
+def outside(name: str, *, created_at: datetime, stack: str = "theirs") -> ClusterInfo:
+    """pcluster's description of a cluster of that name the broker did not create."""
+    described = info(name, ClusterStatus.CREATE_COMPLETE)
+    described.stack_arn = f"arn:aws:cloudformation:us-east-1:123456789012:stack/{name}/{stack}"
+    described.created_at = created_at
+    return described
+
+
+def test_creating_the_name_of_a_stack_the_broker_did_not_create_is_409(world: World) -> None:
+    # GIVEN a cluster stack "alpha" made outside the broker (the broker has no record of it)
+    world.stacks.set("alpha", ClusterStatus.CREATE_COMPLETE)
+    # WHEN a caller asks to create "alpha"
+    answer = world.post("/v1/clusters", {"name": "alpha", "configuration": CONFIG})
+    # THEN 409 CLUSTER_EXISTS, and nothing is recorded or queued
+    assert answer.status_code == 409
+    assert answer.get_json()["error"]["code"] == "CLUSTER_EXISTS"
+    assert world.get("/v1/clusters/alpha").status_code == 404
+    url = world.resources.provisioned.queue_url("ClusterQueue")
+    assert "Messages" not in world.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
+
+
+def test_a_name_taken_outside_the_broker_cannot_be_created_nor_then_deleted(world: World) -> None:
+    # GIVEN a cluster "alpha" made with pcluster directly, a day before, unknown to the broker
+    theirs = outside("alpha", created_at=datetime.now(UTC) - timedelta(days=1))
+    # WHEN a caller asks the broker to create "alpha" and pcluster refuses (the name is taken)
+    request_id = create(world)
+    world.provider.answers += [ConflictError("cluster alpha already exists"), theirs]
+    world.work()
+    # THEN the request FAILED with CLUSTER_EXISTS, and no stack was recorded as the broker's
+    failed = world.request(request_id)
+    assert (failed["state"], failed["error"]["code"]) == ("FAILED", "CLUSTER_EXISTS")
+    assert world.get("/v1/clusters/alpha").get_json()["status"] == "CREATE_FAILED"
+    # WHEN the caller then deletes "alpha" through the broker
+    deleted = world.delete("/v1/clusters/alpha").get_json()["request_id"]
+    world.work()
+    # THEN it completes at once without asking pcluster to delete anything: the other
+    # cluster is untouched
+    assert world.request(deleted)["state"] == "SUCCEEDED"
+    assert [op for op, _ in world.provider.calls if op == "delete"] == []
+
+
+def test_a_redelivered_create_that_pcluster_had_accepted_is_followed(world: World) -> None:
+    # GIVEN a create whose first delivery reached pcluster, but the worker stopped before
+    # recording it: pcluster now says the name is taken, by a stack made after the request
+    request_id = create(world)
+    ours = outside("alpha", created_at=datetime.now(UTC), stack="ours")
+    ours.status = ClusterStatus.CREATE_IN_PROGRESS
+    world.provider.answers += [ConflictError("cluster alpha already exists"), ours]
+    # WHEN the worker runs the message
+    world.work()
+    # THEN the create is IN_PROGRESS with that stack recorded as the broker's
+    assert world.request(request_id)["state"] == "IN_PROGRESS"
+    assert world.store.get_cluster("alpha").stack_arn == ours.stack_arn
+
+
+def test_delete_leaves_alone_a_stack_that_took_the_name_after_ours_was_gone(world: World) -> None:
+    # GIVEN alice's cluster, whose stack was since deleted outside the broker, and a new
+    # cluster of the same name made by someone else
+    created(world)
+    later = outside("alpha", created_at=datetime.now(UTC), stack="someone-elses")
+    # WHEN alice deletes "alpha" through the broker
+    request_id = world.delete("/v1/clusters/alpha").get_json()["request_id"]
+    world.provider.answers.append(later)
+    world.work()
+    # THEN hers is recorded gone, and pcluster was not asked to delete the other one
+    assert world.request(request_id)["state"] == "SUCCEEDED"
+    assert world.get("/v1/clusters/alpha").get_json()["status"] == "DELETE_COMPLETE"
+    assert [op for op, _ in world.provider.calls if op == "delete"] == []
 
 
 @pytest.mark.parametrize("status", ["STOP_REQUESTED", "START_REQUESTED"])

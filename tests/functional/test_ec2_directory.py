@@ -60,21 +60,22 @@ def cluster() -> str:
     return f"c{uuid.uuid4().hex[:10]}"
 
 
-def launch(ec2: Any, cluster: str, node_type: str = "HeadNode") -> str:
+def launch(ec2: Any, cluster: str, node_type: str = "HeadNode", *, stack: str | None = "") -> str:
+    """A running instance tagged as ParallelCluster tags its nodes, launched by the stack
+    ``stack`` (default: the cluster's own; None: by hand, without CloudFormation's tags)."""
+    tags = [
+        {"Key": "parallelcluster:cluster-name", "Value": cluster},
+        {"Key": "parallelcluster:node-type", "Value": node_type},
+    ]
+    if stack is not None:
+        # Only CloudFormation can set aws: tags in AWS; moto lets the test stand in for it.
+        tags.append({"Key": "aws:cloudformation:stack-name", "Value": stack or cluster})
     reservation = ec2.run_instances(
         ImageId=AMI,
         MinCount=1,
         MaxCount=1,
         InstanceType="t3.micro",
-        TagSpecifications=[
-            {
-                "ResourceType": "instance",
-                "Tags": [
-                    {"Key": "parallelcluster:cluster-name", "Value": cluster},
-                    {"Key": "parallelcluster:node-type", "Value": node_type},
-                ],
-            }
-        ],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
     )
     return str(reservation["Instances"][0]["InstanceId"])
 
@@ -87,6 +88,18 @@ def test_running_head_node_resolves_to_an_ssm_target(ec2: Any, cluster: str) -> 
     target = Ec2ClusterDirectory(ec2).resolve(cluster)
     # THEN the head node, reached through SSM
     assert target == ClusterTarget(name=cluster, mode="ssm", instance_id=head)
+
+
+def test_an_instance_tagged_by_hand_as_the_head_node_is_not_the_head_node(
+    ec2: Any, cluster: str
+) -> None:
+    # GIVEN instances carrying the cluster's parallelcluster: tags, but not launched by the
+    # cluster's stack: one tagged by hand, one launched by another stack
+    launch(ec2, cluster, stack=None)
+    launch(ec2, cluster, stack="someone-elses-stack")
+    # WHEN resolving the cluster / THEN neither is taken for its head node
+    with pytest.raises(ClusterNotFoundError):
+        Ec2ClusterDirectory(ec2).resolve(cluster)
 
 
 def test_unknown_cluster_is_not_found(ec2: Any, cluster: str) -> None:

@@ -15,7 +15,7 @@ from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.settings import api_settings
 from tests.conftest import AwsResources
-from tests.fakes import FakeDirectory, FakeQueue, everyone_mapped
+from tests.fakes import EveryoneAs, FakeDirectory, FakeQueue
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 BOB = "arn:aws:iam::123456789012:user/bob"
@@ -45,7 +45,7 @@ def api(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> Api:
     api_settings.cache_clear()
     store = DynamoStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
     queue = FakeQueue()
-    service = RequestService(store, queue, FakeDirectory(), everyone_mapped())
+    service = RequestService(store, queue, FakeDirectory(), users=EveryoneAs())
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     yield_api = Api(queue, store)
     return yield_api

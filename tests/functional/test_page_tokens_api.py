@@ -29,7 +29,7 @@ from broker.jobs.accept import RequestService
 from broker.local.apigw import ApiGatewayApp, ApiRoute
 from broker.settings import page_token_settings
 from tests.conftest import AwsResources
-from tests.fakes import FakeDirectory, everyone_mapped
+from tests.fakes import EveryoneAs, FakeDirectory
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
 BOB = "arn:aws:sts::123456789012:assumed-role/Researcher/bob"
@@ -67,7 +67,8 @@ def api(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> Iterato
     sqs = client("sqs")
     jobs = RequestService(
         store, SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue")),
-        FakeDirectory(), everyone_mapped(),
+        FakeDirectory(),
+        users=EveryoneAs(),
     )  # fmt: skip
     clusters = ClusterService(
         store, SqsClusterQueue(sqs, aws_resources.provisioned.queue_url("ClusterQueue"))

@@ -16,6 +16,7 @@ import pytest
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
+from broker.agent.protocol import AgentErrorInfo, AgentJobResult, AgentResponse
 from broker.errors import RunnerTimeoutError
 from broker.jobs.accept import RequestService
 from broker.jobs.dead_letters import DeadLetterService
@@ -32,11 +33,11 @@ from broker.sweep.repairs import REQUEUE_AFTER
 from broker.sweep.status import Sweeper
 from tests.conftest import REGION, AwsResources
 from tests.fakes import (
+    EveryoneAs,
     FakeDirectory,
     FakeQueue,
     RecordingNotifier,
     ScriptedRunner,
-    everyone_mapped,
     submitted,
 )
 from workers import dlq_worker, job_worker
@@ -77,13 +78,21 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     monkeypatch.setenv("HPCB_TABLE_NAME", aws_resources.ref("RequestsTable"))
     monkeypatch.setenv("HPCB_RETRY_BASE_SECONDS", "0")
     monkeypatch.setenv("HPCB_TOPIC_ARN", aws_resources.ref("NotificationsTopic"))
+    # These tests pin one head-node command per message (the baseline mode); the default,
+    # single submissions coalesced per cluster, is covered by test_coalesced_* below.
+    monkeypatch.setenv("HPCB_COALESCE_SUBMISSIONS", "false")
     job_worker_settings.cache_clear()
     store = DynamoStore(client("dynamodb"), aws_resources.ref("RequestsTable"))
     sqs = client("sqs")
     queue = SqsRequestQueue(sqs, aws_resources.provisioned.queue_url("RequestsQueue"))
     runner = ScriptedRunner()
     announcer = Announcer(store, RecordingNotifier())
-    dispatcher = Dispatcher(store, FakeDirectory(), runner.runner_for, announcer)
+    dispatcher = Dispatcher(
+        store,
+        FakeDirectory(),
+        runner.runner_for,
+        announcer,
+    )
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
     monkeypatch.setattr(
@@ -92,7 +101,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     return World(
         aws_resources,
         store,
-        RequestService(store, queue, FakeDirectory(), everyone_mapped()),
+        RequestService(store, queue, FakeDirectory(), users=EveryoneAs()),
         runner,
         sqs,
     )
@@ -206,7 +215,7 @@ def test_a_submit_whose_message_was_lost_is_sent_again_by_the_sweep_and_submitte
     world: World,
 ) -> None:
     # GIVEN a submit recorded in DynamoDB whose message never reached SQS (the API died)
-    lost = RequestService(world.store, FakeQueue(), FakeDirectory(), everyone_mapped())
+    lost = RequestService(world.store, FakeQueue(), FakeDirectory(), users=EveryoneAs())
     request_id = lost.submit_job(OWNER, "local", SPEC).request_id
     assert world.receive()["Records"] == []
     # WHEN a sweep runs after the threshold, twice (the second while the re-send is fresh)
@@ -228,3 +237,113 @@ def test_a_submit_whose_message_was_lost_is_sent_again_by_the_sweep_and_submitte
     job = world.store.get_job(request_id)
     assert (job.state, job.slurm_job_id) == (JobState.PENDING, "100")
     assert world.receive()["Records"] == []
+
+
+# -- single submissions coalesced (the default) ----------------------------------------------
+
+
+@pytest.fixture
+def coalesced(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.setenv("HPCB_COALESCE_SUBMISSIONS", "true")
+    job_worker_settings.cache_clear()
+    return world
+
+
+def answers(*results: AgentJobResult) -> AgentResponse:
+    return AgentResponse(ok=True, op="submit", results=list(results))
+
+
+def test_coalesced_singles_of_one_cluster_share_one_agent_call(coalesced: World) -> None:
+    # GIVEN five single submissions accepted for one cluster
+    ids = [coalesced.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(5)]
+    results = [AgentJobResult(token=slurm_token(i), job_id=str(200 + n)) for n, i in enumerate(ids)]
+    coalesced.runner.answers = [answers(*results)]
+    # WHEN the worker gets them as one SQS batch
+    event = coalesced.receive()
+    result = job_worker.lambda_handler(event, context())
+    # THEN one head-node command submitted all five, each as its caller's user, and each
+    # request SUCCEEDED with its own Slurm id
+    assert len(event["Records"]) == 5
+    assert result == {"batchItemFailures": []}
+    (call,) = coalesced.runner.calls
+    assert sorted(job.token for job in call.jobs) == sorted(slurm_token(i) for i in ids)
+    assert {job.user for job in call.jobs} == {"hpcb-dev"}
+    got = {i: coalesced.store.get(i).result for i in ids}
+    assert {i: r.job_id for i, r in got.items() if r} == {
+        i: str(200 + n) for n, i in enumerate(ids)
+    }
+
+
+def test_coalesced_only_the_unsure_item_comes_back_and_is_not_submitted_twice(
+    coalesced: World,
+) -> None:
+    # GIVEN three singles; the agent submits two, and for the third answers a transient error
+    ids = [coalesced.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(3)]
+    unsure = AgentErrorInfo(code="SCHEDULER_UNAVAILABLE", message="slurmctld busy", transient=True)
+    coalesced.runner.answers = [answers(
+        AgentJobResult(token=slurm_token(ids[0]), job_id="300"),
+        AgentJobResult(token=slurm_token(ids[1]), job_id="301"),
+        AgentJobResult(token=slurm_token(ids[2]), error=unsure),
+    )]  # fmt: skip
+    # WHEN the worker handles the batch
+    event = coalesced.receive()
+    result = job_worker.lambda_handler(event, context())
+    # THEN only the third message is reported failed (to come back), with its error recorded
+    by_request = {json.loads(r["body"])["request_id"]: r["messageId"] for r in event["Records"]}
+    assert result == {"batchItemFailures": [{"itemIdentifier": by_request[ids[2]]}]}
+    assert [coalesced.store.get(i).state for i in ids[:2]] == [RequestState.SUCCEEDED] * 2
+    retried = coalesced.store.get(ids[2])
+    assert (retried.state, retried.error.code if retried.error else None) == (
+        RequestState.DISPATCHED, "SCHEDULER_UNAVAILABLE",
+    )  # fmt: skip
+    # WHEN all three are delivered again (at-least-once), the agent finding the third in Slurm
+    coalesced.runner.answers = [submitted(slurm_token(ids[2]), "302", reused=True)]
+    redelivered = {"Records": event["Records"]}
+    again = job_worker.lambda_handler(redelivered, context())
+    # THEN the two done are skipped without an agent call, the third gets its job id once
+    assert again == {"batchItemFailures": []}
+    assert [len(c.jobs) for c in coalesced.runner.calls] == [3, 1]
+    assert coalesced.store.get(ids[2]).result.job_id == "302"  # type: ignore[union-attr]
+
+
+def test_coalesced_call_that_fails_ends_every_message_in_it(coalesced: World) -> None:
+    # GIVEN two singles and a head node that does not answer
+    ids = [coalesced.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(2)]
+    coalesced.runner.answers = [RunnerTimeoutError("no answer")]
+    # WHEN the worker handles them
+    result = job_worker.lambda_handler(coalesced.receive(), context())
+    # THEN both come back (transient), each with the error recorded, after one call
+    assert len(result["batchItemFailures"]) == 2
+    assert len(coalesced.runner.calls) == 1
+    for request_id in ids:
+        record = coalesced.store.get(request_id)
+        assert record.error is not None
+        assert (record.state, record.error.code) == (RequestState.DISPATCHED, "RUNNER_TIMEOUT")
+
+
+def test_coalescing_never_mixes_clusters(coalesced: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN singles for two clusters in one SQS batch, and a worker that knows both
+    both = FakeDirectory(frozenset({"local", "other"}))
+    queue = SqsRequestQueue(coalesced.sqs, coalesced.queue_url())
+    service = RequestService(coalesced.store, queue, both, users=EveryoneAs())
+    announcer = Announcer(coalesced.store, RecordingNotifier())
+    worker = Dispatcher(
+        coalesced.store,
+        both,
+        coalesced.runner.runner_for,
+        announcer,
+    )
+    monkeypatch.setattr(job_worker, "dispatcher", lambda: worker)
+    mine = [service.submit_job(OWNER, c, SPEC).request_id for c in ("local", "other", "local")]
+    coalesced.runner.answers = [
+        answers(*(AgentJobResult(token=slurm_token(mine[i]), job_id=f"4{i}") for i in (0, 2))),
+        submitted(slurm_token(mine[1]), "41"),
+    ]
+    # WHEN the worker handles them
+    result = job_worker.lambda_handler(coalesced.receive(), context())
+    # THEN one command for "local" with its two jobs, and "other"'s job in a command of its own
+    assert result == {"batchItemFailures": []}
+    assert [sorted(j.token for j in c.jobs) for c in coalesced.runner.calls] == [
+        sorted(slurm_token(mine[i]) for i in (0, 2)),
+        [slurm_token(mine[1])],
+    ]

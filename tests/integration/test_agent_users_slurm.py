@@ -256,6 +256,37 @@ def test_redelivery_as_the_same_user_finds_its_job_and_another_user_does_not(
 # ---- B cannot touch A's jobs --------------------------------------------------------------------
 
 
+def test_b_cannot_depend_on_as_job_by_its_slurm_id_and_a_can(
+    runner: LocalRunner, created: list[str], dir_a: Path, dir_b: Path
+) -> None:
+    # GIVEN A's held job, known to B only by its Slurm id
+    held = JobSpec(script="#!/bin/sh\ntrue\n", hold=True, working_directory=str(dir_a))
+    job = submit_ok(runner, created, USER_A, held)
+    # WHEN B, then A, submit a job that depends on it (afterok:<id>)
+    after = f"afterok:{job.job_id}"
+    b_spec = JobSpec(script="#!/bin/sh\ntrue\n", working_directory=str(dir_b))
+    a_spec = JobSpec(script="#!/bin/sh\ntrue\n", working_directory=str(dir_a))
+    as_b = runner.run(TARGET, AgentRequest(op="submit", jobs=[
+        AgentJob.of(slurm_token(new_request_id()), b_spec, after, user=USER_B)]))  # fmt: skip
+    as_a = runner.run(TARGET, AgentRequest(op="submit", jobs=[
+        AgentJob.of(slurm_token(new_request_id()), a_spec, after, user=USER_A)]))  # fmt: skip
+    created.extend(r.job_id for r in [*as_b.results, *as_a.results] if r.job_id)
+    # THEN B's job is refused before sbatch (permanent, no job of B's in Slurm); A's is pending
+    # on it
+    (refused,) = as_b.results
+    assert refused.job_id is None
+    assert refused.error is not None
+    assert (refused.error.code, refused.error.transient) == ("DEPENDENCY_NOT_FOUND", False)
+    listed = subprocess.run(["squeue", "-h", "-u", USER_B, "-o", "%i"],
+                            capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert listed == []
+    (accepted,) = as_a.results
+    assert accepted.job_id is not None, accepted.error
+    reason = subprocess.run(["squeue", "-h", "-j", accepted.job_id, "-o", "%E"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert reason.startswith(f"afterok:{job.job_id}")
+
+
 def test_b_cannot_cancel_as_job_and_a_can(
     runner: LocalRunner, created: list[str], dir_a: Path
 ) -> None:

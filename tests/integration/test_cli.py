@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,10 +20,7 @@ from click.testing import CliRunner, Result
 
 from broker.cli.main import cli
 from broker.client import BrokerClient
-from broker.local.__main__ import build_parser as local_parser
-from broker.local.users import cmd_users
 from tests.integration.client_support import ALICE, CLUSTER_CONFIG, cancel_named, slurm_jobs_named
-from tests.integration.conftest import USER_A
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -48,12 +47,13 @@ def stack(
             os.environ["HPCB_SIMULATED_CLUSTER_SECONDS"] = saved
     assert up.exit_code == 0, up.output
     info = json.loads(up.output)
-    # alice runs as hpcbtest-a: mapped as an administrator does locally (`users map`).
-    mapped = cmd_users(
-        local_parser().parse_args(["users", "map", "--principal", ALICE, "--user", USER_A]),
-        json.loads(run_file.read_text()),
-    )
-    assert mapped == 0
+    # The tests act as alice: the stack's administrator maps her, as for the local developer.
+    mapped = subprocess.run(
+        [sys.executable, "-m", "broker.local", "--run-file", str(run_file), "users", "map",
+         "--cluster", "local", "--principal", ALICE, "--user", "hpcb-dev"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert mapped.returncode == 0, mapped.stderr
     yield {**info, "run_file": str(run_file)}
     # A sweep still recording the tests' cancelled jobs can keep the stack's process alive
     # past its "stopped" (seen: over 240 s after 1,000 jobs): --force ends its process group.

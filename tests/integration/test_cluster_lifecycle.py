@@ -30,11 +30,7 @@ CONFIG = (
 @pytest.fixture(scope="module")
 def stack(slurm: dict[str, str]) -> Iterator[LocalStack]:
     env = {"HPCB_SWEEP_WINDOW_SECONDS": "0", "HPCB_SIMULATED_CLUSTER_SECONDS": "2"}
-    # alice runs as hpcbtest-a on local and on the cluster she creates.
-    users = {("local", ALICE): "hpcbtest-a", ("sim-one", ALICE): "hpcbtest-a"}
-    with local_stack(
-        slurm, users=users, schedule_seconds=1, notifications_inbox=True, env=env
-    ) as running:
+    with local_stack(slurm, schedule_seconds=1, notifications_inbox=True, env=env) as running:
         yield running
 
 
@@ -62,7 +58,9 @@ def test_create_run_a_job_delete(stack: LocalStack, slurm: dict[str, str]) -> No
     assert (view["provider"], view["scheduler"]) == ("local-simulation", "slurm")
     created = api.wait(accepted["request_id"], timeout=30)
     assert (created["state"], created["result"]["status"]) == ("SUCCEEDED", "CREATE_COMPLETE")
-    # THEN a job sent to it really runs on this machine's Slurm
+    # THEN, once an administrator has mapped alice to a user there, a job sent to it really
+    # runs on this machine's Slurm
+    stack.map_user("sim-one", ALICE, "hpcb-dev")
     job = api.submit_job("sim-one", {"script": "#!/bin/bash\necho on sim-one\n"})
     done = api.wait(job["request_id"], timeout=60)
     assert done["state"] == "SUCCEEDED", done

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from broker.adapters.aws import client
-from broker.adapters.dynamodb import DynamoStore, DynamoUserStore
+from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.local_directory import LocalClusterDirectory
 from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentJob, AgentRequest
@@ -27,8 +27,8 @@ from broker.local.stack import LocalStack
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 from broker.schema import dump
-from broker.users.service import UserService
 from tests.conftest import local_stack
+from tests.fakes import EveryoneAs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -182,9 +182,7 @@ def test_redelivery_after_sbatch_but_before_the_record_makes_no_duplicate(
             token = slurm_token(message.request_id)
             answer = LocalRunner().run(
                 ClusterTarget(name="local", mode="local"),
-                AgentRequest(
-                    op="submit", jobs=[AgentJob.of(token, message.spec, user=message.user)]
-                ),
+                AgentRequest(op="submit", jobs=[AgentJob.of(token, message.spec, user="hpcb-dev")]),
             )
             token_holder["job_id"] = str(answer.results[0].job_id)
             super().send(message)  # the redelivery
@@ -193,8 +191,7 @@ def test_redelivery_after_sbatch_but_before_the_record_makes_no_duplicate(
         store,
         CrashAfterSbatch(client("sqs"), stack.queue_url("RequestsQueue")),
         LocalClusterDirectory(frozenset({"local"})),
-        # The stack's own mappings (alice -> hpcbtest-a, written by local_stack as an admin).
-        UserService(DynamoUserStore(client("dynamodb"), stack.resources["RequestsTable"])),
+        users=EveryoneAs(),
     )
     request_id = service.submit_job(ALICE, "local", spec).request_id
     # WHEN the worker handles the redelivered message

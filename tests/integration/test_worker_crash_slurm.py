@@ -19,6 +19,7 @@ import pytest
 
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
+from broker.adapters.dynamodb.users import DynamoUserMappings
 from broker.adapters.sqs import SqsRequestQueue
 from broker.batches.models import BatchBody, JobBatchMessage
 from broker.jobs.accept import RequestService
@@ -28,8 +29,10 @@ from broker.local.template import load_template, read_functions
 from broker.ports import Limits
 from broker.requests.models import QUEUE_MESSAGE
 from broker.requests.states import RequestState
+from broker.users.models import MappingBody
+from broker.users.service import UserAdmin
 from tests.conftest import REGION, ROOT, TEMPLATE, AwsResources
-from tests.fakes import FakeDirectory, everyone_mapped
+from tests.fakes import EveryoneAs, FakeDirectory
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -65,13 +68,16 @@ class World:
         self.store = DynamoStore(client("dynamodb"), resources.ref("RequestsTable"))
         self.queue_url = resources.provisioned.queue_url("RequestsQueue")
         self.queue_arn = resources.provisioned.attribute("RequestsQueue", "Arn")
+        # The worker (a process of its own) reads alice's user from the table, as in AWS.
+        mappings = DynamoUserMappings(client("dynamodb"), resources.ref("RequestsTable"))
+        UserAdmin(mappings).put("admin", "local", MappingBody(principal=ALICE, user="hpcb-dev"))
 
     def accept(self, count: int) -> tuple[str, str, dict[str, Any]]:
         """A batch of ``count`` held jobs accepted; (batch id, job id prefix, its one message)."""
         queue = SqsRequestQueue(client("sqs"), self.queue_url)
         limits = Limits(cluster_backlog=10_000, owner_inflight=10_000)
         service = RequestService(
-            self.store, queue, FakeDirectory(), everyone_mapped(), limits=limits
+            self.store, queue, FakeDirectory(), limits=limits, users=EveryoneAs()
         )
         spec = {"script": "#!/bin/sh\ntrue\n", "name": NAME, "hold": True,
                 "working_directory": str(self.workdir)}  # fmt: skip

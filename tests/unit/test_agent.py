@@ -26,7 +26,7 @@ USER = "alice"
 SETPRIV_ALICE = ["setpriv", "--reuid=1001", "--regid=1001", "--init-groups", "--"]
 SCRIPT = "#!/bin/bash\necho hello\n"
 #: What every sbatch argv starts with.
-PREFIX = ["sbatch", "--parsable", "--export=ALL", f"--comment={DEDUP}"]
+PREFIX = ["sbatch", "--parsable", "--ignore-pbs", "--export=ALL", f"--comment={DEDUP}"]
 #: The agent's own environment in these tests (what ``base_environment`` picks from).
 AGENT_ENV = {
     "PATH": "/usr/bin:/bin",

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from broker.agent import hpcb_agent as agent
 from broker.agent import protocol
 from broker.jobs import models
-from broker.jobs.models import Dependency, JobSpec
+from broker.jobs.models import SCHEDULER_DIRECTIVE_PATTERN, Dependency, JobSpec
 
 JOB_SPEC = JobSpec.model_json_schema()
 REQUEST = protocol.AgentRequest.model_json_schema()
@@ -207,3 +207,11 @@ def test_path_starting_with_a_parent_component_is_an_invalid_option(path: str) -
     with pytest.raises(agent.AgentError) as refused:
         agent.SbatchCommand(job)
     assert refused.value.code == agent.INVALID_OPTION
+
+
+def test_scheduler_directive_pattern_is_the_job_specs() -> None:
+    # GIVEN the schema's "no scheduler directive" rule of a script, and the agent's copy
+    script = field(JOB_SPEC, "script")
+    # THEN they are the same pattern, and it is the models' constant
+    assert script["not"]["pattern"] == agent.SCHEDULER_DIRECTIVE_PATTERN
+    assert agent.SCHEDULER_DIRECTIVE_PATTERN == SCHEDULER_DIRECTIVE_PATTERN

@@ -353,3 +353,57 @@ def test_reader_refuses_a_file_its_user_does_not_own(tmp_path: Path) -> None:
         agent.read_chunk(str(path), 0, 100)
     assert caught.value.code == agent.OUTPUT_UNREADABLE
     assert "not a file of the job's user" in caught.value.message
+
+
+# ---- dependencies on raw Slurm ids: only the user's own jobs -------------------------------------
+
+
+def depending(user: str, dependency: str) -> dict[str, Any]:
+    return {**submit_job(user), "options": {"dependency": dependency}}
+
+
+def test_a_dependency_on_another_users_slurm_job_fails_the_job_unsent(tmp_path: Path) -> None:
+    # GIVEN bob's job 77 in slurmctld
+    slurm = FakeSlurm(squeue="77|bob|hpcb:rbobs\n")
+    # WHEN alice submits a job that waits for it (among her own job 78 would be fine)
+    request = {"op": "submit", "jobs": [depending("alice", "afterok:78,afterany:77_3")]}
+    (result,) = ask(slurm, request, tmp_path)["results"]
+    # THEN DEPENDENCY_NOT_FOUND, permanent, naming the id; sbatch never ran
+    assert (result["error"]["code"], result["error"]["transient"]) == (
+        agent.DEPENDENCY_NOT_FOUND,
+        False,
+    )
+    assert "77" in result["error"]["message"]
+    assert slurm.commands("sbatch") == []
+
+
+def test_a_dependency_on_the_users_own_slurm_job_is_submitted(tmp_path: Path) -> None:
+    # GIVEN alice's job 77 in slurmctld, and an id slurmctld does not hold (Slurm judges that one)
+    slurm = FakeSlurm(squeue="77|alice|hpcb:rolder\n")
+    # WHEN alice submits a job that waits for both
+    request = {"op": "submit", "jobs": [depending("alice", "afterok:77:90")]}
+    (result,) = ask(slurm, request, tmp_path)["results"]
+    # THEN it is submitted, as alice, with the dependency as given
+    assert "error" not in result, result
+    (sbatch,) = slurm.commands("sbatch")
+    assert "--dependency=afterok:77:90" in sbatch
+
+
+def test_jobs_without_dependencies_cost_no_owner_listing(tmp_path: Path) -> None:
+    # GIVEN a job with no dependency / WHEN submitted
+    slurm = FakeSlurm()
+    ask(slurm, {"op": "submit", "jobs": [submit_job("alice")]}, tmp_path)
+    # THEN the only squeue is the token search of alice's jobs (-u alice), no listing of all
+    assert [argv for argv in slurm.commands("squeue") if "-u" not in argv] == []
+
+
+@pytest.mark.parametrize(
+    ("dependency", "ids"),
+    [
+        ("afterok:12", ["12"]),
+        ("afterok:12:13_2,afterany:14", ["12", "13", "14"]),
+        ("after:5_1:5_2", ["5"]),
+    ],
+)
+def test_dependency_ids_are_the_base_ids_named(dependency: str, ids: list[str]) -> None:
+    assert agent.dependency_job_ids(dependency) == ids

@@ -28,12 +28,12 @@ from broker.settings import SweeperSettings
 from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
 from broker.sweep.status import Sweeper
 from tests.fakes import (
+    EveryoneAs,
     FakeDirectory,
     FakeQueue,
     InMemoryStore,
     RecordingNotifier,
     ScriptedRunner,
-    everyone_mapped,
 )
 
 OWNER = "arn:aws:iam::111122223333:user/alice"
@@ -51,7 +51,7 @@ def accept(store: InMemoryStore, count: int) -> tuple[RequestRecord, list[JobBat
     queue = FakeQueue()
     body = BatchBody(jobs=[SPEC.model_dump(exclude_none=True)] * count)
     accepted = RequestService(
-        store, queue, FakeDirectory(), everyone_mapped(), limits=LIMITS
+        store, queue, FakeDirectory(), limits=LIMITS, users=EveryoneAs()
     ).submit_batch(OWNER, "local", body)
     messages = [m for m in queue.sent if isinstance(m, JobBatchMessage)]
     return store.get(accepted.request_id), messages

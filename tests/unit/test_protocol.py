@@ -83,7 +83,7 @@ def test_agent_accepts_a_job_built_from_a_spec_using_every_field() -> None:
     # WHEN the agent validates it as it arrives (JSON)
     command = hpcb_agent.SbatchCommand(json.loads(job.model_dump_json()))
     # THEN every option became one argument and the variable stayed out of argv
-    assert command.argv()[4:] == [
+    assert command.argv()[5:] == [
         "--job-name=all-fields",
         "--partition=compute",
         "--account=proj",

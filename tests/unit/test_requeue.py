@@ -19,12 +19,12 @@ from broker.schema import utcnow
 from broker.sweep.repairs import REQUEUE_AFTER
 from broker.sweep.status import Sweeper
 from tests.fakes import (
+    EveryoneAs,
     FakeDirectory,
     FakeQueue,
     InMemoryStore,
     RecordingNotifier,
     ScriptedRunner,
-    everyone_mapped,
 )
 
 OWNER = "arn:aws:iam::111122223333:user/alice"
@@ -70,7 +70,7 @@ def lost_submit(store: InMemoryStore) -> tuple[str, QueueMessage]:
     message the API built."""
     api_queue = FakeQueue()  # what the API "sent"; the requests queue never got it
     request_id = (
-        RequestService(store, api_queue, FakeDirectory(), everyone_mapped())
+        RequestService(store, api_queue, FakeDirectory(), users=EveryoneAs())
         .submit_job(OWNER, "local", SPEC)
         .request_id
     )
@@ -161,7 +161,7 @@ def test_a_cancel_whose_message_was_lost_is_rebuilt_from_its_record() -> None:
     store, queue, clock = InMemoryStore(), FakeQueue(), Clock()
     job_id = in_slurm(store)
     api_queue = FakeQueue()
-    RequestService(store, api_queue, FakeDirectory(), everyone_mapped()).cancel_job(
+    RequestService(store, api_queue, FakeDirectory(), users=EveryoneAs()).cancel_job(
         OWNER, "local", job_id
     )
     clock.later(REQUEUE_AFTER + timedelta(seconds=1))
@@ -178,7 +178,7 @@ def test_an_output_fetch_whose_message_was_lost_is_rebuilt_with_its_query() -> N
     job_id = in_slurm(store)
     api_queue = FakeQueue()
     query = OutputQueryBody(stream="stderr", offset=128, max_bytes=4096)
-    RequestService(store, api_queue, FakeDirectory(), everyone_mapped()).fetch_output(
+    RequestService(store, api_queue, FakeDirectory(), users=EveryoneAs()).fetch_output(
         OWNER, "local", job_id, query
     )
     clock.later(REQUEUE_AFTER + timedelta(seconds=1))
@@ -192,7 +192,7 @@ def test_a_batch_is_not_sent_again() -> None:
     # GIVEN a batch ACCEPTED long ago whose chunk messages were lost (they alone hold the specs)
     store, queue, clock = InMemoryStore(), FakeQueue(), Clock()
     body = BatchBody(jobs=[SPEC.model_dump(exclude_none=True)] * 3)
-    accepted = RequestService(store, FakeQueue(), FakeDirectory(), everyone_mapped()).submit_batch(
+    accepted = RequestService(store, FakeQueue(), FakeDirectory(), users=EveryoneAs()).submit_batch(
         OWNER, "local", body
     )
     assert store.get(accepted.request_id).state is RequestState.ACCEPTED

@@ -42,13 +42,13 @@ from broker.notifications.events import JobEvent, RequestEvent
 from broker.requests.states import RequestState
 from broker.schema import utcnow
 from tests.fakes import (
+    EveryoneAs,
     FakeDirectory,
     FakeQueue,
     InMemoryStore,
     MemoryArtifacts,
     RecordingNotifier,
     ScriptedRunner,
-    everyone_mapped,
     submitted,
 )
 
@@ -87,7 +87,7 @@ def world() -> World:
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts,
     )  # fmt: skip
     api = RequestService(
-        store, queue, FakeDirectory(), everyone_mapped(), announcer=Announcer(store, notifier)
+        store, queue, FakeDirectory(), Announcer(store, notifier), users=EveryoneAs()
     )
     return World(store, queue, api, runner, notifier, artifacts, worker)
 

@@ -17,12 +17,12 @@ from broker.notifications.events import JobEvent
 from broker.schema import utcnow
 from broker.sweep.status import Sweeper
 from tests.fakes import (
+    EveryoneAs,
     FakeDirectory,
     FakeQueue,
     InMemoryStore,
     RecordingNotifier,
     ScriptedRunner,
-    everyone_mapped,
 )
 
 OWNER = "arn:aws:iam::111122223333:user/alice"
@@ -31,7 +31,7 @@ OWNER = "arn:aws:iam::111122223333:user/alice"
 def in_slurm(store: InMemoryStore, count: int, cluster: str = "local") -> list[str]:
     """``count`` jobs accepted and submitted as Slurm ids 1000, 1001, ..."""
     api = RequestService(
-        store, FakeQueue(), FakeDirectory(frozenset({"local", "other"})), everyone_mapped()
+        store, FakeQueue(), FakeDirectory(frozenset({"local", "other"})), users=EveryoneAs()
     )
     ids = []
     for _ in range(count):

@@ -7,7 +7,6 @@ jobs        JobStore: job and alias items, moves in and out of SUBMITTING (with 
 batches     BatchStore: batch requests, chunk markers, backlog counters, outcome counts
 attention   AttentionIndex: the sparse index gsi2 the sweep reads
 clusters    ClusterStore: cluster items, and the readiness check of job submissions
-users       UserStore: caller-to-user mappings per cluster
 store       DynamoStore: all of the above over one table, for services that need several
 """
 
@@ -17,7 +16,6 @@ from broker.adapters.dynamodb.clusters import DynamoClusterStore
 from broker.adapters.dynamodb.jobs import DynamoJobStore
 from broker.adapters.dynamodb.requests import DynamoRequestStore
 from broker.adapters.dynamodb.store import DynamoStore
-from broker.adapters.dynamodb.users import DynamoUserStore
 
 __all__ = [
     "DynamoAttentionIndex",
@@ -26,5 +24,4 @@ __all__ = [
     "DynamoJobStore",
     "DynamoRequestStore",
     "DynamoStore",
-    "DynamoUserStore",
 ]

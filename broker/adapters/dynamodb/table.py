@@ -8,7 +8,6 @@ Items (single table; the capability modules say what each condition on them mean
              ``lost``, the sweep claimed it was never delivered (``reap_done``: its items failed)
     counter  pk "COUNT#CLUSTER|OWNER#<name>", sk "COUNT": submissions not yet in Slurm
     cluster  pk "CLUSTER#<name>", sk "CLUSTER"; gsi1 "CLUSTERS#<owner>" / "<name>"
-    user     pk "USER#<cluster>#<principal>", sk "USER"; gsi1 "USERS#<cluster>" / "<principal>"
 The sparse index gsi2 ("ACTIVE#<cluster>" / "REQ#<id>" | "JOB#<id>" | "CLUSTER#<name>") holds
 exactly the items that need attention: not final yet, or final with their notification still
 to publish. The sweep reads only that index, so its cost follows active work, not history.

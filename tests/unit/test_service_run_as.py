@@ -1,7 +1,8 @@
-"""Run as the caller: the API accepts only from callers mapped to a user on the cluster (default
-deny, nothing recorded or queued otherwise), records the user with the job and carries it in the
-message; the worker acts as that recorded user for the submission, the cancel and output reads,
-and never falls back to anyone."""
+"""Run as the caller, the worker's side: the API records the caller's mapped user with the
+request and the job and carries it in the message; the worker acts as that recorded user (a
+submission, a batch, and the cancel and output reads of the job), never looks it up again and
+never falls back: a record without a user, or a message naming another, fails permanently with
+no agent call."""
 
 from __future__ import annotations
 
@@ -15,34 +16,39 @@ from broker.jobs.models import OutputQueryBody, slurm_token
 from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
 from broker.requests.states import RequestState
-from broker.users.models import MappingBody, NotMappedError
-from broker.users.service import UserService
+from broker.users.models import MappingBody
+from broker.users.service import MappedUsers, UserAdmin
 from tests.fakes import (
     FakeDirectory,
     FakeQueue,
     InMemoryStore,
-    InMemoryUserStore,
+    InMemoryUserMappings,
     MemoryArtifacts,
     RecordingNotifier,
     ScriptedRunner,
     submitted,
 )
-from tests.unit.test_service import OTHER, OWNER, SPEC, World
+from tests.unit.test_service import OTHER, OWNER, World
 
 ADMIN = "arn:aws:iam::111122223333:user/admin"
 
 
 @pytest.fixture
-def users() -> UserService:
-    """alice -> hpcbtest-a and bob -> hpcbtest-b on local; nobody on other."""
-    service = UserService(InMemoryUserStore(), admins=[ADMIN])
-    service.map("local", OWNER, MappingBody(user="hpcbtest-a"), by=ADMIN)
-    service.map("local", OTHER, MappingBody(user="hpcbtest-b"), by=ADMIN)
-    return service
+def mappings() -> InMemoryUserMappings:
+    return InMemoryUserMappings()
 
 
 @pytest.fixture
-def world(users: UserService) -> World:
+def admin(mappings: InMemoryUserMappings) -> UserAdmin:
+    """alice -> hpcbtest-a and bob -> hpcbtest-b on local."""
+    users = UserAdmin(mappings)
+    users.put(ADMIN, "local", MappingBody(principal=OWNER, user="hpcbtest-a"))
+    users.put(ADMIN, "local", MappingBody(principal=OTHER, user="hpcbtest-b"))
+    return users
+
+
+@pytest.fixture
+def world(admin: UserAdmin, mappings: InMemoryUserMappings) -> World:
     store, queue, notifier, artifacts = (
         InMemoryStore(), FakeQueue(), RecordingNotifier(), MemoryArtifacts(),
     )  # fmt: skip
@@ -51,20 +57,28 @@ def world(users: UserService) -> World:
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts,
     )  # fmt: skip
     api = RequestService(
-        store, queue, FakeDirectory(frozenset({"local", "other"})), users,
-        announcer=Announcer(store, notifier),
+        store, queue, FakeDirectory(), Announcer(store, notifier),
+        users=MappedUsers(mappings),  # the mappings the admin writes
     )  # fmt: skip
     return World(store, queue, api, runner, notifier, artifacts, worker)
 
 
-def test_each_caller_is_submitted_as_their_own_mapped_user(world: World) -> None:
-    # GIVEN alice and bob, mapped to hpcbtest-a and hpcbtest-b, each with an accepted job
+def in_slurm(world: World, owner: str = OWNER) -> str:
+    """One of ``owner``'s jobs, submitted as Slurm job 42; its broker id."""
+    message = world.accepted(owner=owner)
+    world.runner.answers = [submitted(slurm_token(message.request_id), "42")]
+    world.worker.handle(message)
+    return message.request_id
+
+
+def test_each_caller_is_submitted_as_their_own_recorded_user(world: World) -> None:
+    # GIVEN alice (hpcbtest-a) and bob (hpcbtest-b), each with an accepted job
     alice, bob = world.accepted(owner=OWNER), world.accepted(owner=OTHER)
     # THEN the user is recorded with each job and request, and carried by its message
     assert (alice.user, bob.user) == ("hpcbtest-a", "hpcbtest-b")
     assert world.store.get_job(alice.request_id).user == "hpcbtest-a"
     assert world.store.get(bob.request_id).user == "hpcbtest-b"
-    # WHEN the worker submits them / THEN the agent is asked to run each as its owner's user
+    # WHEN the worker submits them / THEN the agent runs each as its owner's user
     users = []
     for message in (alice, bob):
         world.runner.answers = [submitted(slurm_token(message.request_id), "42")]
@@ -73,44 +87,22 @@ def test_each_caller_is_submitted_as_their_own_mapped_user(world: World) -> None
     assert users == ["hpcbtest-a", "hpcbtest-b"]
 
 
-def test_an_unmapped_caller_is_refused_with_nothing_recorded_or_queued(world: World) -> None:
-    # GIVEN alice is mapped on local only / WHEN she submits a job and a batch to other
-    with pytest.raises(NotMappedError, match="administrator"):
-        world.api.submit_job(OWNER, "other", SPEC)
-    body = BatchBody.model_validate({"jobs": [{"script": "#!/bin/sh\ntrue\n"}]})
-    with pytest.raises(NotMappedError):
-        world.api.submit_batch(OWNER, "other", body)
-    # THEN nothing was recorded (no request, no job) and nothing queued
-    assert world.store.records == {}
-    assert world.store.jobs == {}
-    assert world.queue.sent == []
-
-
-def test_a_caller_unmapped_after_submitting_cannot_cancel_or_read_output(
-    world: World, users: UserService
+def test_a_remapping_after_accept_does_not_move_a_queued_job(
+    world: World, admin: UserAdmin
 ) -> None:
-    # GIVEN alice's job in Slurm, then her mapping removed
+    # GIVEN alice's job accepted as hpcbtest-a, then alice re-mapped before the worker ran
     message = world.accepted()
+    admin.put(ADMIN, "local", MappingBody(principal=OWNER, user="hpcbtest-c"))
+    # WHEN the worker submits it / THEN as the user recorded at accept
     world.runner.answers = [submitted(slurm_token(message.request_id), "42")]
     world.worker.handle(message)
-    users.unmap("local", OWNER)
-    before = (dict(world.store.records), len(world.queue.sent))
-    # WHEN she cancels it or asks for its output / THEN 403 NOT_MAPPED, nothing recorded
-    with pytest.raises(NotMappedError):
-        world.api.cancel_job(OWNER, "local", "42")
-    with pytest.raises(NotMappedError):
-        world.api.fetch_output(OWNER, "local", "42", OutputQueryBody())
-    assert (dict(world.store.records), len(world.queue.sent)) == before
+    assert [job.user for job in world.runner.calls[-1].jobs or []] == ["hpcbtest-a"]
 
 
-def test_cancel_and_output_act_as_the_user_the_job_runs_as(
-    world: World, users: UserService
-) -> None:
-    # GIVEN alice's job submitted as hpcbtest-a, then alice remapped to another user
-    message = world.accepted()
-    world.runner.answers = [submitted(slurm_token(message.request_id), "42")]
-    world.worker.handle(message)
-    users.map("local", OWNER, MappingBody(user="hpcbtest-c"), by=ADMIN)
+def test_cancel_and_output_act_as_the_user_the_job_runs_as(world: World, admin: UserAdmin) -> None:
+    # GIVEN alice's job in Slurm as hpcbtest-a, then alice re-mapped to another user
+    in_slurm(world)
+    admin.put(ADMIN, "local", MappingBody(principal=OWNER, user="hpcbtest-c"))
     # WHEN she reads its output and cancels it
     world.runner.answers = [AgentResponse(ok=True, op="output", output=[])]
     world.api.fetch_output(OWNER, "local", "42", OutputQueryBody())
@@ -119,7 +111,8 @@ def test_cancel_and_output_act_as_the_user_the_job_runs_as(
         job_id="42", ok=True)])]  # fmt: skip
     world.api.cancel_job(OWNER, "local", "42")
     world.worker.handle(world.queue.sent[-1])
-    # THEN both ran as hpcbtest-a, the job's user in Slurm (the only one who may touch it)
+    # THEN both acted as hpcbtest-a: in Slurm the job is that user's, the only one who may
+    # touch it (the agent refuses another user's job)
     output, cancel = world.runner.calls[-2:]
     assert output.output is not None
     assert output.output.user == "hpcbtest-a"
@@ -157,7 +150,7 @@ def test_a_message_naming_another_user_than_the_record_is_refused(world: World) 
     assert world.runner.calls == []
 
 
-def test_a_batch_runs_every_item_as_the_callers_user(world: World) -> None:
+def test_a_batch_runs_every_item_as_the_callers_recorded_user(world: World) -> None:
     # GIVEN bob's batch of two
     body = BatchBody.model_validate({"jobs": [{"script": "#!/bin/sh\ntrue\n"}] * 2})
     world.api.submit_batch(OTHER, "local", body)
@@ -168,7 +161,7 @@ def test_a_batch_runs_every_item_as_the_callers_user(world: World) -> None:
         AgentJobResult(token=slurm_token(item.job_id), job_id=str(40 + i))
         for i, item in enumerate(chunk.items)])]  # fmt: skip
     world.worker.handle(chunk)
-    # THEN the message carried hpcbtest-b and every agent job ran as hpcbtest-b
+    # THEN the message carried hpcbtest-b, and every agent job and item record is hpcbtest-b's
     assert chunk.user == "hpcbtest-b"
     assert {job.user for job in world.runner.calls[-1].jobs or []} == {"hpcbtest-b"}
     assert world.store.get_job(chunk.items[0].job_id).user == "hpcbtest-b"
