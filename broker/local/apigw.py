@@ -49,6 +49,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.serving import WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
+from broker.local.browsers import LOOPBACK_HOSTS, browser_refusal
 from broker.local.context import LambdaContext
 
 __all__ = [
@@ -226,6 +227,7 @@ def _gateway_error(status: int, message: str, request_id: str, code: str) -> Res
 _ERROR_TYPES: Final = {
     403: "MissingAuthenticationTokenException",
     413: "RequestTooLongException",
+    421: "MisdirectedRequestException",
     502: "InternalServerErrorException",
 }
 
@@ -260,6 +262,7 @@ class ApiGatewayApp:
         max_body_bytes: int = MAX_BODY_BYTES,
         binary_media_types: Iterable[str] = (),
         require_authorization: bool = False,
+        allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS,
     ) -> None:
         if not routes:
             raise ValueError("an API needs at least one route")
@@ -273,10 +276,12 @@ class ApiGatewayApp:
         self.max_body_bytes = max_body_bytes
         self.binary_media_types = tuple(t.lower() for t in binary_media_types)
         self.require_authorization = require_authorization
+        self.allowed_hosts = allowed_hosts
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        """WSGI entry point."""
-        response = self.handle(Request(environ))
+        """WSGI entry point (a web page's calls are refused first: ``broker.local.browsers``)."""
+        request, refused = Request(environ), browser_refusal(environ, self.allowed_hosts)
+        response = self.handle(request) if refused is None else _gateway_error(*refused)
         result: Iterable[bytes] = response(environ, start_response)
         return result
 

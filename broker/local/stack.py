@@ -41,12 +41,11 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 from werkzeug.serving import BaseWSGIServer
 
-from broker.adapters.dynamodb.users import DynamoUserMappings
 from broker.local.apigw import DEFAULT_PRINCIPAL, ApiGatewayApp
 from broker.local.moto_servers import (
     moto_cpu_seconds,
@@ -78,8 +77,9 @@ from broker.local.template import (
     physical_name,
     read_functions,
 )
-from broker.users.models import MappingBody
-from broker.users.service import UserAdmin
+
+if TYPE_CHECKING:
+    from broker.adapters.dynamodb.users import DynamoUserMappings
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -348,11 +348,18 @@ class LocalStack:
 
     def user_mappings(self) -> DynamoUserMappings:
         """The broker's caller-to-user mappings in this stack's table (``broker.users``)."""
+        # Imported here: loading broker modules before start() sets the handlers' environment
+        # would make Powertools read the process's (no metrics namespace, for one).
+        from broker.adapters.dynamodb.users import DynamoUserMappings  # noqa: PLC0415
+
         ddb = boto3.client("dynamodb", region_name=self.region, endpoint_url=self.moto_url)
         return DynamoUserMappings(ddb, self.resources["RequestsTable"])
 
     def map_user(self, cluster: str, principal: str, user: str, *, by: str = "local") -> None:
         """Let ``principal`` run as POSIX ``user`` on ``cluster`` (as an admin would)."""
+        from broker.users.models import MappingBody  # noqa: PLC0415 - see user_mappings
+        from broker.users.service import UserAdmin  # noqa: PLC0415
+
         body = MappingBody(principal=principal, user=user)
         UserAdmin(self.user_mappings()).put(by, cluster, body)
 

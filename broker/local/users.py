@@ -10,11 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.adapters.dynamodb.users import DynamoUserMappings
-from broker.errors import BrokerError
-from broker.users.models import MappingBody, MappingView
-from broker.users.service import UserAdmin
-
 #: moto's answers do not depend on credentials; boto3 only needs some to sign with.
 _MOTO_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -39,7 +34,14 @@ def cmd_users(
     args: argparse.Namespace, read_run_file: Callable[[Path], dict[str, Any] | None]
 ) -> int:
     """Run one ``users`` action against the stack of the run file (exit 0 on success)."""
+    # Imported here, not when the module loads: `python -m broker.local up` builds this parser
+    # before it sets the handlers' environment (Powertools reads it when it is first imported).
     import boto3  # noqa: PLC0415 - only this command talks to AWS itself
+
+    from broker.adapters.dynamodb.users import DynamoUserMappings  # noqa: PLC0415
+    from broker.errors import BrokerError  # noqa: PLC0415
+    from broker.users.models import MappingBody, MappingView  # noqa: PLC0415
+    from broker.users.service import UserAdmin  # noqa: PLC0415
 
     info = read_run_file(args.run_file)
     if info is None or not info.get("table"):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from broker.agent.protocol import AgentRequest
+from broker.agent.protocol import AgentRequest, SlurmJobStatus
 from broker.errors import BrokerError
 from broker.jobs.records import JobRecord, observe
 from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
@@ -39,6 +39,10 @@ from broker.sweep.repairs import (
     Repairs,
 )
 from broker.sweep.report import SweepReport
+
+#: Slurm ids per status command: the agent's limit (hpcb_agent.MAX_JOB_IDS; a test keeps them
+#: equal).
+STATUS_SLICE = 5000
 
 
 class SweptRecords(AttentionIndex, JobStore, RepairedRecords, Protocol):
@@ -122,22 +126,30 @@ class Sweeper:
     def _sweep_cluster(self, cluster: str, jobs: list[JobRecord], report: SweepReport) -> None:
         target = self._clusters.resolve(cluster)
         ids = sorted({j.slurm_job_id for j in jobs if j.slurm_job_id})
-        report.head_node_commands += 1
-        response = self._runner_for(target.mode).run(target, AgentRequest(op="status", job_ids=ids))
-        if not response.ok:
-            message = response.error.message if response.error else "status failed"
-            raise BrokerError(message, code=response.error.code if response.error else "AGENT")
-        report.accounting[cluster] = response.accounting
-        accounting = bool(response.accounting)
+        statuses: list[SlurmJobStatus] = []
+        answered: bool | None = None
+        # In slices the agent takes (at most STATUS_SLICE ids a command): one caller's 5,001
+        # held jobs must not make the whole cluster's status (everyone's) unreadable.
+        for start in range(0, len(ids), STATUS_SLICE):
+            report.head_node_commands += 1
+            request = AgentRequest(op="status", job_ids=ids[start : start + STATUS_SLICE])
+            response = self._runner_for(target.mode).run(target, request)
+            if not response.ok:
+                message = response.error.message if response.error else "status failed"
+                raise BrokerError(message, code=response.error.code if response.error else "AGENT")
+            statuses.extend(response.statuses)
+            answered = response.accounting if answered is None else answered and response.accounting
+        report.accounting[cluster] = answered
+        accounting = bool(answered)
         now = self._now()
         for job in jobs:
-            seen = observe(job, response.statuses, accounting=accounting, now=now)
+            seen = observe(job, statuses, accounting=accounting, now=now)
             if seen is None:
                 continue
             changes = dict(seen.changes)
             if (
                 seen.new_state.final
-                and response.accounting is False
+                and answered is False
                 and changes.get("exit_code", job.exit_code) is None
             ):
                 changes.setdefault("reason", "no accounting: exit code unknown")

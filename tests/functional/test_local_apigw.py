@@ -368,3 +368,51 @@ def test_require_authorization_answers_an_unsigned_call_as_aws_iam_does() -> Non
         client.get("/v1/clusters", headers={"Authorization": "AWS4-HMAC-SHA256 x"}).status_code
         == 200
     )
+
+
+# -- web pages cannot drive the local API (issue 12, "Local mode") --------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", "https://evil.example:8080", "null", "http://127.0.0.1.evil.example"],
+)
+def test_a_cross_origin_call_from_a_web_page_is_refused_unhandled(api: Served, origin: str) -> None:
+    # GIVEN what a browser sends for a no-cors POST from a page of another site (no preflight:
+    # its body has no type), with the page's Origin
+    body = b'{"script": "#!/bin/sh\\n"}'
+    url = f"{api.url}/v1/clusters/local/jobs"
+    response = requests.post(url, data=body, headers={"Origin": origin}, timeout=10)
+    # THEN 403 CROSS_ORIGIN_REFUSED in the error schema, and the handler never ran
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "CROSS_ORIGIN_REFUSED"
+    assert api.handler.events == []
+
+
+def test_a_rebound_host_name_is_refused_unhandled(api: Served) -> None:
+    # GIVEN a page whose own name now resolves to 127.0.0.1 (DNS rebinding): its name is the Host
+    response = requests.get(f"{api.url}/v1/requests/r1", headers={"Host": "evil.example:8080"},
+                            timeout=10)  # fmt: skip
+    # THEN 421 MISDIRECTED_REQUEST, and the handler never ran
+    assert response.status_code == 421
+    assert response.json()["error"]["code"] == "MISDIRECTED_REQUEST"
+    assert api.handler.events == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Host": "localhost"},
+        {"Origin": "http://127.0.0.1:8080"},
+        {"Origin": "http://localhost"},
+    ],
+)
+def test_local_clients_and_same_origin_pages_are_served(
+    api: Served, headers: dict[str, str]
+) -> None:
+    # GIVEN curl, the CLI or the client (no Origin), or the local Swagger UI page (its own origin)
+    response = requests.get(f"{api.url}/v1/requests/r1", headers=headers, timeout=10)
+    # THEN the call reaches the handler
+    assert response.status_code == 200
+    assert len(api.handler.events) == 1

@@ -70,3 +70,20 @@ def test_no_module_of_the_local_stack_imports_itself_in_a_circle() -> None:
 
     # THEN it has no circle
     assert cycles == []
+
+
+def test_starting_the_local_stack_loads_no_handler_module_early() -> None:
+    # GIVEN a fresh interpreter / WHEN it loads what `python -m broker.local up` loads before the
+    # stack sets the handlers' environment (its CLI, and LocalStack)
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys, broker.local.__main__, broker.local.stack; "
+        "print(sorted(m for m in sys.modules if m in {'broker.observability', 'broker.wiring'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=ROOT).stdout.strip()  # fmt: skip
+    # THEN neither Powertools' objects nor the wiring are loaded yet: loaded then, they would
+    # read the process's environment (seen: no metrics namespace, every API call a 502)
+    assert loaded == "[]"

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from broker.agent import hpcb_agent as agent
 from broker.agent.protocol import AgentResponse, SlurmJobStatus
 from broker.errors import TransientError
 from broker.jobs.accept import RequestService
@@ -15,7 +16,7 @@ from broker.jobs.records import JobState
 from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
 from broker.notifications.events import JobEvent
 from broker.schema import utcnow
-from broker.sweep.status import Sweeper
+from broker.sweep.status import STATUS_SLICE, Sweeper
 from tests.fakes import (
     EveryoneAs,
     FakeDirectory,
@@ -163,3 +164,26 @@ def test_without_accounting_the_sweep_says_what_it_cannot_know() -> None:
     assert report.accounting == {"local": False}
     assert job.state is JobState.COMPLETED
     assert job.reason == "no accounting: exit code unknown"
+
+
+def test_more_ids_than_the_agent_takes_go_in_slices_and_every_job_is_seen() -> None:
+    # GIVEN one more active job than one status command may carry (the agent's limit)
+    store = InMemoryStore()
+    ids = in_slurm(store, STATUS_SLICE + 1)
+    first, last = store.get_job(ids[0]).slurm_job_id, store.get_job(ids[-1]).slurm_job_id
+    assert first is not None
+    assert last is not None
+    runner = ScriptedRunner([answer({first: "COMPLETED"}), answer({last: "COMPLETED"})])
+    # WHEN swept
+    report = sweeper(store, runner, RecordingNotifier()).sweep()
+    # THEN two commands, none over the agent's limit, all ids asked once, and the jobs
+    # answered in either slice moved
+    assert report.head_node_commands == 2
+    assert [len(c.job_ids) for c in runner.calls] == [STATUS_SLICE, 1]
+    assert len({i for c in runner.calls for i in c.job_ids}) == STATUS_SLICE + 1
+    assert [store.get_job(i).state for i in (ids[0], ids[-1])] == [JobState.COMPLETED] * 2
+    assert report.errors == {}
+
+
+def test_the_slice_is_the_agents_limit() -> None:
+    assert STATUS_SLICE == agent.MAX_JOB_IDS
