@@ -183,7 +183,11 @@ _DIGITS = re.compile(r"^[0-9]{1,7}$")
 _JOB_ID = re.compile(r"^[0-9]{1,20}$")
 #: ``protocol.SLURM_JOB_ID``: a base id, or an array task ``<base>_<index>``.
 _SLURM_JOB_ID = re.compile(r"^[0-9]{1,10}(_[0-9]{1,7})?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: ``broker.jobs.models.ENV_NAME_PATTERN``: the allowlist of a job's variable names (tested equal).
+_ENV_NAME = re.compile(
+    r"^(?:[a-z_][a-z0-9_]{0,127}|(?:APP|PARAM|HPCB|OMP|MKL|OPENBLAS|OMPI_MCA|I_MPI|UCX|FI|NCCL|"
+    r"CUDA|KMP|GOMP|TF|TORCH|HF|JULIA)_[A-Za-z0-9_]{1,110})$"
+)
 #: Same as broker.jobs.models: Slurm's own variables and the loader's.
 RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "LD_", "BASH_FUNC_")
 RESERVED_ENV_NAMES = frozenset(["PATH", "HOME", "USER", "LOGNAME", "SHELL", "IFS", "ENV"])

@@ -61,7 +61,19 @@ ArraySpec = Annotated[
 JobRef = Annotated[str, StringConstraints(pattern=r"^(r[0-9a-f]{28}|[0-9]{1,10}(_[0-9]{1,7})?)$")]
 
 
-EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+#: The names a job's variables may have: an allowlist, not a denylist (issue 12). Lower-case
+#: names are the application's own (shells, loaders and interpreters read only upper-case ones:
+#: BASH_ENV, LD_PRELOAD, PYTHONPATH, PERL5OPT, NODE_OPTIONS, PS4, ...); upper-case names only
+#: with a prefix the caller owns (APP_, PARAM_, HPCB_) or of the numeric, MPI and GPU libraries
+#: a job tunes through its environment. Anything else is a 422 naming the variable.
+ENV_NAME_FAMILIES = (
+    "APP", "PARAM", "HPCB", "OMP", "MKL", "OPENBLAS", "OMPI_MCA", "I_MPI", "UCX", "FI", "NCCL",
+    "CUDA", "KMP", "GOMP", "TF", "TORCH", "HF", "JULIA",
+)  # fmt: skip
+ENV_NAME_PATTERN = (
+    r"^(?:[a-z_][a-z0-9_]{0,127}|(?:" + "|".join(ENV_NAME_FAMILIES) + r")_[A-Za-z0-9_]{1,110})$"
+)
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
 
 
 #: An environment variable's value: at most 4096 characters, no NUL.
@@ -204,6 +216,8 @@ class JobSpec(StrictModel):
         default=None,
         max_length=128,
         description="Variables for the job (exported through sbatch's environment, never argv). "
+        "Names: lower case, or upper case starting APP_, PARAM_, HPCB_ or a library's prefix "
+        f"({', '.join(ENV_NAME_FAMILIES[3:])}). "
         "Names starting SLURM_, SBATCH_, LD_ or BASH_FUNC_, and PATH, HOME, USER, SHELL and the "
         "others listed in the schema, are reserved.",
         json_schema_extra=closed_keys(_RESERVED_ENV_SCHEMA),
@@ -240,6 +254,18 @@ class JobSpec(StrictModel):
     def _no_parent_components(cls, value: Any) -> Any:
         if isinstance(value, str) and ".." in value.split("/"):
             raise ValueError("the path must not contain '..' components")
+        return value
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment_names_are_allowed(cls, value: Any) -> Any:
+        for name in value if isinstance(value, dict) else ():
+            if isinstance(name, str) and not re.fullmatch(ENV_NAME_PATTERN, name):
+                raise ValueError(
+                    f"the variable name {name!r} is not allowed: use a lower-case name (e.g. "
+                    "'input_file') or an upper-case one starting APP_, PARAM_ or HPCB_ (or a "
+                    "library's own: OMP_, MKL_, OMPI_MCA_, CUDA_, ...)"
+                )
         return value
 
     @field_validator("environment")

@@ -43,13 +43,11 @@ class MappingBody(StrictModel):
         "agent's minimum, never root: the agent checks again).",
     )
     uid: int | None = Field(
-        default=None,
-        strict=False,  # 1500.0 is 1500, as JSON Schema reads it; "1500" and true are not
-        ge=1,
-        le=MAX_UID,
+        default=None, strict=False, ge=1, le=MAX_UID,
         description="Optional: the uid, for the record.",
-    )
+    )  # fmt: skip
 
+    # 3.0 is the integer 3, as JSON Schema reads it; "3" and true are not.
     _integers = field_validator("uid", mode="before")(a_json_number)
 
 

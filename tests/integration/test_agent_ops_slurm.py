@@ -281,8 +281,8 @@ def test_environment_variable_reaches_the_job(
     # GIVEN a variable with spaces, commas, '=' and shell syntax
     value = "hello world, a=b; $(id) `id`"
     spec = JobSpec(
-        script=script('printf "%s" "$MYVAR" > myvar.txt'),
-        environment={"MYVAR": value},
+        script=script('printf "%s" "$APP_MYVAR" > myvar.txt'),
+        environment={"APP_MYVAR": value},
         working_directory=str(workdir),
     )
     # WHEN the job runs
@@ -384,8 +384,8 @@ def test_agent_ops_run_under_python_37(created: list[str], workdir: Path) -> Non
     # GIVEN the agent run by Python 3.7 (Amazon Linux 2's python3)
     old = LocalRunner(python=str(PYTHON37), timeout=60)
     spec = JobSpec(
-        script=script('echo "$MYVAR"; exit 3'),
-        environment={"MYVAR": "from 3.7"},
+        script=script('echo "$APP_MYVAR"; exit 3'),
+        environment={"APP_MYVAR": "from 3.7"},
         working_directory=str(workdir),
     )
     # WHEN submitting, polling status, reading output and cancelling through it

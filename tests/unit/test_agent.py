@@ -250,26 +250,26 @@ def env_job(environment: dict[str, Any]) -> dict[str, Any]:
 
 def test_environment_never_reaches_argv() -> None:
     # GIVEN variables whose values look like options and shell syntax
-    command = SbatchCommand(env_job({"MYVAR": "--uid=0", "OTHER": "$(id); a,b=c\nx"}))
+    command = SbatchCommand(env_job({"APP_MYVAR": "--uid=0", "APP_OTHER": "$(id); a,b=c\nx"}))
     # WHEN building the command
     argv = command.argv()
     # THEN no value and no name is in argv
-    assert not any("--uid" in arg or "MYVAR" in arg or "$(id)" in arg for arg in argv)
+    assert not any("--uid" in arg or "APP_MYVAR" in arg or "$(id)" in arg for arg in argv)
 
 
 def test_sbatch_environment_is_the_clean_base_plus_the_job_variables() -> None:
     # GIVEN the agent's environment with secrets and a site squeue format, and a job variable
-    command = SbatchCommand(env_job({"MYVAR": "a b,c=d;$(id)\nline2"}))
+    command = SbatchCommand(env_job({"APP_MYVAR": "a b,c=d;$(id)\nline2"}))
     base = agent.base_environment(AGENT_ENV)
     # WHEN computing sbatch's environment
     env = command.env(base)
-    # THEN it is exactly PATH/HOME/LANG/SLURM_CONF from the agent plus MYVAR, verbatim
+    # THEN it is exactly PATH/HOME/LANG/SLURM_CONF from the agent plus APP_MYVAR, verbatim
     assert env == {
         "PATH": "/usr/bin:/bin",
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "SLURM_CONF": "/etc/slurm/slurm.conf",
-        "MYVAR": "a b,c=d;$(id)\nline2",
+        "APP_MYVAR": "a b,c=d;$(id)\nline2",
     }
 
 
@@ -282,12 +282,12 @@ def test_base_environment_has_a_path_even_when_the_agent_has_none() -> None:
 def test_submit_runs_sbatch_with_the_job_environment(tmp_path: Path) -> None:
     # GIVEN a job with a variable
     slurm = FakeSlurm()
-    request = {"v": 1, "op": "submit", "jobs": [env_job({"MYVAR": "42"})]}
+    request = {"v": 1, "op": "submit", "jobs": [env_job({"APP_MYVAR": "42"})]}
     # WHEN submitted
     answer(tmp_path, slurm, request)
-    # THEN sbatch ran with the clean base plus MYVAR, and squeue without MYVAR
+    # THEN sbatch ran with the clean base plus APP_MYVAR, and squeue without APP_MYVAR
     envs = {unwrap(argv)[0]: env for (argv, _), env in zip(slurm.calls, slurm.envs, strict=True)}
-    assert envs["sbatch"]["MYVAR"] == "42"
+    assert envs["sbatch"]["APP_MYVAR"] == "42"
     assert "AWS_SECRET_ACCESS_KEY" not in envs["sbatch"]
     assert envs["squeue"] == agent.base_environment(AGENT_ENV)
 
@@ -305,9 +305,9 @@ def test_submit_runs_sbatch_with_the_job_environment(tmp_path: Path) -> None:
         {"HOSTALIASES": "/tmp/hosts"},
         {"1BAD": "x"},
         {"BAD-NAME": "x"},
-        {"A": "nul\x00byte"},
-        {"A": "x" * 4097},
-        {"A": 5},
+        {"APP_A": "nul\x00byte"},
+        {"APP_A": "x" * 4097},
+        {"APP_A": 5},
         {f"V{i}": "x" for i in range(129)},
     ],
 )

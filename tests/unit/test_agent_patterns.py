@@ -156,9 +156,9 @@ def test_environment_names_and_count_are_the_job_specs() -> None:
 def test_environment_value_length_is_the_job_specs() -> None:
     # GIVEN values at the agent's limit and one past it / THEN JobSpec draws the same line
     at_limit = "x" * agent.MAX_ENV_VALUE_CHARS
-    JobSpec(script="#!/bin/sh\n", environment={"A": at_limit})
+    JobSpec(script="#!/bin/sh\n", environment={"APP_A": at_limit})
     with pytest.raises(ValidationError):
-        JobSpec(script="#!/bin/sh\n", environment={"A": at_limit + "x"})
+        JobSpec(script="#!/bin/sh\n", environment={"APP_A": at_limit + "x"})
 
 
 def test_script_limit_is_the_brokers() -> None:

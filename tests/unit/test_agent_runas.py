@@ -45,7 +45,7 @@ def ask(slurm: Any, request: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 
 
 def submit_job(user: Any, token: str = DEDUP) -> dict[str, Any]:
-    return {"token": token, "script": SCRIPT, "user": user, "environment": {"MYVAR": "1"}}
+    return {"token": token, "script": SCRIPT, "user": user, "environment": {"APP_MYVAR": "1"}}
 
 
 # ---- resolve_user: who the agent may act as -----------------------------------------------------
@@ -132,7 +132,7 @@ def test_sbatch_runs_as_the_jobs_user_with_only_its_environment(tmp_path: Path) 
         "LOGNAME": "alice",
         "PATH": agent.user_path(AGENT_ENV["PATH"]),
         "SLURM_CONF": "/etc/slurm/slurm.conf",
-        "MYVAR": "1",
+        "APP_MYVAR": "1",
     }
 
 

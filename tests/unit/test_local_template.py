@@ -279,7 +279,7 @@ def test_job_worker_drains_the_requests_queue_with_partial_batch_failures(
     # a 1 s batching window and ReportBatchItemFailures
     assert worker.handler == "workers.job_worker.lambda_handler"
     assert [(e.queue_logical_id, e.batch_size) for e in worker.sqs_events] == [
-        ("RequestsQueue", 10)
+        ("RequestsQueue", 50)
     ]
     assert worker.sqs_events[0].report_batch_item_failures is True
     assert worker.sqs_events[0].batching_window_s == 1.0

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from broker.agent import hpcb_agent
 from broker.jobs.models import JobSpec, JobSubmitMessage, slurm_token
 from broker.schema import new_request_id
 
@@ -130,3 +131,27 @@ def test_reserved_environment_names_are_rejected(name: str) -> None:
     # GIVEN a reserved variable name / WHEN validated / THEN rejected naming it
     with pytest.raises(ValidationError, match=name):
         spec(environment={name: "x"})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["BASH_ENV", "PYTHONPATH", "PERL5OPT", "NODE_OPTIONS", "SHELLOPTS", "PS4", "PROMPT_COMMAND",
+     "RUBYOPT", "JAVA_TOOL_OPTIONS", "LD_PRELOAD", "SLURM_JOB_UID", "SBATCH_EXPORT", "PATH",
+     "MYVAR", "HPCBX", "APP_", "Omp_NUM_THREADS"],
+)  # fmt: skip
+def test_environment_names_outside_the_allowlist_are_refused(name: str) -> None:
+    # GIVEN a name no allowlisted family covers (interpreter and loader hooks among them)
+    # WHEN a job sets it / THEN 422 naming it; the agent refuses it too
+    with pytest.raises(ValidationError) as refused:
+        spec(environment={name: "x"})
+    assert repr(name) in str(refused.value)
+    assert not hpcb_agent._ENV_NAME.fullmatch(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["input_file", "_private", "APP_STEP", "PARAM_ALPHA", "HPCB_RUN", "OMP_NUM_THREADS",
+             "OMPI_MCA_btl", "CUDA_VISIBLE_DEVICES", "I_MPI_PIN", "NCCL_DEBUG"],
+)  # fmt: skip
+def test_environment_names_in_the_allowlist_are_accepted(name: str) -> None:
+    assert spec(environment={name: "x"}).environment == {name: "x"}
+    assert hpcb_agent._ENV_NAME.fullmatch(name)

@@ -75,7 +75,7 @@ def test_agent_accepts_a_job_built_from_a_spec_using_every_field() -> None:
         error="/shared/run/%x-%A_%a.err",
         array="1-10%2",
         dependency=[Dependency(type="afterok", jobs=["12", "13_2"])],
-        environment={"MYVAR": "x y"},
+        environment={"APP_MYVAR": "x y"},
         hold=True,
         tags={"team": "a"},
     )
@@ -100,7 +100,7 @@ def test_agent_accepts_a_job_built_from_a_spec_using_every_field() -> None:
         "--dependency=afterok:12:13_2",
         "--hold",
     ]
-    assert command.environment == {"MYVAR": "x y"}
+    assert command.environment == {"APP_MYVAR": "x y"}
 
 
 def test_encoded_request_is_a_safe_payload() -> None:
