@@ -61,6 +61,11 @@ _SLURM_WORD = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SlurmWord = Annotated[str, StringConstraints(pattern=_SLURM_WORD)]
 
 
+#: A POSIX user name as the head-node agent accepts it (useradd's portable shape, at most 32
+#: characters): the user a job, its cancel and its output reads run as.
+POSIX_USER = r"^[a-z_][a-z0-9_-]{0,31}$"
+
+
 #: One path component that is not '..' (no '/', NUL or newline): 3+ characters, 2 that are not
 #: both dots, or at most one.
 _COMPONENT = r"(?:[^/\x00\n\r]{3,}|[^./\x00\n\r][^/\x00\n\r]|\.[^./\x00\n\r]|[^/\x00\n\r]?)"

@@ -156,13 +156,6 @@ class JobWorkerSettings(CommonSettings):
         description="Single submissions drained together for one cluster share one head-node "
         "command (false: one command each, the benchmark's baseline).",
     )
-    user_cache_seconds: float = Field(
-        default=60,
-        ge=0,
-        le=3600,
-        description="How long a worker remembers a caller's POSIX user on a cluster (one "
-        "DynamoDB read per cluster and caller); a removed mapping stops applying within this.",
-    )
 
 
 class SweeperSettings(JobWorkerSettings):

@@ -216,7 +216,6 @@ def dispatcher() -> Dispatcher:
         ),
         default_working_directory=settings.default_working_directory,
         submit_concurrency=settings.submit_concurrency,
-        users=MappedUsers(_mappings(settings), cache_seconds=settings.user_cache_seconds),
     )
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from broker.errors import TransientError
 from broker.jobs.models import JobSpec
+from broker.schema import POSIX_USER
 
 PROTOCOL_VERSION = 1
 _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
@@ -34,8 +35,6 @@ SLURM_JOB_ID = r"^[0-9]{1,10}(_[0-9]{1,7})?$"
 MAX_OUTPUT_BYTES = 64 * 1024
 #: Largest ``inline_limit`` the agent takes: far above any runner's stdout limit.
 MAX_INLINE_LIMIT = 16 * 1024 * 1024
-#: A POSIX user name as the agent accepts it (useradd's portable shape, at most 32 characters).
-POSIX_USER = r"^[a-z_][a-z0-9_-]{0,31}$"
 #: The de-duplication token a job carries in its Slurm comment.
 DEDUP_PATTERN = r"^hpcb:[a-z0-9]{1,64}$"
 #: The lowest uid the agent acts as unless the request says otherwise (uid 0: never).

@@ -93,7 +93,7 @@ def list_mappings(
     _PATH,
     summary="Unmap a caller",
     description="Admins only. The caller reaches nothing more on this cluster (403 NOT_MAPPED): "
-    "at once at the API; workers stop acting for them within HPCB_USER_CACHE_SECONDS.",
+    "at once at the API. Jobs accepted before run as the user recorded with them.",
     tags=["admin"],
     responses=ok(MappingView, "The mapping removed."),
 )

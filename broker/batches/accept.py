@@ -108,6 +108,7 @@ def accept_batch(
     cluster: str,
     body: BatchBody,
     *,
+    user: str,
     limits: Limits | None,
     ready_cluster: bool,
 ) -> BatchAccepted:
@@ -129,15 +130,15 @@ def accept_batch(
     chunks = chunk_items([BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid])
     now = utcnow()
     record = RequestRecord(
-        request_id=batch_id, kind="job.batch", owner=owner, cluster=cluster,
+        request_id=batch_id, kind="job.batch", owner=owner, cluster=cluster, user=user,
         state=RequestState.ACCEPTED, created_at=now, updated_at=now, items=len(valid),
         batch_size=len(body.jobs), chunk_starts=[chunk[0].index for chunk in chunks],
         rejected_items=[item.index for item in rejected] or None,
     )  # fmt: skip
     store.create_batch(record, limits, ready_cluster=ready_cluster)
     messages: list[QueueMessage] = [
-        JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, items=chunk,
-                        chunk=number)
+        JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, user=user,
+                        items=chunk, chunk=number)
         for number, chunk in enumerate(chunks)
     ]  # fmt: skip
     unsent = queue.send_many(messages)

@@ -16,20 +16,21 @@ from typing import Protocol
 from broker.agent.protocol import AgentJob, AgentRequest
 from broker.batches.models import JobBatchMessage
 from broker.batches.outcomes import finish_batch, item_outcome
-from broker.errors import NotMappedError, PermanentError, TransientError
+from broker.errors import PermanentError, TransientError
 from broker.jobs.execution import (
     PERMANENT,
     Dependencies,
     Outcome,
     RequestEnds,
     RunnerFor,
+    acting_user,
     error_of,
     lookback_seconds,
 )
 from broker.jobs.models import slurm_token
 from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
-from broker.ports import BatchStore, ClusterDirectory, JobStore, RequestStore, UserResolver
+from broker.ports import BatchStore, ClusterDirectory, JobStore, RequestStore
 from broker.requests.models import RequestRecord
 
 #: An agent call's answers by broker job id: (submitted with Slurm id, rejected with reason,
@@ -75,9 +76,7 @@ class ChunkDispatcher:
         *,
         default_working_directory: str,
         submit_concurrency: int | None,
-        users: UserResolver,
     ) -> None:
-        self._users = users
         self._store = store
         self._clusters = clusters
         self._runner_for = runner_for
@@ -141,9 +140,10 @@ class ChunkDispatcher:
             # Every accept numbers its chunks; the field is optional only in the message model.
             raise PermanentError("a batch message without its chunk number", code="NO_CHUNK")
         batch = self._store.get(message.request_id)
+        user = acting_user(batch.user, message.user)  # before the chunk starts: never half-done
         job_ids = [item.job_id for item in message.items]
         started = self._store.start_chunk(message.request_id, message.chunk, job_ids)
-        jobs, failed, retry = self._prepare(message, started)
+        jobs, failed, retry = self._prepare(message, started, user)
         return _OpenChunk(message, batch, jobs, failed, retry)
 
     def _close_chunk(self, chunk: _OpenChunk, answers: Answers) -> Outcome:
@@ -169,7 +169,7 @@ class ChunkDispatcher:
         return "succeeded"
 
     def _prepare(
-        self, message: JobBatchMessage, started: set[str]
+        self, message: JobBatchMessage, started: set[str], user: str
     ) -> tuple[list[AgentJob], list[tuple[str, str]], list[str]]:
         """The agent jobs of the started items; items failed or to retry (dependencies)."""
         jobs: list[AgentJob] = []
@@ -179,14 +179,13 @@ class ChunkDispatcher:
             if item.job_id not in started:
                 continue
             try:
-                user = self._users.user_for(message.cluster, message.owner)
                 dependency = self._dependencies.slurm_string(
                     message.owner, message.cluster, item.spec
                 )
             except TransientError:
                 retry.append(item.job_id)
                 continue
-            except (PermanentError, NotMappedError) as exc:
+            except PermanentError as exc:
                 failed.append((item.job_id, exc.message))
                 continue
             spec = item.spec

@@ -65,6 +65,7 @@ def unrecorded_item(batch: RequestRecord, job_id: str) -> JobRecord | None:
         job_id=job_id,
         cluster=batch.cluster,
         owner=batch.owner,
+        user=batch.user,
         state=JobState.SUBMITTING,
         created_at=batch.created_at,
         updated_at=batch.created_at,

@@ -11,7 +11,7 @@ from pydantic import (
 )
 
 from broker.jobs.models import JobSpec
-from broker.schema import FieldError, StrictModel, new_request_id
+from broker.schema import POSIX_USER, FieldError, StrictModel, new_request_id
 
 
 class BatchResult(BaseModel):
@@ -119,6 +119,9 @@ class JobBatchMessage(BaseModel):
     request_id: str
     owner: str
     cluster: str
+    user: str = Field(
+        pattern=POSIX_USER, description="POSIX user its jobs run as (recorded at accept)."
+    )
     items: list[BatchItem]
     chunk: int | None = Field(default=None, ge=0, description="The chunk's number in its batch.")
 

@@ -26,7 +26,8 @@ def item_outcome(
     """The record of a batch item leaving SUBMITTING: PENDING with its Slurm id, else
     SUBMIT_FAILED with ``reason`` (its notification pending)."""
     job = new_job(item.job_id, batch.owner, batch.cluster, item.spec, batch.created_at,
-                  batch_id=batch.request_id, batch_index=item.index, batch_chunk=chunk)  # fmt: skip
+                  user=batch.user, batch_id=batch.request_id, batch_index=item.index,
+                  batch_chunk=chunk)  # fmt: skip
     changes: dict[str, object] = (
         {"state": JobState.PENDING, "slurm_job_id": slurm_job_id}
         if slurm_job_id is not None

@@ -92,12 +92,14 @@ class RequestService:
                 "Keep large inputs in files on the cluster and reference them from the script."
             )
         self._resolve(cluster)
-        self._users.user_for(cluster, owner)
-        record = self._new_request(owner, cluster, "job.submit", spec=spec)
-        job = new_job(record.request_id, owner, cluster, spec, record.created_at)
+        # Recorded with the request and the job and carried in the message: the worker acts
+        # as this user and never looks it up again (a later re-mapping does not move a job).
+        user = self._users.user_for(cluster, owner)
+        record = self._new_request(owner, cluster, "job.submit", user, spec=spec)
+        job = new_job(record.request_id, owner, cluster, spec, record.created_at, user=user)
         self._store.create_submission(record, job, self._limits, ready_cluster=self._gated)
         message = JobSubmitMessage(
-            request_id=record.request_id, owner=owner, cluster=cluster, spec=spec
+            request_id=record.request_id, owner=owner, cluster=cluster, user=user, spec=spec
         )
         self._enqueue(record, message, job_id=job.job_id)
         return record
@@ -111,8 +113,8 @@ class RequestService:
             ClusterNotFoundError, BackpressureError, TransientError: as for one job.
         """
         self._resolve(cluster)
-        self._users.user_for(cluster, owner)
-        return accept_batch(self._store, self._queue, owner, cluster, body,
+        user = self._users.user_for(cluster, owner)
+        return accept_batch(self._store, self._queue, owner, cluster, body, user=user,
                             limits=self._limits, ready_cluster=self._gated)  # fmt: skip
 
     @property
@@ -158,6 +160,7 @@ class RequestService:
                 kind="job.cancel",
                 owner=owner,
                 cluster=cluster,
+                user=job.user,
                 state=RequestState.SUCCEEDED,
                 created_at=now,
                 updated_at=now,
@@ -170,11 +173,13 @@ class RequestService:
                 self._announce.job(job.job_id, JobState.SUBMITTING)
                 self._announce.request(record.request_id)
             return record
-        record = self._new_request(owner, cluster, "job.cancel", job_id=job.job_id)
+        user = _recorded_user(job)
+        record = self._new_request(owner, cluster, "job.cancel", user, job_id=job.job_id)
         self._store.create_request(record)
         message = JobCancelMessage(
-            request_id=record.request_id, owner=owner, cluster=cluster, job_id=job.job_id
-        )
+            request_id=record.request_id, owner=owner, cluster=cluster, user=user,
+            job_id=job.job_id,
+        )  # fmt: skip
         self._enqueue(record, message)
         return record
 
@@ -198,12 +203,16 @@ class RequestService:
             # Slurm keeps an array's base id on its last task: without a task the answer
             # would silently be that task's file.
             raise ValidationError(f"job {job.job_id} is an array ({job.array}): name a 'task'")
-        record = self._new_request(owner, cluster, "job.output", job_id=job.job_id, query=query)
+        user = _recorded_user(job)
+        record = self._new_request(
+            owner, cluster, "job.output", user, job_id=job.job_id, query=query
+        )
         self._store.create_request(record)
         message = JobOutputMessage(
             request_id=record.request_id,
             owner=owner,
             cluster=cluster,
+            user=user,
             job_id=job.job_id,
             query=query,
         )
@@ -255,6 +264,7 @@ class RequestService:
         owner: str,
         cluster: str,
         kind: RequestKind,
+        user: str,
         *,
         spec: JobSpec | None = None,
         job_id: str | None = None,
@@ -267,6 +277,7 @@ class RequestService:
             kind=kind,
             owner=owner,
             cluster=cluster,
+            user=user,
             state=RequestState.ACCEPTED,
             created_at=now,
             updated_at=now,
@@ -292,3 +303,19 @@ class RequestService:
             raise TransientError(
                 "the request could not be queued; send it again", code="ENQUEUE_FAILED"
             ) from exc
+
+
+def _recorded_user(job: JobRecord) -> str:
+    """The user a job runs as, recorded at its accept: its cancel and output reads act as that
+    user (the caller's mapping may have changed since; in Slurm the job is still that user's,
+    and the agent acts only on a job of the request's user).
+
+    Raises:
+        ConflictError: the job was accepted without a user (before users were mapped).
+    """
+    if job.user is None:
+        raise ConflictError(
+            f"job {job.job_id} was accepted before callers were mapped to cluster users; the "
+            "broker cannot act on it"
+        )
+    return job.user

@@ -28,6 +28,7 @@ from broker.jobs.execution import (
     Outcome,
     RequestEnds,
     RunnerFor,
+    acting_user,
     agent_info,
     error_of,
     lookback_seconds,
@@ -51,7 +52,6 @@ from broker.ports import (
     ClusterDirectory,
     JobStore,
     RequestStore,
-    UserResolver,
 )
 from broker.requests.models import QueueMessage
 
@@ -92,9 +92,7 @@ class Dispatcher:
         artifacts: ArtifactStore | None = None,
         default_working_directory: str = "/tmp",  # noqa: S108
         submit_concurrency: int | None = None,
-        users: UserResolver,
     ) -> None:
-        self._users = users
         self._concurrency = submit_concurrency
         self._store = store
         self._clusters = clusters
@@ -108,7 +106,6 @@ class Dispatcher:
             store, clusters, runner_for, announcer,
             default_working_directory=default_working_directory,
             submit_concurrency=submit_concurrency,
-            users=users,
         )  # fmt: skip
 
     def handle(self, message: QueueMessage) -> Outcome:
@@ -211,7 +208,7 @@ class Dispatcher:
         if spec.working_directory is None:
             # Otherwise sbatch uses the agent's own cwd (under SSM, the agent's work folder).
             spec = spec.model_copy(update={"working_directory": self._workdir})
-        user = self._users.user_for(message.cluster, message.owner)
+        user = acting_user(job.user, message.user)
         agent_job = AgentJob.of(slurm_token(job_id), spec, dependency, user=user)
         return _OpenSubmit(message, agent_job, lookback_seconds(job.created_at))
 
@@ -259,7 +256,7 @@ class Dispatcher:
                 code="SUBMISSION_IN_PROGRESS",
             )
         target = self._clusters.resolve(message.cluster)
-        user, token = self._users.user_for(message.cluster, message.owner), slurm_token(job.job_id)
+        user, token = acting_user(job.user, message.user), slurm_token(job.job_id)
         request = AgentRequest(op="cancel", targets=[JobTarget(job_id=job.slurm_job_id, user=user,
                                                                token=token)])  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
@@ -297,7 +294,7 @@ class Dispatcher:
                 max_bytes=query.max_bytes,
                 patterns=self._patterns(job),
                 job_name=job.name,
-                user=self._users.user_for(message.cluster, message.owner),
+                user=acting_user(job.user, message.user),
                 token=slurm_token(job.job_id),
             ),
         )

@@ -150,3 +150,25 @@ class RequestEnds:
             self.fail_job(message.request_id, exc.message)
         self.fail(message.request_id, info_of(exc))
         return "failed"
+
+
+def acting_user(recorded: str | None, carried: str) -> str:
+    """The POSIX user a worker acts as: the one recorded with the job (or batch) at accept,
+    which the queue message carries too. Never looked up again, never a default.
+
+    Raises:
+        PermanentError: ``NOT_MAPPED`` when the record has no user (accepted before users were
+            mapped); ``USER_MISMATCH`` when the message names another user than the record.
+    """
+    if recorded is None:
+        raise PermanentError(
+            "this request was accepted without a cluster user; ask the broker's administrator "
+            "to map you, then send it again",
+            code="NOT_MAPPED",
+        )
+    if recorded != carried:
+        raise PermanentError(
+            "the queue message names another user than the request's record; not acting on it",
+            code="USER_MISMATCH",
+        )
+    return recorded

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from broker.schema import (
+    POSIX_USER,
     AbsPath,
     ErrorInfo,
     SlurmWord,
@@ -366,6 +367,7 @@ class JobSubmitMessage(BaseModel):
     request_id: str
     owner: str
     cluster: str
+    user: str = Field(pattern=POSIX_USER, description="POSIX user it runs as (recorded at accept).")
     spec: JobSpec
 
 
@@ -379,6 +381,7 @@ class JobCancelMessage(BaseModel):
     request_id: str
     owner: str
     cluster: str
+    user: str = Field(pattern=POSIX_USER, description="POSIX user it runs as (recorded at accept).")
     job_id: str
 
 
@@ -392,6 +395,7 @@ class JobOutputMessage(BaseModel):
     request_id: str
     owner: str
     cluster: str
+    user: str = Field(pattern=POSIX_USER, description="POSIX user it runs as (recorded at accept).")
     job_id: str
     query: OutputQueryBody
 

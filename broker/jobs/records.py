@@ -107,6 +107,9 @@ class JobRecord(BaseModel):
     job_id: str = Field(description="Broker job id: the id of the request that submitted it.")
     cluster: str
     owner: str = Field(description="IAM principal that submitted it.")
+    user: str | None = Field(
+        default=None, description="POSIX user it runs as: the owner's mapped user at accept."
+    )
     name: str | None = None
     state: JobState
     slurm_job_id: str | None = Field(default=None, description="Slurm's id once submitted.")
@@ -144,6 +147,7 @@ def new_job(
     spec: JobSpec,
     now: datetime,
     *,
+    user: str | None,
     batch_id: str | None = None,
     batch_index: int | None = None,
     batch_chunk: int | None = None,
@@ -153,6 +157,7 @@ def new_job(
         job_id=job_id,
         cluster=cluster,
         owner=owner,
+        user=user,
         name=spec.name,
         state=JobState.SUBMITTING,
         created_at=now,
@@ -318,6 +323,7 @@ class JobView(BaseModel):
 
     job_id: str = Field(description="Broker job id (the id of the request that submitted it).")
     cluster: str
+    user: str | None = Field(default=None, description="POSIX user the job runs as.")
     name: str | None = None
     state: JobState
     final: bool = Field(description="Whether the job has ended.")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,8 +75,7 @@ def launched_stack(
         stack = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, stack, timeout)
-        info = json.loads(run_file.read_text())
+        info = _wait_until_up(url, stack, timeout, run_file)
         yield Launched(
             url=url,
             moto_url=info["moto_url"],
@@ -91,14 +91,21 @@ def launched_stack(
             stack.wait(timeout=10)
 
 
-def _wait_until_up(url: str, stack: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_until_up(
+    url: str, stack: subprocess.Popen[bytes], timeout: float, run_file: Path
+) -> dict[str, Any]:
+    """The run file's data once the API answers and the run file is written: ``up`` writes it
+    after the ``--map-user`` mapping, and the API answers before (a caller would be refused)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack.poll() is not None:
             raise RuntimeError(f"the local stack exited with code {stack.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/v1/openapi.json", timeout=2):  # noqa: S310
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
+                info = json.loads(run_file.read_text())
+            if isinstance(info, dict):
+                return info
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.2)
     raise RuntimeError(f"the local stack did not answer within {timeout}s")

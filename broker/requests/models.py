@@ -43,6 +43,11 @@ class RequestRecord(BaseModel):
     kind: RequestKind = Field(description="What the request does.")
     owner: str = Field(description="Authenticated principal (IAM ARN) that made the request.")
     cluster: str = Field(description="Target cluster name.")
+    user: str | None = Field(
+        default=None,
+        description="job.*: the POSIX user it acts as on the cluster (the caller's mapped user "
+        "at accept; for a cancel or output read, the job's). Never looked up again.",
+    )
     state: RequestState = Field(description="Current state.")
     attempts: int = Field(default=0, ge=0, description="How many times a worker took it.")
     created_at: datetime = Field(description="When the API accepted it (UTC).")

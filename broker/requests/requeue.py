@@ -30,21 +30,24 @@ def message_of(record: RequestRecord) -> SingleMessage | None:
 
     Returns:
         The message equal to the one the API built at accept, or None for a kind that cannot
-        be rebuilt (``job.batch``, cluster operations) or a record missing what its kind needs.
+        be rebuilt (``job.batch``, cluster operations) or a record missing what its kind needs
+        (its user included).
     """
-    request_id, owner, cluster = record.request_id, record.owner, record.cluster
+    request_id, owner, cluster, user = record.request_id, record.owner, record.cluster, record.user
+    if user is None:
+        return None  # accepted without a user: nothing may act on it (no default user)
     if record.kind == "job.submit" and record.spec is not None:
         return JobSubmitMessage(
-            request_id=request_id, owner=owner, cluster=cluster, spec=record.spec
+            request_id=request_id, owner=owner, cluster=cluster, user=user, spec=record.spec
         )
     if record.kind == "job.cancel" and record.job_id is not None:
         return JobCancelMessage(
-            request_id=request_id, owner=owner, cluster=cluster, job_id=record.job_id
+            request_id=request_id, owner=owner, cluster=cluster, user=user, job_id=record.job_id
         )
     if record.kind == "job.output" and record.job_id is not None and record.query is not None:
         return JobOutputMessage(
-            request_id=request_id, owner=owner, cluster=cluster, job_id=record.job_id,
-            query=record.query,
+            request_id=request_id, owner=owner, cluster=cluster, user=user,
+            job_id=record.job_id, query=record.query,
         )  # fmt: skip
     # job.batch: not re-sent (its items' specs are only in its messages); cluster.*: other queue.
     return None

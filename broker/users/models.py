@@ -6,8 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field, field_validator
 
-from broker.agent.protocol import POSIX_USER
-from broker.schema import StrictModel, a_json_number
+from broker.schema import POSIX_USER, StrictModel, a_json_number
 
 #: An owner as ``broker.identity.owner_of`` names it: an IAM or STS ARN (a role's or federated
 #: users' wildcard form included). Printable ASCII without spaces.

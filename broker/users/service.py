@@ -18,8 +18,8 @@ class MappedUsers:
     Args:
         mappings: the store.
         contact: whom a refused caller should ask (shown in the 403's message).
-        cache_seconds: how long an answer is remembered (0: never). The workers keep answers
-            for a short while (one read per cluster and caller, not per message); a mapping
+        cache_seconds: how long an answer is remembered (0: never; the API reads afresh, and
+            workers never ask: they act as the user recorded with the job). A mapping
             removed meanwhile stops applying after at most that long.
         clock: monotonic clock (tests).
     """

@@ -104,7 +104,10 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     runner = ScriptedRunner()
     announcer = Announcer(store, RecordingNotifier())
     dispatcher = Dispatcher(
-        store, FakeDirectory(), runner.runner_for, announcer, users=EveryoneAs()
+        store,
+        FakeDirectory(),
+        runner.runner_for,
+        announcer,
     )
     monkeypatch.setattr(api_services, "request_service", lambda: service)
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)

@@ -110,7 +110,7 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     api = Client(ApiGatewayApp([route], default_principal=ALICE))
     slurm = FakeSlurm()
     worker = Dispatcher(store, FakeDirectory(), slurm.runner_for,  # type: ignore[arg-type]
-                        Announcer(store, RecordingNotifier()), users=EveryoneAs())  # fmt: skip
+                        Announcer(store, RecordingNotifier()),)  # fmt: skip
     return World(store, api, slurm, worker, client("sqs"), queue_url)
 
 

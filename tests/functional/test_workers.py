@@ -88,7 +88,10 @@ def world(aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch) -> World
     runner = ScriptedRunner()
     announcer = Announcer(store, RecordingNotifier())
     dispatcher = Dispatcher(
-        store, FakeDirectory(), runner.runner_for, announcer, users=EveryoneAs()
+        store,
+        FakeDirectory(),
+        runner.runner_for,
+        announcer,
     )
     monkeypatch.setattr(job_worker, "dispatcher", lambda: dispatcher)
     monkeypatch.setattr(job_worker, "request_queue", lambda: queue)
@@ -167,7 +170,6 @@ def test_a_permanent_failure_is_recorded_and_acknowledged(world: World) -> None:
         FakeDirectory(names=frozenset()),
         world.runner.runner_for,
         Announcer(world.store, RecordingNotifier()),
-        users=EveryoneAs(),
     )
     # WHEN the worker handles it
     job_worker.dispatcher = lambda: dispatcher  # type: ignore[assignment]
@@ -326,7 +328,10 @@ def test_coalescing_never_mixes_clusters(coalesced: World, monkeypatch: pytest.M
     service = RequestService(coalesced.store, queue, both, users=EveryoneAs())
     announcer = Announcer(coalesced.store, RecordingNotifier())
     worker = Dispatcher(
-        coalesced.store, both, coalesced.runner.runner_for, announcer, users=EveryoneAs()
+        coalesced.store,
+        both,
+        coalesced.runner.runner_for,
+        announcer,
     )
     monkeypatch.setattr(job_worker, "dispatcher", lambda: worker)
     mine = [service.submit_job(OWNER, c, SPEC).request_id for c in ("local", "other", "local")]

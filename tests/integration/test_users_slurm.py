@@ -183,3 +183,25 @@ def test_attack_corpus(stack: LocalStack, created: list[str], dir_a: Path, dir_b
     # THEN nothing was read, and whatever ran, ran as hpcbtest-a
     assert [row for row in rows if row[1].startswith("READ")] == []
     assert set(ran_as) <= {(USER_A, uid(USER_A))}
+
+
+def test_a_remapped_caller_still_cancels_the_job_that_runs_as_their_old_user(
+    stack: LocalStack, created: list[str], dir_a: Path
+) -> None:
+    # GIVEN a third caller mapped to hpcbtest-a, with a held job in Slurm as hpcbtest-a
+    caller = "arn:aws:iam::000000000000:user/remapped"
+    stack.map_user("local", caller, USER_A)
+    spec = {"script": HELD, "hold": True, "working_directory": str(dir_a)}
+    job = submitted(stack, caller, spec, created)
+    assert job.state == "SUCCEEDED", job
+    # WHEN an administrator re-maps them to hpcbtest-b, and they cancel the old job
+    stack.map_user("local", caller, USER_B)
+    client = api(stack, caller)
+    cancel = client.wait(client.cancel_job("local", job.job_id).request_id, timeout=90)
+    # THEN the cancel acted as hpcbtest-a, the job's user in Slurm (as hpcbtest-b the agent
+    # would refuse another user's job), and Slurm shows it cancelled, still hpcbtest-a's
+    assert cancel.state == "SUCCEEDED", cancel
+    slurm_id = job.result.job_id
+    wait_ended(slurm_id)
+    assert sacct_user_uid(slurm_id, f"hpcb:{job.request_id}") == (USER_A, uid(USER_A))
+    assert client.get_job("local", job.job_id).user == USER_A

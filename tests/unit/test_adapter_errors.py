@@ -80,6 +80,7 @@ def _message() -> JobSubmitMessage:
         request_id=new_request_id(),
         owner=ALICE,
         cluster="local",
+        user="hpcb-dev",
         spec=JobSpec(script="#!/bin/sh\ntrue\n"),
     )
 

@@ -194,7 +194,6 @@ def test_a_late_delivery_of_a_reaped_chunk_submits_nothing() -> None:
     runner = ScriptedRunner()  # no answers: an agent call fails the test
     worker = Dispatcher(
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier),
-        users=EveryoneAs(),
     )  # fmt: skip
     assert worker.handle(messages[2]) == "succeeded"
     # THEN no agent call was made, and its items and the batch's counts are as the sweep left

@@ -108,7 +108,9 @@ def test_slurm_token_carries_the_request_id() -> None:
 
 def test_queue_messages_round_trip_and_forbid_extras() -> None:
     # GIVEN a message / WHEN serialised and parsed back / THEN it is identical
-    message = JobSubmitMessage(request_id="r1", owner="arn:x", cluster="local", spec=spec())
+    message = JobSubmitMessage(
+        request_id="r1", owner="arn:x", cluster="local", user="u1", spec=spec()
+    )
     assert JobSubmitMessage.model_validate_json(message.model_dump_json()) == message
     # AND an unknown field in a message is an error
     with pytest.raises(ValidationError):

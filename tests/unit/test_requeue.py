@@ -13,6 +13,7 @@ from broker.jobs.accept import RequestService
 from broker.jobs.models import JobResult, JobSpec, OutputQueryBody
 from broker.notifications.announcer import Announcer
 from broker.requests.models import QueueMessage
+from broker.requests.requeue import message_of
 from broker.requests.states import RequestState
 from broker.schema import utcnow
 from broker.sweep.repairs import REQUEUE_AFTER
@@ -236,3 +237,17 @@ def test_resends_per_sweep_are_capped_oldest_first() -> None:
     # THEN the first sends the two oldest, the second the last one
     assert (first.requeued, second.requeued) == (2, 1)
     assert [m.request_id for m in queue.sent] == list(reversed(ids))
+
+
+def test_a_message_is_rebuilt_with_its_recorded_user_and_never_without_one() -> None:
+    # GIVEN a lost submit (its caller mapped to hpcb-dev at accept)
+    store = InMemoryStore()
+    request_id, original = lost_submit(store)
+    record = store.get(request_id)
+    # WHEN its message is rebuilt / THEN it carries the recorded user, as the original did
+    rebuilt = message_of(record)
+    assert rebuilt == original
+    assert rebuilt is not None
+    assert rebuilt.user == "hpcb-dev"
+    # AND a record without a user (accepted before mappings) is never re-sent: no default user
+    assert message_of(record.model_copy(update={"user": None})) is None

@@ -85,7 +85,6 @@ def world() -> World:
     runner = ScriptedRunner()
     worker = Dispatcher(
         store, FakeDirectory(), runner.runner_for, Announcer(store, notifier), artifacts=artifacts,
-        users=EveryoneAs(),
     )  # fmt: skip
     api = RequestService(
         store, queue, FakeDirectory(), Announcer(store, notifier), users=EveryoneAs()
