@@ -27,11 +27,13 @@ def test_users(slurm: dict[str, str]) -> tuple[str, str]:
     return USER_A, USER_B
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _traversable_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Let the jobs' users reach the directories tests open to them (``chmod 0o777``) under
     pytest's temp root: pytest makes /tmp/pytest-of-root and pytest-N private (0700), and jobs no
-    longer run as root. 0711: searchable, not listable; pytest makes them 0700 again next run."""
+    longer run as root. 0711: searchable, not listable. Before every test, not once: another
+    pytest run starting on the machine makes /tmp/pytest-of-root 0700 again (seen: 14 jobs of a
+    running suite failed to enter their directories)."""
     base = tmp_path_factory.getbasetemp()
     for directory in (base.parent, base):
         directory.chmod(0o711)
