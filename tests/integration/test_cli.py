@@ -219,7 +219,7 @@ def test_submit_many_shows_progress_and_a_summary(hpcb, name: str, tmp_path: Pat
 
 def test_submit_many_json_from_csv(hpcb, name: str, tmp_path: Path, script: Path) -> None:  # type: ignore[no-untyped-def]
     # GIVEN a CSV of 20 held jobs with an environment column and a shared --script
-    rows = ["name,hold,env.STEP"] + [f"{name},true,{i}" for i in range(20)]
+    rows = ["name,hold,env.APP_STEP"] + [f"{name},true,{i}" for i in range(20)]
     (tmp_path / "jobs.csv").write_text("\n".join(rows) + "\n")
     # WHEN submitted with --json
     result = hpcb(
