@@ -53,6 +53,7 @@ import base64
 import binascii
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -565,10 +566,18 @@ def _bounded_int(value: Any, name: str, low: int, high: int) -> None:
         raise AgentError(BAD_REQUEST, "%s must be an integer %d..%d" % (name, low, high))
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
 def _check_url(url: Any) -> str:
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("https", "http"):
-        raise AgentError(BAD_REQUEST, "URLs must be http(s)")
-    return url
+    """https only (plain http only to this machine: the local stack's moto)."""
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parts is None or not (
+        parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+    ):
+        raise AgentError(BAD_REQUEST, "URLs must be https")
+    return str(url)
 
 
 def parse_int(text: str) -> int:
@@ -1683,12 +1692,19 @@ class Agent(object):
         import http.client  # noqa: PLC0415 - see LAZY_IMPORTS
 
         url = _check_url(request.get("payload_url"))
+        digest = request.get("payload_sha256")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise AgentError(BAD_REQUEST, "payload_sha256 must be 64 lowercase hex digits")
         try:
             data = self.get(url)
         except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
             raise AgentError(
                 FETCH_FAILED, "cannot download the staged request: %s" % exc, transient=True
             ) from exc
+        # The command (sent by the worker) carries the digest: a staged object changed by anyone
+        # able to write the bucket is refused, never run.
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise AgentError(BAD_PAYLOAD, "the staged request does not match its sha256")
         try:
             inner = json.loads(data.decode("utf-8"), parse_int=parse_int)
         except (ValueError, UnicodeError) as exc:

@@ -151,6 +151,9 @@ class AgentRequest(BaseModel):
     targets: list[JobTarget] = Field(default_factory=list)
     output: OutputQuery | None = None
     payload_url: str | None = None
+    payload_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="fetch: the staged request's sha256."
+    )
     result_put_url: str | None = None
     inline_limit: int = Field(default=20000, ge=0, le=MAX_INLINE_LIMIT)
     lookback_seconds: int | None = Field(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
+import hashlib
 import time
 import uuid
 import zlib
@@ -252,6 +253,7 @@ class SsmRunner:
         fetch = AgentRequest(
             op="fetch",
             payload_url=url,
+            payload_sha256=hashlib.sha256(body).hexdigest(),
             result_put_url=request.result_put_url,
             inline_limit=request.inline_limit,
         )

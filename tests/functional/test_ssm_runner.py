@@ -392,6 +392,7 @@ def test_large_request_is_staged_in_s3_and_fetched_by_the_agent(
     sent = fetched_request(command)
     assert sent["op"] == "fetch"
     assert f"/{staging}/payloads/" in sent["payload_url"]
+    assert len(sent["payload_sha256"]) == 64  # the agent runs only bytes with this sha256
     assert len(command) < 32 * 1024
     # AND the object was in S3 when the command was sent, and is cleaned up afterwards
     (keys,) = head.staged_objects

@@ -5,6 +5,7 @@ are injected. Ops status/cancel/output: test_agent_status.py and test_agent_outp
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -147,6 +148,10 @@ class FakeSlurm:
     def commands(self, name: str) -> list[list[str]]:
         """The calls of one client (without their setpriv prefix)."""
         return [unwrap(argv) for argv, _ in self.calls if unwrap(argv)[0] == name]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def make_agent(tmp_path: Path, slurm: FakeSlurm, **kwargs: Any) -> Agent:
@@ -856,8 +861,9 @@ def test_fetch_downloads_and_processes_the_real_request(tmp_path: Path) -> None:
         return json.dumps(staged).encode()
 
     slurm = FakeSlurm()
-    # WHEN the agent receives a fetch
-    request = {"v": 1, "op": "fetch", "payload_url": "https://bucket.s3/payloads/x?sig=1"}
+    # WHEN the agent receives a fetch (the staged bytes' sha256 in the command)
+    request = {"v": 1, "op": "fetch", "payload_url": "https://bucket.s3/payloads/x?sig=1",
+               "payload_sha256": sha256(json.dumps(staged).encode())}  # fmt: skip
     result = answer(tmp_path, slurm, request, get=get)
     # THEN it downloads the request and answers it as a submit
     assert fetched == ["https://bucket.s3/payloads/x?sig=1"]
@@ -867,24 +873,63 @@ def test_fetch_downloads_and_processes_the_real_request(tmp_path: Path) -> None:
 
 def test_fetch_of_a_fetch_is_refused(tmp_path: Path) -> None:
     # GIVEN a staged request that is itself a fetch
+    inner = json.dumps({"v": 1, "op": "fetch", "payload_url": "https://x/y"}).encode()
+
     def get(url: str) -> bytes:
-        return json.dumps({"v": 1, "op": "fetch", "payload_url": "https://x/y"}).encode()
+        return inner
 
     # WHEN fetched / THEN BAD_REQUEST, no second download loop
-    result = answer(
-        tmp_path, FakeSlurm(), {"v": 1, "op": "fetch", "payload_url": "https://x"}, get=get
-    )
+    request = {"v": 1, "op": "fetch", "payload_url": "https://x", "payload_sha256": sha256(inner)}
+    result = answer(tmp_path, FakeSlurm(), request, get=get)
     assert result["error"]["code"] == agent.BAD_REQUEST
 
 
-@pytest.mark.parametrize("url", ["file:///etc/shadow", "ftp://x/y", None, 5])
-def test_fetch_accepts_only_http_urls(tmp_path: Path, url: Any) -> None:
-    # GIVEN a payload URL with another scheme / WHEN fetched / THEN refused without download
+@pytest.mark.parametrize(
+    "url", ["file:///etc/shadow", "ftp://x/y", None, 5, "http://bucket.s3/x", "http://10.0.0.1/x"]
+)
+def test_fetch_accepts_only_https_urls(tmp_path: Path, url: Any) -> None:
+    # GIVEN a payload URL with another scheme, or plain http to another machine
     def get(url: str) -> bytes:
         raise AssertionError("must not download")
 
-    result = answer(tmp_path, FakeSlurm(), {"v": 1, "op": "fetch", "payload_url": url}, get=get)
+    # WHEN fetched / THEN refused without download
+    request = {"v": 1, "op": "fetch", "payload_url": url, "payload_sha256": "0" * 64}
+    result = answer(tmp_path, FakeSlurm(), request, get=get)
     assert result["error"]["code"] == agent.BAD_REQUEST
+
+
+def test_a_staged_request_that_does_not_match_its_sha256_is_not_run(tmp_path: Path) -> None:
+    # GIVEN the command's sha256 of the staged request, and an object changed since
+    staged = json.dumps({"v": 1, "op": "submit", "jobs": [job()]}).encode()
+    changed = staged + b" "  # still valid JSON, not the bytes the worker staged
+    slurm = FakeSlurm()
+    request = {
+        "v": 1,
+        "op": "fetch",
+        "payload_url": "https://x/p",
+        "payload_sha256": sha256(staged),
+    }
+    # WHEN fetched / THEN BAD_PAYLOAD, permanent, and no Slurm command ran
+    result = answer(tmp_path, slurm, request, get=lambda url: changed)
+    assert (result["error"]["code"], result["error"]["transient"]) == (agent.BAD_PAYLOAD, False)
+    assert slurm.calls == []
+
+
+@pytest.mark.parametrize("digest", [None, "", "ABC", "0" * 63, "g" * 64])
+def test_a_fetch_without_a_sha256_is_refused_undownloaded(tmp_path: Path, digest: Any) -> None:
+    def get(url: str) -> bytes:
+        raise AssertionError("must not download")
+
+    request = {"v": 1, "op": "fetch", "payload_url": "https://x/p", "payload_sha256": digest}
+    assert answer(tmp_path, FakeSlurm(), request, get=get)["error"]["code"] == agent.BAD_REQUEST
+
+
+def test_plain_http_is_allowed_to_this_machine_only(tmp_path: Path) -> None:
+    # GIVEN the local stack's moto on loopback / WHEN fetched / THEN downloaded
+    staged = json.dumps({"v": 1, "op": "ping"}).encode()
+    request = {"v": 1, "op": "fetch", "payload_url": "http://127.0.0.1:5000/b/p",
+               "payload_sha256": sha256(staged)}  # fmt: skip
+    assert answer(tmp_path, FakeSlurm(), request, get=lambda url: staged)["op"] == "ping"
 
 
 def test_failed_download_is_transient(tmp_path: Path) -> None:
@@ -893,9 +938,8 @@ def test_failed_download_is_transient(tmp_path: Path) -> None:
         raise OSError("HTTP Error 403: Forbidden")
 
     # WHEN fetched / THEN a transient FETCH_FAILED (the worker re-stages on retry)
-    result = answer(
-        tmp_path, FakeSlurm(), {"v": 1, "op": "fetch", "payload_url": "https://x"}, get=get
-    )
+    request = {"v": 1, "op": "fetch", "payload_url": "https://x", "payload_sha256": "0" * 64}
+    result = answer(tmp_path, FakeSlurm(), request, get=get)
     assert result["error"]["code"] == agent.FETCH_FAILED
     assert result["error"]["transient"] is True
 
@@ -981,10 +1025,10 @@ def test_fetched_request_stages_with_its_own_result_url(tmp_path: Path) -> None:
     }
     put = FakePut()
     # WHEN the agent fetches and answers it
-    fetching = make_agent(
-        tmp_path, FakeSlurm(), put=put, get=lambda url: json.dumps(staged).encode()
-    )
-    result = json.loads(fetching.answer(b64({"v": 1, "op": "fetch", "payload_url": "https://x/p"})))
+    body = json.dumps(staged).encode()
+    fetching = make_agent(tmp_path, FakeSlurm(), put=put, get=lambda url: body)
+    request = {"v": 1, "op": "fetch", "payload_url": "https://x/p", "payload_sha256": sha256(body)}
+    result = json.loads(fetching.answer(b64(request)))
     # THEN the answer goes to the inner request's URL
     assert result == {"v": 1, "ok": True, "op": "submit", "staged": True}
     assert put.uploads[0][0] == "https://x/inner"
@@ -1095,7 +1139,12 @@ print(json.dumps(sorted(m for m in hpcb_agent.LAZY_IMPORTS if m in sys.modules))
         ({"v": 1, "op": "ping"}, []),
         ({"v": 1, "op": "status", "job_ids": ["1"]}, []),
         (
-            {"v": 1, "op": "fetch", "payload_url": "http://127.0.0.1:9/x"},
+            {
+                "v": 1,
+                "op": "fetch",
+                "payload_url": "http://127.0.0.1:9/x",
+                "payload_sha256": "0" * 64,
+            },
             ["http.client", "urllib.request"],
         ),
     ],

@@ -6,6 +6,7 @@ Real temp files; Slurm is faked (its clients are never reached)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,12 @@ def test_staged_request_with_a_huge_integer_is_a_bad_payload(tmp_path: Path) -> 
     subject = Agent(
         run=NoSlurm(), get=lambda url: staged, lock_path=str(tmp_path / "lock"), environ={}
     )
-    fetch = {"v": 1, "op": "fetch", "payload_url": "https://bucket/key"}
+    fetch = {
+        "v": 1,
+        "op": "fetch",
+        "payload_url": "https://bucket/key",
+        "payload_sha256": hashlib.sha256(staged).hexdigest(),
+    }
     # WHEN answered / THEN a permanent BAD_PAYLOAD
     error = json.loads(subject.answer(encode(json.dumps(fetch))))["error"]
     assert (error["code"], error["transient"]) == (agent.BAD_PAYLOAD, False)

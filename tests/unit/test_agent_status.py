@@ -5,6 +5,7 @@ runner. No Slurm, no network."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -584,7 +585,12 @@ def test_status_goes_through_fetch_and_large_answer_staging() -> None:
         environ={},
     )
     # WHEN the agent fetches and answers it
-    fetch = {"v": 1, "op": "fetch", "payload_url": "https://bucket/payloads/x"}
+    fetch = {
+        "v": 1,
+        "op": "fetch",
+        "payload_url": "https://bucket/payloads/x",
+        "payload_sha256": hashlib.sha256(json.dumps(staged).encode()).hexdigest(),
+    }
     line = subject.answer(base64.b64encode(json.dumps(fetch).encode()).decode())
     # THEN the marker is printed and the full status answer uploaded
     assert json.loads(line) == {"v": 1, "ok": True, "op": "status", "staged": True}
