@@ -120,8 +120,9 @@ def events_tail(obj: Context, follow: bool, wait_s: float, run_file: str | None)
 
 def register() -> None:
     """Attach the command groups kept in their own modules."""
-    from broker.cli import clusters, jobs, local  # noqa: PLC0415
+    from broker.cli import admin, clusters, jobs, local  # noqa: PLC0415
 
+    cli.add_command(admin.admin)
     cli.add_command(clusters.clusters)
     cli.add_command(jobs.jobs)
     cli.add_command(local.local)

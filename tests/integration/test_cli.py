@@ -25,6 +25,10 @@ from tests.integration.client_support import ALICE, CLUSTER_CONFIG, cancel_named
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 
+#: The local stack's default caller, and its administrator (python -m broker.local up).
+LOCAL_DEVELOPER = "arn:aws:iam::000000000000:user/local-developer"
+
+
 @pytest.fixture(scope="module")
 def stack(
     slurm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -235,3 +239,28 @@ def test_submit_many_json_from_csv(hpcb, name: str, tmp_path: Path, script: Path
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert (summary["accepted"], summary["in Slurm"], summary["problems"]) == (20, 20, [])
+
+
+def test_admin_maps_and_unmaps_a_caller(hpcb, script: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN the stack's administrator (the local developer) and bob, mapped nowhere yet
+    admin = ("--principal", LOCAL_DEVELOPER)
+    bob = "arn:aws:iam::000000000000:user/cli-bob"
+    refused = hpcb("--principal", bob, "jobs", "submit", "local", str(script), "-J", name, "-H")
+    # WHEN the administrator maps bob, and lists the mappings
+    mapped = hpcb(*admin, "admin", "users", "map", "local", bob, "hpcb-dev")
+    listed = hpcb(*admin, "--json", "admin", "users", "list", "local")
+    accepted = hpcb("--principal", bob, "jobs", "submit", "local", str(script), "-J", name, "-H")
+    # THEN bob was refused before (exit 4: 403 NOT_MAPPED) and is accepted after
+    assert refused.exit_code == 4, refused.output
+    assert "NOT_MAPPED" in refused.output
+    assert mapped.exit_code == 0, mapped.output
+    assert {"principal": bob, "user": "hpcb-dev"}.items() <= next(
+        m for m in json.loads(listed.output)["mappings"] if m["principal"] == bob
+    ).items()
+    assert accepted.exit_code == 0, accepted.output
+    # WHEN the administrator unmaps bob / THEN bob is refused again
+    assert hpcb(*admin, "admin", "users", "unmap", "local", bob).exit_code == 0
+    again = hpcb("--principal", bob, "jobs", "submit", "local", str(script), "-J", name, "-H")
+    assert again.exit_code == 4, again.output
+    # AND for a caller who is not an administrator the admin commands do not exist (404, exit 4)
+    assert hpcb("admin", "users", "list", "local").exit_code == 4
