@@ -16,8 +16,8 @@ Measured in one run, on the same Slurm:
 - ``sweep_*``: the same N jobs as one ``POST .../jobs:sweep`` (a template and N parameter sets),
   which the broker packs into job arrays (one per MaxArraySize tasks): accept, every item holding
   its Slurm id ``<array>_<task>``, head-node commands, duplicates and lost (from squeue's tasks);
-- ``status_*``: one status read (the agent's ``status`` op, in the sweeper's slices) over the N
-  active jobs, unpacked beside packed.
+- ``status_*``: one run of the status sweep (the sweeper function) over the N active jobs,
+  unpacked beside packed.
 
 Jobs are trivial and held, so the figures are about submission; everything is cancelled at the end.
 Each phase starts on a controller that has forgotten the earlier phases' jobs (``settle``: up to
@@ -47,7 +47,7 @@ import boto3
 
 from broker import wiring
 from broker.adapters.aws import client
-from broker.adapters.dynamodb.table import job_key, request_key
+from broker.adapters.dynamodb.table import request_key
 from broker.agent.protocol import AgentJob, AgentRequest, AgentResponse
 from broker.client import BrokerClient
 from broker.jobs.models import JobSpec
@@ -55,7 +55,6 @@ from broker.local.env_file import read_env_file
 from broker.local.stack import LocalStack, moto_cpu_seconds
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
-from broker.sweep.status import STATUS_SLICE
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "hpcb-bench-burst"
@@ -194,6 +193,7 @@ def start_stack(slurm_env: dict[str, str], pollers: int) -> LocalStack:
             "HPCB_LOCAL_CLUSTERS": "local",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "HPCB_SWEEP_WINDOW_SECONDS": "0",
             **slurm_env,
         },
         schedules_enabled=False,
@@ -275,31 +275,15 @@ def sweep(stack: LocalStack, count: int, workdir: str, head: HeadNodeCommands) -
     }
 
 
-def status_read(slurm_ids: list[str]) -> dict[str, Any]:
-    """The agent's status op over ``slurm_ids``, in the sweeper's slices: seconds, commands."""
-    target = ClusterTarget(name="local", mode="local")
-    runner = LocalRunner()
+def status_sweep(stack: LocalStack) -> dict[str, Any]:
+    """One run of the sweeper function (one sweep, ``HPCB_SWEEP_WINDOW_SECONDS=0``) over the
+    active jobs: seconds, head-node commands, active jobs (a sweep's items are asked for by
+    their arrays; plain jobs in slices of STATUS_SLICE ids)."""
     started = time.perf_counter()
-    slices = range(0, len(slurm_ids), STATUS_SLICE)
-    seen = 0
-    for start in slices:
-        ids = slurm_ids[start : start + STATUS_SLICE]
-        answer = runner.run(target, AgentRequest(op="status", job_ids=ids))
-        seen += len(answer.statuses)
-    return {"seconds": round(time.perf_counter() - started, 2), "commands": len(slices),
-            "statuses": seen}  # fmt: skip
-
-
-def slurm_ids_of(prefix: str, count: int) -> list[str]:
-    """The Slurm ids the broker recorded for a batch's ``count`` items (its item pages)."""
-    ddb = boto3.session.Session().client("dynamodb")
-    table = os.environ["HPCB_TABLE_NAME"]
-    ids: list[str] = []
-    for start in range(0, count, 100):
-        keys = [job_key(f"{prefix}{i:06x}") for i in range(start, min(count, start + 100))]
-        got = ddb.batch_get_item(RequestItems={table: {"Keys": keys}})["Responses"][table]
-        ids += [item["slurm_job_id"]["S"] for item in got if "slurm_job_id" in item]
-    return ids
+    report = stack.trigger("SweeperFunction")
+    seconds = round(time.perf_counter() - started, 2)
+    return {"seconds": seconds, "commands": report["head_node_commands"],
+            "active_jobs": report["active_jobs"]}  # fmt: skip
 
 
 def _wait(stack: LocalStack, request_id: str, timeout: float) -> dict[str, Any]:
@@ -367,14 +351,14 @@ def main() -> None:
         try:
             swept = sweep(stack, count, workdir, head)
             print(f"sweep: {swept}", flush=True)
-            status_packed = status_read(slurm_ids_of(swept["prefix"], count))
+            status_packed = status_sweep(stack)
             cancel(SWEEP_NAME)
             if not args.sweep_only:
                 print(f"settling before the unpacked burst: {settle():.0f} s", flush=True)
                 commands = head.count
                 result = burst(stack, count, workdir, calls)
                 result["head_node_calls"] = head.count - commands
-                status_unpacked = status_read(slurm_ids_of(result["prefix"], count))
+                status_unpacked = status_sweep(stack)
         finally:
             head.detach()
             stack.stop()
