@@ -20,6 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from broker.batches.models import JobBatchMessage
+from broker.batches.sweeps import JobSweepMessage
 from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE
 from broker.wiring import dead_letter_service
@@ -39,6 +40,8 @@ def record_handler(record: SQSRecord) -> None:
         message = QUEUE_MESSAGE.validate_json(record.body)
     except ValidationError:
         message = None
+    if isinstance(message, JobSweepMessage):
+        message = message.as_batch()  # a sweep's chunk fails its items as a batch chunk does
     if isinstance(message, JobBatchMessage):
         failed = dead_letter_service().give_up_chunk(message)
         metrics.add_metric(name="BatchItemsExhausted", unit="Count", value=failed)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from broker.agent.protocol import SlurmJobStatus
-from broker.jobs.models import Dependency, JobSpec
+from broker.jobs.models import Dependency, JobSpec, slurm_token, sweep_token
 
 
 class JobState(StrEnum):
@@ -201,6 +201,19 @@ class Observation(BaseModel):
 EXIT_CODE_WAIT_SECONDS = 120.0
 
 
+def job_token(job: JobRecord) -> str:
+    """The token of a job's Slurm comment, for the agent's check before a cancel or a read.
+
+    A job's own (``hpcb:<job id>``), but for a sweep's item, which is a task of one of its
+    chunk's arrays (a batch item whose Slurm id is a task without an ``array`` of its own):
+    its chunk's token.
+    """
+    task = "_" in (job.slurm_job_id or "") and job.array is None
+    if task and job.batch_id is not None and job.batch_chunk is not None:
+        return sweep_token(job.batch_id, job.batch_chunk)
+    return slurm_token(job.job_id)
+
+
 def observe(
     job: JobRecord,
     statuses: list[SlurmJobStatus],
@@ -216,7 +229,8 @@ def observe(
     """
     if job.state.final or job.slurm_job_id is None:
         return None
-    mine = [s for s in statuses if s.base_id == job.slurm_job_id]
+    # A job's id is its base id; a sweep item's is one array task's ('123_4').
+    mine = [s for s in statuses if job.slurm_job_id in (s.base_id, s.job_id)]
     if not mine:
         return None
     if job.array:
