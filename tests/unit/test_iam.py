@@ -307,9 +307,9 @@ def import_closure(start: str) -> tuple[set[str], set[str]]:
     return seen, wired
 
 
-def wired_modules(factories: set[str]) -> set[str]:
-    """The modules (and their bases' modules) of the adapter classes that the named factories
-    of broker/wiring.py build, following the factories they call."""
+def wired_names(factories: set[str]) -> dict[str, str]:
+    """The imported names (name -> module) that the named factories of broker/wiring.py use,
+    following the factories they call."""
     path = module_path("broker.wiring")
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names = {
@@ -318,8 +318,7 @@ def wired_modules(factories: set[str]) -> set[str]:
         if isinstance(node, ast.FunctionDef)
     }
     imported = _imports(path)
-    wiring = importlib.import_module("broker.wiring")
-    modules: set[str] = set()
+    found: dict[str, str] = {}
     todo, seen = list(factories), set()
     while todo:
         name = todo.pop()
@@ -329,13 +328,21 @@ def wired_modules(factories: set[str]) -> set[str]:
         for used in names.get(name, set()):
             if used in names:
                 todo.append(used)
-            source = imported.get(used, "")
-            if source.startswith(("broker.adapters", "broker.runners")):
-                target = getattr(wiring, used, None) or getattr(
-                    importlib.import_module(source), used
-                )
-                if inspect.isclass(target):
-                    modules |= {base.__module__ for base in inspect.getmro(target)}
+            if used in imported:
+                found[used] = imported[used]
+    return found
+
+
+def wired_modules(factories: set[str]) -> set[str]:
+    """The modules (and their bases' modules) of the adapter classes that the named factories
+    of broker/wiring.py build."""
+    wiring = importlib.import_module("broker.wiring")
+    modules: set[str] = set()
+    for used, source in wired_names(factories).items():
+        if source.startswith(("broker.adapters", "broker.runners")):
+            target = getattr(wiring, used, None) or getattr(importlib.import_module(source), used)
+            if inspect.isclass(target):
+                modules |= {base.__module__ for base in inspect.getmro(target)}
     return modules
 
 
