@@ -63,7 +63,10 @@ def test_a_sweep_is_one_array_per_max_array_size_positions(tmp_path: Path) -> No
     result = submit(tmp_path, slurm, sweep(tasks))["results"][0]
     # THEN three arrays: positions 0-3, 4-7 (no task at 5: task 1), 8-9, each its own token
     sbatch = slurm.commands("sbatch")
-    assert [[a for a in argv if a.startswith(("--array", "--comment"))] for argv in sbatch] == [
+    # (the agent runs sbatch calls concurrently: in any order)
+    assert sorted(
+        [a for a in argv if a.startswith(("--array", "--comment"))] for argv in sbatch
+    ) == [
         ["--comment=" + TOKEN + "a0", "--array=0-3"],
         ["--comment=" + TOKEN + "a1", "--array=0,2-3"],
         ["--comment=" + TOKEN + "a2", "--array=0-1"],
@@ -80,7 +83,7 @@ def test_each_array_runs_the_constant_wrapper_with_its_first_position(tmp_path: 
     # WHEN its arrays are submitted / THEN each script is the wrapper, never the user's text
     scripts = [stdin for argv, stdin in slurm.calls if unwrap(argv)[0] == "sbatch"]
     directory = "/home/alice/.hpcb/arrays/" + TOKEN.replace(":", "-")
-    assert scripts == [
+    assert sorted(scripts) == [
         (agent.ARRAY_WRAPPER % ("'" + directory + "'", first)).encode() for first in (0, 4)
     ]
     assert all(b"PARAM_I" not in script and b"echo" not in script for script in scripts)
