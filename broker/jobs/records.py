@@ -201,15 +201,18 @@ class Observation(BaseModel):
 EXIT_CODE_WAIT_SECONDS = 120.0
 
 
-def job_token(job: JobRecord) -> str:
-    """The token of a job's Slurm comment, for the agent's check before a cancel or a read.
-
-    A job's own (``hpcb:<job id>``), but for a sweep's item, which is a task of one of its
-    chunk's arrays (a batch item whose Slurm id is a task without an ``array`` of its own):
-    its chunk's token.
-    """
+def is_sweep_task(job: JobRecord) -> bool:
+    """Whether a job is a sweep's item: a batch item whose Slurm id is an array task
+    (``123_4``) though it asked for no ``array`` of its own."""
     task = "_" in (job.slurm_job_id or "") and job.array is None
-    if task and job.batch_id is not None and job.batch_chunk is not None:
+    return task and job.batch_id is not None and job.batch_chunk is not None
+
+
+def job_token(job: JobRecord) -> str:
+    """The token of a job's Slurm comment, for the agent's check before a cancel or a read:
+    its own (``hpcb:<job id>``), or, for a sweep's item, its chunk's (its array carries it
+    plus ``a<k>``)."""
+    if is_sweep_task(job) and job.batch_id is not None and job.batch_chunk is not None:
         return sweep_token(job.batch_id, job.batch_chunk)
     return slurm_token(job.job_id)
 

@@ -184,3 +184,31 @@ def test_a_dead_lettered_sweep_chunk_fails_its_items(
     states = {world.store.get_job(f"{prefix}{i:06x}").state for i in range(5)}
     assert states == {JobState.SUBMIT_FAILED}
     assert world.store.get(accepted["request_id"]).counts == {"FAILED": 5}
+
+
+def test_an_item_is_found_by_its_array_task_id_and_the_array_alone_is_no_job(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a sweep of 70 (item 3 rejected) in chunks of 40, submitted as arrays of 30 positions
+    monkeypatch.setattr(sweeps_module, "SWEEP_CHUNK_ITEMS", 40)
+    parameters: list[Any] = [{"PARAM_I": str(i)} for i in range(70)]
+    parameters[3] = {"PATH": "/x"}
+    accepted = post(world, parameters).get_json()
+    slurm = ArraySlurm()
+    for message in world.drain():
+        worker(world, slurm).handle(message)
+    prefix = accepted["job_id_prefix"]
+    # WHEN items are read by their Slurm ids (item 35 is position 34 of chunk 0: task 4 of its
+    # second array; item 69 is position 28 of chunk 1)
+    for index in (0, 35, 40, 69):
+        job = world.store.get_job(f"{prefix}{index:06x}")
+        assert job.slurm_job_id is not None
+        found = world.api.get(f"/v1/clusters/local/jobs/{job.slurm_job_id}")
+        # THEN each is that item
+        assert found.status_code == 200
+        assert found.get_json()["job_id"] == job.job_id
+    assert world.store.get_job(f"{prefix}{35:06x}").slurm_job_id == "501_4"
+    # AND an array's id alone, or a task past its items, is no job (404)
+    assert world.api.get("/v1/clusters/local/jobs/501").status_code == 404
+    assert world.api.get("/v1/clusters/local/jobs/501_20").status_code == 404  # 9 tasks
