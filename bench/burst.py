@@ -15,7 +15,9 @@ Measured in one run, on the same Slurm:
 - duplicates and lost jobs, counted from Slurm's own job list (tokens in the job comments);
 - ``sweep_*``: the same N jobs as one ``POST .../jobs:sweep`` (a template and N parameter sets),
   which the broker packs into job arrays (one per MaxArraySize tasks): accept, every item holding
-  its Slurm id ``<array>_<task>``, head-node commands, duplicates and lost (from squeue's tasks);
+  its Slurm id ``<array>_<task>`` (``sweep_all_submitted_s``), the arrays all in Slurm (the last
+  head-node command's end, ``sweep_in_slurm_s``), head-node commands, duplicates and lost (from
+  squeue's tasks);
 - ``status_*``: one run of the status sweep (the sweeper function) over the N active jobs,
   unpacked beside packed.
 
@@ -90,6 +92,7 @@ class HeadNodeCommands:
     def __init__(self) -> None:
         self.count = 0
         self.seconds = 0.0
+        self.last_submit_end = 0.0
         self._original = LocalRunner.run
 
     def attach(self) -> None:
@@ -102,6 +105,8 @@ class HeadNodeCommands:
                 return original(runner, target, request)
             finally:
                 self.seconds += time.perf_counter() - started
+                if request.op == "submit":
+                    self.last_submit_end = time.perf_counter()
 
         LocalRunner.run = run  # type: ignore[method-assign,assignment]
 
@@ -254,6 +259,7 @@ def sweep(stack: LocalStack, count: int, workdir: str, head: HeadNodeCommands) -
     accept_s = time.perf_counter() - started
     final = _wait(stack, accepted["request_id"], timeout=max(600, count // 5))
     all_submitted_s = time.perf_counter() - started
+    in_slurm_s = head.last_submit_end - started
     if final["state"] != "SUCCEEDED" or final["counts"] != {"SUBMITTED": count}:
         raise SystemExit(f"the sweep ended {final['state']}: {final.get('counts')}")
     tasks = Counter()  # type: Counter[tuple[str, str]]
@@ -265,6 +271,7 @@ def sweep(stack: LocalStack, count: int, workdir: str, head: HeadNodeCommands) -
     return {
         "accept_s": round(accept_s, 3),
         "all_submitted_s": round(all_submitted_s, 2),
+        "in_slurm_s": round(in_slurm_s, 2),
         "head_node_calls": head.count - commands,
         "head_node_s": round(head.seconds - seconds, 2),
         "arrays": len(tasks),
@@ -373,6 +380,7 @@ def main() -> None:
     sweep_figures = {
         "sweep_accept_s": swept["accept_s"],
         "sweep_all_submitted_s": swept["all_submitted_s"],
+        "sweep_in_slurm_s": swept["in_slurm_s"],
         "sweep_speedup_vs_raw": round(raw_s / swept["all_submitted_s"], 1),
         "sweep_head_node_calls": swept["head_node_calls"],
         "sweep_arrays": swept["arrays"],
