@@ -18,8 +18,8 @@ Measured in one run, on the same Slurm:
   its Slurm id ``<array>_<task>`` (``sweep_all_submitted_s``), the arrays all in Slurm (the last
   head-node command's end, ``sweep_in_slurm_s``), head-node commands, duplicates and lost (from
   squeue's tasks);
-- ``status_*``: one run of the status sweep (the sweeper function) over the N active jobs,
-  unpacked beside packed.
+- ``status_*``: two runs of the status sweep (the sweeper function) over the N active jobs,
+  unpacked beside packed: the first records Slurm's word on each new job, the second is steady.
 
 Jobs are trivial and held, so the figures are about submission; everything is cancelled at the end.
 Each phase starts on a controller that has forgotten the earlier phases' jobs (``settle``: up to
@@ -282,6 +282,12 @@ def sweep(stack: LocalStack, count: int, workdir: str, head: HeadNodeCommands) -
     }
 
 
+def statuses(stack: LocalStack) -> dict[str, Any]:
+    """Two status sweeps in a row: the first records what Slurm says of the new jobs (held:
+    their reason and Slurm state, a write each), the second is a steady one (no change)."""
+    return {"first": status_sweep(stack), "steady": status_sweep(stack)}
+
+
 def status_sweep(stack: LocalStack) -> dict[str, Any]:
     """One run of the sweeper function (one sweep, ``HPCB_SWEEP_WINDOW_SECONDS=0``) over the
     active jobs: seconds, head-node commands, active jobs (a sweep's items are asked for by
@@ -350,25 +356,33 @@ def main() -> None:
             print(f"raw sbatch loop: {count} jobs in {raw_s:.1f} s", flush=True)
             cancel(RAW_NAME)
             print(f"settling before the broker's burst: {settle():.0f} s", flush=True)
-        stack = start_stack(slurm_env, args.pollers)
-        calls = Calls()
-        calls.attach()
         head = HeadNodeCommands()
         head.attach()
         try:
-            swept = sweep(stack, count, workdir, head)
-            print(f"sweep: {swept}", flush=True)
-            status_packed = status_sweep(stack)
+            # The sweep, on a stack (and a moto) of its own ...
+            stack = start_stack(slurm_env, args.pollers)
+            try:
+                swept = sweep(stack, count, workdir, head)
+                print(f"sweep: {swept}", flush=True)
+                status_packed = statuses(stack)
+            finally:
+                stack.stop()
             cancel(SWEEP_NAME)
             if not args.sweep_only:
+                # ... and the unpacked burst on a fresh one, once Slurm forgot the sweep.
                 print(f"settling before the unpacked burst: {settle():.0f} s", flush=True)
-                commands = head.count
-                result = burst(stack, count, workdir, calls)
-                result["head_node_calls"] = head.count - commands
-                status_unpacked = status_sweep(stack)
+                stack = start_stack(slurm_env, args.pollers)
+                calls = Calls()
+                calls.attach()
+                try:
+                    commands = head.count
+                    result = burst(stack, count, workdir, calls)
+                    result["head_node_calls"] = head.count - commands
+                    status_unpacked = statuses(stack)
+                finally:
+                    stack.stop()
         finally:
             head.detach()
-            stack.stop()
         if not args.sweep_only:
             tokens = tokens_in_slurm(f"hpcb:{result['prefix']}")
             expected = {f"hpcb:{result['prefix']}{i:06x}" for i in range(count)}
@@ -449,7 +463,8 @@ def main() -> None:
     print(f"duplicates {duplicates}, lost {lost} (from squeue's job comments); sweep: "
           f"{swept['arrays']} arrays, duplicates {swept['duplicates']}, lost {swept['lost']} "
           "(from squeue's tasks)")  # fmt: skip
-    print(f"status read of {count} active jobs: unpacked {status_unpacked}, packed {status_packed}")
+    print(f"status sweeps over {count} active jobs: unpacked {status_unpacked}, packed "
+          f"{status_packed}")  # fmt: skip
     print(json.dumps(figures, separators=(",", ":")))
 
 
