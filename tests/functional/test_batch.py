@@ -37,6 +37,7 @@ from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
 from broker.sweep.status import Sweeper
 from tests.conftest import AwsResources
 from tests.fakes import EveryoneAs, FakeDirectory, FakeQueue, RecordingNotifier
+from tests.functional.aws_faults import FaultyClient, cancelled
 from workers import dlq_worker, job_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
@@ -309,6 +310,37 @@ def test_idempotency_key_replays_a_batch(world: World, monkeypatch: pytest.Monke
     queued = world.drain()
     assert sum(len(m.items) for m in queued if isinstance(m, JobBatchMessage)) == 20
     assert json.dumps(first.get_json())
+
+
+def test_a_chunk_whose_outcome_transactions_are_cancelled_ends_in_one_delivery(
+    world: World, aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a chunk of 50 jobs (two outcome transactions), and DynamoDB cancelling three of its
+    # outcome transactions in a row (a conflict on the batch's shared counts, then throttling),
+    # as it does when chunks of one batch are closed at once
+    monkeypatch.setattr("broker.adapters.dynamodb.batches.OUTCOME_BACKOFF_S", 0.0, raising=False)
+    accepted = world.post({"jobs": jobs(50)}).get_json()
+    (message,) = world.drain()
+    faulty = FaultyClient(client("dynamodb"))
+    faulty.fail(
+        "transact_write_items",
+        cancelled("None", "TransactionConflict", "None"),
+        cancelled("None", "None", "TransactionConflict"),
+        cancelled("ThrottlingError", "None", "None"),
+    )
+    store = DynamoStore(faulty, aws_resources.ref("RequestsTable"))
+    worker = Dispatcher(store, FakeDirectory(), world.slurm.runner_for,  # type: ignore[arg-type]
+                        Announcer(store, RecordingNotifier()))  # fmt: skip
+    # WHEN the worker handles it once
+    outcome = worker.handle(message)
+    # THEN the delivery succeeds (no receive spent on a retry): every job recorded once, counts
+    # exact, the batch ended, no reservation left
+    assert outcome == "succeeded"
+    assert faulty.failed == ["transact_write_items"] * 3
+    batch = world.store.get(accepted["request_id"])
+    assert batch.counts == {"SUBMITTED": 50}
+    assert batch.state is RequestState.SUCCEEDED
+    assert world.store.backlog("CLUSTER", "local") == 0
 
 
 def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
