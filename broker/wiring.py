@@ -221,9 +221,9 @@ def dispatcher() -> Dispatcher:
 
 @cache
 def dead_letter_service() -> DeadLetterService:
-    """The DLQ worker's service."""
+    """The DLQ worker's service (it asks head nodes what of a dead chunk is in Slurm)."""
     settings = job_worker_settings()
-    return DeadLetterService(_records(settings), _announcer(settings))
+    return DeadLetterService(_records(settings), _announcer(settings), dispatcher())
 
 
 @cache

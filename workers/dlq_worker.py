@@ -20,6 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from broker.batches.models import JobBatchMessage
+from broker.jobs.models import JobSubmitMessage
 from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE
 from broker.wiring import dead_letter_service
@@ -33,7 +34,9 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 def record_handler(record: SQSRecord) -> None:
     """Mark one dead-lettered request FAILED (unreadable messages are logged and dropped).
 
-    A batch chunk fails its own items only: the other chunks of the batch may well succeed.
+    A batch chunk fails its own items only: the other chunks of the batch may well succeed. A
+    chunk's items, or a submission's job, that are in Slurm are recorded there, not failed; a
+    head node that cannot tell fails the record (the dead letter comes back).
     """
     try:
         message = QUEUE_MESSAGE.validate_json(record.body)
@@ -42,6 +45,10 @@ def record_handler(record: SQSRecord) -> None:
     if isinstance(message, JobBatchMessage):
         failed = dead_letter_service().give_up_chunk(message)
         metrics.add_metric(name="BatchItemsExhausted", unit="Count", value=failed)
+        return
+    if isinstance(message, JobSubmitMessage):
+        if dead_letter_service().give_up_submission(message):
+            metrics.add_metric(name="RequestsExhausted", unit="Count", value=1)
         return
     request_id = request_id_of(record.body)
     if request_id is None:

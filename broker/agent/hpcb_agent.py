@@ -141,6 +141,8 @@ USER_REFUSED = "USER_REFUSED"
 JOB_MISMATCH = "JOB_MISMATCH"
 #: A job's dependency names a Slurm job of another user (the broker resolves its own ids first).
 DEPENDENCY_NOT_FOUND = "DEPENDENCY_NOT_FOUND"
+#: ``submit`` with ``find_only``: no job of the user carries the token (nothing was submitted).
+NOT_SUBMITTED = "NOT_SUBMITTED"
 
 
 # ==== 1. protocol and validation: what a request may contain =====================================
@@ -1659,6 +1661,7 @@ class Agent(object):
                 request.get("concurrency"),
                 request.get("lookback_seconds"),
                 min_uid,
+                request.get("find_only") is True,
             )
         if op == "status":
             return self.status(request.get("job_ids", []))
@@ -1714,11 +1717,18 @@ class Agent(object):
         return inner
 
     def submit(
-        self, jobs: Any, concurrency: Any = None, lookback: Any = None, min_uid: Any = None
+        self,
+        jobs: Any,
+        concurrency: Any = None,
+        lookback: Any = None,
+        min_uid: Any = None,
+        find_only: bool = False,
     ) -> Dict[str, Any]:
         """sbatch each job as its own user, unless its token is already one of that user's jobs.
 
         Each job is validated, its user included (``resolve_user``), before any Slurm call.
+        ``find_only``: the same token search under the same lock, and no sbatch: a job not
+        found answers NOT_SUBMITTED (the broker's last word on a chunk whose retries ran out).
         """
         if not isinstance(jobs, list):
             raise AgentError(BAD_REQUEST, "jobs must be a list")
@@ -1739,7 +1749,7 @@ class Agent(object):
             except AgentError as exc:
                 token = job.get("token") if isinstance(job, dict) else None
                 results.append({"token": token if isinstance(token, str) else "", "error": exc})
-        if any(command.dependency_ids for _, command in commands):
+        if not find_only and any(command.dependency_ids for _, command in commands):
             commands = self._own_dependencies_only(commands, results)
         info = {}  # type: Dict[str, str]
         if commands:
@@ -1752,7 +1762,17 @@ class Agent(object):
                     if source not in sources:
                         sources.append(source)
                 info["dedup"] = "; ".join(sources)
-                self._submit_all(commands, known, results, concurrency)
+                if find_only:
+                    for index, command in commands:
+                        key = (command.user, command.token)
+                        results[index] = (
+                            {"token": command.token, "job_id": known[key], "reused": True}
+                            if key in known
+                            else {"token": command.token,
+                                  "error": AgentError(NOT_SUBMITTED, "no job carries the token")}
+                        )  # fmt: skip
+                else:
+                    self._submit_all(commands, known, results, concurrency)
         response = {
             "v": PROTOCOL_VERSION,
             "ok": True,

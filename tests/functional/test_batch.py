@@ -56,6 +56,9 @@ class FakeSlurm:
     def run(self, target: ClusterTarget, request: AgentRequest) -> AgentResponse:
         self.calls.append(request)
         results = []
+        if request.find_only:
+            return AgentResponse(ok=True, op="submit", results=[self._found(j.token)
+                                                                for j in request.jobs])  # fmt: skip
         for job in request.jobs:
             index = int(job.token[-6:], 16)
             if index in self.reject | self.unsure:
@@ -70,6 +73,16 @@ class FakeSlurm:
                 AgentJobResult(token=job.token, job_id=self.tokens[job.token], reused=reused)
             )
         return AgentResponse(ok=True, op="submit", results=results)
+
+    def _found(self, token: str) -> AgentJobResult:
+        """The answer of a look-up (``find_only``): the job carrying the token, or none."""
+        if int(token[-6:], 16) in self.unsure:
+            error = AgentErrorInfo(code="SCHEDULER_UNAVAILABLE", message="?", transient=True)
+            return AgentJobResult(token=token, error=error)
+        if token in self.tokens:
+            return AgentJobResult(token=token, job_id=self.tokens[token], reused=True)
+        error = AgentErrorInfo(code="NOT_SUBMITTED", message="no job carries the token")
+        return AgentJobResult(token=token, error=error)
 
     def runner_for(self, mode: str) -> FakeSlurm:
         return self
@@ -373,6 +386,69 @@ def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
     # AND no back-pressure reservation is left behind
     assert world.store.backlog("CLUSTER", "local") == 0
     assert world.store.backlog("OWNER", ALICE) == 0
+
+
+def dead_letter(world: World, message: AnyMessage, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The DLQ worker (asking the fake Slurm what is there) on one dead letter: its answer."""
+    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()), world.worker)
+    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
+    event = build_sqs_event(
+        [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": message.model_dump_json()}],
+        queue_arn="arn:aws:sqs:us-east-1:123456789012:dlq",
+        region="us-east-1",
+    )
+    context = LambdaContext.for_invocation(function_name="DlqWorkerFunction", timeout_s=30,
+                                           memory_mb=512, region="us-east-1",
+                                           account_id="123456789012")  # fmt: skip
+    return dlq_worker.lambda_handler(event, context)
+
+
+def test_a_dead_lettered_chunk_records_its_jobs_in_slurm_and_fails_only_the_others(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a chunk of 10 whose deliveries ran out after sbatch had made 6 of its jobs (their
+    # outcome writes kept failing): 6 in Slurm, no record of any
+    accepted = world.post({"jobs": jobs(10)}).get_json()
+    (message,) = world.drain()
+    assert isinstance(message, JobBatchMessage)
+    first_six = message.model_copy(update={"items": message.items[:6]})
+    world.slurm.run(ClusterTarget(name="local", mode="local"), _agent_request(first_six))
+    # WHEN the DLQ worker handles the dead chunk
+    assert dead_letter(world, message, monkeypatch) == {"batchItemFailures": []}
+    # THEN the 6 in Slurm are recorded PENDING with their Slurm ids; only the 4 others failed
+    records = [world.store.get_job(item.job_id) for item in message.items]
+    assert [r.state for r in records] == [JobState.PENDING] * 6 + [JobState.SUBMIT_FAILED] * 4
+    assert [r.slurm_job_id for r in records[:6]] == [
+        world.slurm.tokens[f"hpcb:{item.job_id}"] for item in message.items[:6]
+    ]
+    assert all(r.reason for r in records[6:])
+    # AND nothing was submitted by the look-up, the batch ended with exact counts, no reservation
+    assert len(world.slurm.tokens) == 6
+    assert world.slurm.calls[-1].find_only is True
+    batch = world.store.get(accepted["request_id"])
+    assert (batch.state, batch.counts) == (RequestState.SUCCEEDED, {"SUBMITTED": 6, "FAILED": 4})
+    assert world.store.backlog("CLUSTER", "local") == 0
+
+
+def test_a_dead_lettered_chunk_the_head_node_cannot_look_up_is_retried_not_failed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a dead chunk of 10, all in Slurm, and a head node that cannot tell about item 3
+    world.post({"jobs": jobs(10)})
+    (message,) = world.drain()
+    assert isinstance(message, JobBatchMessage)
+    world.slurm.run(ClusterTarget(name="local", mode="local"), _agent_request(message))
+    world.slurm.unsure = {3}
+    # WHEN the DLQ worker handles it
+    answer = dead_letter(world, message, monkeypatch)
+    # THEN the dead letter fails (it comes back), and no item was failed
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m-1"}]}
+    records = world.store.jobs_by_id([item.job_id for item in message.items])
+    assert JobState.SUBMIT_FAILED not in {r.state for r in records.values()}
+    # WHEN it comes back and the head node answers / THEN all 10 are recorded from Slurm
+    world.slurm.unsure = set()
+    assert dead_letter(world, message, monkeypatch) == {"batchItemFailures": []}
+    assert {world.store.get_job(i.job_id).state for i in message.items} == {JobState.PENDING}
 
 
 def test_items_cancelled_while_queued_never_reach_slurm_and_count_as_cancelled(

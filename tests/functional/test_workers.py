@@ -211,6 +211,62 @@ def test_a_dead_letter_ends_its_request_failed(world: World) -> None:
     assert "RUNNER_TIMEOUT" in record.error.message
 
 
+def dead_submission(
+    world: World, monkeypatch: pytest.MonkeyPatch, in_slurm: str | None
+) -> tuple[str, dict[str, Any]]:
+    """A submission whose sbatch ran but whose answer was lost, its message then in the DLQ as
+    the job worker got it, handled by the DLQ worker, whose look-up on the head node finds the
+    job as Slurm job ``in_slurm`` (None: not found); (request id, the DLQ worker's answer)."""
+    request_id = world.api.submit_job(OWNER, "local", SPEC).request_id
+    event = world.receive()
+    world.runner.answers = [RunnerTimeoutError("no answer")]
+    job_worker.lambda_handler(event, context())
+    body = event["Records"][0]["body"]
+    world.sqs.send_message(QueueUrl=world.queue_url("RequestsDLQ"), MessageBody=body)
+    store, announcer = world.store, Announcer(world.store, RecordingNotifier())
+    lookup = Dispatcher(store, FakeDirectory(), world.runner.runner_for, announcer)
+    dead = DeadLetterService(store, announcer, lookup)
+    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
+    token = slurm_token(request_id)
+    world.runner.answers = [
+        submitted(token, in_slurm, reused=True)
+        if in_slurm
+        else AgentResponse(ok=True, op="submit", results=[AgentJobResult(
+            token=token, error=AgentErrorInfo(code="NOT_SUBMITTED", message="not found"))])
+    ]  # fmt: skip
+    answer: dict[str, Any] = dlq_worker.lambda_handler(world.receive("RequestsDLQ"), context())
+    return request_id, answer
+
+
+def test_a_dead_submission_whose_job_is_in_slurm_is_recorded_not_failed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a submission whose deliveries ran out after its sbatch ran (its answer lost)
+    # WHEN the DLQ worker handles the dead letter and the head node finds it as Slurm job 100
+    request_id, answer = dead_submission(world, monkeypatch, in_slurm="100")
+    # THEN the look-up submitted nothing, and the job is recorded there: PENDING, request
+    # SUCCEEDED (not FAILED with a job running in Slurm)
+    assert answer == {"batchItemFailures": []}
+    assert world.runner.calls[-1].find_only is True
+    job = world.store.get_job(request_id)
+    assert (job.state, job.slurm_job_id) == (JobState.PENDING, "100")
+    assert world.store.get(request_id).state is RequestState.SUCCEEDED
+
+
+def test_a_dead_submission_whose_job_is_not_in_slurm_fails(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a dead submission / WHEN the head node does not find its job
+    request_id, answer = dead_submission(world, monkeypatch, in_slurm=None)
+    # THEN the request is FAILED (RETRIES_EXHAUSTED) and its job SUBMIT_FAILED
+    assert answer == {"batchItemFailures": []}
+    record = world.store.get(request_id)
+    assert record.state is RequestState.FAILED
+    assert record.error is not None
+    assert record.error.code == "RETRIES_EXHAUSTED"
+    assert world.store.get_job(request_id).state is JobState.SUBMIT_FAILED
+
+
 def test_a_submit_whose_message_was_lost_is_sent_again_by_the_sweep_and_submitted_once(
     world: World,
 ) -> None:
