@@ -49,6 +49,11 @@ Ends = dict[str, "tuple[Grouped, Outcome | TransientError]"]
 #: five invocations at once: four commands of 1,000 jobs at 3-13 ms a job (idle to a loaded
 #: slurmctld) fit in that wait. With 3,000, commands waited past it and came back as retries.
 MAX_GROUPED_JOBS = 1000
+#: A message delivered this many times already is submitted by its own head-node command: a
+#: command fails for all the messages it carries, so one poison message (a job that always
+#: fails the command) would otherwise take the healthy messages grouped with it to the DLQ
+#: (bisecting, as Lambda's BisectBatchOnFunctionError does for streams).
+SOLO_AFTER_RECEIVES = 3
 
 
 @tracer.capture_method(capture_response=False)
@@ -90,8 +95,9 @@ def submit_together(records: list[dict[str, Any]]) -> Ends:
 
     Messages not grouped (cancels, output reads, or alone of their kind for their cluster) are
     left to the record handler; so are single submissions when HPCB_COALESCE_SUBMISSIONS is
-    false. Should grouping itself fail unexpectedly, every message is handled on its own (each
-    step is idempotent, so nothing is submitted twice).
+    false, and messages delivered SOLO_AFTER_RECEIVES times already. Should grouping itself
+    fail unexpectedly, every message is handled on its own (each step is idempotent, so
+    nothing is submitted twice).
     """
     coalesce = job_worker_settings().coalesce_submissions
     groups: dict[tuple[str, str], list[list[tuple[str, Grouped]]]] = {}
@@ -104,6 +110,8 @@ def submit_together(records: list[dict[str, Any]]) -> Ends:
             continue
         if isinstance(message, JobSubmitMessage) and not coalesce:
             continue
+        if int(raw.get("attributes", {}).get("ApproximateReceiveCount", 1)) >= SOLO_AFTER_RECEIVES:
+            continue  # on its own from now on (see SOLO_AFTER_RECEIVES)
         runs = groups.setdefault((message.cluster, message.kind), [[]])
         if sum(_jobs_in(m) for _, m in runs[-1]) + _jobs_in(message) > MAX_GROUPED_JOBS:
             runs.append([])

@@ -17,7 +17,7 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentErrorInfo, AgentJobResult, AgentResponse
-from broker.errors import RunnerTimeoutError
+from broker.errors import RunnerTimeoutError, TransientError
 from broker.jobs.accept import RequestService
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.dispatch import Dispatcher
@@ -328,6 +328,34 @@ def test_coalesced_singles_of_one_cluster_share_one_agent_call(coalesced: World)
     assert {i: r.job_id for i, r in got.items() if r} == {
         i: str(200 + n) for n, i in enumerate(ids)
     }
+
+
+def test_a_message_that_keeps_failing_a_grouped_command_is_then_submitted_alone(
+    coalesced: World,
+) -> None:
+    # GIVEN two singles whose shared head-node command fails as a whole (one is a poison)
+    ids = [coalesced.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(2)]
+    event = coalesced.receive()
+    coalesced.runner.answers = [TransientError("poisoned command", code="AGENT_CRASHED")]
+    assert len(job_worker.lambda_handler(event, context())["batchItemFailures"]) == 2
+    # WHEN both come back on their third delivery; the poison's command fails again, the
+    # other's succeeds
+    for record in event["Records"]:
+        record["attributes"]["ApproximateReceiveCount"] = "3"
+    poison, healthy = (json.loads(r["body"])["request_id"] for r in event["Records"])
+    coalesced.runner.answers = [
+        TransientError("poisoned command", code="AGENT_CRASHED"),
+        submitted(slurm_token(healthy), "400"),
+    ]
+    result = job_worker.lambda_handler(event, context())
+    # THEN each had a command of its own: the healthy one SUCCEEDED, only the poison failed
+    assert [len(c.jobs) for c in coalesced.runner.calls] == [2, 1, 1]
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == [
+        event["Records"][0]["messageId"]
+    ]
+    assert coalesced.store.get(healthy).state is RequestState.SUCCEEDED
+    assert coalesced.store.get(poison).state is RequestState.DISPATCHED
+    assert sorted(ids) == sorted([poison, healthy])
 
 
 def test_coalesced_only_the_unsure_item_comes_back_and_is_not_submitted_twice(
