@@ -409,6 +409,11 @@ def check(stack: LocalStack, store: DynamoStore, accepted: Accepted) -> dict[str
             seen[(kind, ref, str(message.get("new_state")))] += 1
     missing = sum(max(0, n - seen[k]) for k, n in expected.items())
     duplicated = sum(max(0, n - expected[k]) for k, n in seen.items())
+    for kind, counts, others in (("notifications_missing", expected, seen),
+                                 ("notifications_duplicated", seen, expected)):  # fmt: skip
+        for key, n in counts.items():
+            if n > others[key] and len(examples.setdefault(kind, [])) < 5:
+                examples[kind].append(" ".join(key))
     return {
         "jobs": len(job_ids),
         "requests": len(requests),

@@ -276,7 +276,8 @@ DependencyParameters=kill_invalid_depend
 MailProg=/bin/true
 ReturnToService=2
 MinJobAge=300
-MaxArraySize=10001
+# Slurm's default (a ParallelCluster cluster's too): a sweep of more tasks is several arrays
+MaxArraySize=1001
 MaxJobCount=100000
 MessageTimeout=30
 KillWait=5
