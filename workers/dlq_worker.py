@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -25,10 +23,7 @@ from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE
 from broker.wiring import dead_letter_service
 from workers.job_worker import request_id_of
-
-# A batch whose every record failed is reported as such (all items listed), not raised: the
-# outcome is the same (every message comes back) without counting a function error.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+from workers.retrying import batch_processor
 
 
 def record_handler(record: SQSRecord) -> None:
@@ -65,5 +60,5 @@ def record_handler(record: SQSRecord) -> None:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Process a batch of dead letters."""
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
+        event=event, record_handler=record_handler, processor=batch_processor(), context=context
     )

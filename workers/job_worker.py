@@ -16,8 +16,6 @@ import json
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -33,12 +31,7 @@ from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE, AnyMessage
 from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
-from workers.retrying import run_with_backoff
-
-# A batch whose every record failed is reported as such (all items listed), not raised: the
-# outcome is the same (every message comes back) without counting a function error.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-
+from workers.retrying import batch_processor, run_with_backoff
 
 #: A message that can share a head-node command with others of its kind and cluster.
 Grouped = JobBatchMessage | JobSubmitMessage
@@ -156,7 +149,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     return process_partial_response(
         event=event,
         record_handler=lambda record: record_handler(record, ends),
-        processor=processor,
+        processor=batch_processor(),
         context=context,
     )
 

@@ -7,6 +7,7 @@ the local stack's event builder, exactly as the pollers do.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -191,6 +192,42 @@ def test_a_malformed_message_is_failed_not_dropped(world: World) -> None:
     assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == [
         event["Records"][0]["messageId"]
     ]
+
+
+def test_concurrent_invocations_each_report_their_own_failures(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN two invocations of the job worker running at once in one process (the local
+    # stack's pollers are threads): the first gets a message that fails, then one that takes a
+    # while; the second gets a message that succeeds, all while the first is still handling
+    ids = [world.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(3)]
+    by_id = {json.loads(r["body"])["request_id"]: r for r in world.receive()["Records"]}
+    failing, slow, fast = (by_id[i] for i in ids)
+    inside, release = threading.Event(), threading.Event()
+
+    class Dispatching:
+        def handle(self, message: Any) -> str:
+            if message.request_id == ids[0]:
+                raise TransientError("slurmctld busy", code="SCHEDULER_UNAVAILABLE")
+            if message.request_id == ids[1]:
+                inside.set()
+                release.wait(30)
+            return "succeeded"
+
+    monkeypatch.setattr(job_worker, "dispatcher", Dispatching)
+    answers: list[Any] = []
+    first = threading.Thread(target=lambda: answers.append(
+        job_worker.lambda_handler({"Records": [failing, slow]}, context())))  # fmt: skip
+    first.start()
+    assert inside.wait(30)
+    # WHEN the second invocation runs to its end meanwhile, then the first ends
+    second = job_worker.lambda_handler({"Records": [fast]}, context())
+    release.set()
+    first.join(30)
+    # THEN each reports its own outcome: the failed message is listed, so it comes back (left
+    # unlisted, it would be deleted and its request never end); the others are not
+    assert second == {"batchItemFailures": []}
+    assert answers == [{"batchItemFailures": [{"itemIdentifier": failing["messageId"]}]}]
 
 
 def test_a_dead_letter_ends_its_request_failed(world: World) -> None:
