@@ -409,6 +409,11 @@ def check(stack: LocalStack, store: DynamoStore, accepted: Accepted) -> dict[str
             seen[(kind, ref, str(message.get("new_state")))] += 1
     missing = sum(max(0, n - seen[k]) for k, n in expected.items())
     duplicated = sum(max(0, n - expected[k]) for k, n in seen.items())
+    for kind, counts, others in (("notifications_missing", expected, seen),
+                                 ("notifications_duplicated", seen, expected)):  # fmt: skip
+        for key, n in counts.items():
+            if n > others[key] and len(examples.setdefault(kind, [])) < 5:
+                examples[kind].append(" ".join(key))
     return {
         "jobs": len(job_ids),
         "requests": len(requests),
@@ -445,13 +450,20 @@ def run(config: Config, slurm_env: dict[str, str]) -> dict[str, Any]:
         injector.poison_marker = POISON_MARK
         injector.attach_runner()
         # A failed delete or visibility change returns a message after the queue's visibility
-        # timeout: 15 minutes (DLQ: 3) as deployed, shortened so a run ends in minutes. A
-        # message whose handling outlives it is delivered again meanwhile (at-least-once).
+        # timeout: 15 minutes (both queues) as deployed, shortened so a run ends in minutes. A
+        # message whose handling outlives it is delivered again meanwhile (at-least-once). The
+        # pollers are stopped meanwhile: a receive takes the queue's timeout when it starts,
+        # so a long poll begun before the change gave the first message 15 minutes (seed 11:
+        # the poison, whose visibility change then failed, stayed hidden past the run).
+        for poller in pollers:
+            poller.stop(60)
         for queue in ("RequestsQueue", "RequestsDLQ"):
             boto3.client("sqs").set_queue_attributes(
                 QueueUrl=stack.queue_url(queue),
                 Attributes={"VisibilityTimeout": str(config.visibility_timeout_s)},
             )
+        for poller in pollers:
+            poller.start()
         dlq = next(p for p in stack.pollers if p.queue_url == stack.queue_url("RequestsDLQ"))
         dead_letters = watch(dlq)
         store = DynamoStore(boto3.client("dynamodb"), os.environ["HPCB_TABLE_NAME"])

@@ -14,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -27,10 +25,7 @@ from broker.clusters.models import ClusterMessage
 from broker.observability import logger, metrics, tracer
 from broker.settings import cluster_worker_settings
 from broker.wiring import cluster_worker, request_queue
-from workers.retrying import run_with_backoff
-
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-dlq_processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+from workers.retrying import batch_processor, run_with_backoff
 
 
 @tracer.capture_method(capture_response=False)
@@ -69,7 +64,7 @@ def dead_letter_handler(record: SQSRecord) -> None:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Process a batch of cluster operations, reporting partial failures."""
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
+        event=event, record_handler=record_handler, processor=batch_processor(), context=context
     )
 
 
@@ -79,5 +74,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
 def dlq_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Process a batch of dead-lettered cluster operations."""
     return process_partial_response(
-        event=event, record_handler=dead_letter_handler, processor=dlq_processor, context=context
+        event=event,
+        record_handler=dead_letter_handler,
+        processor=batch_processor(),
+        context=context,
     )

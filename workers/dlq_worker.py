@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -21,30 +19,32 @@ from pydantic import ValidationError
 
 from broker.batches.models import JobBatchMessage
 from broker.batches.sweeps import JobSweepMessage
+from broker.jobs.models import JobSubmitMessage
 from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE
 from broker.wiring import dead_letter_service
 from workers.job_worker import request_id_of
-
-# A batch whose every record failed is reported as such (all items listed), not raised: the
-# outcome is the same (every message comes back) without counting a function error.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+from workers.retrying import batch_processor
 
 
 def record_handler(record: SQSRecord) -> None:
     """Mark one dead-lettered request FAILED (unreadable messages are logged and dropped).
 
-    A batch chunk fails its own items only: the other chunks of the batch may well succeed.
+    A batch chunk fails its own items only: the other chunks of the batch may well succeed. A
+    chunk's items, or a submission's job, that are in Slurm are recorded there, not failed; a
+    head node that cannot tell fails the record (the dead letter comes back).
     """
     try:
         message = QUEUE_MESSAGE.validate_json(record.body)
     except ValidationError:
         message = None
-    if isinstance(message, JobSweepMessage):
-        message = message.as_batch()  # a sweep's chunk fails its items as a batch chunk does
-    if isinstance(message, JobBatchMessage):
+    if isinstance(message, JobBatchMessage | JobSweepMessage):
         failed = dead_letter_service().give_up_chunk(message)
         metrics.add_metric(name="BatchItemsExhausted", unit="Count", value=failed)
+        return
+    if isinstance(message, JobSubmitMessage):
+        if dead_letter_service().give_up_submission(message):
+            metrics.add_metric(name="RequestsExhausted", unit="Count", value=1)
         return
     request_id = request_id_of(record.body)
     if request_id is None:
@@ -61,5 +61,5 @@ def record_handler(record: SQSRecord) -> None:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Process a batch of dead letters."""
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
+        event=event, record_handler=record_handler, processor=batch_processor(), context=context
     )

@@ -16,8 +16,6 @@ import json
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -34,12 +32,7 @@ from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE, AnyMessage
 from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
-from workers.retrying import run_with_backoff
-
-# A batch whose every record failed is reported as such (all items listed), not raised: the
-# outcome is the same (every message comes back) without counting a function error.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-
+from workers.retrying import batch_processor, run_with_backoff
 
 #: A message that can share a head-node command with others of its kind and cluster (a sweep's
 #: chunk goes with batch chunks).
@@ -51,6 +44,11 @@ Ends = dict[str, "tuple[Grouped, Outcome | TransientError]"]
 #: five invocations at once: four commands of 1,000 jobs at 3-13 ms a job (idle to a loaded
 #: slurmctld) fit in that wait. With 3,000, commands waited past it and came back as retries.
 MAX_GROUPED_JOBS = 1000
+#: A message delivered this many times already is submitted by its own head-node command: a
+#: command fails for all the messages it carries, so one poison message (a job that always
+#: fails the command) would otherwise take the healthy messages grouped with it to the DLQ
+#: (bisecting, as Lambda's BisectBatchOnFunctionError does for streams).
+SOLO_AFTER_RECEIVES = 3
 
 
 @tracer.capture_method(capture_response=False)
@@ -92,8 +90,9 @@ def submit_together(records: list[dict[str, Any]]) -> Ends:
 
     Messages not grouped (cancels, output reads, or alone of their kind for their cluster) are
     left to the record handler; so are single submissions when HPCB_COALESCE_SUBMISSIONS is
-    false. Should grouping itself fail unexpectedly, every message is handled on its own (each
-    step is idempotent, so nothing is submitted twice).
+    false, and messages delivered SOLO_AFTER_RECEIVES times already. Should grouping itself
+    fail unexpectedly, every message is handled on its own (each step is idempotent, so
+    nothing is submitted twice).
     """
     coalesce = job_worker_settings().coalesce_submissions
     groups: dict[tuple[str, str], list[list[tuple[str, Grouped]]]] = {}
@@ -106,6 +105,8 @@ def submit_together(records: list[dict[str, Any]]) -> Ends:
             continue
         if isinstance(message, JobSubmitMessage) and not coalesce:
             continue
+        if int(raw.get("attributes", {}).get("ApproximateReceiveCount", 1)) >= SOLO_AFTER_RECEIVES:
+            continue  # on its own from now on (see SOLO_AFTER_RECEIVES)
         kind = "job.submit" if isinstance(message, JobSubmitMessage) else "job.batch"
         runs = groups.setdefault((message.cluster, kind), [[]])
         if sum(_jobs_in(m) for _, m in runs[-1]) + _jobs_in(message) > MAX_GROUPED_JOBS:
@@ -155,7 +156,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     return process_partial_response(
         event=event,
         record_handler=lambda record: record_handler(record, ends),
-        processor=processor,
+        processor=batch_processor(),
         context=context,
     )
 

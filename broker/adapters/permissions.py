@@ -244,6 +244,10 @@ FUNCTIONS: Mapping[str, tuple[Use, ...]] = {
     "DlqWorkerFunction": (
         *RECORDS,
         Use("broker.adapters.sns", TOPIC),
+        # What of a dead chunk or submission is in Slurm: one head-node look-up (no sbatch).
+        Use("broker.adapters.ec2", {"any": ("*",)}),
+        Use("broker.runners.ssm", RUNNER),
+        Use("broker.adapters.local_directory"),
     ),
     "SweeperFunction": (
         *RECORDS,

@@ -141,6 +141,8 @@ USER_REFUSED = "USER_REFUSED"
 JOB_MISMATCH = "JOB_MISMATCH"
 #: A job's dependency names a Slurm job of another user (the broker resolves its own ids first).
 DEPENDENCY_NOT_FOUND = "DEPENDENCY_NOT_FOUND"
+#: ``submit`` with ``find_only``: no job of the user carries the token (nothing was submitted).
+NOT_SUBMITTED = "NOT_SUBMITTED"
 
 
 # ==== 1. protocol and validation: what a request may contain =====================================
@@ -1825,6 +1827,7 @@ class Agent(object):
                 request.get("concurrency"),
                 request.get("lookback_seconds"),
                 min_uid,
+                request.get("find_only") is True,
             )
         if op == "status":
             return self.status(request.get("job_ids", []))
@@ -1880,11 +1883,18 @@ class Agent(object):
         return inner
 
     def submit(
-        self, jobs: Any, concurrency: Any = None, lookback: Any = None, min_uid: Any = None
+        self,
+        jobs: Any,
+        concurrency: Any = None,
+        lookback: Any = None,
+        min_uid: Any = None,
+        find_only: bool = False,
     ) -> Dict[str, Any]:
         """sbatch each job as its own user, unless its token is already one of that user's jobs.
 
         Each job is validated, its user included (``resolve_user``), before any Slurm call.
+        ``find_only``: the same token search under the same lock, and no sbatch: a job not
+        found answers NOT_SUBMITTED (the broker's last word on a chunk whose retries ran out).
         """
         if not isinstance(jobs, list):
             raise AgentError(BAD_REQUEST, "jobs must be a list")
@@ -1905,12 +1915,12 @@ class Agent(object):
             except AgentError as exc:
                 token = job.get("token") if isinstance(job, dict) else None
                 results.append({"token": token if isinstance(token, str) else "", "error": exc})
-        if any(command.dependency_ids for _, command in commands):
+        if not find_only and any(command.dependency_ids for _, command in commands):
             commands = self._own_dependencies_only(commands, results)
         count = len(results)
         parts = {}  # type: Dict[int, List[Tuple[int, int, int]]]
         if any(command.tasks is not None for _, command in commands):
-            commands = self._expand_sweeps(commands, results, parts)
+            commands = self._expand_sweeps(commands, results, parts, not find_only)
         info = {}  # type: Dict[str, str]
         if commands:
             with FileLock(self.lock_path, self.lock_wait):
@@ -1922,7 +1932,17 @@ class Agent(object):
                     if source not in sources:
                         sources.append(source)
                 info["dedup"] = "; ".join(sources)
-                self._submit_all(commands, known, results, concurrency)
+                if find_only:
+                    for index, command in commands:
+                        key = (command.user, command.token)
+                        results[index] = (
+                            {"token": command.token, "job_id": known[key], "reused": True}
+                            if key in known
+                            else {"token": command.token,
+                                  "error": AgentError(NOT_SUBMITTED, "no job carries the token")}
+                        )  # fmt: skip
+                else:
+                    self._submit_all(commands, known, results, concurrency)
         for index, slots in parts.items():
             done = [(first, n, results[slot]) for first, slot, n in slots]
             errors = [r["error"] for _, _, r in done if "job_id" not in r]
@@ -1946,6 +1966,7 @@ class Agent(object):
         commands: List[Tuple[int, SbatchCommand]],
         results: List[Dict[str, Any]],
         parts: Dict[int, List[Tuple[int, int, int]]],
+        stage: bool = True,
     ) -> List[Tuple[int, SbatchCommand]]:
         """Each sweep as its arrays (``split_sweep``), its task files written first; each array
         gets a result slot of its own, listed in ``parts`` by the sweep's (first, slot, tasks):
@@ -1965,7 +1986,8 @@ class Agent(object):
                 if failure is not None:
                     raise failure
                 split = split_sweep(command, size)
-                self.execute(StageTasksCommand(command, command.directory))
+                if stage:  # not for a look-up (find_only): nothing will run
+                    self.execute(StageTasksCommand(command, command.directory))
             except AgentError as exc:
                 results[index]["error"] = exc
                 continue

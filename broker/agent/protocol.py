@@ -168,6 +168,13 @@ class AgentRequest(BaseModel):
         le=90 * 86400,
         description="submit: seconds of accounting to search for tokens (agent: 7 days).",
     )
+    find_only: bool = Field(
+        default=False,
+        description=(
+            "submit: look the jobs' tokens up (the same per-user search, under the same lock) "
+            "and submit nothing; a job not found answers NOT_SUBMITTED."
+        ),
+    )
     concurrency: int | None = Field(
         default=None, ge=1, le=16, description="submit: sbatch processes in flight (agent: 4)."
     )

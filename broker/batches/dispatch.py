@@ -143,6 +143,60 @@ class ChunkDispatcher:
                 ends[position] = self._ends.settle(messages[position], exc)
         return ends
 
+    def find_in_slurm(
+        self, message: JobBatchMessage | JobSweepMessage, job_ids: list[str]
+    ) -> dict[str, str]:
+        """Which of a chunk's items are in Slurm: broker job id -> Slurm job id.
+
+        One agent call (``find_only``): the token search a submission makes, under the same
+        head-node lock, and no sbatch. Items not found are absent from the answer. A sweep's
+        chunk is asked for as it is submitted (its arrays' tokens, ``_prepare_sweep``).
+
+        Raises:
+            TransientError: the head node cannot tell (unreachable, or a job's search failed).
+            PermanentError, NotFoundError: the batch's user or cluster cannot be acted for.
+        """
+        batch = self._store.get(message.request_id)
+        user = acting_user(batch.user, message.user)
+        wanted = set(job_ids)
+        positions: Positions = {}
+        if isinstance(message, JobSweepMessage):
+            chunk = self._prepare_sweep(message, message.as_batch(), batch, wanted, user)
+            jobs, positions = chunk.jobs, chunk.positions
+        else:
+            jobs = []
+            for item in message.items:
+                if item.job_id in wanted:
+                    spec = item.spec
+                    if spec.working_directory is None:
+                        spec = spec.model_copy(update={"working_directory": self._workdir})
+                    jobs.append(AgentJob.of(slurm_token(item.job_id), spec, None, user=user))
+        if not jobs:
+            return {}
+        target = self._clusters.resolve(message.cluster)
+        request = AgentRequest(op="submit", jobs=jobs, find_only=True,
+                               lookback_seconds=lookback_seconds(batch.created_at))  # fmt: skip
+        response = self._runner_for(target.mode).run(target, request)
+        if not response.ok:
+            raise error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+        answers = {r.token: r for r in response.results}
+        found: dict[str, str] = {}
+        for job in jobs:
+            answer = answers.get(job.token)
+            if job.token in positions:
+                submitted, _, unsure = _sweep_answers_of(positions[job.token], answer)
+                if unsure:
+                    raise TransientError("the head node could not tell whether a sweep's "
+                                         "arrays are in Slurm", code="UNKNOWN_OUTCOME")  # fmt: skip
+                found.update(submitted)
+            elif answer is not None and answer.job_id is not None:
+                found[job.token.split(":", 1)[1]] = answer.job_id
+            elif answer is None or answer.error is None or answer.error.transient:
+                raise TransientError(
+                    "the head node could not tell whether a job is in Slurm", code="UNKNOWN_OUTCOME"
+                )
+        return found
+
     def _open_chunk(self, sent: JobBatchMessage | JobSweepMessage) -> _OpenChunk:
         """Start a chunk: its batch, and the agent jobs of its items still to submit (a sweep's
         chunk: one agent job for all of them, ``_prepare_sweep``)."""
@@ -288,3 +342,10 @@ def _sweep_answers(ids: list[str | None], answer: AgentJobResult | None, into: A
             rejected.append((job_id, f"{error.code}: {error.message}"))
         else:
             retry.append(job_id)
+
+
+def _sweep_answers_of(ids: list[str | None], answer: AgentJobResult | None) -> Answers:
+    """``_sweep_answers`` as a new (submitted, rejected, to retry) triple."""
+    into: Answers = ([], [], [])
+    _sweep_answers(ids, answer, into)
+    return into

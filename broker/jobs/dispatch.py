@@ -242,6 +242,52 @@ class Dispatcher:
         self._ends.succeed(message.request_id, _submitted(result.job_id, message, result))
         return "succeeded"
 
+    def find_in_slurm(
+        self, message: JobBatchMessage | JobSweepMessage, job_ids: list[str]
+    ) -> dict[str, str]:
+        """Which of a chunk's items are in Slurm (``ChunkDispatcher.find_in_slurm``)."""
+        return self._chunks.find_in_slurm(message, job_ids)
+
+    def recover_submission(self, message: JobSubmitMessage) -> bool:
+        """A submission whose deliveries ran out: if its job is in Slurm (one look-up, nothing
+        submitted), record it there and the request SUCCEEDED.
+
+        Returns:
+            True when the job is in Slurm (recorded now or before); False when it is not.
+
+        Raises:
+            TransientError: the head node cannot tell (the dead letter is retried).
+            PermanentError, NotFoundError: the job's user or cluster cannot be acted for.
+        """
+        job = self._store.get_job(message.request_id)
+        slurm_job_id = job.slurm_job_id
+        if slurm_job_id is None:
+            if job.state is not JobState.SUBMITTING:
+                return False
+            spec = message.spec
+            if spec.working_directory is None:
+                spec = spec.model_copy(update={"working_directory": self._workdir})
+            user = acting_user(job.user, message.user)
+            agent_job = AgentJob.of(slurm_token(job.job_id), spec, None, user=user)
+            target = self._clusters.resolve(message.cluster)
+            request = AgentRequest(op="submit", jobs=[agent_job], find_only=True,
+                                   lookback_seconds=lookback_seconds(job.created_at))  # fmt: skip
+            response = self._runner_for(target.mode).run(target, request)
+            if not response.ok:
+                raise error_of(response.error, "AGENT_FAILED", "the head-node agent failed")
+            result = next((r for r in response.results if r.token == agent_job.token), None)
+            if result is None or result.job_id is None:
+                if result is None or result.error is None or result.error.transient:
+                    raise TransientError(
+                        "the head node could not tell whether the job is in Slurm",
+                        code="UNKNOWN_OUTCOME",
+                    )
+                return False
+            slurm_job_id = result.job_id
+            self._store.record_submitted(job.job_id, slurm_job_id)
+        self._ends.succeed(message.request_id, _submitted(slurm_job_id, message))
+        return True
+
     # -- cancel ----------------------------------------------------------------------------
 
     def _cancel(self, message: JobCancelMessage) -> Outcome:

@@ -12,7 +12,8 @@ Only the chaos harness (``bench/chaos.py``) builds a :class:`FaultInjector` and 
 * **Runner timeouts with an unknown outcome**: the head-node command runs to its end, then the
   answer is lost (``RunnerTimeoutError``), as when SSM's wait runs out just after ``sbatch``.
 * **A poison request**: every submission of a script holding ``poison_marker`` fails with a
-  transient error, for ever, so its message can only end in the DLQ.
+  transient error, for ever, so its message can only end in the DLQ (a look-up, which submits
+  nothing, is not poisoned).
 
 Decisions are drawn from one seeded generator per fault kind. Each kind fires once at a seeded
 ordinal of its eligible calls (so a run of enough calls sees every kind), then at its rate. The
@@ -182,7 +183,9 @@ class FaultInjector:
 
         def run(runner: LocalRunner, target: ClusterTarget, request: AgentRequest) -> AgentResponse:
             marker = injector.poison_marker
-            if marker and injector.enabled and any(marker in job.script for job in request.jobs):
+            poisoned = any(marker in job.script for job in request.jobs) if marker else False
+            # A look-up (find_only) submits nothing: only a submission is poisoned.
+            if poisoned and injector.enabled and not request.find_only:
                 injector.count(POISON)
                 raise TransientError(
                     "injected by the chaos harness: a poison submission", code="CHAOS_POISON"

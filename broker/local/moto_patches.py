@@ -21,6 +21,13 @@ And moto's server finds the backend of every request by listing its own package 
 and trying every service's URL patterns, under one lock: about 2.5 ms a request, half of a
 10,000-job accept. `cache_backend_lookup` remembers the answer per host (it never changes).
 
+And moto's SQS queue keeps its messages in a list that a delete rebuilds from a snapshot without
+the queue's lock, while a send, or the move of a message to its dead-letter queue during a
+receive, appends to it under the lock: a message appended meanwhile is dropped with the old list
+(found by the chaos run: a poison message moved to the DLQ while the DLQ worker deleted another
+dead letter was never delivered; a message sent while a poller deleted its batch was never
+received). `locked_sqs_queues` makes deletes and receives take the queue's lock too.
+
 `patch_moto()` applies them all.
 """
 
@@ -37,6 +44,7 @@ _applied = False
 _two_phase = False
 _linear = False
 _cached = False
+_sqs_locked = False
 #: moto's item size limit (DynamoDB's is 400 KB; moto measured it between 409 and 410 KB).
 ITEM_SIZE_LIMIT = 405_000
 #: DynamoDB's documented limit of items per transaction.
@@ -67,6 +75,38 @@ def patch_moto() -> None:
     two_phase_transactions()
     linear_item_size()
     cache_backend_lookup()
+    locked_sqs_queues()
+
+
+def locked_sqs_queues() -> None:
+    """Make moto's SQS deletes and receives take their queue's lock (idempotent).
+
+    Why both: a delete rebuilds the queue's message list, and a receive removes the messages it
+    moves to the dead-letter queue from it; an append (a send, a move into this queue) made
+    between the snapshot and the assignment would be lost. The lock is a ``Condition`` on an
+    ``RLock``: a long poll's wait inside a receive releases it, so receives do not block sends.
+    """
+    global _sqs_locked  # noqa: PLW0603 - a process-wide patch, applied once
+    if _sqs_locked:
+        return
+    from moto.sqs.models import Queue, SQSBackend  # noqa: PLC0415 - local/test only
+
+    delete = Queue.delete_message
+    receive = SQSBackend.receive_message
+
+    @functools.wraps(delete)
+    def delete_message(self: Any, receipt_handle: str) -> None:
+        with self._messages_lock:
+            delete(self, receipt_handle)
+
+    @functools.wraps(receive)
+    def receive_message(self: Any, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+        with self.get_queue(queue_name)._messages_lock:
+            return receive(self, queue_name, *args, **kwargs)
+
+    Queue.delete_message = delete_message  # type: ignore[method-assign]
+    SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
+    _sqs_locked = True
 
 
 def cache_backend_lookup() -> None:

@@ -8,11 +8,14 @@ between the two is repaired by the next sweep, which re-announces pending events
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Protocol
+from typing import Final, Protocol, TypeVar
 
 from broker.clusters.records import ClusterRecord
-from broker.errors import BrokerError, NotFoundError
+from broker.errors import BrokerError, NotFoundError, TransientError
 from broker.jobs.records import JobRecord, JobState
 from broker.notifications.events import ClusterEvent, JobEvent, RequestEvent
 from broker.observability import logger
@@ -20,6 +23,32 @@ from broker.ports import ClusterStore, JobStore, Notifier, RequestStore
 
 #: A pending event younger than this is left to the writer that is publishing it right now.
 REANNOUNCE_AFTER = timedelta(seconds=60)
+#: Attempts of the announcer's own reads and marks when AWS fails them transiently, and the
+#: first back-off in seconds (doubled each time, jittered).
+ATTEMPTS: Final = 4
+BACKOFF_S: Final = 0.05
+
+T = TypeVar("T")
+
+
+def _retried(call: Callable[[], T]) -> T:
+    """``call``, attempted again (a few times, backing off) on a transient error.
+
+    Why: the writer that won a final transition is the one that announces it. If its read of
+    the record (or the mark after the publish) fails, the message is retried, but a redelivery
+    finds the transition made and announces nothing: the event waited for the sweep (a chaos
+    run's throttled read left a SUCCEEDED request unannounced), and a mark that failed after
+    the publish made the sweep publish it a second time.
+    """
+    for attempt in range(ATTEMPTS):
+        try:
+            return call()
+        except TransientError:
+            if attempt == ATTEMPTS - 1:
+                raise
+            delay = BACKOFF_S * 2**attempt
+            time.sleep(delay + random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 class AnnouncedRecords(RequestStore, JobStore, Protocol):
@@ -36,7 +65,7 @@ class Announcer:
     def job(self, job_id: str, old_state: JobState | None) -> bool:
         """Publish the job's pending event, if any. False when nothing was published."""
         try:
-            job = self._store.get_job(job_id)
+            job = _retried(lambda: self._store.get_job(job_id))
         except NotFoundError:
             return False
         return self.publish_job(job, old_state)
@@ -50,13 +79,14 @@ class Announcer:
         except BrokerError as exc:
             logger.warning("job event not published; the sweep retries", extra={"error": str(exc)})
             return False
-        self._store.clear_job_notification(job.job_id, job.notify_pending)
+        pending = job.notify_pending
+        _retried(lambda: self._store.clear_job_notification(job.job_id, pending))
         return True
 
     def request(self, request_id: str) -> bool:
         """Publish the request's pending event, if any. False when nothing was published."""
         try:
-            record = self._store.get(request_id)
+            record = _retried(lambda: self._store.get(request_id))
         except NotFoundError:
             return False
         if record.notify_pending is None:
@@ -66,7 +96,8 @@ class Announcer:
         except BrokerError as exc:
             logger.warning("request event not published; retried", extra={"error": str(exc)})
             return False
-        self._store.clear_request_notification(request_id, record.notify_pending)
+        pending = record.notify_pending
+        _retried(lambda: self._store.clear_request_notification(request_id, pending))
         return True
 
 

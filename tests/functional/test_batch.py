@@ -37,6 +37,7 @@ from broker.sweep.repairs import BATCH_LOST_AFTER, LOST_CHUNK_REASON
 from broker.sweep.status import Sweeper
 from tests.conftest import AwsResources
 from tests.fakes import EveryoneAs, FakeDirectory, FakeQueue, RecordingNotifier
+from tests.functional.aws_faults import FaultyClient, cancelled
 from workers import dlq_worker, job_worker
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
@@ -55,6 +56,9 @@ class FakeSlurm:
     def run(self, target: ClusterTarget, request: AgentRequest) -> AgentResponse:
         self.calls.append(request)
         results = []
+        if request.find_only:
+            return AgentResponse(ok=True, op="submit", results=[self._found(j.token)
+                                                                for j in request.jobs])  # fmt: skip
         for job in request.jobs:
             index = int(job.token[-6:], 16)
             if index in self.reject | self.unsure:
@@ -69,6 +73,16 @@ class FakeSlurm:
                 AgentJobResult(token=job.token, job_id=self.tokens[job.token], reused=reused)
             )
         return AgentResponse(ok=True, op="submit", results=results)
+
+    def _found(self, token: str) -> AgentJobResult:
+        """The answer of a look-up (``find_only``): the job carrying the token, or none."""
+        if int(token[-6:], 16) in self.unsure:
+            error = AgentErrorInfo(code="SCHEDULER_UNAVAILABLE", message="?", transient=True)
+            return AgentJobResult(token=token, error=error)
+        if token in self.tokens:
+            return AgentJobResult(token=token, job_id=self.tokens[token], reused=True)
+        error = AgentErrorInfo(code="NOT_SUBMITTED", message="no job carries the token")
+        return AgentJobResult(token=token, error=error)
 
     def runner_for(self, mode: str) -> FakeSlurm:
         return self
@@ -311,6 +325,37 @@ def test_idempotency_key_replays_a_batch(world: World, monkeypatch: pytest.Monke
     assert json.dumps(first.get_json())
 
 
+def test_a_chunk_whose_outcome_transactions_are_cancelled_ends_in_one_delivery(
+    world: World, aws_resources: AwsResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a chunk of 50 jobs (two outcome transactions), and DynamoDB cancelling three of its
+    # outcome transactions in a row (a conflict on the batch's shared counts, then throttling),
+    # as it does when chunks of one batch are closed at once
+    monkeypatch.setattr("broker.adapters.dynamodb.batches.OUTCOME_BACKOFF_S", 0.0, raising=False)
+    accepted = world.post({"jobs": jobs(50)}).get_json()
+    (message,) = world.drain()
+    faulty = FaultyClient(client("dynamodb"))
+    faulty.fail(
+        "transact_write_items",
+        cancelled("None", "TransactionConflict", "None"),
+        cancelled("None", "None", "TransactionConflict"),
+        cancelled("ThrottlingError", "None", "None"),
+    )
+    store = DynamoStore(faulty, aws_resources.ref("RequestsTable"))
+    worker = Dispatcher(store, FakeDirectory(), world.slurm.runner_for,  # type: ignore[arg-type]
+                        Announcer(store, RecordingNotifier()))  # fmt: skip
+    # WHEN the worker handles it once
+    outcome = worker.handle(message)
+    # THEN the delivery succeeds (no receive spent on a retry): every job recorded once, counts
+    # exact, the batch ended, no reservation left
+    assert outcome == "succeeded"
+    assert faulty.failed == ["transact_write_items"] * 3
+    batch = world.store.get(accepted["request_id"])
+    assert batch.counts == {"SUBMITTED": 50}
+    assert batch.state is RequestState.SUCCEEDED
+    assert world.store.backlog("CLUSTER", "local") == 0
+
+
 def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,6 +386,69 @@ def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
     # AND no back-pressure reservation is left behind
     assert world.store.backlog("CLUSTER", "local") == 0
     assert world.store.backlog("OWNER", ALICE) == 0
+
+
+def dead_letter(world: World, message: AnyMessage, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The DLQ worker (asking the fake Slurm what is there) on one dead letter: its answer."""
+    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()), world.worker)
+    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
+    event = build_sqs_event(
+        [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": message.model_dump_json()}],
+        queue_arn="arn:aws:sqs:us-east-1:123456789012:dlq",
+        region="us-east-1",
+    )
+    context = LambdaContext.for_invocation(function_name="DlqWorkerFunction", timeout_s=30,
+                                           memory_mb=512, region="us-east-1",
+                                           account_id="123456789012")  # fmt: skip
+    return dlq_worker.lambda_handler(event, context)
+
+
+def test_a_dead_lettered_chunk_records_its_jobs_in_slurm_and_fails_only_the_others(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a chunk of 10 whose deliveries ran out after sbatch had made 6 of its jobs (their
+    # outcome writes kept failing): 6 in Slurm, no record of any
+    accepted = world.post({"jobs": jobs(10)}).get_json()
+    (message,) = world.drain()
+    assert isinstance(message, JobBatchMessage)
+    first_six = message.model_copy(update={"items": message.items[:6]})
+    world.slurm.run(ClusterTarget(name="local", mode="local"), _agent_request(first_six))
+    # WHEN the DLQ worker handles the dead chunk
+    assert dead_letter(world, message, monkeypatch) == {"batchItemFailures": []}
+    # THEN the 6 in Slurm are recorded PENDING with their Slurm ids; only the 4 others failed
+    records = [world.store.get_job(item.job_id) for item in message.items]
+    assert [r.state for r in records] == [JobState.PENDING] * 6 + [JobState.SUBMIT_FAILED] * 4
+    assert [r.slurm_job_id for r in records[:6]] == [
+        world.slurm.tokens[f"hpcb:{item.job_id}"] for item in message.items[:6]
+    ]
+    assert all(r.reason for r in records[6:])
+    # AND nothing was submitted by the look-up, the batch ended with exact counts, no reservation
+    assert len(world.slurm.tokens) == 6
+    assert world.slurm.calls[-1].find_only is True
+    batch = world.store.get(accepted["request_id"])
+    assert (batch.state, batch.counts) == (RequestState.SUCCEEDED, {"SUBMITTED": 6, "FAILED": 4})
+    assert world.store.backlog("CLUSTER", "local") == 0
+
+
+def test_a_dead_lettered_chunk_the_head_node_cannot_look_up_is_retried_not_failed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a dead chunk of 10, all in Slurm, and a head node that cannot tell about item 3
+    world.post({"jobs": jobs(10)})
+    (message,) = world.drain()
+    assert isinstance(message, JobBatchMessage)
+    world.slurm.run(ClusterTarget(name="local", mode="local"), _agent_request(message))
+    world.slurm.unsure = {3}
+    # WHEN the DLQ worker handles it
+    answer = dead_letter(world, message, monkeypatch)
+    # THEN the dead letter fails (it comes back), and no item was failed
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m-1"}]}
+    records = world.store.jobs_by_id([item.job_id for item in message.items])
+    assert JobState.SUBMIT_FAILED not in {r.state for r in records.values()}
+    # WHEN it comes back and the head node answers / THEN all 10 are recorded from Slurm
+    world.slurm.unsure = set()
+    assert dead_letter(world, message, monkeypatch) == {"batchItemFailures": []}
+    assert {world.store.get_job(i.job_id).state for i in message.items} == {JobState.PENDING}
 
 
 def test_items_cancelled_while_queued_never_reach_slurm_and_count_as_cancelled(

@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from broker.agent.protocol import AgentArray, AgentJobResult, AgentRequest, AgentResponse
+from broker.agent.protocol import (
+    AgentArray,
+    AgentErrorInfo,
+    AgentJobResult,
+    AgentRequest,
+    AgentResponse,
+)
 from broker.batches import sweeps as sweeps_module
 from broker.batches.sweeps import JobSweepMessage
 from broker.jobs.dead_letters import DeadLetterService
@@ -42,14 +48,18 @@ class ArraySlurm:
         for job in request.jobs:
             assert job.tasks is not None
             arrays = []
+            error = None
             for first in range(0, len(job.tasks), ARRAY_SIZE):
                 if not any(job.tasks[first : first + ARRAY_SIZE]):
                     continue
                 token = f"{job.token}a{first // ARRAY_SIZE}"
+                if request.find_only and token not in self.arrays:
+                    error = AgentErrorInfo(code="NOT_SUBMITTED", message="no", transient=False)
+                    continue
                 self.arrays.setdefault(token, str(500 + len(self.arrays)))
                 tasks = min(ARRAY_SIZE, len(job.tasks) - first)
                 arrays.append(AgentArray(job_id=self.arrays[token], first=first, tasks=tasks))
-            results.append(AgentJobResult(token=job.token, arrays=arrays))
+            results.append(AgentJobResult(token=job.token, arrays=arrays, error=error))
         return AgentResponse(ok=True, op="submit", results=results)
 
     def runner_for(self, mode: str) -> ArraySlurm:
@@ -212,3 +222,32 @@ def test_an_item_is_found_by_its_array_task_id_and_the_array_alone_is_no_job(
     # AND an array's id alone, or a task past its items, is no job (404)
     assert world.api.get("/v1/clusters/local/jobs/501").status_code == 404
     assert world.api.get("/v1/clusters/local/jobs/501_20").status_code == 404  # 9 tasks
+
+
+def test_a_dead_sweep_chunk_keeps_the_items_its_arrays_hold_and_fails_the_others(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a sweep of 50 (arrays of 30 positions) whose first array reached Slurm, and whose
+    # chunk then ran out of deliveries before any outcome was recorded
+    accepted = post(world, [{"PARAM_I": str(i)} for i in range(50)]).get_json()
+    (message,) = world.drain()
+    assert isinstance(message, JobSweepMessage)
+    slurm = ArraySlurm()
+    slurm.arrays[f"{message.token()}a0"] = "900"
+    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()),
+                             worker(world, slurm))  # fmt: skip
+    # WHEN the DLQ worker gives it up
+    dead.give_up_chunk(message)
+    # THEN one look-up (nothing submitted) by the chunk's token; the first array's 30 items are
+    # its tasks, the other 20 failed; the sweep ended
+    (call,) = slurm.calls
+    assert call.find_only is True
+    assert [job.token for job in call.jobs] == [message.token()]
+    assert len(slurm.arrays) == 1
+    prefix = accepted["job_id_prefix"]
+    jobs = [world.store.get_job(f"{prefix}{i:06x}") for i in range(50)]
+    assert [j.slurm_job_id for j in jobs[:30]] == [f"900_{i}" for i in range(30)]
+    assert {j.state for j in jobs[30:]} == {JobState.SUBMIT_FAILED}
+    batch = world.store.get(accepted["request_id"])
+    assert (batch.counts, batch.state) == ({"SUBMITTED": 30, "FAILED": 20}, RequestState.SUCCEEDED)

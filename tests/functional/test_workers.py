@@ -7,6 +7,7 @@ the local stack's event builder, exactly as the pollers do.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
 from broker.adapters.sqs import SqsRequestQueue
 from broker.agent.protocol import AgentErrorInfo, AgentJobResult, AgentResponse
-from broker.errors import RunnerTimeoutError
+from broker.errors import RunnerTimeoutError, TransientError
 from broker.jobs.accept import RequestService
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.dispatch import Dispatcher
@@ -193,6 +194,42 @@ def test_a_malformed_message_is_failed_not_dropped(world: World) -> None:
     ]
 
 
+def test_concurrent_invocations_each_report_their_own_failures(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN two invocations of the job worker running at once in one process (the local
+    # stack's pollers are threads): the first gets a message that fails, then one that takes a
+    # while; the second gets a message that succeeds, all while the first is still handling
+    ids = [world.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(3)]
+    by_id = {json.loads(r["body"])["request_id"]: r for r in world.receive()["Records"]}
+    failing, slow, fast = (by_id[i] for i in ids)
+    inside, release = threading.Event(), threading.Event()
+
+    class Dispatching:
+        def handle(self, message: Any) -> str:
+            if message.request_id == ids[0]:
+                raise TransientError("slurmctld busy", code="SCHEDULER_UNAVAILABLE")
+            if message.request_id == ids[1]:
+                inside.set()
+                release.wait(30)
+            return "succeeded"
+
+    monkeypatch.setattr(job_worker, "dispatcher", Dispatching)
+    answers: list[Any] = []
+    first = threading.Thread(target=lambda: answers.append(
+        job_worker.lambda_handler({"Records": [failing, slow]}, context())))  # fmt: skip
+    first.start()
+    assert inside.wait(30)
+    # WHEN the second invocation runs to its end meanwhile, then the first ends
+    second = job_worker.lambda_handler({"Records": [fast]}, context())
+    release.set()
+    first.join(30)
+    # THEN each reports its own outcome: the failed message is listed, so it comes back (left
+    # unlisted, it would be deleted and its request never end); the others are not
+    assert second == {"batchItemFailures": []}
+    assert answers == [{"batchItemFailures": [{"itemIdentifier": failing["messageId"]}]}]
+
+
 def test_a_dead_letter_ends_its_request_failed(world: World) -> None:
     # GIVEN a request that failed transiently, whose message then reached the DLQ
     request_id = world.api.submit_job(OWNER, "local", SPEC).request_id
@@ -209,6 +246,62 @@ def test_a_dead_letter_ends_its_request_failed(world: World) -> None:
     assert record.error is not None
     assert record.error.code == "RETRIES_EXHAUSTED"
     assert "RUNNER_TIMEOUT" in record.error.message
+
+
+def dead_submission(
+    world: World, monkeypatch: pytest.MonkeyPatch, in_slurm: str | None
+) -> tuple[str, dict[str, Any]]:
+    """A submission whose sbatch ran but whose answer was lost, its message then in the DLQ as
+    the job worker got it, handled by the DLQ worker, whose look-up on the head node finds the
+    job as Slurm job ``in_slurm`` (None: not found); (request id, the DLQ worker's answer)."""
+    request_id = world.api.submit_job(OWNER, "local", SPEC).request_id
+    event = world.receive()
+    world.runner.answers = [RunnerTimeoutError("no answer")]
+    job_worker.lambda_handler(event, context())
+    body = event["Records"][0]["body"]
+    world.sqs.send_message(QueueUrl=world.queue_url("RequestsDLQ"), MessageBody=body)
+    store, announcer = world.store, Announcer(world.store, RecordingNotifier())
+    lookup = Dispatcher(store, FakeDirectory(), world.runner.runner_for, announcer)
+    dead = DeadLetterService(store, announcer, lookup)
+    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
+    token = slurm_token(request_id)
+    world.runner.answers = [
+        submitted(token, in_slurm, reused=True)
+        if in_slurm
+        else AgentResponse(ok=True, op="submit", results=[AgentJobResult(
+            token=token, error=AgentErrorInfo(code="NOT_SUBMITTED", message="not found"))])
+    ]  # fmt: skip
+    answer: dict[str, Any] = dlq_worker.lambda_handler(world.receive("RequestsDLQ"), context())
+    return request_id, answer
+
+
+def test_a_dead_submission_whose_job_is_in_slurm_is_recorded_not_failed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a submission whose deliveries ran out after its sbatch ran (its answer lost)
+    # WHEN the DLQ worker handles the dead letter and the head node finds it as Slurm job 100
+    request_id, answer = dead_submission(world, monkeypatch, in_slurm="100")
+    # THEN the look-up submitted nothing, and the job is recorded there: PENDING, request
+    # SUCCEEDED (not FAILED with a job running in Slurm)
+    assert answer == {"batchItemFailures": []}
+    assert world.runner.calls[-1].find_only is True
+    job = world.store.get_job(request_id)
+    assert (job.state, job.slurm_job_id) == (JobState.PENDING, "100")
+    assert world.store.get(request_id).state is RequestState.SUCCEEDED
+
+
+def test_a_dead_submission_whose_job_is_not_in_slurm_fails(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a dead submission / WHEN the head node does not find its job
+    request_id, answer = dead_submission(world, monkeypatch, in_slurm=None)
+    # THEN the request is FAILED (RETRIES_EXHAUSTED) and its job SUBMIT_FAILED
+    assert answer == {"batchItemFailures": []}
+    record = world.store.get(request_id)
+    assert record.state is RequestState.FAILED
+    assert record.error is not None
+    assert record.error.code == "RETRIES_EXHAUSTED"
+    assert world.store.get_job(request_id).state is JobState.SUBMIT_FAILED
 
 
 def test_a_submit_whose_message_was_lost_is_sent_again_by_the_sweep_and_submitted_once(
@@ -272,6 +365,34 @@ def test_coalesced_singles_of_one_cluster_share_one_agent_call(coalesced: World)
     assert {i: r.job_id for i, r in got.items() if r} == {
         i: str(200 + n) for n, i in enumerate(ids)
     }
+
+
+def test_a_message_that_keeps_failing_a_grouped_command_is_then_submitted_alone(
+    coalesced: World,
+) -> None:
+    # GIVEN two singles whose shared head-node command fails as a whole (one is a poison)
+    ids = [coalesced.api.submit_job(OWNER, "local", SPEC).request_id for _ in range(2)]
+    event = coalesced.receive()
+    coalesced.runner.answers = [TransientError("poisoned command", code="AGENT_CRASHED")]
+    assert len(job_worker.lambda_handler(event, context())["batchItemFailures"]) == 2
+    # WHEN both come back on their third delivery; the poison's command fails again, the
+    # other's succeeds
+    for record in event["Records"]:
+        record["attributes"]["ApproximateReceiveCount"] = "3"
+    poison, healthy = (json.loads(r["body"])["request_id"] for r in event["Records"])
+    coalesced.runner.answers = [
+        TransientError("poisoned command", code="AGENT_CRASHED"),
+        submitted(slurm_token(healthy), "400"),
+    ]
+    result = job_worker.lambda_handler(event, context())
+    # THEN each had a command of its own: the healthy one SUCCEEDED, only the poison failed
+    assert [len(c.jobs) for c in coalesced.runner.calls] == [2, 1, 1]
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == [
+        event["Records"][0]["messageId"]
+    ]
+    assert coalesced.store.get(healthy).state is RequestState.SUCCEEDED
+    assert coalesced.store.get(poison).state is RequestState.DISPATCHED
+    assert sorted(ids) == sorted([poison, healthy])
 
 
 def test_coalesced_only_the_unsure_item_comes_back_and_is_not_submitted_twice(

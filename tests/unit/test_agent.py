@@ -575,6 +575,23 @@ def test_token_already_in_squeue_is_reused_not_resubmitted(tmp_path: Path) -> No
     assert slurm.commands("sbatch") == []
 
 
+def test_find_only_answers_the_jobs_found_and_submits_nothing(tmp_path: Path) -> None:
+    # GIVEN one of two tokens already in Slurm (squeue)
+    slurm = FakeSlurm(squeue=f"77|{USER}|{DEDUP}\n")
+    other = {"token": "hpcb:rother", "script": SCRIPT, "user": USER}
+    # WHEN both are looked up with find_only (a chunk whose retries ran out)
+    result = answer(
+        tmp_path, slurm, {"v": 1, "op": "submit", "jobs": [job(), other], "find_only": True}
+    )
+    # THEN the one in Slurm is answered with its id, the other NOT_SUBMITTED (permanent), and
+    # sbatch is never called
+    found, missing = result["results"]
+    assert found == {"token": DEDUP, "job_id": "77", "reused": True}
+    assert (missing["token"], missing["error"]["code"]) == ("hpcb:rother", "NOT_SUBMITTED")
+    assert missing["error"]["transient"] is False
+    assert slurm.commands("sbatch") == []
+
+
 def test_token_only_in_sacct_is_reused(tmp_path: Path) -> None:
     # GIVEN a finished job that left squeue but is in accounting
     slurm = FakeSlurm(sacct=(0, f"55|{USER}|{DEDUP}\n", ""))

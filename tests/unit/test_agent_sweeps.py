@@ -241,3 +241,16 @@ def test_a_task_without_its_file_fails_instead_of_running_without_its_variables(
     done = subprocess.run(["bash", str(wrapper)], env={"SLURM_ARRAY_TASK_ID": "3"},
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert (done.returncode, done.stdout) == (97, "")
+
+
+def test_a_look_up_finds_a_sweeps_arrays_and_writes_or_submits_nothing(tmp_path: Path) -> None:
+    # GIVEN array a0 of a sweep in Slurm, a1 not
+    slurm = SweepSlurm(squeue=f"77_[0-3]|{USER}|{TOKEN}a0\n")
+    # WHEN looked up (find_only, the dead-letter path)
+    request = {"op": "submit", "jobs": [sweep([{"PARAM_I": str(i)} for i in range(6)])],
+               "find_only": True}  # fmt: skip
+    (result,) = answer(tmp_path, slurm, request)["results"]
+    # THEN a0 is answered, a1 is NOT_SUBMITTED; no task file written, no sbatch
+    assert [(a["job_id"], a["first"], a["tasks"]) for a in result["arrays"]] == [("77", 0, 4)]
+    assert result["error"]["code"] == agent.NOT_SUBMITTED
+    assert (slurm.staged, slurm.commands("sbatch")) == ([], [])

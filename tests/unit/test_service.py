@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,7 @@ from broker.jobs.models import (
 from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
 from broker.notifications.events import JobEvent, RequestEvent
+from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState
 from broker.schema import utcnow
 from tests.fakes import (
@@ -171,6 +173,50 @@ def test_dispatch_success_records_the_slurm_job_id_and_announces_once(world: Wor
     # AND exactly one request event was published, its pending mark cleared
     assert [e.new_state for e in world.events(RequestEvent)] == [RequestState.SUCCEEDED]
     assert world.store.get(message.request_id).notify_pending is None
+
+
+class ThrottledAfterSuccess(InMemoryStore):
+    """A store whose next ``n`` request reads after a request SUCCEEDED are throttled (the
+    announcer's, which follow the winning transition)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.throttled = 0
+
+    def record_success(self, request_id: str, result: Any) -> bool:
+        moved = bool(super().record_success(request_id, result))
+        self.throttled = self.n
+        return moved
+
+    def get(self, request_id: str) -> RequestRecord:
+        if self.throttled:
+            self.throttled -= 1
+            raise ThrottledError("read request: AWS is throttling")
+        return super().get(request_id)
+
+
+def test_a_final_transition_is_announced_even_when_the_announcers_read_is_throttled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a worker whose store throttles the request reads twice (the winner of the final
+    # transition reads the record to announce it; a redelivery would find it final and skip)
+    monkeypatch.setattr("broker.notifications.announcer.BACKOFF_S", 0.0, raising=False)
+    store, queue, notifier = ThrottledAfterSuccess(2), FakeQueue(), RecordingNotifier()
+    runner = ScriptedRunner()
+    worker = Dispatcher(store, FakeDirectory(), runner.runner_for, Announcer(store, notifier))
+    RequestService(store, queue, FakeDirectory(), users=EveryoneAs()).submit_job(
+        OWNER, "local", SPEC
+    )
+    message = queue.sent[-1]
+    runner.answers = [submitted(slurm_token(message.request_id), "42")]
+    # WHEN the worker handles it
+    outcome = worker.handle(message)
+    # THEN the delivery succeeds and the SUCCEEDED event was published once, its mark cleared
+    assert outcome == "succeeded"
+    events = [e for e in notifier.published if isinstance(e, RequestEvent)]
+    assert [e.new_state for e in events] == [RequestState.SUCCEEDED]
+    assert store.get(message.request_id).notify_pending is None
 
 
 def test_the_agent_searches_accounting_only_back_to_the_jobs_acceptance(world: World) -> None:

@@ -16,8 +16,10 @@ until then it is read from its batch (``broker.batches.unrecorded_item``).
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from broker.adapters.dynamodb.clusters import not_ready_error, ready_check
 from broker.adapters.dynamodb.table import (
@@ -36,11 +38,22 @@ from broker.adapters.dynamodb.table import (
     value_of,
 )
 from broker.batches.items import chunk_item_ids
-from broker.errors import BackpressureError, ConflictError, NotFoundError
+from broker.errors import (
+    BackpressureError,
+    ConflictError,
+    NotFoundError,
+    ThrottledError,
+    TransientError,
+)
 from broker.jobs.records import JobRecord, JobState, is_sweep_task
 from broker.ports import Limits
 from broker.requests.models import RequestRecord
 from broker.schema import utcnow
+
+#: How often one outcome transaction is sent again when DynamoDB cancelled it for a conflict or
+#: throttling (nothing written), and the first back-off in seconds (doubled each time, jittered).
+OUTCOME_RETRIES: Final = 4
+OUTCOME_BACKOFF_S: Final = 0.05
 
 #: A chunk marker's attributes (placeholders: expressions never meet a reserved word).
 _MARKER_NAMES = {"#l": "lost", "#d": "reap_done"}
@@ -218,7 +231,7 @@ class DynamoBatchStore(TableStore):
                     outcome = _outcome_of(job)
                     counts[outcome] = counts.get(outcome, 0) + 1
                 items += self._count_items(batch, -len(chunk), counts)
-                refused = self._table.transact(items, "record batch outcomes")
+                refused = self._transact_outcomes(items)
                 if not refused:
                     for job in chunk:
                         submitted = job.slurm_job_id is not None
@@ -228,6 +241,29 @@ class DynamoBatchStore(TableStore):
                 gone = {owner_of[i] for i in refused if i < len(owner_of)}
                 chunk = [job for position, job in enumerate(chunk) if position not in gone]
         return done_ok, done_failed
+
+    def _transact_outcomes(self, items: list[dict[str, Any]]) -> set[int]:
+        """One outcome transaction, sent again (a few times, backing off) when DynamoDB cancels
+        it for a conflict or throttling.
+
+        Why here: every outcome transaction of a batch moves the same three items (the batch's
+        counts and the two backlog counters), so chunks of one batch closed at once conflict on
+        them (``TransactionConflict``), and a chunk of 1,000 jobs needs 40 transactions. Left
+        to the message, one cancelled transaction in 40 cost the whole delivery, and 8 such
+        deliveries sent the chunk to the DLQ (what the chaos run saw). A cancellation writes
+        nothing, so sending the same transaction again is safe; an unreachable endpoint is not
+        retried here (the write may have happened; the redelivery reads what did).
+        """
+        for attempt in range(OUTCOME_RETRIES + 1):
+            try:
+                return self._table.transact(items, "record batch outcomes")
+            except TransientError as exc:
+                cancelled = isinstance(exc, ThrottledError) or exc.code == "WRITE_CONFLICT"
+                if not cancelled or attempt == OUTCOME_RETRIES:
+                    raise
+                delay = OUTCOME_BACKOFF_S * 2**attempt
+                time.sleep(delay + random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _outcome_items(self, batch: RequestRecord, job: JobRecord) -> list[dict[str, Any]]:
         """Transaction items writing one batch job's outcome record (no counters)."""
