@@ -7,7 +7,9 @@ tests need no Slurm: they check how LocalRunner reports an agent that cannot ans
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -222,3 +224,15 @@ def test_ssm_target_is_refused() -> None:
             ClusterTarget(name="p", mode="ssm", instance_id="i-1"), AgentRequest(op="ping")
         )
     assert caught.value.code == "RUNNER_MISMATCH"
+
+
+def test_the_cluster_check_passes_on_this_machines_slurm(slurm: dict[str, str]) -> None:
+    # GIVEN the real Slurm / WHEN `python -m broker.check local --local` runs
+    argv = [sys.executable, "-m", "broker.check", "local", "--local"]
+    env = {**os.environ, **slurm}
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    # THEN exit 0 and the three steps passed, the agent and sbatch named
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["ok", "ok", "ok"]
+    assert "sbatch slurm" in lines[1]
