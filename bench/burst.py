@@ -12,7 +12,14 @@ Measured in one run, on the same Slurm:
   counted from botocore's events (the SQS polling of Lambda's event-source mapping, emulated
   here by pollers with clients of their own, is Lambda's and not counted);
 - the CPU seconds of the moto process (the local emulator of DynamoDB and SQS, not AWS's cost);
-- duplicates and lost jobs, counted from Slurm's own job list (tokens in the job comments).
+- duplicates and lost jobs, counted from Slurm's own job list (tokens in the job comments);
+- ``sweep_*``: the same N jobs as one ``POST .../jobs:sweep`` (a template and N parameter sets),
+  which the broker packs into job arrays (one per MaxArraySize tasks): accept, every item holding
+  its Slurm id ``<array>_<task>`` (``sweep_all_submitted_s``), the arrays all in Slurm (the last
+  head-node command's end, ``sweep_in_slurm_s``), head-node commands, duplicates and lost (from
+  squeue's tasks);
+- ``status_*``: two runs of the status sweep (the sweeper function) over the N active jobs,
+  unpacked beside packed: the first records Slurm's word on each new job, the second is steady.
 
 Jobs are trivial and held, so the figures are about submission; everything is cancelled at the end.
 Each phase starts on a controller that has forgotten the earlier phases' jobs (``settle``: up to
@@ -55,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NAME = "hpcb-bench-burst"
 RAW_NAME = "hpcb-bench-raw"
 NAIVE_NAME = "hpcb-bench-naive"
+SWEEP_NAME = "hpcb-bench-sweep"
 OWNER = "arn:aws:iam::000000000000:user/bench"
 SCRIPT = "#!/bin/sh\ntrue\n"
 SERVICES = ("dynamodb", "sqs", "sns", "s3")
@@ -84,6 +92,7 @@ class HeadNodeCommands:
     def __init__(self) -> None:
         self.count = 0
         self.seconds = 0.0
+        self.last_submit_end = 0.0
         self._original = LocalRunner.run
 
     def attach(self) -> None:
@@ -96,6 +105,8 @@ class HeadNodeCommands:
                 return original(runner, target, request)
             finally:
                 self.seconds += time.perf_counter() - started
+                if request.op == "submit":
+                    self.last_submit_end = time.perf_counter()
 
         LocalRunner.run = run  # type: ignore[method-assign,assignment]
 
@@ -137,7 +148,7 @@ def settle(timeout: float = 480.0) -> float:
     measured on a controller holding the first one's 10,000 jobs.
     """
     started = time.monotonic()
-    names = ",".join((NAME, RAW_NAME, NAIVE_NAME))
+    names = ",".join((NAME, RAW_NAME, NAIVE_NAME, SWEEP_NAME))
     while time.monotonic() - started < timeout:
         if not slurm("squeue", "-h", "-a", "-t", "all", "-n", names, "-o", "%i").split():
             break
@@ -187,6 +198,7 @@ def start_stack(slurm_env: dict[str, str], pollers: int) -> LocalStack:
             "HPCB_LOCAL_CLUSTERS": "local",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "HPCB_SWEEP_WINDOW_SECONDS": "0",
             **slurm_env,
         },
         schedules_enabled=False,
@@ -236,6 +248,57 @@ def burst(stack: LocalStack, count: int, workdir: str, calls: Calls) -> dict[str
     }
 
 
+def sweep(stack: LocalStack, count: int, workdir: str, head: HeadNodeCommands) -> dict[str, Any]:
+    """One sweep POST of ``count`` held items, followed until every item has its Slurm id."""
+    template = {"script": SCRIPT, "name": SWEEP_NAME, "hold": True, "working_directory": workdir}
+    body = {"template": template, "parameters": [{"PARAM_I": str(i)} for i in range(count)]}
+    alice = BrokerClient(stack.api_url, principal=OWNER)
+    commands, seconds = head.count, head.seconds
+    started = time.perf_counter()
+    accepted = alice.call("POST", "/v1/clusters/local/jobs:sweep", body)
+    accept_s = time.perf_counter() - started
+    final = _wait(stack, accepted["request_id"], timeout=max(600, count // 5))
+    all_submitted_s = time.perf_counter() - started
+    in_slurm_s = head.last_submit_end - started
+    if final["state"] != "SUCCEEDED" or final["counts"] != {"SUBMITTED": count}:
+        raise SystemExit(f"the sweep ended {final['state']}: {final.get('counts')}")
+    tasks = Counter()  # type: Counter[tuple[str, str]]
+    for line in slurm("squeue", "-h", "-r", "-a", "-t", "all", "-o", "%F|%k").splitlines():
+        array, _, token = line.partition("|")
+        if token.startswith(f"hpcb:{accepted['request_id']}"):
+            tasks[(token, array)] += 1
+    per_token = Counter(token for token, _ in tasks)
+    return {
+        "accept_s": round(accept_s, 3),
+        "all_submitted_s": round(all_submitted_s, 2),
+        "in_slurm_s": round(in_slurm_s, 2),
+        "head_node_calls": head.count - commands,
+        "head_node_s": round(head.seconds - seconds, 2),
+        "arrays": len(tasks),
+        "duplicates": sum(n - 1 for n in per_token.values()),
+        "lost": count - sum(tasks.values()),
+        "request_id": accepted["request_id"],
+        "prefix": accepted["job_id_prefix"],
+    }
+
+
+def statuses(stack: LocalStack) -> dict[str, Any]:
+    """Two status sweeps in a row: the first records what Slurm says of the new jobs (held:
+    their reason and Slurm state, a write each), the second is a steady one (no change)."""
+    return {"first": status_sweep(stack), "steady": status_sweep(stack)}
+
+
+def status_sweep(stack: LocalStack) -> dict[str, Any]:
+    """One run of the sweeper function (one sweep, ``HPCB_SWEEP_WINDOW_SECONDS=0``) over the
+    active jobs: seconds, head-node commands, active jobs (a sweep's items are asked for by
+    their arrays; plain jobs in slices of STATUS_SLICE ids)."""
+    started = time.perf_counter()
+    report = stack.trigger("SweeperFunction")
+    seconds = round(time.perf_counter() - started, 2)
+    return {"seconds": seconds, "commands": report["head_node_commands"],
+            "active_jobs": report["active_jobs"]}  # fmt: skip
+
+
 def _wait(stack: LocalStack, request_id: str, timeout: float) -> dict[str, Any]:
     """Follow the batch request from its record, read with a separate (uncounted) client."""
     ddb = boto3.session.Session().client("dynamodb")
@@ -267,6 +330,11 @@ def main() -> None:
     parser.add_argument(
         "--broker-only", action="store_true", help="skip both baselines (development runs)"
     )
+    parser.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the sweep (with --broker-only: no baseline; e.g. --jobs 100000)",
+    )
     args = parser.parse_args()
     slurm_env = read_env_file(args.slurm_env)
     os.environ.update(slurm_env)
@@ -288,23 +356,60 @@ def main() -> None:
             print(f"raw sbatch loop: {count} jobs in {raw_s:.1f} s", flush=True)
             cancel(RAW_NAME)
             print(f"settling before the broker's burst: {settle():.0f} s", flush=True)
-        stack = start_stack(slurm_env, args.pollers)
-        calls = Calls()
-        calls.attach()
         head = HeadNodeCommands()
         head.attach()
         try:
-            result = burst(stack, count, workdir, calls)
+            # The sweep, on a stack (and a moto) of its own ...
+            stack = start_stack(slurm_env, args.pollers)
+            try:
+                swept = sweep(stack, count, workdir, head)
+                print(f"sweep: {swept}", flush=True)
+                status_packed = statuses(stack)
+            finally:
+                stack.stop()
+            cancel(SWEEP_NAME)
+            if not args.sweep_only:
+                # ... and the unpacked burst on a fresh one, once Slurm forgot the sweep.
+                print(f"settling before the unpacked burst: {settle():.0f} s", flush=True)
+                stack = start_stack(slurm_env, args.pollers)
+                calls = Calls()
+                calls.attach()
+                try:
+                    commands = head.count
+                    result = burst(stack, count, workdir, calls)
+                    result["head_node_calls"] = head.count - commands
+                    status_unpacked = statuses(stack)
+                finally:
+                    stack.stop()
         finally:
             head.detach()
-            stack.stop()
-        tokens = tokens_in_slurm(f"hpcb:{result['prefix']}")
-        expected = {f"hpcb:{result['prefix']}{i:06x}" for i in range(count)}
-        duplicates = sum(n - 1 for t, n in tokens.items() if n > 1)
-        lost = len(expected - set(tokens))
+        if not args.sweep_only:
+            tokens = tokens_in_slurm(f"hpcb:{result['prefix']}")
+            expected = {f"hpcb:{result['prefix']}{i:06x}" for i in range(count)}
+            duplicates = sum(n - 1 for t, n in tokens.items() if n > 1)
+            lost = len(expected - set(tokens))
     finally:
-        for name in (NAME, RAW_NAME, NAIVE_NAME):
+        for name in (NAME, RAW_NAME, NAIVE_NAME, SWEEP_NAME):
             cancel(name)
+    sweep_figures = {
+        "sweep_accept_s": swept["accept_s"],
+        "sweep_all_submitted_s": swept["all_submitted_s"],
+        "sweep_in_slurm_s": swept["in_slurm_s"],
+        "sweep_speedup_vs_raw": round(raw_s / swept["all_submitted_s"], 1),
+        "sweep_head_node_calls": swept["head_node_calls"],
+        "sweep_arrays": swept["arrays"],
+        "sweep_duplicates": swept["duplicates"],
+        "sweep_lost": swept["lost"],
+        "status_packed": status_packed,
+    }
+    if args.sweep_only:
+        print(f"sweep of {count}: accepted in {swept['accept_s']:.2f} s, every item in Slurm "
+              f"and recorded in {swept['all_submitted_s']:.2f} s, {swept['head_node_calls']} "
+              f"head-node commands, {swept['arrays']} arrays")  # fmt: skip
+        print(f"status read of {count} active items: {status_packed}")
+        print(json.dumps({"jobs": count, "raw_sbatch_s": raw_s, **sweep_figures},
+                         separators=(",", ":")))  # fmt: skip
+        return
 
     pipeline = Counter(calls.counts)
     pipeline.subtract(result["accept_calls"])
@@ -318,7 +423,7 @@ def main() -> None:
         "naive_s": baseline["naive_s"],
         "naive_extrapolated_from": baseline["sample"],
         "ratio_vs_naive": round(result["all_submitted_s"] / baseline["naive_s"], 3),
-        "head_node_calls": head.count,
+        "head_node_calls": result["head_node_calls"],
         "aws_calls_per_1000_jobs": {
             "api": per_thousand(result["accept_calls"], count),
             "workers": per_thousand(handlers, count),
@@ -332,6 +437,8 @@ def main() -> None:
             "slurmctld": result["slurmctld_cpu_s"],
             "cores": os.cpu_count(),
         },
+        **sweep_figures,
+        "status_unpacked": status_unpacked,
     }
     print()
     print(f"{'':34}{'seconds':>10}{'head-node cmds':>16}{'jobs/s':>10}")
@@ -340,7 +447,9 @@ def main() -> None:
         (f"naive: 1 cmd/job (x{count // baseline['sample']} of {baseline['sample']})",
          baseline["naive_s"], count),
         ("broker: POST accepted (202)", result["accept_s"], 0),
-        ("broker: all in Slurm + recorded", result["all_submitted_s"], head.count),
+        ("broker: all in Slurm + recorded", result["all_submitted_s"], result["head_node_calls"]),
+        ("sweep: POST accepted (202)", swept["accept_s"], 0),
+        ("sweep: all in Slurm + recorded", swept["all_submitted_s"], swept["head_node_calls"]),
     ]  # fmt: skip
     for label, seconds, commands in rows:
         print(f"{label:34}{seconds:>10.2f}{commands:>16}{count / seconds:>10.0f}")
@@ -351,7 +460,11 @@ def main() -> None:
         f" {result['broker_cpu_s']:.2f} s; slurmctld {result['slurmctld_cpu_s']:.2f} s;"
         f" {os.cpu_count()} cores"
     )
-    print(f"duplicates {duplicates}, lost {lost} (from squeue's job comments)")
+    print(f"duplicates {duplicates}, lost {lost} (from squeue's job comments); sweep: "
+          f"{swept['arrays']} arrays, duplicates {swept['duplicates']}, lost {swept['lost']} "
+          "(from squeue's tasks)")  # fmt: skip
+    print(f"status sweeps over {count} active jobs: unpacked {status_unpacked}, packed "
+          f"{status_packed}")  # fmt: skip
     print(json.dumps(figures, separators=(",", ":")))
 
 

@@ -223,7 +223,16 @@ def dispatcher() -> Dispatcher:
 def dead_letter_service() -> DeadLetterService:
     """The DLQ worker's service (it asks head nodes what of a dead chunk is in Slurm)."""
     settings = job_worker_settings()
-    return DeadLetterService(_records(settings), _announcer(settings), dispatcher())
+    # Its own dispatcher, without the job worker's output store: it only looks jobs up.
+    lookup = Dispatcher(
+        store=_records(settings),
+        clusters=cluster_directory(settings),
+        runner_for=_runner,
+        announcer=_announcer(settings),
+        default_working_directory=settings.default_working_directory,
+        submit_concurrency=settings.submit_concurrency,
+    )
+    return DeadLetterService(_records(settings), _announcer(settings), lookup)
 
 
 @cache

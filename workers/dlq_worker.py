@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from broker.batches.models import JobBatchMessage
+from broker.batches.sweeps import JobSweepMessage
 from broker.jobs.models import JobSubmitMessage
 from broker.observability import logger, metrics, tracer
 from broker.requests.models import QUEUE_MESSAGE
@@ -37,7 +38,7 @@ def record_handler(record: SQSRecord) -> None:
         message = QUEUE_MESSAGE.validate_json(record.body)
     except ValidationError:
         message = None
-    if isinstance(message, JobBatchMessage):
+    if isinstance(message, JobBatchMessage | JobSweepMessage):
         failed = dead_letter_service().give_up_chunk(message)
         metrics.add_metric(name="BatchItemsExhausted", unit="Count", value=failed)
         return

@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from broker.batches.models import JobBatchMessage
+from broker.batches.sweeps import JobSweepMessage
 from broker.errors import TransientError
 from broker.jobs.execution import Outcome
 from broker.jobs.models import JobSubmitMessage
@@ -33,8 +34,9 @@ from broker.settings import job_worker_settings
 from broker.wiring import dispatcher, request_queue
 from workers.retrying import batch_processor, run_with_backoff
 
-#: A message that can share a head-node command with others of its kind and cluster.
-Grouped = JobBatchMessage | JobSubmitMessage
+#: A message that can share a head-node command with others of its kind and cluster (a sweep's
+#: chunk goes with batch chunks).
+Grouped = JobBatchMessage | JobSweepMessage | JobSubmitMessage
 #: Per message id, a message of a grouped submission (as parsed once) and how it ended.
 Ends = dict[str, "tuple[Grouped, Outcome | TransientError]"]
 #: Jobs per head-node command when chunks are grouped. Commands for one head node run one at a
@@ -99,13 +101,14 @@ def submit_together(records: list[dict[str, Any]]) -> Ends:
             message = QUEUE_MESSAGE.validate_json(raw.get("body", ""))
         except ValidationError:
             continue  # the record handler fails it and it goes to the DLQ
-        if not isinstance(message, JobBatchMessage | JobSubmitMessage):
+        if not isinstance(message, JobBatchMessage | JobSweepMessage | JobSubmitMessage):
             continue
         if isinstance(message, JobSubmitMessage) and not coalesce:
             continue
         if int(raw.get("attributes", {}).get("ApproximateReceiveCount", 1)) >= SOLO_AFTER_RECEIVES:
             continue  # on its own from now on (see SOLO_AFTER_RECEIVES)
-        runs = groups.setdefault((message.cluster, message.kind), [[]])
+        kind = "job.submit" if isinstance(message, JobSubmitMessage) else "job.batch"
+        runs = groups.setdefault((message.cluster, kind), [[]])
         if sum(_jobs_in(m) for _, m in runs[-1]) + _jobs_in(message) > MAX_GROUPED_JOBS:
             runs.append([])
         runs[-1].append((raw["messageId"], message))
@@ -128,12 +131,16 @@ def submit_together(records: list[dict[str, Any]]) -> Ends:
 
 
 def _jobs_in(message: Grouped) -> int:
+    """What a message weighs in a command: its jobs (a sweep's chunk: its arrays, about one
+    sbatch per 1,000 tasks)."""
+    if isinstance(message, JobSweepMessage):
+        return len(message.indexes) // 1000 + 1
     return len(message.items) if isinstance(message, JobBatchMessage) else 1
 
 
 def _submit_run(run: list[Grouped]) -> list[Outcome | TransientError]:
     """One agent call for a run of messages of one kind and cluster."""
-    chunks = [m for m in run if isinstance(m, JobBatchMessage)]
+    chunks = [m for m in run if isinstance(m, JobBatchMessage | JobSweepMessage)]
     singles = [m for m in run if isinstance(m, JobSubmitMessage)]
     if chunks:
         return dispatcher().handle_chunks(chunks)

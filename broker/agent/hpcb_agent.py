@@ -617,6 +617,8 @@ def _result_json(result: Dict[str, Any]) -> Dict[str, Any]:
         document["job_id"] = result["job_id"]
     if result.get("reused"):
         document["reused"] = True
+    if "arrays" in result:
+        document["arrays"] = result["arrays"]
     error = result.get("error")
     if isinstance(error, AgentError):
         document["error"] = error.to_json()
@@ -740,7 +742,7 @@ def classify_sbatch_failure(returncode: int, stderr: str) -> AgentError:
     return AgentError(SCHEDULER_REJECTED, message)
 
 
-_JOB_KEYS = frozenset(["token", "script", "options", "environment", "user"])
+_JOB_KEYS = frozenset(["token", "script", "options", "environment", "user", "tasks"])
 
 
 class SbatchCommand(SlurmCommand[str]):
@@ -765,6 +767,8 @@ class SbatchCommand(SlurmCommand[str]):
         options = job.get("options") or {}
         self.dependency_ids = dependency_job_ids(options.get("dependency"))
         self.environment = validate_environment(job.get("environment") or {})
+        self.tasks = validate_tasks(job.get("tasks"), self.environment, options)
+        self.directory = ""
 
     def argv(self) -> List[str]:
         """sbatch's arguments: no script file, so sbatch reads the script from stdin.
@@ -804,6 +808,155 @@ class SbatchCommand(SlurmCommand[str]):
             "sbatch succeeded but printed no job id: %r" % stdout[:200],
             transient=True,
         )
+
+
+# ---- sweeps: one job array for many jobs that differ only by their environment ------------------
+
+MAX_ARRAY_TASKS = 10000
+#: Each task's variables wait in ``~/.hpcb/arrays/<token>/<position>.env`` (the user's files,
+#: written as the user), read by the task's constant wrapper; directories older than this go.
+ARRAY_FILES_DAYS = 30
+ARRAYS_DIR = ".hpcb/arrays"
+ARRAYS_DISABLED = "ARRAYS_DISABLED"
+
+
+def validate_tasks(tasks: Any, common: Dict[str, str], options: Dict[str, Any]) -> Any:
+    """A sweep's per-position task variables (None: not a sweep; a None position: no task)."""
+    if tasks is None:
+        return None
+    if not isinstance(tasks, list) or not 0 < len(tasks) <= MAX_ARRAY_TASKS:
+        raise AgentError(INVALID_JOB, "tasks must be a list of 1 to %d items" % MAX_ARRAY_TASKS)
+    if "array" in options:
+        raise AgentError(INVALID_JOB, "a sweep cannot also set the array option")
+    checked = []  # type: List[Optional[Dict[str, str]]]
+    for task in tasks:
+        env = None if task is None else validate_environment(task)
+        if env is not None and len(set(env) | set(common)) > MAX_ENV_VARS:
+            raise AgentError(INVALID_JOB, "more than %d variables in a task" % MAX_ENV_VARS)
+        checked.append(env)
+    if all(task is None for task in checked):
+        raise AgentError(INVALID_JOB, "a sweep needs at least one task")
+    return checked
+
+
+def array_ranges(ids: List[int]) -> str:
+    """``--array``'s index list for sorted ``ids``: ``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    runs = []  # type: List[List[int]]
+    for task in ids:
+        if runs and task == runs[-1][1] + 1:
+            runs[-1][1] = task
+        else:
+            runs.append([task, task])
+    return ",".join(str(a) if a == b else "%d-%d" % (a, b) for a, b in runs)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+ARRAY_WRAPPER = """#!/bin/bash
+# hpc-broker sweep task: its variables by SLURM_ARRAY_TASK_ID, then the sweep's script
+d=%s
+while IFS= read -r -d '' v; do export "$v"; done < "$d/$((SLURM_ARRAY_TASK_ID + %d)).env" || exit 97
+exec "$d/script"
+"""
+
+WRITE_CODE = """
+import json, os, shutil, sys, time
+d, days = sys.argv[1], int(sys.argv[2])
+doc = json.load(sys.stdin)
+os.makedirs(d, 0o700, exist_ok=True)
+def put(name, text, mode):
+    tmp = os.path.join(d, "." + name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(text.encode("utf-8"))
+    os.replace(tmp, os.path.join(d, name))
+put("script", doc["script"], 0o700)
+for position, text in doc["tasks"].items():
+    put(position + ".env", text, 0o600)
+parent = os.path.dirname(d)
+for name in os.listdir(parent):
+    path = os.path.join(parent, name)
+    try:
+        if time.time() - os.lstat(path).st_mtime > days * 86400:
+            shutil.rmtree(path)
+    except OSError:
+        pass
+"""
+
+
+class StageTasksCommand(SlurmCommand[None]):
+    """Writes a sweep's script and per-task variables, as its user, under the user's home."""
+
+    timeout = QUERY_TIMEOUT_SECONDS
+
+    def __init__(self, command: "SbatchCommand", directory: str) -> None:
+        self.run_as = command.run_as
+        self.directory = directory
+        tasks = {
+            str(p): "".join("%s=%s\0" % item for item in sorted(env.items()))
+            for p, env in enumerate(command.tasks)
+            if env is not None
+        }
+        script = command.script.decode("utf-8")
+        self.data = json.dumps({"script": script, "tasks": tasks}).encode("utf-8")
+
+    def argv(self) -> List[str]:
+        return ["python3", "-I", "-c", WRITE_CODE, self.directory, str(ARRAY_FILES_DAYS)]
+
+    def stdin(self) -> bytes:
+        return self.data
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> None:
+        if returncode != 0:
+            raise AgentError(
+                INVALID_JOB, "cannot write the sweep's task files: " + trim_message(stderr, 300)
+            )
+
+
+class MaxArraySizeCommand(SlurmCommand[int]):
+    """The controller's ``MaxArraySize`` (task ids 0 to MaxArraySize-1), never assumed."""
+
+    def argv(self) -> List[str]:
+        return ["scontrol", "show", "config"]
+
+    def parse(self, returncode: int, stdout: str, stderr: str) -> int:
+        found = re.search(r"^MaxArraySize\s*=\s*([0-9]{1,9})\s*$", stdout, re.M)
+        if returncode != 0 or found is None:
+            raise self.unavailable(returncode, stderr or "no MaxArraySize in scontrol's answer")
+        if int(found.group(1)) < 1:
+            raise AgentError(ARRAYS_DISABLED, "job arrays are disabled here (MaxArraySize=0)")
+        return int(found.group(1))
+
+
+def split_sweep(command: "SbatchCommand", size: int) -> List[Tuple[int, "SbatchCommand"]]:
+    """One ``sbatch --array`` per ``size`` positions of a sweep: (first position, command).
+
+    Array ``k`` takes positions ``k*size`` to ``(k+1)*size - 1`` as task ids ``0`` to
+    ``size - 1`` and its own token (the sweep's plus ``a<k>``), so a redelivery finds each
+    array already submitted and submits only the missing ones.
+    """
+    home = command.run_as.home if command.run_as is not None else ""
+    if not is_abs_path(home):
+        raise AgentError(INVALID_JOB, "the user's home is not an absolute path")
+    directory = "%s/%s/%s" % (home.rstrip("/"), ARRAYS_DIR, command.token.replace(":", "-"))
+    parts = []  # type: List[Tuple[int, SbatchCommand]]
+    for first in range(0, len(command.tasks), size):
+        ids = [p - first for p in range(first, min(first + size, len(command.tasks)))
+               if command.tasks[p] is not None]  # fmt: skip
+        if not ids:
+            continue
+        part = SbatchCommand.__new__(SbatchCommand)
+        part.__dict__.update(command.__dict__)
+        part.token = "%sa%d" % (command.token, first // size)
+        part.script = (ARRAY_WRAPPER % (_quote(directory), first)).encode("utf-8")
+        part._options = [*command._options, "--array=" + array_ranges(ids)]
+        part.tasks = None
+        parts.append((first, part))
+    command.directory = directory
+    return parts
 
 
 def dependency_job_ids(dependency: Optional[str]) -> List[str]:
@@ -1155,6 +1308,18 @@ class JobOwnersCommand(SlurmCommand[Dict[str, Tuple[str, str]]]):
         return parse_job_owners(stdout)
 
 
+_SWEEP_TOKEN = re.compile(r"^hpcb:r[0-9a-f]{28}c[0-9]{1,6}$")
+
+
+def token_matches(comment: str, token: str) -> bool:
+    """Whether a job's comment is ``token``: the same, or, for a sweep chunk's token
+    (``hpcb:<batch>c<n>``), the comment of one of its arrays (``<token>a<k>``)."""
+    if comment == token:
+        return True
+    tail = comment[len(token) + 1 :] if comment.startswith(token + "a") else ""
+    return bool(_SWEEP_TOKEN.fullmatch(token) and _DIGITS.fullmatch(tail))
+
+
 def check_owner(
     job_id: str, user: str, token: str, owner: Optional[Tuple[str, str]]
 ) -> Optional[AgentError]:
@@ -1164,7 +1329,7 @@ def check_owner(
     """
     if owner is None:
         return AgentError(JOB_NOT_FOUND, "Slurm holds no job %s" % job_id)
-    if owner != (user, token):
+    if owner[0] != user or not token_matches(owner[1], token):
         return AgentError(
             JOB_MISMATCH,
             "Slurm job %s is not %s's job %s: refusing to touch it" % (job_id, user, token),
@@ -1302,7 +1467,8 @@ class SacctJobCommand(SlurmCommand[Dict[str, str]]):
         lines = [line for line in lines if _JOB_ID.fullmatch(line[0])]
         if returncode != 0 or not lines:
             return {}
-        mine = [line for line in lines if line[2] == self.user and line[4] in (self.token, "")]
+        ours = [line for line in lines if line[2] == self.user]
+        mine = [line for line in ours if not line[4] or token_matches(line[4], self.token)]
         if not mine:
             raise AgentError(
                 JOB_MISMATCH,
@@ -1751,6 +1917,10 @@ class Agent(object):
                 results.append({"token": token if isinstance(token, str) else "", "error": exc})
         if not find_only and any(command.dependency_ids for _, command in commands):
             commands = self._own_dependencies_only(commands, results)
+        count = len(results)
+        parts = {}  # type: Dict[int, List[Tuple[int, int, int]]]
+        if any(command.tasks is not None for _, command in commands):
+            commands = self._expand_sweeps(commands, results, parts, not find_only)
         info = {}  # type: Dict[str, str]
         if commands:
             with FileLock(self.lock_path, self.lock_wait):
@@ -1773,6 +1943,14 @@ class Agent(object):
                         )  # fmt: skip
                 else:
                     self._submit_all(commands, known, results, concurrency)
+        for index, slots in parts.items():
+            done = [(first, n, results[slot]) for first, slot, n in slots]
+            errors = [r["error"] for _, _, r in done if "job_id" not in r]
+            arrays = [{"job_id": r["job_id"], "first": first, "tasks": n}
+                      for first, n, r in done if "job_id" in r]  # fmt: skip
+            results[index]["arrays"] = arrays
+            results[index]["error"] = errors[0] if errors else None
+        del results[count:]
         response = {
             "v": PROTOCOL_VERSION,
             "ok": True,
@@ -1782,6 +1960,43 @@ class Agent(object):
         if info:
             response["info"] = info
         return response
+
+    def _expand_sweeps(
+        self,
+        commands: List[Tuple[int, SbatchCommand]],
+        results: List[Dict[str, Any]],
+        parts: Dict[int, List[Tuple[int, int, int]]],
+        stage: bool = True,
+    ) -> List[Tuple[int, SbatchCommand]]:
+        """Each sweep as its arrays (``split_sweep``), its task files written first; each array
+        gets a result slot of its own, listed in ``parts`` by the sweep's (first, slot, tasks):
+        its answer's ``arrays`` say which positions each array holds, as task ``p - first``."""
+        size, failure = 0, None  # type: Tuple[int, Optional[AgentError]]
+        try:
+            size = self.execute(MaxArraySizeCommand())
+        except AgentError as exc:
+            failure = exc
+        expanded = []  # type: List[Tuple[int, SbatchCommand]]
+        for index, command in commands:
+            if command.tasks is None:
+                expanded.append((index, command))
+                continue
+            results[index] = {"token": command.token}
+            try:
+                if failure is not None:
+                    raise failure
+                split = split_sweep(command, size)
+                if stage:  # not for a look-up (find_only): nothing will run
+                    self.execute(StageTasksCommand(command, command.directory))
+            except AgentError as exc:
+                results[index]["error"] = exc
+                continue
+            parts[index] = []
+            for first, part in split:
+                parts[index].append((first, len(results), min(size, len(command.tasks) - first)))
+                expanded.append((len(results), part))
+                results.append({})
+        return expanded
 
     def _own_dependencies_only(
         self, commands: List[Tuple[int, SbatchCommand]], results: List[Dict[str, Any]]

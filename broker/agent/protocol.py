@@ -66,6 +66,12 @@ class AgentJob(BaseModel):
     script: str
     options: dict[str, str | int] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
+    tasks: list[dict[str, str] | None] | None = Field(
+        default=None,
+        description="A sweep: one array task per position (None: no task there), each with "
+        "its own variables besides ``environment``; the agent submits one array per "
+        "MaxArraySize positions, tokens ``<token>a<k>``.",
+    )
 
     @classmethod
     def of(cls, token: str, spec: JobSpec, dependency: str | None = None, *, user: str) -> AgentJob:
@@ -190,13 +196,23 @@ class AgentRequest(BaseModel):
         return self
 
 
+class AgentArray(BaseModel):
+    """One array of a sweep: positions ``first`` to ``first + tasks - 1`` as tasks 0, 1, ..."""
+
+    job_id: str
+    first: int
+    tasks: int
+
+
 class AgentJobResult(BaseModel):
-    """The agent's answer for one job: a Slurm job id, or an error."""
+    """The agent's answer for one job: a Slurm job id, or an error; for a sweep, its arrays
+    (and an error for the positions no array holds)."""
 
     token: str
     job_id: str | None = None
     reused: bool = False
     error: AgentErrorInfo | None = None
+    arrays: list[AgentArray] | None = None
 
 
 class SlurmJobStatus(BaseModel):

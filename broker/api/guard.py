@@ -76,7 +76,8 @@ def _checked_body(event: dict[str, Any]) -> str:
         except (binascii.Error, ValueError) as exc:
             raise _RefusedError(HTTPStatus.BAD_REQUEST, "INVALID_JSON", "not base64") from exc
     path = str(event.get("path") or "")
-    limit = MAX_BATCH_BODY_BYTES if path.endswith("/jobs:batch") else MAX_BODY_BYTES
+    bulk = path.endswith(("/jobs:batch", "/jobs:sweep"))
+    limit = MAX_BATCH_BODY_BYTES if bulk else MAX_BODY_BYTES
     size = len(body.encode("utf-8")) if isinstance(body, str) else len(body)
     if size > limit:
         raise _RefusedError(

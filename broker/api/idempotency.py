@@ -49,7 +49,7 @@ KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 IN_PROGRESS_WAIT_SECONDS = 3.0
 
 Route = Literal[
-    "submit_job", "cancel_job", "fetch_output", "submit_batch",
+    "submit_job", "cancel_job", "fetch_output", "submit_batch", "submit_sweep",
     "create_cluster", "update_cluster", "cluster_fleet",
 ]  # fmt: skip
 Answer = AcceptedResponse | BatchAccepted

@@ -25,9 +25,11 @@ from broker.api.writes import (
     FetchOutput,
     SubmitBatch,
     SubmitJob,
+    SubmitSweep,
     write,
 )
 from broker.batches.models import BatchAccepted, BatchBody
+from broker.batches.sweeps import SweepBody
 from broker.jobs.models import JobSpec, OutputQueryBody
 from broker.jobs.records import JobList, JobState, JobView
 from broker.observability import metrics
@@ -84,6 +86,36 @@ def submit_batch(
     command = SubmitBatch(owner=caller(router.current_event), cluster=cluster, batch=batch)
     answer = write(command, idempotency_key)
     metrics.add_metric(name="BatchesAccepted", unit="Count", value=1)
+    return answer
+
+
+@router.post(
+    "/v1/clusters/<cluster>/jobs:sweep",
+    summary="Submit a parameter sweep",
+    description="One job for up to 100,000 parameter sets (body at most 5 MiB): each item is "
+    "the template with its own variables added to the environment. Validated, recorded and "
+    "answered like jobs:batch (same answer, item ids, request, item pages and counts), but "
+    "submitted as Slurm job arrays: about one head-node command and one sbatch per 1,000 items. "
+    "Item i's Slurm id is <array>_<task>; GET, cancel, output and dependencies work per item.",
+    tags=["jobs"],
+    status_code=HTTPStatus.ACCEPTED,
+    responses={
+        HTTPStatus.ACCEPTED: {
+            "description": "Accepted (possibly with rejected items listed).",
+            "content": {"application/json": {"model": BatchAccepted}},
+        },
+        **ERROR_RESPONSES,
+    },
+)
+def submit_sweep(
+    cluster: ClusterParam,
+    sweep: Annotated[SweepBody, Body(description="The template and the parameter sets.")],
+    idempotency_key: IdempotencyKey = None,
+) -> Response[BatchAccepted]:
+    """POST a sweep: validate each parameter set, record and enqueue the valid ones, 202."""
+    command = SubmitSweep(owner=caller(router.current_event), cluster=cluster, sweep=sweep)
+    answer = write(command, idempotency_key)
+    metrics.add_metric(name="SweepsAccepted", unit="Count", value=1)
     return answer
 
 

@@ -20,6 +20,7 @@ from broker.api import services
 from broker.api.common import accepted, accepted_body
 from broker.api.idempotency import Answer, IdempotentCall, Route, accept_once, was_replayed
 from broker.batches.models import BatchAccepted, BatchBody
+from broker.batches.sweeps import SweepBody
 from broker.clusters.models import ClusterCreateBody, ClusterUpdateBody, FleetBody
 from broker.errors import ValidationError
 from broker.jobs.models import JobSpec, OutputQueryBody
@@ -97,6 +98,20 @@ class SubmitBatch(Write):
 
     def run(self) -> Answer:
         return services.request_service().submit_batch(self.owner, self.cluster, self.batch)
+
+
+class SubmitSweep(Write):
+    """``POST /v1/clusters/{cluster}/jobs:sweep``."""
+
+    route = "submit_sweep"
+    answer = BatchAccepted
+    path = ("cluster",)
+    body_field = "sweep"
+    cluster: str
+    sweep: SweepBody
+
+    def run(self) -> Answer:
+        return services.request_service().submit_sweep(self.owner, self.cluster, self.sweep)
 
 
 class CancelJob(Write):

@@ -6,11 +6,12 @@ own records only with their outcomes (``broker.batches.items``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import ValidationError as PydanticValidationError
 
-from broker.batches.items import item_id, unrecorded_item
+from broker.batches.items import unrecorded_item
 from broker.batches.models import (
     BatchAccepted,
     BatchBody,
@@ -19,8 +20,10 @@ from broker.batches.models import (
     BatchItemView,
     JobBatchMessage,
     batch_ids,
+    item_id,
 )
 from broker.batches.outcomes import item_outcome
+from broker.batches.sweeps import JobSweepMessage, SweepBody, sweep_chunks, validate_parameters
 from broker.errors import PayloadTooLargeError, TransientError, ValidationError
 from broker.jobs.models import MAX_SCRIPT_BYTES, JobSpec
 from broker.ports import BatchStore, Limits, RequestQueue, RequestStore
@@ -128,43 +131,112 @@ def accept_batch(
         )
     batch_id, prefix, ids = batch_ids(len(body.jobs))
     chunks = chunk_items([BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid])
-    now = utcnow()
-    record = RequestRecord(
-        request_id=batch_id, kind="job.batch", owner=owner, cluster=cluster, user=user,
-        state=RequestState.ACCEPTED, created_at=now, updated_at=now, items=len(valid),
-        batch_size=len(body.jobs), chunk_starts=[chunk[0].index for chunk in chunks],
-        rejected_items=[item.index for item in rejected] or None,
-    )  # fmt: skip
-    store.create_batch(record, limits, ready_cluster=ready_cluster)
-    messages: list[QueueMessage] = [
+    messages: list[JobBatchMessage | JobSweepMessage] = [
         JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, user=user,
                         items=chunk, chunk=number)
         for number, chunk in enumerate(chunks)
     ]  # fmt: skip
-    unsent = queue.send_many(messages)
+    pending = _Pending(batch_id, owner, cluster, user, len(body.jobs), len(valid), rejected)
+    _record_and_send(store, queue, pending, messages, limits=limits, ready_cluster=ready_cluster)
+    return pending.answer(prefix)
+
+
+def accept_sweep(
+    store: BatchRecords,
+    queue: RequestQueue,
+    owner: str,
+    cluster: str,
+    body: SweepBody,
+    *,
+    user: str,
+    limits: Limits | None,
+    ready_cluster: bool,
+) -> BatchAccepted:
+    """Accept a sweep: validate each item's parameters, record the sweep as a batch, enqueue
+    its valid items in packed chunks (``broker.batches.sweeps``).
+
+    Raises:
+        BatchRejectedError, BackpressureError, ClusterNotReadyError, TransientError: as for
+            a batch.
+    """
+    valid, rejected = validate_parameters(body)
+    if rejected and (body.atomic or not valid):
+        raise BatchRejectedError(
+            f"{len(rejected)} of {len(body.parameters)} items are invalid"
+            + ("; the sweep is atomic" if body.atomic else ""),
+            [f for item in rejected[:MAX_LISTED_ERRORS] for f in item.fields],
+        )
+    batch_id, prefix, _ = batch_ids(0)
+    base = JobSweepMessage(request_id=batch_id, owner=owner, cluster=cluster, user=user,
+                           chunk=0, template=body.template, indexes=[], parameters=[])  # fmt: skip
+    messages: list[JobBatchMessage | JobSweepMessage] = list(sweep_chunks(base, valid))
+    pending = _Pending(batch_id, owner, cluster, user, len(body.parameters), len(valid), rejected)
+    _record_and_send(store, queue, pending, messages, limits=limits, ready_cluster=ready_cluster)
+    return pending.answer(prefix)
+
+
+@dataclass
+class _Pending:
+    """A batch (or sweep) being accepted: what its record and its answer say."""
+
+    batch_id: str
+    owner: str
+    cluster: str
+    user: str
+    size: int
+    accepted: int
+    rejected: list[BatchItemError]
+
+    def answer(self, prefix: str) -> BatchAccepted:
+        return BatchAccepted(
+            request_id=self.batch_id,
+            location=f"/v1/requests/{self.batch_id}",
+            accepted=self.accepted,
+            rejected_count=len(self.rejected),
+            rejected=self.rejected[:MAX_LISTED_ERRORS],
+            job_id_prefix=prefix,
+        )
+
+
+def _first_index(message: JobBatchMessage | JobSweepMessage) -> int:
+    return message.items[0].index if isinstance(message, JobBatchMessage) else message.indexes[0]
+
+
+def _record_and_send(
+    store: BatchRecords,
+    queue: RequestQueue,
+    pending: _Pending,
+    messages: list[JobBatchMessage | JobSweepMessage],
+    *,
+    limits: Limits | None,
+    ready_cluster: bool,
+) -> None:
+    """Record the batch (one transaction) and send its chunks; the items of chunks that could
+    not be queued fail at once (all of them: the batch fails, transient, send it again)."""
+    now = utcnow()
+    record = RequestRecord(
+        request_id=pending.batch_id, kind="job.batch", owner=pending.owner,
+        cluster=pending.cluster, user=pending.user, state=RequestState.ACCEPTED,
+        created_at=now, updated_at=now, items=pending.accepted, batch_size=pending.size,
+        chunk_starts=[_first_index(m) for m in messages],
+        rejected_items=[item.index for item in pending.rejected] or None,
+    )  # fmt: skip
+    store.create_batch(record, limits, ready_cluster=ready_cluster)
+    queued: list[QueueMessage] = list(messages)
+    unsent = queue.send_many(queued)
     if unsent:
-        lost = [
-            item_outcome(record, i, m.chunk, reason="could not be queued")
-            for m in unsent
-            if isinstance(m, JobBatchMessage)
-            for i in m.items
-        ]
+        chunks = [m.as_batch() if isinstance(m, JobSweepMessage) else m for m in unsent
+                  if isinstance(m, JobBatchMessage | JobSweepMessage)]  # fmt: skip
+        lost = [item_outcome(record, i, m.chunk, reason="could not be queued")
+                for m in chunks for i in m.items]  # fmt: skip
         store.record_batch_outcomes(record, lost)
         if len(unsent) == len(messages):
             store.record_failure(
-                batch_id, ErrorInfo(code="ENQUEUE_FAILED", message="the batch could not "
-                                    "be queued; send it again", transient=True),
+                pending.batch_id, ErrorInfo(code="ENQUEUE_FAILED", message="the batch could "
+                                            "not be queued; send it again", transient=True),
             )  # fmt: skip
             raise TransientError("the batch could not be queued; send it again",
                                  code="ENQUEUE_FAILED")  # fmt: skip
-    return BatchAccepted(
-        request_id=batch_id,
-        location=f"/v1/requests/{batch_id}",
-        accepted=len(valid),
-        rejected_count=len(rejected),
-        rejected=rejected[:MAX_LISTED_ERRORS],
-        job_id_prefix=prefix,
-    )
 
 
 def batch_page(

@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from broker.agent.protocol import AgentJob, AgentRequest
+from broker.agent.protocol import AgentJob, AgentJobResult, AgentRequest
 from broker.batches.models import JobBatchMessage
 from broker.batches.outcomes import finish_batch, item_outcome
+from broker.batches.sweeps import JobSweepMessage
 from broker.errors import PermanentError, TransientError
 from broker.jobs.execution import (
     PERMANENT,
@@ -42,6 +43,10 @@ class ChunkRecords(RequestStore, JobStore, BatchStore, Protocol):
     """What submitting a chunk reads and writes: its batch, its items, their dependencies."""
 
 
+#: A sweep's agent job by token: its positions' broker job ids (None: no task there).
+Positions = dict[str, list[str | None]]
+
+
 @dataclass
 class _OpenChunk:
     """A batch chunk started by a worker: its agent jobs, and items already settled."""
@@ -51,6 +56,7 @@ class _OpenChunk:
     jobs: list[AgentJob]
     failed: list[tuple[str, str]]
     retry: list[str]
+    positions: Positions
 
 
 def _answers_for(message: JobBatchMessage, answers: Answers) -> Answers:
@@ -86,7 +92,7 @@ class ChunkDispatcher:
         self._dependencies = Dependencies(store)
         self._ends = RequestEnds(store, announcer)
 
-    def handle(self, message: JobBatchMessage) -> Outcome:
+    def handle(self, message: JobBatchMessage | JobSweepMessage) -> Outcome:
         """One chunk (already marked dispatched): one agent call submits all of its jobs still
         to submit.
 
@@ -98,10 +104,12 @@ class ChunkDispatcher:
         answers: Answers = ([], [], [])
         if chunk.jobs:
             lookback = lookback_seconds(chunk.batch.created_at)
-            answers = self._submit_chunk(message.cluster, chunk.jobs, lookback)
+            answers = self._submit_chunk(message.cluster, chunk.jobs, lookback, chunk.positions)
         return self._close_chunk(chunk, answers)
 
-    def handle_chunks(self, messages: list[JobBatchMessage]) -> list[Outcome | TransientError]:
+    def handle_chunks(
+        self, messages: list[JobBatchMessage | JobSweepMessage]
+    ) -> list[Outcome | TransientError]:
         """Batch chunks drained together for one cluster: all their jobs in one agent call.
 
         Each message ends as ``handle`` would end it alone (its items' records, its batch's
@@ -118,11 +126,12 @@ class ChunkDispatcher:
             except (TransientError, *PERMANENT) as exc:
                 ends[position] = self._ends.settle(message, exc)
         jobs = [job for chunk in opened.values() for job in chunk.jobs]
+        positions = {t: p for chunk in opened.values() for t, p in chunk.positions.items()}
         answers: Answers = ([], [], [])
         if jobs:
             lookback = max(lookback_seconds(c.batch.created_at) for c in opened.values())
             try:
-                answers = self._submit_chunk(messages[0].cluster, jobs, lookback)
+                answers = self._submit_chunk(messages[0].cluster, jobs, lookback, positions)
             except (TransientError, *PERMANENT) as exc:
                 for position in opened:
                     ends[position] = self._ends.settle(messages[position], exc)
@@ -134,11 +143,14 @@ class ChunkDispatcher:
                 ends[position] = self._ends.settle(messages[position], exc)
         return ends
 
-    def find_in_slurm(self, message: JobBatchMessage, job_ids: list[str]) -> dict[str, str]:
+    def find_in_slurm(
+        self, message: JobBatchMessage | JobSweepMessage, job_ids: list[str]
+    ) -> dict[str, str]:
         """Which of a chunk's items are in Slurm: broker job id -> Slurm job id.
 
         One agent call (``find_only``): the token search a submission makes, under the same
-        head-node lock, and no sbatch. Items not found are absent from the answer.
+        head-node lock, and no sbatch. Items not found are absent from the answer. A sweep's
+        chunk is asked for as it is submitted (its arrays' tokens, ``_prepare_sweep``).
 
         Raises:
             TransientError: the head node cannot tell (unreachable, or a job's search failed).
@@ -147,13 +159,18 @@ class ChunkDispatcher:
         batch = self._store.get(message.request_id)
         user = acting_user(batch.user, message.user)
         wanted = set(job_ids)
-        jobs: list[AgentJob] = []
-        for item in message.items:
-            if item.job_id in wanted:
-                spec = item.spec
-                if spec.working_directory is None:
-                    spec = spec.model_copy(update={"working_directory": self._workdir})
-                jobs.append(AgentJob.of(slurm_token(item.job_id), spec, None, user=user))
+        positions: Positions = {}
+        if isinstance(message, JobSweepMessage):
+            chunk = self._prepare_sweep(message, message.as_batch(), batch, wanted, user)
+            jobs, positions = chunk.jobs, chunk.positions
+        else:
+            jobs = []
+            for item in message.items:
+                if item.job_id in wanted:
+                    spec = item.spec
+                    if spec.working_directory is None:
+                        spec = spec.model_copy(update={"working_directory": self._workdir})
+                    jobs.append(AgentJob.of(slurm_token(item.job_id), spec, None, user=user))
         if not jobs:
             return {}
         target = self._clusters.resolve(message.cluster)
@@ -166,7 +183,13 @@ class ChunkDispatcher:
         found: dict[str, str] = {}
         for job in jobs:
             answer = answers.get(job.token)
-            if answer is not None and answer.job_id is not None:
+            if job.token in positions:
+                submitted, _, unsure = _sweep_answers_of(positions[job.token], answer)
+                if unsure:
+                    raise TransientError("the head node could not tell whether a sweep's "
+                                         "arrays are in Slurm", code="UNKNOWN_OUTCOME")  # fmt: skip
+                found.update(submitted)
+            elif answer is not None and answer.job_id is not None:
                 found[job.token.split(":", 1)[1]] = answer.job_id
             elif answer is None or answer.error is None or answer.error.transient:
                 raise TransientError(
@@ -174,8 +197,10 @@ class ChunkDispatcher:
                 )
         return found
 
-    def _open_chunk(self, message: JobBatchMessage) -> _OpenChunk:
-        """Start a chunk: its batch, and the agent jobs of its items still to submit."""
+    def _open_chunk(self, sent: JobBatchMessage | JobSweepMessage) -> _OpenChunk:
+        """Start a chunk: its batch, and the agent jobs of its items still to submit (a sweep's
+        chunk: one agent job for all of them, ``_prepare_sweep``)."""
+        message = sent.as_batch() if isinstance(sent, JobSweepMessage) else sent
         if message.chunk is None:
             # Every accept numbers its chunks; the field is optional only in the message model.
             raise PermanentError("a batch message without its chunk number", code="NO_CHUNK")
@@ -183,8 +208,10 @@ class ChunkDispatcher:
         user = acting_user(batch.user, message.user)  # before the chunk starts: never half-done
         job_ids = [item.job_id for item in message.items]
         started = self._store.start_chunk(message.request_id, message.chunk, job_ids)
+        if isinstance(sent, JobSweepMessage):
+            return self._prepare_sweep(sent, message, batch, started, user)
         jobs, failed, retry = self._prepare(message, started, user)
-        return _OpenChunk(message, batch, jobs, failed, retry)
+        return _OpenChunk(message, batch, jobs, failed, retry, {})
 
     def _close_chunk(self, chunk: _OpenChunk, answers: Answers) -> Outcome:
         """Record a chunk's outcomes and end its batch if complete; TransientError if some of
@@ -234,7 +261,43 @@ class ChunkDispatcher:
             jobs.append(AgentJob.of(slurm_token(item.job_id), spec, dependency, user=user))
         return jobs, failed, retry
 
-    def _submit_chunk(self, cluster: str, jobs: list[AgentJob], lookback: int) -> Answers:
+    def _prepare_sweep(
+        self,
+        sweep: JobSweepMessage,
+        message: JobBatchMessage,
+        batch: RequestRecord,
+        started: set[str],
+        user: str,
+    ) -> _OpenChunk:
+        """A sweep's chunk as one agent job: a task at each position whose item is started.
+
+        Positions are the chunk's items in order, whatever has happened to them since: a
+        redelivery asks for the same arrays (found by their tokens), and task ``p - first`` of
+        an array is always the chunk's item ``p``. The template's dependencies are resolved
+        once for all items.
+        """
+        ids = [item.job_id for item in message.items]
+        todo = [job_id for job_id in ids if job_id in started]
+        if not todo:
+            return _OpenChunk(message, batch, [], [], [], {})
+        try:
+            dependency = self._dependencies.slurm_string(sweep.owner, sweep.cluster, sweep.template)
+        except TransientError:
+            return _OpenChunk(message, batch, [], [], todo, {})
+        except PermanentError as exc:
+            return _OpenChunk(message, batch, [], [(j, exc.message) for j in todo], [], {})
+        template = sweep.template
+        if template.working_directory is None:
+            template = template.model_copy(update={"working_directory": self._workdir})
+        job = AgentJob.of(sweep.token(), template, dependency, user=user)
+        job.tasks = [own if job_id in started else None
+                     for job_id, own in zip(ids, sweep.parameters, strict=True)]  # fmt: skip
+        positions = {job.token: [job_id if job_id in started else None for job_id in ids]}
+        return _OpenChunk(message, batch, [job], [], [], positions)
+
+    def _submit_chunk(
+        self, cluster: str, jobs: list[AgentJob], lookback: int, positions: Positions
+    ) -> Answers:
         """One agent call for all ``jobs``: (submitted, rejected, to retry) job ids."""
         target = self._clusters.resolve(cluster)
         request = AgentRequest(op="submit", jobs=jobs, concurrency=self._concurrency,
@@ -247,8 +310,11 @@ class ChunkDispatcher:
         rejected: list[tuple[str, str]] = []
         retry: list[str] = []
         for job in jobs:
-            job_id = job.token.split(":", 1)[1]
             answer = answers.get(job.token)
+            if job.token in positions:
+                _sweep_answers(positions[job.token], answer, (submitted, rejected, retry))
+                continue
+            job_id = job.token.split(":", 1)[1]
             if answer is not None and answer.job_id is not None:
                 submitted.append((job_id, answer.job_id))
             elif answer is not None and answer.error is not None and not answer.error.transient:
@@ -256,3 +322,30 @@ class ChunkDispatcher:
             else:
                 retry.append(job_id)
         return submitted, rejected, retry
+
+
+def _sweep_answers(ids: list[str | None], answer: AgentJobResult | None, into: Answers) -> None:
+    """A sweep's answer per item: ``<array>_<task>`` where an array holds its position; the
+    answer's error (or a retry, without one) for the others."""
+    submitted, rejected, retry = into
+    placed: dict[int, str] = {}
+    for array in (answer.arrays or []) if answer is not None else []:
+        for position in range(array.first, min(array.first + array.tasks, len(ids))):
+            placed[position] = f"{array.job_id}_{position - array.first}"
+    error = answer.error if answer is not None else None
+    for position, job_id in enumerate(ids):
+        if job_id is None:
+            continue
+        if position in placed:
+            submitted.append((job_id, placed[position]))
+        elif error is not None and not error.transient:
+            rejected.append((job_id, f"{error.code}: {error.message}"))
+        else:
+            retry.append(job_id)
+
+
+def _sweep_answers_of(ids: list[str | None], answer: AgentJobResult | None) -> Answers:
+    """``_sweep_answers`` as a new (submitted, rejected, to retry) triple."""
+    into: Answers = ([], [], [])
+    _sweep_answers(ids, answer, into)
+    return into

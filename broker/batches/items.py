@@ -19,11 +19,10 @@ from __future__ import annotations
 from bisect import bisect_right
 from datetime import datetime
 
+from broker.batches.models import PREFIX_CHARS, item_id
 from broker.jobs.records import JobRecord, JobState
 from broker.requests.models import RequestRecord
 
-#: Batch ids and their items' ids share their first 23 characters (``models.batch_ids``).
-PREFIX_CHARS = 23
 #: The index a batch's own request id carries.
 BATCH_INDEX = "ffffff"
 
@@ -33,11 +32,6 @@ def batch_id_of(job_id: str) -> str | None:
     if len(job_id) != PREFIX_CHARS + len(BATCH_INDEX) or job_id.endswith(BATCH_INDEX):
         return None
     return job_id[:PREFIX_CHARS] + BATCH_INDEX
-
-
-def item_id(batch_id: str, index: int) -> str:
-    """The job id of a batch's item ``index``."""
-    return f"{batch_id[:PREFIX_CHARS]}{index:06x}"
 
 
 def chunk_of(chunk_starts: list[int], index: int) -> int:

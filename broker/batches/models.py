@@ -126,6 +126,15 @@ class JobBatchMessage(BaseModel):
     chunk: int | None = Field(default=None, ge=0, description="The chunk's number in its batch.")
 
 
+#: Batch ids and their items' ids share their first 23 characters (``batch_ids``).
+PREFIX_CHARS = 23
+
+
+def item_id(batch_id: str, index: int) -> str:
+    """The job id of a batch's item ``index``."""
+    return f"{batch_id[:PREFIX_CHARS]}{index:06x}"
+
+
 def batch_ids(count: int) -> tuple[str, str, list[str]]:
     """A new batch's request id, its job id prefix, and the job id of each of ``count`` items.
 

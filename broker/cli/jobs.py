@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from broker.cli.context import Context, pass_ctx, wait_request
 from broker.cli.output import FAILED, table
 from broker.cli.specs import dependencies, exports, read_script, read_specs
+from broker.cli.sweeps import sweep
 from broker.client import BatchOutcome, BrokerClient, BulkResult
 from broker.client.polling import poll_until
 from broker.jobs.models import JobResult, OutputPart, OutputResult
@@ -44,7 +45,10 @@ def job_rows(jobs: list[JobView]) -> list[tuple[Any, ...]]:
 
 @click.group()
 def jobs() -> None:
-    """Slurm jobs: submit, list, show, cancel, output."""
+    """Slurm jobs: submit, submit-many, sweep, list, show, cancel, output."""
+
+
+jobs.add_command(sweep)
 
 
 @jobs.command()

@@ -133,6 +133,22 @@ class BrokerClient:
         path = f"/v1/clusters/{_seg(cluster)}/jobs:batch"
         return self._model(BatchAccepted, "POST", path, body, idempotency_key)
 
+    def submit_sweep(
+        self,
+        cluster: str,
+        template: JobSpecLike,
+        parameters: Sequence[Mapping[str, str]],
+        *,
+        atomic: bool = False,
+        idempotency_key: str | None = None,
+    ) -> BatchAccepted:
+        """``POST /v1/clusters/{cluster}/jobs:sweep``: one job for up to 100,000 parameter sets
+        (each a task's own variables), submitted as Slurm job arrays."""
+        body = {"template": _spec(template), "parameters": [dict(p) for p in parameters],
+                "atomic": atomic}  # fmt: skip
+        path = f"/v1/clusters/{_seg(cluster)}/jobs:sweep"
+        return self._model(BatchAccepted, "POST", path, body, idempotency_key)
+
     def submit_many(
         self,
         cluster: str,

@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from broker.batches.accept import accept_batch, batch_page
+from broker.batches.accept import accept_batch, accept_sweep, batch_page
 from broker.batches.models import BatchAccepted, BatchBody, BatchItemView
+from broker.batches.sweeps import SweepBody
 from broker.clusters.service import ClusterGate
 from broker.errors import (
     BrokerError,
@@ -115,6 +116,14 @@ class RequestService:
         self._resolve(cluster)
         user = self._users.user_for(cluster, owner)
         return accept_batch(self._store, self._queue, owner, cluster, body, user=user,
+                            limits=self._limits, ready_cluster=self._gated)  # fmt: skip
+
+    def submit_sweep(self, owner: str, cluster: str, body: SweepBody) -> BatchAccepted:
+        """Accept a sweep: one template, many parameter sets, packed into job arrays
+        (``broker.batches.sweeps``); raises as ``submit_batch``."""
+        self._resolve(cluster)
+        user = self._users.user_for(cluster, owner)
+        return accept_sweep(self._store, self._queue, owner, cluster, body, user=user,
                             limits=self._limits, ready_cluster=self._gated)  # fmt: skip
 
     @property

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from broker.batches.models import JobBatchMessage
 from broker.batches.outcomes import finish_batch, item_outcome
+from broker.batches.sweeps import JobSweepMessage
 from broker.errors import NotFoundError, PermanentError
 from broker.jobs.models import JobSubmitMessage
 from broker.jobs.records import JobState
@@ -28,7 +29,9 @@ class DeadRecords(RequestStore, JobStore, BatchStore, Protocol):
 class SlurmLookup(Protocol):
     """What of a dead letter is in Slurm (the job worker's dispatcher; nothing is submitted)."""
 
-    def find_in_slurm(self, message: JobBatchMessage, job_ids: list[str]) -> dict[str, str]:
+    def find_in_slurm(
+        self, message: JobBatchMessage | JobSweepMessage, job_ids: list[str]
+    ) -> dict[str, str]:
         """Broker job id -> Slurm job id of the chunk's items found; raises TransientError
         when the head node cannot tell."""
         ...
@@ -56,13 +59,15 @@ class DeadLetterService:
         self._announce = announcer
         self._slurm = slurm
 
-    def give_up_chunk(self, message: JobBatchMessage) -> int:
+    def give_up_chunk(self, sent: JobBatchMessage | JobSweepMessage) -> int:
         """A batch chunk ran out of deliveries: its items still SUBMITTING fail (none is left
         in progress, none keeps its back-pressure reservation); the batch ends if complete.
+        A sweep's chunk is looked up by its arrays, and its items end as a batch chunk's.
 
         Returns:
             How many items this call failed (others had an outcome already).
         """
+        message = sent.as_batch() if isinstance(sent, JobSweepMessage) else sent
         try:
             batch = self._store.get(message.request_id)
         except NotFoundError:
@@ -74,7 +79,7 @@ class DeadLetterService:
         reason = "retries exhausted" + (
             f"; last error: {last.code}: {last.message}" if last else ""
         )
-        found = self._in_slurm(message)
+        found = self._in_slurm(sent, message)
         outcomes = [
             item_outcome(batch, item, message.chunk, slurm_job_id=found[item.job_id])
             if item.job_id in found
@@ -87,7 +92,9 @@ class DeadLetterService:
         finish_batch(self._store, self._announce, message.request_id)
         return len(newly_failed)
 
-    def _in_slurm(self, message: JobBatchMessage) -> dict[str, str]:
+    def _in_slurm(
+        self, sent: JobBatchMessage | JobSweepMessage, message: JobBatchMessage
+    ) -> dict[str, str]:
         """The chunk's items still SUBMITTING that are in Slurm, with their Slurm ids.
 
         Why ask: a chunk runs out of deliveries when its outcome writes keep failing after
@@ -107,7 +114,7 @@ class DeadLetterService:
         if not pending:
             return {}
         try:
-            return self._slurm.find_in_slurm(message, pending)
+            return self._slurm.find_in_slurm(sent, pending)
         except (PermanentError, NotFoundError) as exc:
             # Neither the batch's user nor its cluster can be acted for: nothing was submitted.
             logger.warning(

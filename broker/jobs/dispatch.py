@@ -21,6 +21,7 @@ from broker.agent.protocol import (
 )
 from broker.batches.dispatch import ChunkDispatcher
 from broker.batches.models import JobBatchMessage
+from broker.batches.sweeps import JobSweepMessage
 from broker.errors import ConflictError, PermanentError, TransientError
 from broker.jobs.execution import (
     PERMANENT,
@@ -43,7 +44,7 @@ from broker.jobs.models import (
     OutputResult,
     slurm_token,
 )
-from broker.jobs.records import JobRecord, JobState
+from broker.jobs.records import JobRecord, JobState, job_token
 from broker.notifications.announcer import Announcer
 from broker.observability import logger
 from broker.ports import (
@@ -127,7 +128,7 @@ class Dispatcher:
                 return self._submit(message)
             if isinstance(message, JobCancelMessage):
                 return self._cancel(message)
-            if isinstance(message, JobBatchMessage):
+            if isinstance(message, JobBatchMessage | JobSweepMessage):
                 return self._chunks.handle(message)
             return self._output(message)
         except (TransientError, *PERMANENT) as exc:
@@ -136,7 +137,9 @@ class Dispatcher:
                 raise
             return end
 
-    def handle_chunks(self, messages: list[JobBatchMessage]) -> list[Outcome | TransientError]:
+    def handle_chunks(
+        self, messages: list[JobBatchMessage | JobSweepMessage]
+    ) -> list[Outcome | TransientError]:
         """Batch chunks drained together for one cluster: all their jobs in one agent call
         (see ``ChunkDispatcher.handle_chunks``)."""
         return self._chunks.handle_chunks(messages)
@@ -239,7 +242,9 @@ class Dispatcher:
         self._ends.succeed(message.request_id, _submitted(result.job_id, message, result))
         return "succeeded"
 
-    def find_in_slurm(self, message: JobBatchMessage, job_ids: list[str]) -> dict[str, str]:
+    def find_in_slurm(
+        self, message: JobBatchMessage | JobSweepMessage, job_ids: list[str]
+    ) -> dict[str, str]:
         """Which of a chunk's items are in Slurm (``ChunkDispatcher.find_in_slurm``)."""
         return self._chunks.find_in_slurm(message, job_ids)
 
@@ -300,7 +305,7 @@ class Dispatcher:
                 code="SUBMISSION_IN_PROGRESS",
             )
         target = self._clusters.resolve(message.cluster)
-        user, token = acting_user(job.user, message.user), slurm_token(job.job_id)
+        user, token = acting_user(job.user, message.user), job_token(job)
         request = AgentRequest(op="cancel", targets=[JobTarget(job_id=job.slurm_job_id, user=user,
                                                                token=token)])  # fmt: skip
         response = self._runner_for(target.mode).run(target, request)
@@ -339,7 +344,7 @@ class Dispatcher:
                 patterns=self._patterns(job),
                 job_name=job.name,
                 user=acting_user(job.user, message.user),
-                token=slurm_token(job.job_id),
+                token=job_token(job),
             ),
         )
         response = self._runner_for(target.mode).run(target, request)
@@ -366,7 +371,8 @@ class Dispatcher:
     def _patterns(self, job: JobRecord) -> dict[Literal["stdout", "stderr"], str]:
         """The job's output file patterns as submitted (Slurm's defaults where unset)."""
         workdir = (job.working_directory or self._workdir).rstrip("/")
-        default = f"{workdir}/slurm-%A_%a.out" if job.array else f"{workdir}/slurm-%j.out"
+        task = job.array or "_" in (job.slurm_job_id or "")  # an array's, or a sweep item's
+        default = f"{workdir}/slurm-%A_%a.out" if task else f"{workdir}/slurm-%j.out"
         stdout = job.output or default
         return {"stdout": stdout, "stderr": job.error or stdout}
 

@@ -403,3 +403,9 @@ class JobOutputMessage(BaseModel):
 def slurm_token(request_id: str) -> str:
     """The deterministic token a job carries in its Slurm comment for de-duplication."""
     return f"hpcb:{request_id}"
+
+
+def sweep_token(batch_id: str, chunk: int) -> str:
+    """The token of a sweep's chunk: each of its arrays carries it plus ``a<k>`` (the agent
+    takes either for a cancel or an output read of one of the chunk's tasks)."""
+    return f"hpcb:{batch_id}c{chunk}"

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from broker.agent.protocol import SlurmJobStatus
-from broker.jobs.models import Dependency, JobSpec
+from broker.jobs.models import Dependency, JobSpec, slurm_token, sweep_token
 
 
 class JobState(StrEnum):
@@ -201,6 +201,22 @@ class Observation(BaseModel):
 EXIT_CODE_WAIT_SECONDS = 120.0
 
 
+def is_sweep_task(job: JobRecord) -> bool:
+    """Whether a job is a sweep's item: a batch item whose Slurm id is an array task
+    (``123_4``) though it asked for no ``array`` of its own."""
+    task = "_" in (job.slurm_job_id or "") and job.array is None
+    return task and job.batch_id is not None and job.batch_chunk is not None
+
+
+def job_token(job: JobRecord) -> str:
+    """The token of a job's Slurm comment, for the agent's check before a cancel or a read:
+    its own (``hpcb:<job id>``), or, for a sweep's item, its chunk's (its array carries it
+    plus ``a<k>``)."""
+    if is_sweep_task(job) and job.batch_id is not None and job.batch_chunk is not None:
+        return sweep_token(job.batch_id, job.batch_chunk)
+    return slurm_token(job.job_id)
+
+
 def observe(
     job: JobRecord,
     statuses: list[SlurmJobStatus],
@@ -216,7 +232,8 @@ def observe(
     """
     if job.state.final or job.slurm_job_id is None:
         return None
-    mine = [s for s in statuses if s.base_id == job.slurm_job_id]
+    # A job's id is its base id; a sweep item's is one array task's ('123_4').
+    mine = [s for s in statuses if job.slurm_job_id in (s.base_id, s.job_id)]
     if not mine:
         return None
     if job.array:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import threading
 from typing import Any
 
@@ -219,7 +220,7 @@ def _check(backend: Any, steps: list[_Step]) -> None:
         current = backend.get_item(table_name, key)
         condition = op.get("ConditionExpression")
         names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
-        if condition is None or get_filter_expression(condition, names, values).expr(current):
+        if condition is None or _parsed(get_filter_expression, condition, names, values)(current):
             reasons.append((None, None, None))
             continue
         old = None
@@ -228,6 +229,23 @@ def _check(backend: Any, steps: list[_Step]) -> None:
         reasons.append(("ConditionalCheckFailed", ConditionalCheckFailed(item=old).message, old))
     if any(code is not None for code, _, _ in reasons):
         raise TransactionCanceledException(reasons)
+
+
+#: Parsed condition expressions (moto parses each anew: half of a conditional Put's cost, 0.24
+#: of 0.50 ms an item measured here); at most this many kept.
+_PARSED: dict[str, Any] = {}
+MAX_PARSED = 256
+
+
+def _parsed(parse: Any, condition: str, names: Any, values: Any) -> Any:
+    """The evaluator of a condition (a function of the current item), parsed once."""
+    key = json.dumps([condition, names, values], sort_keys=True)
+    found = _PARSED.get(key)
+    if found is None:
+        if len(_PARSED) >= MAX_PARSED:
+            _PARSED.clear()
+        found = _PARSED[key] = parse(condition, names, values).expr
+    return found
 
 
 def _apply(backend: Any, steps: list[_Step]) -> None:

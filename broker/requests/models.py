@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from broker.batches.models import BatchItemView, BatchResult, JobBatchMessage
+from broker.batches.sweeps import JobSweepMessage
 from broker.clusters.models import ClusterKind, ClusterResult
 from broker.jobs.models import (
     CancelResult,
@@ -127,7 +128,9 @@ class RequestView(BaseModel):
         )
 
 
-AnyMessage = JobSubmitMessage | JobCancelMessage | JobOutputMessage | JobBatchMessage
+AnyMessage = (
+    JobSubmitMessage | JobCancelMessage | JobOutputMessage | JobBatchMessage | JobSweepMessage
+)
 
 
 QueueMessage = Annotated[AnyMessage, Field(discriminator="kind")]

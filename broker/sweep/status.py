@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, SlurmJobStatus
 from broker.errors import BrokerError
-from broker.jobs.records import JobRecord, observe
+from broker.jobs.records import JobRecord, is_sweep_task, observe
 from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
 from broker.observability import logger
 from broker.ports import (
@@ -125,7 +125,10 @@ class Sweeper:
 
     def _sweep_cluster(self, cluster: str, jobs: list[JobRecord], report: SweepReport) -> None:
         target = self._clusters.resolve(cluster)
-        ids = sorted({j.slurm_job_id for j in jobs if j.slurm_job_id})
+        # A sweep's items are asked for by their array (the agent answers for every task):
+        # 10,000 items of a sweep are 10 ids, not 10,000.
+        ids = sorted({j.slurm_job_id.partition("_")[0] if is_sweep_task(j) else j.slurm_job_id
+                      for j in jobs if j.slurm_job_id})  # fmt: skip
         statuses: list[SlurmJobStatus] = []
         answered: bool | None = None
         # In slices the agent takes (at most STATUS_SLICE ids a command): one caller's 5,001

@@ -12,8 +12,7 @@ import pytest
 
 from broker.adapters.aws import client
 from broker.adapters.dynamodb import DynamoStore
-from broker.batches.items import item_id
-from broker.batches.models import BatchItem, batch_ids
+from broker.batches.models import BatchItem, batch_ids, item_id
 from broker.batches.outcomes import item_outcome
 from broker.errors import BackpressureError, ConflictError, NotFoundError
 from broker.jobs.models import JobResult, JobSpec

@@ -264,3 +264,26 @@ def test_admin_maps_and_unmaps_a_caller(hpcb, script: Path, name: str) -> None: 
     assert again.exit_code == 4, again.output
     # AND for a caller who is not an administrator the admin commands do not exist (404, exit 4)
     assert hpcb("admin", "users", "list", "local").exit_code == 4
+
+
+def test_sweep_runs_the_script_once_per_csv_row_as_one_array(  # type: ignore[no-untyped-def]
+    hpcb, name: str, tmp_path: Path, script: Path
+) -> None:
+    # GIVEN a CSV of 12 parameter sets, and one naming a reserved variable
+    rows = ["PARAM_X,app_label"] + [f"{i},r{i}" for i in range(12)]
+    (tmp_path / "params.csv").write_text("\n".join(rows) + "\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("PATH\n/evil\n")
+    # WHEN swept, held, and waited for
+    result = hpcb("jobs", "sweep", "local", str(script), str(tmp_path / "params.csv"),
+                  "--job-name", name, "--hold", "--wait")  # fmt: skip
+    # THEN exit 0, 12 accepted and in Slurm, as the tasks of one array
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^ *accepted +12 *$", result.output, re.M), result.output
+    assert re.search(r"^ *in Slurm +12 *$", result.output, re.M), result.output
+    jobs = slurm_jobs_named(name)
+    assert len({c for _, c in jobs}) == 1
+    # AND a file naming a reserved variable is refused: exit 2 (invalid input), the field named
+    refused = hpcb("jobs", "sweep", "local", str(script), str(bad), "--job-name", name)
+    assert refused.exit_code == 2
+    assert "body.parameters.0.PATH" in refused.output

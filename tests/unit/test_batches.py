@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from broker.batches.items import chunk_item_ids, item_id, lost_item
-from broker.batches.models import batch_ids
+from broker.batches.items import chunk_item_ids, lost_item
+from broker.batches.models import batch_ids, item_id
 from broker.jobs.records import JobState
 from broker.requests.models import RequestRecord
 from broker.requests.states import RequestState

@@ -113,11 +113,13 @@ def test_only_the_api_function_reads_the_page_token_secret_and_only_that_secret(
     secret = template.resources["PageTokenSecret"]
     functions = {f.logical_id: f for f in template.of_type("AWS::Serverless::Function")}
     # WHEN the functions' secret permissions and environments are read
+    # (each function's own role, issue 13; SAM policy templates are gone)
     readers = {
-        name: policy["AWSSecretsManagerGetSecretValuePolicy"]
-        for name, function in functions.items()
-        for policy in function.properties.get("Policies", [])
-        if isinstance(policy, dict) and "AWSSecretsManagerGetSecretValuePolicy" in policy
+        name: (statement["Action"], statement["Resource"])
+        for name in functions
+        for policy in template.resources[f"{name}Role"].properties["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        if "secretsmanager" in str(statement["Action"])
     }
     named_in = {
         name
@@ -128,6 +130,6 @@ def test_only_the_api_function_reads_the_page_token_secret_and_only_that_secret(
     # THEN a generated secret, readable by the API function alone, on that secret alone
     assert secret.type == "AWS::SecretsManager::Secret"
     assert secret.properties["GenerateSecretString"]["PasswordLength"] >= 32
-    assert readers == {"ApiFunction": {"SecretArn": {"Ref": "PageTokenSecret"}}}
+    assert readers == {"ApiFunction": ("secretsmanager:GetSecretValue", {"Ref": "PageTokenSecret"})}
     assert named_in == {"ApiFunction"}
     assert "secretsmanager" not in str(template.globals_function)

@@ -187,3 +187,34 @@ def test_more_ids_than_the_agent_takes_go_in_slices_and_every_job_is_seen() -> N
 
 def test_the_slice_is_the_agents_limit() -> None:
     assert STATUS_SLICE == agent.MAX_JOB_IDS
+
+
+def test_a_sweeps_items_are_asked_for_by_their_arrays_in_one_command() -> None:
+    from broker.batches.accept import accept_sweep  # noqa: PLC0415
+    from broker.batches.outcomes import item_outcome  # noqa: PLC0415
+    from broker.batches.sweeps import SweepBody  # noqa: PLC0415
+
+    # GIVEN a sweep of 6,000 items in Slurm as the tasks of arrays 70-75 (1,000 each): more
+    # than one command's STATUS_SLICE of ids if each task were asked for
+    store, queue = InMemoryStore(), FakeQueue()
+    parameters = [{"p": str(i)} for i in range(6000)]
+    body = SweepBody.model_validate({"template": {"script": "#!/bin/sh\ntrue\n"},
+                                     "parameters": parameters})  # fmt: skip
+    accepted = accept_sweep(store, queue, OWNER, "local", body, user="alice", limits=None,
+                            ready_cluster=False)  # fmt: skip
+    batch = store.get(accepted.request_id)
+    chunks = [m.as_batch() for m in queue.sent]  # type: ignore[attr-defined]
+    outcomes = [item_outcome(batch, item, chunk.chunk, slurm_job_id=f"{70 + i // 1000}_{i % 1000}")
+                for chunk in chunks for item in chunk.items for i in [item.index]]  # fmt: skip
+    store.record_batch_outcomes(batch, outcomes)
+    assert len(parameters) > STATUS_SLICE
+    task = SlurmJobStatus(job_id="70_5", base_id="70", array_task="5", state="RUNNING",
+                          source="squeue")  # fmt: skip
+    runner = ScriptedRunner([AgentResponse(ok=True, op="status", statuses=[task])])
+    # WHEN swept
+    report = sweeper(store, runner, RecordingNotifier()).sweep()
+    # THEN one command asking for the 6 arrays, and the task Slurm named moved on its own
+    assert (report.head_node_commands, report.active_jobs) == (1, 6000)
+    assert runner.calls[0].job_ids == ["70", "71", "72", "73", "74", "75"]
+    assert store.get_job(f"{accepted.job_id_prefix}{5:06x}").state is JobState.RUNNING
+    assert store.get_job(f"{accepted.job_id_prefix}{6:06x}").state is JobState.PENDING

@@ -59,3 +59,18 @@ def test_the_operator_is_paged_for_dead_letters_errors_throttles_backlog_and_a_s
     # a sweep that stopped has no data points: that must page too
     assert pages[-1]["TreatMissingData"] == "breaching"
     assert pages[-1]["ComparisonOperator"] == "LessThanThreshold"
+
+
+def test_the_alarms_topic_is_not_encrypted_with_a_key_cloudwatch_cannot_use() -> None:
+    # GIVEN the alarms topic (CloudWatch cannot publish to one encrypted with aws/sns, whose key
+    # policy does not admit it: no alarm would ever arrive)
+    topic = T.resources["AlarmsTopic"].properties
+    # THEN it is encrypted only with the operator's own key, when one is given
+    assert topic["KmsMasterKeyId"] == {
+        "Fn::If": [
+            "HasAlarmsTopicKey",
+            {"Ref": "AlarmsTopicKmsKeyId"},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert "aws/sns" not in str(T.document["Parameters"]["AlarmsTopicKmsKeyId"]["Default"])

@@ -27,6 +27,7 @@ from broker.adapters.dynamodb.table import (
     Table,
     TableStore,
     alias_item,
+    array_alias_item,
     chunk_key,
     counter_key,
     job_item,
@@ -36,6 +37,7 @@ from broker.adapters.dynamodb.table import (
     request_key,
     value_of,
 )
+from broker.batches.items import chunk_item_ids
 from broker.errors import (
     BackpressureError,
     ConflictError,
@@ -43,7 +45,7 @@ from broker.errors import (
     ThrottledError,
     TransientError,
 )
-from broker.jobs.records import JobRecord, JobState
+from broker.jobs.records import JobRecord, JobState, is_sweep_task
 from broker.ports import Limits
 from broker.requests.models import RequestRecord
 from broker.schema import utcnow
@@ -55,6 +57,13 @@ OUTCOME_BACKOFF_S: Final = 0.05
 
 #: A chunk marker's attributes (placeholders: expressions never meet a reserved word).
 _MARKER_NAMES = {"#l": "lost", "#d": "reap_done"}
+
+
+#: Items a DynamoDB transaction may hold. An outcome transaction holds, per job, its record and
+#: (but for a sweep's item: its array has one alias for all its tasks) its Slurm id's alias,
+#: plus three: two backlog counters and the batch's counts.
+MAX_TRANSACTION_ITEMS = 100
+COUNT_ITEMS = 3
 
 
 class DynamoBatchStore(TableStore):
@@ -194,7 +203,8 @@ class DynamoBatchStore(TableStore):
     def record_batch_outcomes(
         self, batch: RequestRecord, outcomes: list[JobRecord]
     ) -> tuple[list[str], list[str]]:
-        """Write the records of batch jobs leaving SUBMITTING, 25 jobs per transaction.
+        """Write the records of batch jobs leaving SUBMITTING, as many jobs per transaction as
+        fit (``_groups``), after the aliases of a sweep's arrays.
 
         Each job's record is put whole, on condition that it has none yet or is still
         SUBMITTING; each transaction also writes the aliases of the submitted jobs, counts the
@@ -204,8 +214,12 @@ class DynamoBatchStore(TableStore):
         """
         done_ok: list[str] = []
         done_failed: list[str] = []
-        for start in range(0, len(outcomes), 25):
-            chunk = outcomes[start : start + 25]
+        arrays = [{"Put": {"TableName": self._table.name, "Item": item}}
+                  for item in _array_aliases(batch, outcomes)]  # fmt: skip
+        for start in range(0, len(arrays), MAX_TRANSACTION_ITEMS):
+            self._table.transact(arrays[start : start + MAX_TRANSACTION_ITEMS], "record arrays")
+        for group in _groups(outcomes):
+            chunk = group
             while chunk:
                 items: list[dict[str, Any]] = []
                 owner_of: list[int] = []  # transaction item index -> chunk index
@@ -261,7 +275,7 @@ class DynamoBatchStore(TableStore):
             "ExpressionAttributeValues": {":c0": {"S": JobState.SUBMITTING.value}},
         }
         items: list[dict[str, Any]] = [{"Put": put}]
-        if job.slurm_job_id is not None:
+        if job.slurm_job_id is not None and not is_sweep_task(job):
             alias = alias_item(batch.cluster, job.slurm_job_id, job.job_id, batch.created_at)
             items.append({"Put": {"TableName": self._table.name, "Item": alias}})
         return items
@@ -318,3 +332,38 @@ def count_item(table: Table, kind: str, name: str, delta: int, limit: int | None
 def _outcome_of(job: JobRecord) -> str:
     """The batch count a job leaving SUBMITTING goes into."""
     return "SUBMITTED" if job.slurm_job_id is not None else "FAILED"
+
+
+def _groups(outcomes: list[JobRecord]) -> list[list[JobRecord]]:
+    """Outcomes in runs that fill one transaction each (``MAX_TRANSACTION_ITEMS``)."""
+    groups: list[list[JobRecord]] = [[]]
+    size = COUNT_ITEMS
+    for job in outcomes:
+        weight = 1 if job.slurm_job_id is None or is_sweep_task(job) else 2
+        if size + weight > MAX_TRANSACTION_ITEMS:
+            groups.append([])
+            size = COUNT_ITEMS
+        groups[-1].append(job)
+        size += weight
+    return [group for group in groups if group]
+
+
+def _array_aliases(batch: RequestRecord, outcomes: list[JobRecord]) -> list[dict[str, Any]]:
+    """One alias item per array the sweep items among ``outcomes`` are tasks of (none for
+    other jobs): ``find_job`` reaches an item from ``<array>_<task>`` through it."""
+    positions: dict[int, dict[str, int]] = {}
+    aliases: dict[str, dict[str, Any]] = {}
+    for job in outcomes:
+        if not is_sweep_task(job) or job.batch_chunk is None or job.slurm_job_id is None:
+            continue
+        chunk = job.batch_chunk
+        if chunk not in positions:
+            ids = chunk_item_ids(batch, chunk)
+            positions[chunk] = {job_id: p for p, job_id in enumerate(ids)}
+        array, _, task = job.slurm_job_id.partition("_")
+        if array not in aliases and job.job_id in positions[chunk]:
+            first = positions[chunk][job.job_id] - int(task)
+            item = array_alias_item(batch.cluster, array, batch_id=batch.request_id, chunk=chunk,
+                                    first=first, created=batch.created_at)  # fmt: skip
+            aliases[array] = item
+    return list(aliases.values())

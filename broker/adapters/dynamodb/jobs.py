@@ -33,7 +33,7 @@ from broker.adapters.dynamodb.table import (
     request_key,
     value_of,
 )
-from broker.batches.items import batch_id_of, unrecorded_item
+from broker.batches.items import batch_id_of, chunk_item_ids, unrecorded_item
 from broker.errors import BackpressureError, ConflictError, NotFoundError
 from broker.jobs.records import JobRecord, JobState
 from broker.ports import Limits
@@ -127,8 +127,22 @@ class DynamoJobStore(TableStore):
             if job.cluster != cluster:
                 raise NotFoundError(f"no job {ref} on {cluster}")
             return job
-        alias = self._table.get(alias_key(cluster, ref.split("_", 1)[0]), f"job {ref}")
-        return self.get_job(str(value_of(alias["job_id"])))
+        base, _, task = ref.partition("_")
+        alias = self._table.get(alias_key(cluster, base), f"job {ref}")
+        if "first" not in alias:
+            return self.get_job(str(value_of(alias["job_id"])))
+        # A sweep's array: task t is its chunk's item at position first + t.
+        batch_id = str(value_of(alias["batch_id"]))
+        try:
+            batch = record_of(self._table.get(request_key(batch_id), f"request {batch_id}"))
+        except NotFoundError:
+            raise NotFoundError(f"no job {ref}") from None
+        ids = chunk_item_ids(batch, int(value_of(alias["chunk"])))
+        position = int(value_of(alias["first"])) + int(task or -1)
+        found = self.get_job(ids[position]) if task and 0 <= position < len(ids) else None
+        if found is None or found.slurm_job_id != ref:
+            raise NotFoundError(f"no job {ref} on {cluster}")
+        return found
 
     def list_jobs(
         self,

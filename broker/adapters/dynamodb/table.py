@@ -110,6 +110,21 @@ def alias_item(cluster: str, slurm_job_id: str, job_id: str, created: datetime) 
     }
 
 
+def array_alias_item(
+    cluster: str, array_id: str, *, batch_id: str, chunk: int, first: int, created: datetime
+) -> dict[str, Any]:
+    """The item mapping a sweep's array on ``cluster`` to its chunk: task ``t`` is the chunk's
+    item at position ``first + t`` (``broker.batches.items.chunk_item_ids``)."""
+    expires = int(created.timestamp() + RETENTION.total_seconds())
+    return {
+        **alias_key(cluster, array_id),
+        "batch_id": {"S": batch_id},
+        "chunk": {"N": str(chunk)},
+        "first": {"N": str(first)},
+        "expires_at": {"N": str(expires)},
+    }
+
+
 def _item(
     kind: str,
     item_id: str,
