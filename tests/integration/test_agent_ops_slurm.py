@@ -170,6 +170,33 @@ def test_accounting_agrees_once_it_has_the_job(
     assert (record["state"], record["exit_code"], record["signal"]) == ("FAILED", 3, 0)
 
 
+def test_a_look_up_finds_the_users_job_by_token_and_submits_nothing(
+    runner: LocalRunner, created: list[str], workdir: Path
+) -> None:
+    # GIVEN a held job of USER_A's in Slurm, and a token no job carries
+    spec = JobSpec(script=script("true"), hold=True, working_directory=str(workdir))
+    job_id = submit(runner, created, spec)
+    known = AgentJob.of(TOKENS[job_id], spec, user=USER_A)
+    unknown = AgentJob.of(slurm_token(new_request_id()), spec, user=USER_A)
+    before = squeue_count()
+    # WHEN both are looked up (find_only: what the DLQ worker asks of a dead chunk)
+    response = runner.run(TARGET, AgentRequest(op="submit", jobs=[known, unknown], find_only=True))
+    # THEN the job in Slurm is found, the other is NOT_SUBMITTED (permanent), nothing was submitted
+    found, missing = response.results
+    assert (found.job_id, found.reused) == (job_id, True)
+    assert missing.job_id is None
+    assert missing.error is not None
+    assert (missing.error.code, missing.error.transient) == ("NOT_SUBMITTED", False)
+    assert squeue_count() == before
+
+
+def squeue_count() -> int:
+    """How many jobs squeue lists (all users, all states)."""
+    out = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i"], capture_output=True,
+                         text=True, check=True, timeout=30).stdout  # fmt: skip
+    return len(out.split())
+
+
 def test_unknown_job_is_missing(runner: LocalRunner, slurm: dict[str, str]) -> None:
     # GIVEN an id Slurm never gave / WHEN asked / THEN missing, and accounting was consulted
     response = status(runner, "99999999")
