@@ -278,7 +278,8 @@ ReturnToService=2
 MinJobAge=300
 # Slurm's default (a ParallelCluster cluster's too): a sweep of more tasks is several arrays
 MaxArraySize=1001
-MaxJobCount=100000
+# Every array task counts (a 100,000-item sweep needs 100,000 beside the rest)
+MaxJobCount=250000
 MessageTimeout=30
 KillWait=5
 InactiveLimit=0
