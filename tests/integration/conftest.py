@@ -35,7 +35,10 @@ def _traversable_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     pytest run starting on the machine makes /tmp/pytest-of-root 0700 again (seen: 14 jobs of a
     running suite failed to enter their directories)."""
     base = tmp_path_factory.getbasetemp()
-    for directory in (base.parent, base):
+    # Only pytest's own directories: with --basetemp=/tmp/x the parent is /tmp itself, which
+    # must stay 1777 (a run made it 0711 once, and every job writing /tmp/slurm-N.out failed).
+    ours = [base.parent] if base.parent.name.startswith("pytest-of-") else []
+    for directory in (*ours, base):
         directory.chmod(0o711)
 
 
