@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Annotated
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -34,6 +34,15 @@ from broker.jobs.models import JobSpec, OutputQueryBody
 from broker.jobs.records import JobList, JobState, JobView
 from broker.observability import metrics
 from broker.schema import AcceptedResponse, DateTimeText
+
+#: The answers of jobs:batch and jobs:sweep.
+BULK_ACCEPTED: dict[int, Any] = {
+    HTTPStatus.ACCEPTED: {
+        "description": "Accepted (possibly with rejected items listed).",
+        "content": {"application/json": {"model": BatchAccepted}},
+    },
+    **ERROR_RESPONSES,
+}
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ untyped
 
@@ -69,13 +78,7 @@ def submit_job(
     "and pages of items. Past a backlog limit: 429 with Retry-After.",
     tags=["jobs"],
     status_code=HTTPStatus.ACCEPTED,
-    responses={
-        HTTPStatus.ACCEPTED: {
-            "description": "Accepted (possibly with rejected items listed).",
-            "content": {"application/json": {"model": BatchAccepted}},
-        },
-        **ERROR_RESPONSES,
-    },
+    responses=BULK_ACCEPTED,
 )
 def submit_batch(
     cluster: ClusterParam,
@@ -99,13 +102,7 @@ def submit_batch(
     "Item i's Slurm id is <array>_<task>; GET, cancel, output and dependencies work per item.",
     tags=["jobs"],
     status_code=HTTPStatus.ACCEPTED,
-    responses={
-        HTTPStatus.ACCEPTED: {
-            "description": "Accepted (possibly with rejected items listed).",
-            "content": {"application/json": {"model": BatchAccepted}},
-        },
-        **ERROR_RESPONSES,
-    },
+    responses=BULK_ACCEPTED,
 )
 def submit_sweep(
     cluster: ClusterParam,

@@ -123,12 +123,7 @@ def accept_batch(
         BackpressureError, ClusterNotReadyError, TransientError: as for one job.
     """
     valid, rejected = _validate(body)
-    if rejected and (body.atomic or not valid):
-        raise BatchRejectedError(
-            f"{len(rejected)} of {len(body.jobs)} items are invalid"
-            + ("; the batch is atomic" if body.atomic else ""),
-            [f for item in rejected[:MAX_LISTED_ERRORS] for f in item.fields],
-        )
+    _refuse_if_invalid(rejected, len(body.jobs), "batch", atomic=body.atomic, any_valid=bool(valid))
     batch_id, prefix, ids = batch_ids(len(body.jobs))
     chunks = chunk_items([BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid])
     messages: list[JobBatchMessage | JobSweepMessage] = [
@@ -160,12 +155,9 @@ def accept_sweep(
             a batch.
     """
     valid, rejected = validate_parameters(body)
-    if rejected and (body.atomic or not valid):
-        raise BatchRejectedError(
-            f"{len(rejected)} of {len(body.parameters)} items are invalid"
-            + ("; the sweep is atomic" if body.atomic else ""),
-            [f for item in rejected[:MAX_LISTED_ERRORS] for f in item.fields],
-        )
+    _refuse_if_invalid(
+        rejected, len(body.parameters), "sweep", atomic=body.atomic, any_valid=bool(valid)
+    )
     batch_id, prefix, _ = batch_ids(0)
     base = JobSweepMessage(request_id=batch_id, owner=owner, cluster=cluster, user=user,
                            chunk=0, template=body.template, indexes=[], parameters=[])  # fmt: skip
@@ -173,6 +165,19 @@ def accept_sweep(
     pending = _Pending(batch_id, owner, cluster, user, len(body.parameters), len(valid), rejected)
     _record_and_send(store, queue, pending, messages, limits=limits, ready_cluster=ready_cluster)
     return pending.answer(prefix)
+
+
+def _refuse_if_invalid(
+    rejected: list[BatchItemError], size: int, what: str, *, atomic: bool, any_valid: bool
+) -> None:
+    """BatchRejectedError (422, the first items' fields) when invalid items sink the whole
+    body: it is atomic, or none of its items is valid."""
+    if rejected and (atomic or not any_valid):
+        raise BatchRejectedError(
+            f"{len(rejected)} of {size} items are invalid"
+            + (f"; the {what} is atomic" if atomic else ""),
+            [f for item in rejected[:MAX_LISTED_ERRORS] for f in item.fields],
+        )
 
 
 @dataclass

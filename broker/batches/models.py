@@ -109,19 +109,24 @@ class BatchItem(BaseModel):
     spec: JobSpec
 
 
-class JobBatchMessage(BaseModel):
-    """Queue message: a chunk of a batch (up to CHUNK_ITEMS jobs, one agent call)."""
+class ChunkMessage(BaseModel):
+    """What every chunk message of a batch or a sweep carries: its batch, owner, cluster, user."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = 1
-    kind: Literal["job.batch"] = "job.batch"
     request_id: str
     owner: str
     cluster: str
     user: str = Field(
         pattern=POSIX_USER, description="POSIX user its jobs run as (recorded at accept)."
     )
+
+
+class JobBatchMessage(ChunkMessage):
+    """Queue message: a chunk of a batch (up to CHUNK_ITEMS jobs, one agent call)."""
+
+    kind: Literal["job.batch"] = "job.batch"
     items: list[BatchItem]
     chunk: int | None = Field(default=None, ge=0, description="The chunk's number in its batch.")
 

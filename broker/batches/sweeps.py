@@ -17,12 +17,18 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from broker.batches.models import BatchItem, BatchItemError, JobBatchMessage, item_id
+from broker.batches.models import (
+    BatchItem,
+    BatchItemError,
+    ChunkMessage,
+    JobBatchMessage,
+    item_id,
+)
 from broker.jobs.models import ENV_NAME_PATTERN, EnvName, EnvValue, JobSpec, sweep_token
-from broker.schema import POSIX_USER, FieldError, StrictModel
+from broker.schema import FieldError, StrictModel
 
 #: Most items a sweep may hold (item ids keep 6 hex digits of index), and its chunks: at most
 #: SWEEP_CHUNK_ITEMS items and about SWEEP_CHUNK_BYTES of JSON (SQS takes 256 KiB).
@@ -79,19 +85,10 @@ class SweepBody(StrictModel):
     )
 
 
-class JobSweepMessage(BaseModel):
+class JobSweepMessage(ChunkMessage):
     """Queue message: a chunk of a sweep (one agent job, as many arrays as MaxArraySize asks)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    version: Literal[1] = 1
     kind: Literal["job.sweep"] = "job.sweep"
-    request_id: str
-    owner: str
-    cluster: str
-    user: str = Field(
-        pattern=POSIX_USER, description="POSIX user its jobs run as (recorded at accept)."
-    )
     chunk: int = Field(ge=0, description="The chunk's number in its sweep.")
     template: SweepTemplate
     indexes: list[int] = Field(description="The items' indexes in the sweep, in order.")

@@ -57,22 +57,29 @@ def read_specs(path: Path, default_script: str | None = None) -> list[dict[str, 
         with path.open(newline="", encoding="utf-8") as handle:
             specs = [_row(row, path.parent) for row in csv.DictReader(handle)]
     else:
-        specs = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    spec = json.loads(line)
-                except ValueError as exc:
-                    raise click.BadParameter(f"{path}:{number}: {exc}") from exc
-                if not isinstance(spec, dict):
-                    raise click.BadParameter(f"{path}:{number}: not a JSON object")
-                specs.append(spec)
+        specs = read_jsonl(path)
     if default_script is not None:
         for spec in specs:
             spec.setdefault("script", default_script)
     return specs
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file, one a line (blank lines skipped); a line that is
+    not a JSON object is a BadParameter naming it."""
+    objects: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise click.BadParameter(f"{path}:{number}: {exc}") from exc
+            if not isinstance(value, dict):
+                raise click.BadParameter(f"{path}:{number}: not a JSON object")
+            objects.append(value)
+    return objects
 
 
 def _row(row: dict[str, str], base: Path) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,28 +11,16 @@ import click
 
 from broker.cli.context import Context, pass_ctx, wait_request
 from broker.cli.output import FAILED, table
-from broker.cli.specs import exports, read_script
+from broker.cli.specs import exports, read_jsonl, read_script
 
 
-def read_parameters(path: Path) -> list[dict[str, str]]:
+def read_parameters(path: Path) -> list[dict[str, Any]]:
     """Parameter sets from ``.csv`` (a header of variable names, one set a row; empty cells
     unset) or ``.jsonl`` (one JSON object of strings a line)."""
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             return [{k: v for k, v in row.items() if k and v} for row in csv.DictReader(handle)]
-    sets: list[dict[str, str]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                raise click.BadParameter(f"{path}:{number}: {exc}") from exc
-            if not isinstance(value, dict):
-                raise click.BadParameter(f"{path}:{number}: not a JSON object")
-            sets.append(value)
-    return sets
+    return read_jsonl(path)
 
 
 @click.command("sweep")

@@ -364,18 +364,8 @@ def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
     accepted = world.post({"jobs": jobs(20)}).get_json()
     first, second = world.drain()
     world.worker.handle(first)
-    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()))
-    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
-    event = build_sqs_event(
-        [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": second.model_dump_json()}],
-        queue_arn="arn:aws:sqs:us-east-1:123456789012:dlq",
-        region="us-east-1",
-    )
-    # WHEN the DLQ worker handles the dead chunk
-    context = LambdaContext.for_invocation(function_name="DlqWorkerFunction", timeout_s=30,
-                                           memory_mb=512, region="us-east-1",
-                                           account_id="123456789012")  # fmt: skip
-    assert dlq_worker.lambda_handler(event, context) == {"batchItemFailures": []}
+    # WHEN the DLQ worker handles the dead chunk (nothing looked up in Slurm)
+    assert dead_letter(world, second, monkeypatch, lookup=None) == {"batchItemFailures": []}
     # THEN its 10 items are SUBMIT_FAILED, the others untouched, and the batch ended with counts
     assert isinstance(second, JobBatchMessage)
     states = {world.store.get_job(i.job_id).state for i in second.items}
@@ -388,9 +378,17 @@ def test_a_dead_lettered_chunk_fails_its_items_and_the_batch_still_ends(
     assert world.store.backlog("OWNER", ALICE) == 0
 
 
-def dead_letter(world: World, message: AnyMessage, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The DLQ worker (asking the fake Slurm what is there) on one dead letter: its answer."""
-    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()), world.worker)
+#: ``dead_letter``'s default look-up: the world's dispatcher (and its fake Slurm).
+WORLD_WORKER: Any = object()
+
+
+def dead_letter(
+    world: World, message: AnyMessage, monkeypatch: pytest.MonkeyPatch, lookup: Any = WORLD_WORKER
+) -> Any:
+    """The DLQ worker on one dead letter, asking ``lookup`` what is in Slurm (default: the
+    world's dispatcher; None: nothing is looked up): its answer."""
+    slurm = world.worker if lookup is WORLD_WORKER else lookup
+    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()), slurm)
     monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
     event = build_sqs_event(
         [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": message.model_dump_json()}],

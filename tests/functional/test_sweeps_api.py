@@ -20,14 +20,11 @@ from broker.batches.sweeps import JobSweepMessage
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.dispatch import Dispatcher
 from broker.jobs.records import JobState
-from broker.local.context import LambdaContext
-from broker.local.pollers import build_sqs_event
 from broker.notifications.announcer import Announcer
 from broker.ports import ClusterTarget
 from broker.requests.states import RequestState
 from tests.fakes import FakeDirectory, RecordingNotifier
-from tests.functional.test_batch import World, world  # noqa: F401 - the fixture
-from workers import dlq_worker
+from tests.functional.test_batch import World, dead_letter, world  # noqa: F401 - the fixture
 
 SCRIPT = "#!/bin/bash\necho $PARAM_I\n"
 #: The scripted controller's MaxArraySize.
@@ -177,18 +174,8 @@ def test_a_dead_lettered_sweep_chunk_fails_its_items(
     # GIVEN a sweep of 5 whose only chunk ran out of deliveries
     accepted = post(world, [{"PARAM_I": str(i)} for i in range(5)]).get_json()
     (message,) = world.drain()
-    dead = DeadLetterService(world.store, Announcer(world.store, RecordingNotifier()))
-    monkeypatch.setattr(dlq_worker, "dead_letter_service", lambda: dead)
-    event = build_sqs_event(
-        [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": message.model_dump_json()}],
-        queue_arn="arn:aws:sqs:us-east-1:123456789012:dlq",
-        region="us-east-1",
-    )
-    # WHEN the DLQ worker handles it
-    context = LambdaContext.for_invocation(function_name="DlqWorkerFunction", timeout_s=30,
-                                           memory_mb=512, region="us-east-1",
-                                           account_id="123456789012")  # fmt: skip
-    assert dlq_worker.lambda_handler(event, context) == {"batchItemFailures": []}
+    # WHEN the DLQ worker handles it (nothing looked up in Slurm)
+    assert dead_letter(world, message, monkeypatch, lookup=None) == {"batchItemFailures": []}
     # THEN its items are SUBMIT_FAILED and the sweep ended with its counts
     prefix = accepted["job_id_prefix"]
     states = {world.store.get_job(f"{prefix}{i:06x}").state for i in range(5)}

@@ -24,6 +24,7 @@ from broker.local.stack import LocalStack
 from broker.ports import ClusterTarget
 from broker.runners.local import LocalRunner
 from tests.conftest import local_stack
+from tests.integration.test_job_lifecycle import wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -80,17 +81,6 @@ def slurm_arrays(prefix: str) -> dict[str, tuple[str, int]]:
         assert token not in arrays, f"two arrays carry {token}"
         arrays[token] = (array, count)
     return arrays
-
-
-def wait_job(alice: BrokerClient, job_id: str, until: set[str], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = alice.call("GET", f"/v1/clusters/local/jobs/{job_id}")
-        if job["state"] in until:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} never reached {until}; last: {job}")
 
 
 SCRIPT = (
