@@ -19,7 +19,10 @@ Measured in one run, on the same Slurm:
   head-node command's end, ``sweep_in_slurm_s``), head-node commands, duplicates and lost (from
   squeue's tasks);
 - ``status_*``: two runs of the status sweep (the sweeper function) over the N active jobs,
-  unpacked beside packed: the first records Slurm's word on each new job, the second is steady.
+  unpacked beside packed: the first records Slurm's word on each new job (a sweep's pending items
+  are recorded by their arrays: nothing to write), the second is steady;
+- ``sweep_items_read``, ``sweep_items_with_their_task``: after the timing, every item read back
+  through the API's item pages, and how many of their Slurm ids are tasks squeue lists.
 
 Jobs are trivial and held, so the figures are about submission; everything is cancelled at the end.
 Each phase starts on a controller that has forgotten the earlier phases' jobs (``settle``: up to
@@ -263,11 +266,16 @@ def sweep(stack: LocalStack, count: int, workdir: str, head: HeadNodeCommands) -
     if final["state"] != "SUCCEEDED" or final["counts"] != {"SUBMITTED": count}:
         raise SystemExit(f"the sweep ended {final['state']}: {final.get('counts')}")
     tasks = Counter()  # type: Counter[tuple[str, str]]
-    for line in slurm("squeue", "-h", "-r", "-a", "-t", "all", "-o", "%F|%k").splitlines():
-        array, _, token = line.partition("|")
+    task_ids: set[str] = set()
+    for line in slurm("squeue", "-h", "-r", "-a", "-t", "all", "-o", "%F|%i|%k").splitlines():
+        array, task_id, token = line.split("|", 2)
         if token.startswith(f"hpcb:{accepted['request_id']}"):
             tasks[(token, array)] += 1
+            task_ids.add(task_id)
     per_token = Counter(token for token, _ in tasks)
+    # Not timed: every item, read back through the API (the sweep's pages of items), holds its
+    # own Slurm id, and that id is a task Slurm holds.
+    answered = item_slurm_ids(alice, accepted["request_id"])
     return {
         "accept_s": round(accept_s, 3),
         "all_submitted_s": round(all_submitted_s, 2),
@@ -277,14 +285,29 @@ def sweep(stack: LocalStack, count: int, workdir: str, head: HeadNodeCommands) -
         "arrays": len(tasks),
         "duplicates": sum(n - 1 for n in per_token.values()),
         "lost": count - sum(tasks.values()),
+        "items_read": len(answered),
+        "items_with_their_task": len(set(answered.values()) & task_ids),
         "request_id": accepted["request_id"],
         "prefix": accepted["job_id_prefix"],
     }
 
 
+def item_slurm_ids(client: BrokerClient, request_id: str) -> dict[str, str]:
+    """Each item's Slurm id as the API answers it, page by page (job id -> Slurm id)."""
+    found: dict[str, str] = {}
+    start: int | None = 0
+    while start is not None:
+        page = client.call("GET", f"/v1/requests/{request_id}?items_from={start}&items_limit=1000")
+        found.update((v["job_id"], v["slurm_job_id"]) for v in page["item_page"]
+                     if v.get("slurm_job_id"))  # fmt: skip
+        start = page.get("next_items_from")
+    return found
+
+
 def statuses(stack: LocalStack) -> dict[str, Any]:
     """Two status sweeps in a row: the first records what Slurm says of the new jobs (held:
-    their reason and Slurm state, a write each), the second is a steady one (no change)."""
+    their reason and Slurm state, a write each; a sweep's items: none, their arrays are their
+    record while they are pending), the second is a steady one (no change)."""
     return {"first": status_sweep(stack), "steady": status_sweep(stack)}
 
 
@@ -400,6 +423,8 @@ def main() -> None:
         "sweep_arrays": swept["arrays"],
         "sweep_duplicates": swept["duplicates"],
         "sweep_lost": swept["lost"],
+        "sweep_items_read": swept["items_read"],
+        "sweep_items_with_their_task": swept["items_with_their_task"],
         "status_packed": status_packed,
     }
     if args.sweep_only:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, AgentResponse
+from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray
 from broker.clusters.models import ClusterMessage
 from broker.clusters.records import (
     ClusterInfo,
@@ -162,8 +163,17 @@ class JobStore(Protocol):
     def record_submit_failed(self, job_id: str, reason: str) -> bool:
         """SUBMITTING -> SUBMIT_FAILED. False if not SUBMITTING."""
 
-    def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
-        """Write ``changes`` (and ``new_state``) if the job is still in ``job.state``."""
+    def update_job(
+        self,
+        job: JobRecord,
+        new_state: JobState,
+        changes: Mapping[str, Any],
+        *,
+        recorded: bool = True,
+    ) -> bool:
+        """Write ``changes`` (and ``new_state``) if the job is still in ``job.state``; a job
+        read from its sweep chunk's arrays (``recorded=False``): its first record, if it has
+        none yet."""
 
     def clear_job_notification(self, job_id: str, state: str) -> bool:
         """Mark the job's ``state`` event published (leaves the attention index if final)."""
@@ -173,7 +183,9 @@ class BatchStore(Protocol):
     """A batch request, its chunks' markers and its items' outcomes.
 
     An item has no record of its own until its outcome is written (``record_batch_outcomes``);
-    until then it is read from its batch (``broker.batches.unrecorded_item``).
+    until then it is read from its batch (``broker.batches.unrecorded_item``). A sweep's items
+    submitted in an array read from their chunk's arrays until Slurm moves them
+    (``record_arrays``; ``broker.batches.arrays``).
     """
 
     def create_batch(
@@ -187,14 +199,35 @@ class BatchStore(Protocol):
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
         """Read many job records at once (ids without a record are left out)."""
 
+    def job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """The states of the jobs that have a record of their own (the others are left out)."""
+
     def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
         """Mark a batch chunk as being submitted; return its jobs still to submit (no record
-        yet, or a record still SUBMITTING).
+        yet, or a record still SUBMITTING; for a sweep chunk, none its recorded arrays hold:
+        ``job_ids`` are its items in position order).
 
         After this, none of the chunk's jobs can be cancelled as unsubmitted: a cancel either
         happened before (the job is not returned) or goes through Slurm. A chunk the sweep
         claimed as lost (``reap_chunk``) is never started: the answer is then empty.
         """
+
+    def submitted_chunk(self, batch_id: str, chunk: int) -> SubmittedChunk | None:
+        """A sweep chunk's recorded arrays (None: none recorded). Strongly consistent."""
+
+    def record_arrays(
+        self, batch: RequestRecord, chunk: int, arrays: list[SweepArray], shared: SharedFields
+    ) -> list[SweepArray]:
+        """Record a started sweep chunk's submitted arrays, the record of their tasks: counted
+        out of the backlog and into the batch's SUBMITTED, each array once however many
+        deliveries record it. Returns the arrays this call recorded.
+
+        Raises TransientError when the chunk was not started.
+        """
+
+    def settle_chunk(self, chunk: SubmittedChunk) -> bool:
+        """Take a sweep chunk out of the attention index (every item of its arrays has a record
+        of its own), unless its arrays changed since ``chunk`` was read (then False)."""
 
     def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
         """Which of a batch's chunks ``0 .. chunk_count - 1`` need no reaping: started by a
@@ -228,8 +261,9 @@ class BatchStore(Protocol):
 class AttentionIndex(Protocol):
     """The records the sweep must look at (an index of the table in AWS)."""
 
-    def attention(self) -> tuple[list[JobRecord], list[RequestRecord]]:
-        """Jobs and requests that are not final, or whose notification is pending."""
+    def attention(self) -> tuple[list[JobRecord], list[RequestRecord], list[SubmittedChunk]]:
+        """Jobs and requests that are not final, or whose notification is pending; sweep
+        chunks some of whose items still read from their arrays (no record of their own)."""
 
 
 class Notifier(Protocol):

@@ -12,8 +12,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse
-from broker.batches.items import batch_id_of, unrecorded_item
-from broker.errors import BackpressureError, ClusterNotFoundError, ConflictError, NotFoundError
+from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray, submitted_item
+from broker.batches.items import batch_id_of, chunk_item_ids, unrecorded_item
+from broker.errors import (
+    BackpressureError,
+    ClusterNotFoundError,
+    ConflictError,
+    NotFoundError,
+    TransientError,
+)
 from broker.jobs.records import JobRecord, JobState
 from broker.notifications.events import Event
 from broker.ports import (
@@ -46,6 +53,8 @@ class InMemoryStore:
         self.started_chunks: set[tuple[str | None, int | None]] = set()  # every marker
         self.lost_chunks: dict[tuple[str, int], bool] = {}  # claimed lost -> reap done
         self.aliases: dict[tuple[str, str], str] = {}
+        self.arrays: dict[tuple[str, int], SubmittedChunk] = {}  # sweep chunks' recorded arrays
+        self.settled: set[tuple[str, int]] = set()  # out of the attention index
         self.counters: dict[tuple[str, str], int] = {}
         self.writes = 0
 
@@ -166,6 +175,53 @@ class InMemoryStore:
     def jobs_by_id(self, job_ids: list[str]) -> dict[str, JobRecord]:
         return {j: self.jobs[j] for j in job_ids if j in self.jobs}
 
+    def job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        return {j: self.jobs[j].state for j in job_ids if j in self.jobs}
+
+    def submitted_chunk(self, batch_id: str, chunk: int) -> SubmittedChunk | None:
+        return self.arrays.get((batch_id, chunk))
+
+    def record_arrays(
+        self, batch: RequestRecord, chunk: int, arrays: list[SweepArray], shared: SharedFields
+    ) -> list[SweepArray]:
+        key = (batch.request_id, chunk)
+        if key not in self.started_chunks or key in self.lost_chunks:
+            raise TransientError("chunk not started", code="CHUNK_NOT_STARTED")
+        current = self.arrays.get(key) or SubmittedChunk(
+            batch_id=batch.request_id, chunk=chunk, cluster=batch.cluster, arrays=[]
+        )
+        known = {a.key() for a in current.arrays}
+        new = [a for a in arrays if a.key() not in known]
+        if not new:
+            return []
+        self.arrays[key] = current.model_copy(
+            update={"arrays": sorted([*current.arrays, *new], key=lambda a: a.first),
+                    "shared": shared}
+        )  # fmt: skip
+        self.settled.discard(key)
+        tasks = sum(a.tasks for a in new)
+        for counter in (("CLUSTER", batch.cluster), ("OWNER", batch.owner)):
+            self.counters[counter] = self.counters.get(counter, 0) - tasks
+        counts = dict(self.records[batch.request_id].counts)
+        counts["SUBMITTED"] = counts.get("SUBMITTED", 0) + tasks
+        self.records[batch.request_id] = self.records[batch.request_id].model_copy(
+            update={"counts": counts}
+        )
+        for array in new:
+            self.aliases[(batch.cluster, array.slurm_id)] = (
+                f"{batch.request_id}#{chunk}#{array.first}"
+            )
+        self.writes += 1
+        return new
+
+    def settle_chunk(self, chunk: SubmittedChunk) -> bool:
+        key = (chunk.batch_id, chunk.chunk)
+        current = self.arrays.get(key)
+        if current is None or len(current.arrays) != len(chunk.arrays):
+            return False
+        self.settled.add(key)
+        return True
+
     def record_batch_outcomes(
         self, batch: RequestRecord, outcomes: list[JobRecord]
     ) -> tuple[list[str], list[str]]:
@@ -194,8 +250,12 @@ class InMemoryStore:
             return self.jobs[job_id]
         batch = self.records.get(batch_id_of(job_id) or "")
         job = None if batch is None else unrecorded_item(batch, job_id)
-        if job is None:
+        if job is None or batch is None:
             raise NotFoundError(f"no job {job_id}")
+        chunk = self.arrays.get((batch.request_id, job.batch_chunk or 0))
+        if chunk is not None:
+            ids = chunk_item_ids(batch, chunk.chunk)
+            return submitted_item(batch, job_id, chunk, ids) or job
         return job
 
     def find_job(self, cluster: str, ref: str) -> JobRecord:
@@ -204,9 +264,18 @@ class InMemoryStore:
             if job.cluster != cluster:
                 raise NotFoundError(f"no job {ref}")
             return job
-        job_id = self.aliases.get((cluster, ref.split("_", 1)[0]))
+        base, _, task = ref.partition("_")
+        job_id = self.aliases.get((cluster, base))
         if job_id is None:
             raise NotFoundError(f"no job {ref}")
+        if "#" in job_id:  # a sweep's array: its chunk's item at position first + task
+            batch_id, chunk, first = job_id.split("#")
+            ids = chunk_item_ids(self.records[batch_id], int(chunk))
+            position = int(first) + int(task or -1)
+            found = self.get_job(ids[position]) if task and 0 <= position < len(ids) else None
+            if found is None or found.slurm_job_id != ref:
+                raise NotFoundError(f"no job {ref}")
+            return found
         return self.get_job(job_id)
 
     def list_jobs(
@@ -255,8 +324,12 @@ class InMemoryStore:
         if (batch_id, chunk) in self.lost_chunks:
             return set()
         self.started_chunks.add((batch_id, chunk))
+        submitted = self.arrays.get((batch_id, chunk))
+        held = set(submitted.covered(job_ids)) if submitted is not None else set()
         return {
-            j for j in job_ids if j not in self.jobs or self.jobs[j].state is JobState.SUBMITTING
+            j
+            for j in job_ids
+            if j not in held and (j not in self.jobs or self.jobs[j].state is JobState.SUBMITTING)
         }
 
     def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
@@ -304,6 +377,8 @@ class InMemoryStore:
 
     def _leave(self, job_id: str, **changes: Any) -> bool:
         """Out of SUBMITTING and out of the backlog counters (and into its batch's counts)."""
+        if self.get_job(job_id).state is not JobState.SUBMITTING:
+            return False
         moved = self._update_job(job_id, JobState.SUBMITTING, **changes)
         if moved is not None:
             self._count_out(moved)
@@ -320,10 +395,25 @@ class InMemoryStore:
             notify_pending=JobState.SUBMIT_FAILED.value,
         )
 
-    def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
+    def update_job(
+        self,
+        job: JobRecord,
+        new_state: JobState,
+        changes: Mapping[str, Any],
+        *,
+        recorded: bool = True,
+    ) -> bool:
         extra: dict[str, Any] = {**changes, "state": new_state}
         if new_state.final and not job.state.final:
             extra["notify_pending"] = new_state.value
+        if not recorded:  # its first record, only if it has none
+            if job.job_id in self.jobs:
+                return False
+            self.jobs[job.job_id] = job.model_copy(update={**extra, "updated_at": utcnow()})
+            self.writes += 1
+            return True
+        if job.job_id not in self.jobs:
+            return False  # the adapter's update is conditional on a stored state
         return self._update_job(job.job_id, job.state, **extra) is not None
 
     def clear_job_notification(self, job_id: str, state: str) -> bool:
@@ -334,10 +424,11 @@ class InMemoryStore:
         self.writes += 1
         return True
 
-    def attention(self) -> tuple[list[JobRecord], list[RequestRecord]]:
+    def attention(self) -> tuple[list[JobRecord], list[RequestRecord], list[SubmittedChunk]]:
         jobs = [j for j in self.jobs.values() if not j.state.final or j.notify_pending]
         requests = [r for r in self.records.values() if not r.state.final or r.notify_pending]
-        return jobs, requests
+        chunks = [c for key, c in self.arrays.items() if key not in self.settled]
+        return jobs, requests, chunks
 
 
 # Kept for tests written before jobs existed.

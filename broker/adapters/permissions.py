@@ -102,6 +102,7 @@ CALLS: Mapping[str, Mapping[str, tuple[Grant, ...]]] = {
         "update_item": _grants("table", "dynamodb:UpdateItem"),
     },
     "broker.adapters.dynamodb.clusters": {"put_item": _grants("table", "dynamodb:PutItem")},
+    "broker.adapters.dynamodb.jobs": {"put_item": _grants("table", "dynamodb:PutItem")},
     "broker.adapters.dynamodb.users": {
         "put_item": _grants("table", "dynamodb:PutItem"),
         "delete_item": _grants("table", "dynamodb:DeleteItem"),
@@ -193,6 +194,7 @@ RECORDS = (
     Use(_TABLE, TABLE),
     Use("broker.adapters.dynamodb.batches", TABLE),
     Use("broker.adapters.dynamodb.clusters", TABLE),
+    Use("broker.adapters.dynamodb.jobs", TABLE),
 )
 _DELAY_RETRY = ("change_message_visibility", "get_queue_url")
 _DELAY_WHY = "workers only delay a failed message's retry (workers/retrying.py)"

@@ -122,7 +122,9 @@ def submit_sweep(
     description="Your jobs on the cluster, newest first, from the broker's records (never a "
     "live scheduler call). Filters: state (repeatable), name, since/until (creation time). "
     "Pages: pass next_token from the previous answer. A batch's jobs are listed once they "
-    "have an outcome; until then its request's item pages show them (SUBMITTING).",
+    "have an outcome; until then its request's item pages show them (SUBMITTING). A sweep's "
+    "items are listed once Slurm starts them; while pending in their arrays, the sweep's "
+    "item pages, GET by id and GET by Slurm id show them.",
     tags=["jobs"],
     responses={
         HTTPStatus.OK: {

@@ -11,7 +11,8 @@ from typing import Protocol
 
 from pydantic import ValidationError as PydanticValidationError
 
-from broker.batches.items import unrecorded_item
+from broker.batches.arrays import SubmittedChunk, submitted_item
+from broker.batches.items import chunk_item_ids, unrecorded_item
 from broker.batches.models import (
     BatchAccepted,
     BatchBody,
@@ -26,6 +27,7 @@ from broker.batches.outcomes import item_outcome
 from broker.batches.sweeps import JobSweepMessage, SweepBody, sweep_chunks, validate_parameters
 from broker.errors import PayloadTooLargeError, TransientError, ValidationError
 from broker.jobs.models import MAX_SCRIPT_BYTES, JobSpec
+from broker.jobs.records import JobRecord
 from broker.ports import BatchStore, Limits, RequestQueue, RequestStore
 from broker.requests.models import QueueMessage, RequestRecord
 from broker.requests.states import RequestState
@@ -248,9 +250,23 @@ def batch_page(
     store: BatchStore, record: RequestRecord, start: int, limit: int
 ) -> list[BatchItemView]:
     """A page of a batch's items, by index, with their jobs' states (items without a record
-    yet are SUBMITTING; rejected items are left out)."""
+    yet are SUBMITTING, or PENDING in their sweep chunk's recorded arrays; rejected items are
+    left out)."""
     ids = [item_id(record.request_id, i) for i in range(start, start + limit)]
     jobs = store.jobs_by_id(ids)
+    chunks: dict[int, tuple[SubmittedChunk | None, list[str]]] = {}
+
+    def unrecorded(job_id: str) -> JobRecord | None:
+        job = unrecorded_item(record, job_id)
+        if job is None or job.batch_chunk is None:
+            return job
+        if job.batch_chunk not in chunks:
+            chunks[job.batch_chunk] = (store.submitted_chunk(record.request_id, job.batch_chunk),
+                                       chunk_item_ids(record, job.batch_chunk))  # fmt: skip
+        chunk, chunk_ids = chunks[job.batch_chunk]
+        held = None if chunk is None else submitted_item(record, job_id, chunk, chunk_ids)
+        return held or job
+
     return [
         BatchItemView(
             index=job.batch_index if job.batch_index is not None else -1,
@@ -260,5 +276,5 @@ def batch_page(
             reason=job.reason,
         )
         for job_id in ids
-        if (job := jobs.get(job_id) or unrecorded_item(record, job_id)) is not None
+        if (job := jobs.get(job_id) or unrecorded(job_id)) is not None
     ]

@@ -5,7 +5,8 @@ for one cluster, in one agent call (``handle_chunks``). Items an earlier deliver
 recorded, or cancelled while queued, are skipped (``BatchStore.start_chunk`` returns only jobs
 still to submit); the agent de-duplicates by token whatever reached Slurm without being
 recorded. A permanent error fails just its item; a transient one leaves its items to the
-redelivery of the message.
+redelivery of the message. A sweep chunk's submitted items are recorded by its arrays, one
+write for the chunk (``BatchStore.record_arrays``; ``broker.batches.arrays``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.agent.protocol import AgentJob, AgentJobResult, AgentRequest
+from broker.batches.arrays import SharedFields, arrays_of
 from broker.batches.models import JobBatchMessage
 from broker.batches.outcomes import finish_batch, item_outcome
 from broker.batches.sweeps import JobSweepMessage
@@ -33,6 +35,7 @@ from broker.jobs.records import JobState
 from broker.notifications.announcer import Announcer
 from broker.ports import BatchStore, ClusterDirectory, JobStore, RequestStore
 from broker.requests.models import RequestRecord
+from broker.schema import utcnow
 
 #: An agent call's answers by broker job id: (submitted with Slurm id, rejected with reason,
 #: to retry).
@@ -57,6 +60,7 @@ class _OpenChunk:
     failed: list[tuple[str, str]]
     retry: list[str]
     positions: Positions
+    shared: SharedFields | None = None  # a sweep chunk's: its submitted items' shared fields
 
 
 def _answers_for(message: JobBatchMessage, answers: Answers) -> Answers:
@@ -218,6 +222,12 @@ class ChunkDispatcher:
         its items must be retried (the message comes back for them)."""
         submitted, rejected, unknown = answers
         message, batch = chunk.message, chunk.batch
+        if chunk.shared is not None and submitted and message.chunk is not None:
+            # A sweep chunk: its arrays are its submitted items' record (one write per array).
+            ids = next(iter(chunk.positions.values()))
+            arrays = arrays_of(ids, dict(submitted), utcnow())
+            self._store.record_arrays(batch, message.chunk, arrays, chunk.shared)
+            submitted = []
         item_of = {item.job_id: item for item in message.items}
         outcomes = [
             item_outcome(batch, item_of[job_id], message.chunk, slurm_job_id=slurm_id)
@@ -278,14 +288,16 @@ class ChunkDispatcher:
         """
         ids = [item.job_id for item in message.items]
         todo = [job_id for job_id in ids if job_id in started]
+        shared = SharedFields.of(sweep.template)
         if not todo:
-            return _OpenChunk(message, batch, [], [], [], {})
+            return _OpenChunk(message, batch, [], [], [], {}, shared)
         try:
             dependency = self._dependencies.slurm_string(sweep.owner, sweep.cluster, sweep.template)
         except TransientError:
-            return _OpenChunk(message, batch, [], [], todo, {})
+            return _OpenChunk(message, batch, [], [], todo, {}, shared)
         except PermanentError as exc:
-            return _OpenChunk(message, batch, [], [(j, exc.message) for j in todo], [], {})
+            failed = [(j, exc.message) for j in todo]
+            return _OpenChunk(message, batch, [], failed, [], {}, shared)
         template = sweep.template
         if template.working_directory is None:
             template = template.model_copy(update={"working_directory": self._workdir})
@@ -293,7 +305,7 @@ class ChunkDispatcher:
         job.tasks = [own if job_id in started else None
                      for job_id, own in zip(ids, sweep.parameters, strict=True)]  # fmt: skip
         positions = {job.token: [job_id if job_id in started else None for job_id in ids]}
-        return _OpenChunk(message, batch, [job], [], [], positions)
+        return _OpenChunk(message, batch, [job], [], [], positions, shared)
 
     def _submit_chunk(
         self, cluster: str, jobs: list[AgentJob], lookback: int, positions: Positions

@@ -6,7 +6,9 @@ each item's record is written once, with its outcome (submitted, failed or cance
 then an item is known from its batch's record alone: its job id is the batch's prefix plus its
 index, its chunk follows from ``chunk_starts``, and it is SUBMITTING unless its index was
 rejected. Every reader of a job (GET, cancel, dependencies, a batch's item pages) goes through
-``unrecorded_item`` when the job has no record.
+``unrecorded_item`` when the job has no record. A sweep's items submitted in an array go on
+without one: their chunk's arrays are their record until Slurm moves them
+(``broker.batches.arrays``).
 
 A chunk whose message was never sent (the API died between its write and its sends) cannot be
 sent again: the specs were only in the message. Its items are failed instead (``lost_item``),

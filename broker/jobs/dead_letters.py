@@ -79,12 +79,14 @@ class DeadLetterService:
         reason = "retries exhausted" + (
             f"; last error: {last.code}: {last.message}" if last else ""
         )
-        found = self._in_slurm(sent, message)
+        held = self._held(sent, message)
+        found = self._in_slurm(sent, message, held)
         outcomes = [
             item_outcome(batch, item, message.chunk, slurm_job_id=found[item.job_id])
             if item.job_id in found
             else item_outcome(batch, item, message.chunk, reason=reason)
             for item in message.items
+            if item.job_id not in held
         ]
         _, newly_failed = self._store.record_batch_outcomes(batch, outcomes)
         for job_id in newly_failed:
@@ -92,8 +94,19 @@ class DeadLetterService:
         finish_batch(self._store, self._announce, message.request_id)
         return len(newly_failed)
 
+    def _held(self, sent: JobBatchMessage | JobSweepMessage, message: JobBatchMessage) -> set[str]:
+        """A sweep chunk's items its recorded arrays hold: submitted, counted, never failed
+        here (an earlier delivery recorded those arrays before the chunk ran out)."""
+        if not isinstance(sent, JobSweepMessage):
+            return set()
+        chunk = self._store.submitted_chunk(sent.request_id, sent.chunk)
+        return set() if chunk is None else set(chunk.covered([i.job_id for i in message.items]))
+
     def _in_slurm(
-        self, sent: JobBatchMessage | JobSweepMessage, message: JobBatchMessage
+        self,
+        sent: JobBatchMessage | JobSweepMessage,
+        message: JobBatchMessage,
+        held: set[str],
     ) -> dict[str, str]:
         """The chunk's items still SUBMITTING that are in Slurm, with their Slurm ids.
 
@@ -104,7 +117,7 @@ class DeadLetterService:
         """
         if self._slurm is None:
             return {}
-        job_ids = [item.job_id for item in message.items]
+        job_ids = [item.job_id for item in message.items if item.job_id not in held]
         recorded = self._store.jobs_by_id(job_ids)
         pending = [
             job_id

@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, SlurmJobStatus
+from broker.batches.arrays import SubmittedChunk, submitted_items
+from broker.batches.items import chunk_item_ids
 from broker.errors import BrokerError
 from broker.jobs.records import JobRecord, is_sweep_task, observe
 from broker.notifications.announcer import REANNOUNCE_AFTER, Announcer
@@ -93,7 +95,9 @@ class Sweeper:
         """Reconcile every active job with Slurm, publish overdue events, re-send lost
         messages, fail the items of batch chunks never sent."""
         report = SweepReport()
-        jobs, requests = self._store.attention()
+        jobs, requests, chunks = self._store.attention()
+        unrecorded = self._unrecorded(chunks)
+        jobs = [*jobs, *unrecorded.values()]
         stale = self._now() - REANNOUNCE_AFTER
         for record in requests:
             if record.notify_pending and record.updated_at < stale:
@@ -109,7 +113,7 @@ class Sweeper:
             report.clusters += 1
             report.active_jobs += len(active)
             try:
-                self._sweep_cluster(cluster, active, report)
+                self._sweep_cluster(cluster, active, report, set(unrecorded))
             except BrokerError as exc:
                 # One cluster's trouble (head node down, throttled) must not stop the others.
                 report.errors[cluster] = str(exc)
@@ -123,7 +127,27 @@ class Sweeper:
         self._repairs.reap_lost_chunks(requests, report)
         return report
 
-    def _sweep_cluster(self, cluster: str, jobs: list[JobRecord], report: SweepReport) -> None:
+    def _unrecorded(self, chunks: list[SubmittedChunk]) -> dict[str, JobRecord]:
+        """The items of sweep chunks that still read from their arrays (no record of their
+        own), by job id; a chunk with none left leaves the attention index."""
+        found: dict[str, JobRecord] = {}
+        for chunk in chunks:
+            try:
+                batch = self._store.get(chunk.batch_id)
+            except BrokerError:
+                logger.warning("sweep chunk without its batch", extra={"batch": chunk.batch_id})
+                continue
+            ids = chunk_item_ids(batch, chunk.chunk)
+            recorded = self._store.job_states(list(chunk.covered(ids)))
+            items = submitted_items(batch, chunk, ids, set(recorded))
+            if not items:
+                self._store.settle_chunk(chunk)
+            found.update((job.job_id, job) for job in items)
+        return found
+
+    def _sweep_cluster(
+        self, cluster: str, jobs: list[JobRecord], report: SweepReport, unrecorded: set[str]
+    ) -> None:
         target = self._clusters.resolve(cluster)
         # A sweep's items are asked for by their array (the agent answers for every task):
         # 10,000 items of a sweep are 10 ids, not 10,000.
@@ -149,6 +173,11 @@ class Sweeper:
             seen = observe(job, statuses, accounting=accounting, now=now)
             if seen is None:
                 continue
+            recorded = job.job_id not in unrecorded
+            if not recorded and seen.new_state is job.state and "final_seen_at" not in seen.changes:
+                # A sweep item still pending in its array: its array is its record until Slurm
+                # moves it (Slurm's pending reason and times are not written per item).
+                continue
             changes = dict(seen.changes)
             if (
                 seen.new_state.final
@@ -156,7 +185,7 @@ class Sweeper:
                 and changes.get("exit_code", job.exit_code) is None
             ):
                 changes.setdefault("reason", "no accounting: exit code unknown")
-            if not self._store.update_job(job, seen.new_state, changes):
+            if not self._store.update_job(job, seen.new_state, changes, recorded=recorded):
                 continue  # another sweep or writer moved it first
             if seen.new_state != job.state:
                 report.transitions += 1

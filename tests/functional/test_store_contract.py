@@ -279,12 +279,12 @@ def test_the_attention_index_holds_exactly_what_needs_attention(store: Store) ->
         store.start_submission(job.job_id)
         store.record_submitted(job.job_id, job.job_id[-6:])
     store.update_job(store.get_job(done.job_id), JobState.COMPLETED, {"exit_code": 0})
-    jobs, _ = store.attention()
+    jobs, _, _ = store.attention()
     assert {j.job_id for j in jobs} == {running.job_id, done.job_id}
     # WHEN the finished job's event is marked published
     assert store.clear_job_notification(done.job_id, "COMPLETED")
     # THEN only the running job is left
-    jobs, _ = store.attention()
+    jobs, _, _ = store.attention()
     assert {j.job_id for j in jobs} == {running.job_id}
 
 

@@ -3,7 +3,9 @@
 Owns three kinds of item (layout in ``table``):
     chunk    a worker started the batch's chunk n (``start_chunk``); with ``lost``, the sweep
              claimed it was never delivered (``reap_chunk``), and ``reap_done`` once its items
-             have their outcome. The two claims exclude each other by their conditions.
+             have their outcome. The two claims exclude each other by their conditions. A sweep
+             chunk's marker also holds its recorded arrays (``record_arrays``) and is in the
+             attention index while some of their tasks have no record (``settle_chunk``).
     counter  submissions accepted but not yet in Slurm, per cluster and per owner: the
              back-pressure limits. Every write that accepts or ends a submission moves them in
              the same transaction (:func:`count_item`; the job store's moves use it too).
@@ -11,7 +13,9 @@ Owns three kinds of item (layout in ``table``):
              request item, moved with the outcomes they count.
 
 A batch item has no record of its own until its outcome is written (``record_batch_outcomes``);
-until then it is read from its batch (``broker.batches.unrecorded_item``).
+until then it is read from its batch (``broker.batches.unrecorded_item``). A sweep chunk's
+submitted items are recorded on its marker, by their arrays (``record_arrays``), and read from
+there until the status sweep writes their own records (``broker.batches.arrays``).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from broker.adapters.dynamodb.table import (
     job_of,
     request_item,
     request_key,
+    submitted_chunk_of,
     value_of,
 )
+from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray
 from broker.batches.items import chunk_item_ids
 from broker.errors import (
     BackpressureError,
@@ -113,8 +119,9 @@ class DynamoBatchStore(TableStore):
             found[job.job_id] = job
         return found
 
-    def _job_states(self, job_ids: list[str]) -> dict[str, JobState]:
-        """Just the states of jobs (a projection: a fraction of the bytes of whole records)."""
+    def job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Just the states of the jobs that have a record (a projection: a fraction of the
+        bytes of whole records; BatchGetItem, 100 a call, strongly consistent)."""
         projection = {"ProjectionExpression": "pk, #s", "ExpressionAttributeNames": {"#s": "state"}}
         return {
             item["pk"]["S"].removeprefix("JOB#"): JobState(item["state"]["S"])
@@ -124,33 +131,123 @@ class DynamoBatchStore(TableStore):
         }
 
     def start_chunk(self, batch_id: str, chunk: int, job_ids: list[str]) -> set[str]:
-        """One marker item for the chunk, then its jobs' records read back (strongly consistent).
+        """The chunk's marker written (or kept), then its jobs' records read back (strongly
+        consistent).
 
         A cancel of a queued batch job is a transaction that checks this marker is absent, so
         once it is written no job of the chunk can be cancelled as unsubmitted, and one written
         before it shows in the read. The jobs to submit are those without a record (the usual
         case: items get their record with their outcome) or still SUBMITTING (a batch accepted
-        when items were recorded at accept).
+        when items were recorded at accept), but for a sweep's items its recorded arrays hold
+        (``job_ids`` are the chunk's items in position order).
 
-        Why the marker's condition: a worker may overwrite its own marker or another delivery's
-        (a redelivery starts the chunk again), but never a sweep's claim that the chunk was
-        lost (``reap_chunk``): the sweep is failing those items, so nothing is submitted.
+        Why the marker's condition: a worker may update its own marker or another delivery's
+        (a redelivery starts the chunk again; what an earlier one recorded stays), but never a
+        sweep's claim that the chunk was lost (``reap_chunk``): the sweep is failing those
+        items, so nothing is submitted.
         """
         expires = int((utcnow() + RETENTION).timestamp())
-        item = {**chunk_key(batch_id, chunk), "expires_at": {"N": str(expires)}}
         started = self._table.conditional(
-            "start chunk", self._table.client.put_item, TableName=self._table.name, Item=item,
+            "start chunk", self._table.client.update_item, TableName=self._table.name,
+            Key=chunk_key(batch_id, chunk),
+            UpdateExpression="SET expires_at = :e, #a = if_not_exists(#a, :none)",
             ConditionExpression="attribute_not_exists(#l)",
-            ExpressionAttributeNames={"#l": "lost"},
+            ExpressionAttributeNames={"#l": "lost", "#a": "arrays"},
+            ExpressionAttributeValues={":e": {"N": str(expires)}, ":none": {"M": {}}},
+            ReturnValues="ALL_NEW",
         )  # fmt: skip
         if started is None:
             return set()  # reaped: its items are (being) failed by the sweep
-        states = self._job_states(job_ids)
+        submitted = submitted_chunk_of(started["Attributes"])
+        held = set(submitted.covered(job_ids)) if submitted is not None else set()
+        states = self.job_states([j for j in job_ids if j not in held])
         return {
             job_id
             for job_id in job_ids
-            if states.get(job_id, JobState.SUBMITTING) is JobState.SUBMITTING
+            if job_id not in held and states.get(job_id, JobState.SUBMITTING) is JobState.SUBMITTING
         }
+
+    def submitted_chunk(self, batch_id: str, chunk: int) -> SubmittedChunk | None:
+        """A sweep chunk's recorded arrays (None: none recorded; strongly consistent)."""
+        item = self._table.find(chunk_key(batch_id, chunk), f"chunk {chunk} of {batch_id}")
+        return None if item is None else submitted_chunk_of(item)
+
+    def record_arrays(
+        self, batch: RequestRecord, chunk: int, arrays: list[SweepArray], shared: SharedFields
+    ) -> list[SweepArray]:
+        """Record a sweep chunk's submitted arrays on its marker: their tasks' record.
+
+        One transaction puts the arrays on the marker (each only if the marker has none under
+        its key), puts the marker in the attention index, counts their tasks out of the backlog
+        counters and into the batch's SUBMITTED, all or nothing; the arrays' aliases are
+        written first (they only map Slurm ids). An array another delivery recorded first is
+        left out and the rest sent again, so each task is counted once. Returns the arrays this
+        call recorded.
+
+        Raises:
+            TransientError: the chunk's marker is gone (no worker started it).
+        """
+        aliases = [
+            {"Put": {"TableName": self._table.name, "Item": array_alias_item(
+                batch.cluster, a.slurm_id, batch_id=batch.request_id, chunk=chunk,
+                first=a.first, created=batch.created_at)}}
+            for a in arrays
+        ]  # fmt: skip
+        for start in range(0, len(aliases), MAX_TRANSACTION_ITEMS):
+            self._table.transact(aliases[start : start + MAX_TRANSACTION_ITEMS], "record arrays")
+        todo = list(arrays)
+        while todo:
+            names = {"#a": "arrays", "#l": "lost", "#c": "cluster", "#s": "shared",
+                     "#gp": "gsi2pk", "#gs": "gsi2sk"}  # fmt: skip
+            values: dict[str, Any] = {
+                ":c": {"S": batch.cluster},
+                ":s": {"S": shared.model_dump_json(exclude_none=True)},
+                ":gp": {"S": f"ACTIVE#{batch.cluster}"},
+                ":gs": {"S": f"CHUNK#{batch.request_id}#{chunk}"},
+            }
+            sets = ["#c = :c", "#s = :s", "#gp = :gp", "#gs = :gs"]
+            conditions = ["attribute_exists(pk)", "attribute_not_exists(#l)"]
+            for i, array in enumerate(todo):
+                names[f"#k{i}"] = array.key()
+                values[f":v{i}"] = {"S": array.model_dump_json()}
+                sets.append(f"#a.#k{i} = :v{i}")
+                conditions.append(f"attribute_not_exists(#a.#k{i})")
+            marker = {
+                "TableName": self._table.name,
+                "Key": chunk_key(batch.request_id, chunk),
+                "UpdateExpression": "SET " + ", ".join(sets),
+                "ConditionExpression": " AND ".join(conditions),
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+            tasks = sum(a.tasks for a in todo)
+            items = [{"Update": marker}, *self._count_items(batch, -tasks, {"SUBMITTED": tasks})]
+            if not self._transact_outcomes(items):
+                return todo
+            item = self._table.find(chunk_key(batch.request_id, chunk), "chunk marker")
+            if item is None or "lost" in item:
+                raise TransientError(f"chunk {chunk} of {batch.request_id} was not started",
+                                     code="CHUNK_NOT_STARTED")  # fmt: skip
+            current = submitted_chunk_of(item)
+            done = {a.key() for a in current.arrays} if current is not None else set()
+            if not done & {a.key() for a in todo}:
+                raise TransientError(f"the arrays of chunk {chunk} of {batch.request_id} "
+                                     "could not be recorded", code="WRITE_CONFLICT")  # fmt: skip
+            todo = [a for a in todo if a.key() not in done]
+        return []
+
+    def settle_chunk(self, chunk: SubmittedChunk) -> bool:
+        """Take a sweep chunk out of the attention index: every item of its arrays has a record
+        of its own. Conditional on its arrays being those read (a redelivery may have recorded
+        another since, whose items read from the marker). False when they are not."""
+        settled = self._table.conditional(
+            "settle chunk", self._table.client.update_item, TableName=self._table.name,
+            Key=chunk_key(chunk.batch_id, chunk.chunk),
+            UpdateExpression="REMOVE #gp, #gs", ConditionExpression="size(#a) = :n",
+            ExpressionAttributeNames={"#a": "arrays", "#gp": "gsi2pk", "#gs": "gsi2sk"},
+            ExpressionAttributeValues={":n": {"N": str(len(chunk.arrays))}},
+        )  # fmt: skip
+        return settled is not None
 
     def chunks_started(self, batch_id: str, chunk_count: int) -> set[int]:
         """The chunks whose marker needs no reaping (BatchGetItem of the markers, 100 a call,

@@ -31,8 +31,10 @@ from broker.adapters.dynamodb.table import (
     record_of,
     request_item,
     request_key,
+    submitted_chunk_of,
     value_of,
 )
+from broker.batches.arrays import submitted_item
 from broker.batches.items import batch_id_of, chunk_item_ids, unrecorded_item
 from broker.errors import BackpressureError, ConflictError, NotFoundError
 from broker.jobs.records import JobRecord, JobState
@@ -118,7 +120,19 @@ class DynamoJobStore(TableStore):
             job = unrecorded_item(batch, job_id)
             if job is None:
                 raise NotFoundError(f"no job {job_id}") from None
-            return job, False
+            return self._in_array(batch, job), False
+
+    def _in_array(self, batch: RequestRecord, job: JobRecord) -> JobRecord:
+        """An unrecorded item as its chunk's recorded arrays show it (PENDING as a task of one),
+        or as it is (SUBMITTING) when none holds it."""
+        if job.batch_chunk is None:
+            return job
+        marker = self._table.find(chunk_key(batch.request_id, job.batch_chunk), "chunk marker")
+        chunk = None if marker is None else submitted_chunk_of(marker)
+        if chunk is None:
+            return job
+        ids = chunk_item_ids(batch, job.batch_chunk)
+        return submitted_item(batch, job.job_id, chunk, ids) or job
 
     def find_job(self, cluster: str, ref: str) -> JobRecord:
         """Read a job by broker id, or by Slurm id (``123``, or ``123_4`` -> its array)."""
@@ -255,6 +269,8 @@ class DynamoJobStore(TableStore):
         counters then stay as that writer left them, so each job is counted out exactly once.
         """
         job, recorded = self._read_job(job_id)
+        if job.state is not JobState.SUBMITTING:
+            return False  # a sweep item its chunk's arrays hold: submitted already
         now = utcnow().isoformat()
         if recorded:
             spec = self._table.update_spec(
@@ -301,15 +317,32 @@ class DynamoJobStore(TableStore):
             )
         return not self._table.transact(items, "move job out of SUBMITTING")
 
-    def update_job(self, job: JobRecord, new_state: JobState, changes: Mapping[str, Any]) -> bool:
+    def update_job(
+        self,
+        job: JobRecord,
+        new_state: JobState,
+        changes: Mapping[str, Any],
+        *,
+        recorded: bool = True,
+    ) -> bool:
         """Write ``changes`` and ``new_state`` if the job is still in ``job.state``.
 
         Only real changes reach here (the sweep computes them), so unchanged jobs cost no write.
         Why the condition is the state read: the changes were computed from that read; if a
         worker or another sweep moved the job meanwhile, its move stands and the next sweep
-        looks again.
+        looks again. A job read from its sweep chunk's arrays (``recorded=False``) gets its
+        first record, only if it has none yet: the same rule, for a record that did not exist.
         """
         updated = job.model_copy(update={**changes, "state": new_state})
+        if not recorded:
+            first = updated.model_copy(update={"updated_at": utcnow()})
+            if new_state.final and not job.state.final:
+                first = first.model_copy(update={"notify_pending": new_state.value})
+            written = self._table.conditional(
+                "record job", self._table.client.put_item, TableName=self._table.name,
+                Item=job_item(first), ConditionExpression="attribute_not_exists(pk)",
+            )  # fmt: skip
+            return written is not None
         stored = dump(updated)
         sets = {k: stored[k] for k in changes if k in stored}
         remove = tuple(k for k in changes if k not in stored)

@@ -5,12 +5,15 @@ Items (single table; the capability modules say what each condition on them mean
     job      pk "JOB#<id>", sk "JOB"; gsi1 "JOBS#<owner>#<cluster>" / "<created>#<id>"
     alias    pk "SLURM#<cluster>#<slurm id>", sk "ALIAS" -> job_id (a job by its Slurm id)
     chunk    pk "CHUNK#<batch id>#<n>", sk "CHUNK": a worker started the batch's chunk n; with
-             ``lost``, the sweep claimed it was never delivered (``reap_done``: its items failed)
+             ``lost``, the sweep claimed it was never delivered (``reap_done``: its items failed);
+             a sweep chunk's ``arrays`` (key -> JSON ``SweepArray``), ``shared`` and ``cluster``
+             are its submitted items' record (``broker.batches.arrays``)
     counter  pk "COUNT#CLUSTER|OWNER#<name>", sk "COUNT": submissions not yet in Slurm
     cluster  pk "CLUSTER#<name>", sk "CLUSTER"; gsi1 "CLUSTERS#<owner>" / "<name>"
-The sparse index gsi2 ("ACTIVE#<cluster>" / "REQ#<id>" | "JOB#<id>" | "CLUSTER#<name>") holds
-exactly the items that need attention: not final yet, or final with their notification still
-to publish. The sweep reads only that index, so its cost follows active work, not history.
+The sparse index gsi2 ("ACTIVE#<cluster>" / "REQ#<id>" | "JOB#<id>" | "CLUSTER#<name>" |
+"CHUNK#<batch id>#<n>") holds exactly the items that need attention: not final yet, or final
+with their notification still to publish (a chunk: some of its items read from its arrays).
+The sweep reads only that index, so its cost follows active work, not history.
 
 This module is the only one of the package that calls the client or meets botocore's errors:
 every call goes through :class:`Table`, which turns a failed condition into a plain answer
@@ -32,6 +35,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import condition_failures, error_code, translate
+from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray
 from broker.errors import ConflictError, InvalidNextTokenError, NotFoundError
 from broker.jobs.records import JobRecord
 from broker.requests.models import RequestRecord
@@ -198,6 +202,23 @@ def record_of(item: Mapping[str, Any]) -> RequestRecord:
 def job_of(item: Mapping[str, Any]) -> JobRecord:
     """Domain job record of a stored item."""
     return JobRecord.model_validate(plain(item))
+
+
+def submitted_chunk_of(item: Mapping[str, Any]) -> SubmittedChunk | None:
+    """A sweep chunk's recorded arrays from its marker (None: no array recorded yet)."""
+    arrays = item.get("arrays", {}).get("M", {})
+    if not arrays or "cluster" not in item:
+        return None
+    _, batch_id, chunk = item["pk"]["S"].split("#")
+    shared = item.get("shared", {}).get("S")
+    return SubmittedChunk(
+        batch_id=batch_id,
+        chunk=int(chunk),
+        cluster=item["cluster"]["S"],
+        arrays=sorted((SweepArray.model_validate_json(a["S"]) for a in arrays.values()),
+                      key=lambda a: a.first),
+        shared=SharedFields.model_validate_json(shared) if shared else SharedFields(),
+    )  # fmt: skip
 
 
 def instant(moment: datetime) -> str:
