@@ -169,8 +169,16 @@ class Sweeper:
         report.accounting[cluster] = answered
         accounting = bool(answered)
         now = self._now()
+        # Each job meets only the statuses about it (its id, or its array's): 10,000 jobs against
+        # 10,000 statuses each would be 10^8 comparisons a sweep.
+        about: dict[str, list[SlurmJobStatus]] = defaultdict(list)
+        for status in statuses:
+            about[status.job_id].append(status)
+            if status.base_id != status.job_id:
+                about[status.base_id].append(status)
         for job in jobs:
-            seen = observe(job, statuses, accounting=accounting, now=now)
+            mine = about.get(job.slurm_job_id or "", [])
+            seen = observe(job, mine, accounting=accounting, now=now)
             if seen is None:
                 continue
             recorded = job.job_id not in unrecorded
