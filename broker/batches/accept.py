@@ -24,7 +24,14 @@ from broker.batches.models import (
     item_id,
 )
 from broker.batches.outcomes import item_outcome
-from broker.batches.sweeps import JobSweepMessage, SweepBody, sweep_chunks, validate_parameters
+from broker.batches.sweeps import (
+    JobSweepMessage,
+    SweepBody,
+    as_template,
+    packable,
+    sweep_chunks,
+    validate_parameters,
+)
 from broker.errors import PayloadTooLargeError, TransientError, ValidationError
 from broker.jobs.models import MAX_SCRIPT_BYTES, JobSpec
 from broker.jobs.records import JobRecord
@@ -38,6 +45,9 @@ MAX_LISTED_ERRORS = 1000
 #: Jobs per batch chunk (one queue message, one agent call), and the chunk's size bound.
 CHUNK_ITEMS = 1000
 CHUNK_BYTES = 120 * 1024
+#: The shortest run of jobs differing only in their environment that ``pack`` makes an array
+#: of (a run of one is a plain job).
+MIN_PACKED_RUN = 2
 
 
 class BatchRejectedError(ValidationError):
@@ -71,6 +81,18 @@ def chunk_items(items: list[BatchItem]) -> list[list[BatchItem]]:
         chunks[-1].append(item)
         size += length
     return chunks
+
+
+def _runs(valid: list[tuple[int, JobSpec]]) -> list[list[tuple[int, JobSpec]]]:
+    """Valid items (in index order) in runs of jobs that differ only in their environment
+    (``sweeps.packable``): what ``pack`` submits as arrays."""
+    runs: list[list[tuple[int, JobSpec]]] = []
+    for index, spec in valid:
+        if runs and packable(runs[-1][0][1], spec):
+            runs[-1].append((index, spec))
+        else:
+            runs.append([(index, spec)])
+    return runs
 
 
 def _item_fields(index: int, exc: PydanticValidationError) -> list[FieldError]:
@@ -127,12 +149,23 @@ def accept_batch(
     valid, rejected = _validate(body)
     _refuse_if_invalid(rejected, len(body.jobs), "batch", atomic=body.atomic, any_valid=bool(valid))
     batch_id, prefix, ids = batch_ids(len(body.jobs))
-    chunks = chunk_items([BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in valid])
-    messages: list[JobBatchMessage | JobSweepMessage] = [
-        JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, user=user,
-                        items=chunk, chunk=number)
-        for number, chunk in enumerate(chunks)
-    ]  # fmt: skip
+    base = JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, user=user,
+                           items=[], chunk=0)  # fmt: skip
+    runs = _runs(valid) if body.pack else [valid]
+    messages: list[JobBatchMessage | JobSweepMessage] = []
+    for run in runs:
+        if body.pack and len(run) >= MIN_PACKED_RUN:
+            sweep = JobSweepMessage(request_id=batch_id, owner=owner, cluster=cluster,
+                                    user=user, chunk=len(messages), indexes=[], parameters=[],
+                                    template=as_template(run[0][1]))  # fmt: skip
+            own = [(i, dict(spec.environment or {})) for i, spec in run]
+            messages.extend(sweep_chunks(sweep, own))
+            continue
+        items = [BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in run]
+        messages.extend(
+            base.model_copy(update={"items": chunk, "chunk": len(messages) + n})
+            for n, chunk in enumerate(chunk_items(items))
+        )
     pending = _Pending(batch_id, owner, cluster, user, len(body.jobs), len(valid), rejected)
     _record_and_send(store, queue, pending, messages, limits=limits, ready_cluster=ready_cluster)
     return pending.answer(prefix)

@@ -73,6 +73,15 @@ class BatchBody(StrictModel):
         description="true: any invalid item rejects the whole batch (422, nothing accepted); "
         "false: valid items are accepted and invalid ones listed in the answer.",
     )
+    # None, not False, when absent: the body's idempotency fingerprint (its dump without the
+    # None fields) stays what it was before pack existed.
+    pack: bool | None = Field(
+        default=None,
+        description="true: runs of consecutive jobs that differ only in their environment are "
+        "submitted as job arrays, as a sweep's items are (POST .../jobs:sweep): each keeps "
+        "its broker id, and its Slurm id is <array>_<task>. Jobs with an array of their own "
+        "are never packed. Absent, null or false: every job is submitted on its own.",
+    )
 
 
 class BatchItemError(BaseModel):

@@ -143,18 +143,35 @@ def validate_parameters(
     return valid, rejected
 
 
+def packable(first: JobSpec, other: JobSpec) -> bool:
+    """Whether two jobs differ only in their environment (and neither is an array)."""
+    if first.array is not None or other.array is not None:
+        return False
+    return first.model_copy(update={"environment": None}) == other.model_copy(
+        update={"environment": None}
+    )
+
+
+def as_template(spec: JobSpec) -> SweepTemplate:
+    """A job as the template of the run it packs (its environment is its items')."""
+    return SweepTemplate.model_validate(
+        spec.model_dump(exclude={"environment", "array"}, exclude_unset=True)
+    )
+
+
 def sweep_chunks(
     base: JobSweepMessage, items: list[tuple[int, dict[str, str]]]
 ) -> list[JobSweepMessage]:
     """A sweep's valid items in chunk messages of at most SWEEP_CHUNK_ITEMS items and about
-    SWEEP_CHUNK_BYTES each (the template counted once per chunk)."""
+    SWEEP_CHUNK_BYTES each (the template counted once per chunk), numbered from ``base``'s."""
     budget = SWEEP_CHUNK_BYTES - len(base.template.model_dump_json(exclude_defaults=True))
     chunks: list[JobSweepMessage] = []
     size = budget
     for index, own in items:
         length = 8 + len(json.dumps(own))
         if not chunks or len(chunks[-1].indexes) >= SWEEP_CHUNK_ITEMS or size + length > budget:
-            chunk = base.model_copy(update={"chunk": len(chunks), "indexes": [], "parameters": []})
+            number = base.chunk + len(chunks)
+            chunk = base.model_copy(update={"chunk": number, "indexes": [], "parameters": []})
             chunks.append(chunk)
             size = 0
         chunks[-1].indexes.append(index)

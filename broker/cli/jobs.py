@@ -121,6 +121,9 @@ def submit(
     help="Follow until every accepted job is in Slurm.",
 )
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to follow.")
+@click.option(
+    "--pack", is_flag=True, help="Runs of jobs differing only in their environment as arrays."
+)
 @pass_ctx
 def submit_many(
     obj: Context,
@@ -130,6 +133,7 @@ def submit_many(
     concurrency: int,
     follow: bool,
     timeout: float,
+    pack: bool,
 ) -> None:
     """Submit every job of FILE (.jsonl: one spec a line; .csv: a header of fields).
 
@@ -159,7 +163,9 @@ def submit_many(
             else:
                 progress.advance(failed_bar, batch.size)
 
-        result = obj.client.submit_many(cluster, specs, concurrency=concurrency, on_batch=on_batch)
+        result = obj.client.submit_many(
+            cluster, specs, concurrency=concurrency, on_batch=on_batch, pack=pack
+        )
         local_rejects = total - sum(b.size for b in result.batches)
         progress.advance(failed_bar, local_rejects)
         accept_s = time.monotonic() - started

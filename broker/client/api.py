@@ -126,10 +126,12 @@ class BrokerClient:
         specs: Sequence[JobSpecLike],
         *,
         atomic: bool = False,
+        pack: bool = False,
         idempotency_key: str | None = None,
     ) -> BatchAccepted:
-        """``POST /v1/clusters/{cluster}/jobs:batch``: up to 10,000 jobs in one call."""
-        body = {"jobs": [_spec(s) for s in specs], "atomic": atomic}
+        """``POST /v1/clusters/{cluster}/jobs:batch``: up to 10,000 jobs in one call (``pack``:
+        runs of jobs differing only in their environment go to Slurm as job arrays)."""
+        body = {"jobs": [_spec(s) for s in specs], "atomic": atomic, "pack": pack}
         path = f"/v1/clusters/{_seg(cluster)}/jobs:batch"
         return self._model(BatchAccepted, "POST", path, body, idempotency_key)
 
@@ -159,8 +161,10 @@ class BrokerClient:
         on_batch: Callable[[bulk.BatchOutcome], None] | None = None,
         max_items: int = MAX_BATCH_ITEMS,
         max_bytes: int = MAX_BATCH_BODY_BYTES,
+        pack: bool = False,
     ) -> bulk.BulkResult:
-        """Any number of jobs, as ``jobs:batch`` calls of at most 10,000 items / 5 MiB each.
+        """Any number of jobs, as ``jobs:batch`` calls of at most 10,000 items / 5 MiB each
+        (``pack``: as the API's, per call).
 
         Sent by ``concurrency`` threads; each call has its own Idempotency-Key, kept across
         its retries (429, 5xx, connection drops), so no job is ever accepted twice. Returns
@@ -182,6 +186,7 @@ class BrokerClient:
             on_batch=on_batch,
             max_items=max_items,
             max_bytes=max_bytes,
+            pack=pack,
         )
 
     def list_jobs(

@@ -32,7 +32,8 @@ from broker.jobs.models import MAX_SCRIPT_BYTES, JobSpec
 from broker.schema import dump
 
 ItemStatus = Literal["accepted", "rejected", "failed"]
-#: Bytes of ``{"jobs": [], "atomic": false}`` and a margin, kept out of each batch's budget.
+#: Bytes of ``{"jobs": [], "atomic": false, "pack": true}`` and a margin, kept out of each
+#: batch's budget.
 _ENVELOPE_BYTES = 64
 
 
@@ -144,8 +145,10 @@ def submit_many(
     sleep: Sleep | None = None,
     rng: random.Random | None = None,
     on_batch: Callable[[BatchOutcome], None] | None = None,
+    pack: bool = False,
 ) -> BulkResult:
-    """Send ``specs`` in batches; ``post(body, idempotency_key)`` makes one ``jobs:batch`` call.
+    """Send ``specs`` in batches; ``post(body, idempotency_key)`` makes one ``jobs:batch`` call
+    (with ``"pack": true`` if ``pack``).
 
     Each spec is validated with :class:`JobSpec` first: an invalid one is rejected here and
     never sent. Returns every item's outcome; never raises for a batch's failure (its items
@@ -169,7 +172,8 @@ def submit_many(
 
     def send(number: int, start: int, stop: int) -> BatchOutcome:
         key = f"hpcb-{run}-{number}"
-        body = b'{"jobs":[' + b",".join(bodies[start:stop]) + b'],"atomic":false}'
+        tail = b'],"atomic":false,"pack":true}' if pack else b'],"atomic":false}'
+        body = b'{"jobs":[' + b",".join(bodies[start:stop]) + tail
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_retryable),
             wait=WaitBackoffOrRetryAfter(backoff, rng),

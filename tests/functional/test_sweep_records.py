@@ -1,7 +1,7 @@
 """A sweep chunk's arrays as its items' record, on real DynamoDB/SQS (moto over HTTP): one write
 per array at submission, items read from it (GET, item pages, Slurm ids, cancel) until the
 status sweep gives an item a record of its own when Slurm moves it, exactly once across
-redeliveries, dead letters and overlapping sweeps."""
+redeliveries, dead letters and overlapping sweeps; and a batch's ``pack``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker.agent.protocol import AgentResponse, SlurmJobStatus
+from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse, SlurmJobStatus
 from broker.batches import sweeps as sweeps_module
 from broker.batches.arrays import SharedFields, SweepArray
 from broker.batches.sweeps import JobSweepMessage
@@ -23,7 +23,7 @@ from broker.schema import utcnow
 from broker.sweep.status import Sweeper
 from tests.fakes import FakeDirectory, RecordingNotifier
 from tests.functional.test_batch import World, world  # noqa: F401 - the fixture
-from tests.functional.test_sweeps_api import ArraySlurm, post, worker
+from tests.functional.test_sweeps_api import SCRIPT, ArraySlurm, post, worker
 
 
 def job_items(world: World, prefix: str) -> int:  # noqa: F811
@@ -221,3 +221,52 @@ def test_an_item_read_from_its_array_is_cancelled_through_slurm(
     assert (message.kind, getattr(message, "job_id", None)) == ("job.cancel", f"{prefix}{3:06x}")
     assert job_items(world, prefix) == 0
     assert world.store.get_job(f"{prefix}{3:06x}").state is JobState.PENDING
+
+
+class PackSlurm(ArraySlurm):
+    """Arrays for packed runs (as ArraySlurm), plain job ids from 900 for other jobs."""
+
+    def run(self, target: ClusterTarget, request: AgentRequest) -> AgentResponse:
+        packed = request.model_copy(update={"jobs": [j for j in request.jobs if j.tasks]})
+        answer = super().run(target, packed)
+        plain = [AgentJobResult(token=j.token, job_id=str(900 + n))
+                 for n, j in enumerate(j for j in request.jobs if not j.tasks)]  # fmt: skip
+        return answer.model_copy(update={"results": answer.results + plain})
+
+
+def test_pack_submits_runs_that_differ_only_in_their_environment_as_arrays(
+    world: World,  # noqa: F811
+) -> None:
+    # GIVEN a batch asking to pack: 3 jobs differing only in PARAM_I, one other job, 2 more of
+    # the first kind, and one of the first kind that is an array of its own
+    def job(i: int, **extra: Any) -> dict[str, Any]:
+        return {"script": SCRIPT, "name": "p", "environment": {"PARAM_I": str(i)}, **extra}
+
+    body = {"pack": True, "jobs": [job(0), job(1), job(2), {"script": SCRIPT, "name": "other"},
+                                   job(4), job(5), job(6, array="0-1")]}  # fmt: skip
+    accepted = world.post(body).get_json()
+    messages = world.drain()
+    # WHEN the worker submits its chunks
+    slurm = PackSlurm()
+    dispatcher = worker(world, slurm)
+    for message in messages:
+        dispatcher.handle(message)
+    # THEN the runs became sweep chunks (one array each), the others plain batch chunks, in
+    # index order
+    assert [(m.kind, m.chunk) for m in messages] == [
+        ("job.sweep", 0), ("job.batch", 1), ("job.sweep", 2), ("job.batch", 3),
+    ]  # fmt: skip
+    sweeps = [job for call in slurm.calls for job in call.jobs if job.tasks]
+    assert [job.tasks for job in sweeps] == [
+        [{"PARAM_I": "0"}, {"PARAM_I": "1"}, {"PARAM_I": "2"}],
+        [{"PARAM_I": "4"}, {"PARAM_I": "5"}],
+    ]
+    # AND every item keeps its broker id, packed ones as array tasks with their own name
+    prefix = accepted["job_id_prefix"]
+    jobs = [world.store.get_job(f"{prefix}{i:06x}") for i in range(7)]
+    assert [j.slurm_job_id for j in jobs] == ["500_0", "500_1", "500_2", "900", "501_0",
+                                              "501_1", "900"]  # fmt: skip
+    assert [j.name for j in jobs] == ["p", "p", "p", "other", "p", "p", "p"]
+    assert jobs[6].array == "0-1"
+    batch = world.store.get(accepted["request_id"])
+    assert (batch.counts, batch.state) == ({"SUBMITTED": 7}, RequestState.SUCCEEDED)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.batches.models import BatchAccepted, BatchBody
 from broker.cli.output import exit_code
 from broker.cli.specs import dependencies, read_specs
 from broker.client import (
@@ -18,7 +19,7 @@ from broker.client import (
     resolve,
     save_config,
 )
-from broker.client.bulk import check, split
+from broker.client.bulk import check, split, submit_many
 from broker.client.errors import ConflictError, InvalidRequestError, ServerError, is_retryable
 
 
@@ -104,3 +105,21 @@ def test_csv_rows_become_specs(tmp_path: Path) -> None:
 def test_a_dependency_without_ids_is_a_usage_error() -> None:
     with pytest.raises(Exception, match="TYPE:JOBID"):
         dependencies("afterok")
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_submit_many_sends_batch_bodies_the_api_reads_with_pack_as_asked(pack: bool) -> None:
+    # GIVEN a poster that keeps the bodies it is given (and accepts nothing)
+    sent: list[bytes] = []
+
+    def post(body: bytes, key: str) -> BatchAccepted:
+        sent.append(body)
+        raise InvalidRequestError(400, {}, {})
+
+    # WHEN 3 jobs are sent, with or without pack
+    specs = [{"script": "#!/bin/sh\n", "environment": {"PARAM_I": str(i)}} for i in range(3)]
+    submit_many(post, specs, pack=pack)
+    # THEN one body, a valid jobs:batch body with pack as asked
+    (body,) = sent
+    parsed = BatchBody.model_validate_json(body)
+    assert (len(parsed.jobs), bool(parsed.pack)) == (3, pack)
