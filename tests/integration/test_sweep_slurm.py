@@ -205,3 +205,31 @@ def test_a_sweep_larger_than_max_array_size_is_several_arrays_each_submitted_onc
     }
     assert slurm_arrays(prefix) == arrays
     assert alice.get_request(accepted["request_id"])["counts"] == {"SUBMITTED": 2498}
+
+
+def test_a_packed_batch_runs_its_runs_as_arrays_and_each_job_with_its_own_variables(
+    alice: BrokerClient, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a batch asking to pack: 3 jobs differing only in PARAM_N, then a different one
+    requests = submit_requests(monkeypatch)
+    same = {"script": '#!/bin/bash\necho "packed $PARAM_N"\n', "name": NAME,
+            "working_directory": str(workdir)}  # fmt: skip
+    jobs = [{**same, "environment": {"PARAM_N": str(i)}} for i in range(3)]
+    jobs.append({"script": "#!/bin/bash\necho alone\n", "name": NAME,
+                 "working_directory": str(workdir)})  # fmt: skip
+    # WHEN posted and processed
+    accepted = alice.call("POST", "/v1/clusters/local/jobs:batch", {"jobs": jobs, "pack": True})
+    final = alice.wait(accepted["request_id"], timeout=120)
+    # THEN all 4 are in Slurm: the run as tasks 0-2 of one array, the other as a job of its own
+    assert final["counts"] == {"SUBMITTED": 4}
+    ids = [f"{accepted['job_id_prefix']}{i:06x}" for i in range(4)]
+    ends = [wait_job(alice, job_id, FINAL) for job_id in ids]
+    array = ends[0]["slurm_job_id"].split("_")[0]
+    assert [j["slurm_job_id"] for j in ends[:3]] == [f"{array}_{i}" for i in range(3)]
+    assert "_" not in ends[3]["slurm_job_id"]
+    assert {j["state"] for j in ends} == {"COMPLETED"}
+    assert sum(len(r.jobs) for r in requests) == 2
+    # AND each packed job saw its own variables
+    fetched = alice.call("POST", f"/v1/clusters/local/jobs/{ids[1]}/output", {})
+    parts = alice.wait(fetched["request_id"])["result"]["parts"]
+    assert [p["data"] for p in parts if p["stream"] == "stdout"] == ["packed 1\n"]
