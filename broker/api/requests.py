@@ -14,7 +14,7 @@ from broker.api.common import (
     caller,
 )
 from broker.api.errors import ERROR_RESPONSES
-from broker.batches.models import MAX_BATCH_ITEMS
+from broker.batches.sweeps import MAX_SWEEP_ITEMS
 from broker.requests.models import RequestView
 
 router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__ untyped
@@ -35,7 +35,12 @@ router = Router()  # type: ignore[no-untyped-call]  # Powertools leaves __init__
 def get_request(
     request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN, description="Request id.")],
     items_from: Annotated[
-        int, Query(ge=0, le=MAX_BATCH_ITEMS, description="job.batch: first item index.")
+        int,
+        Query(
+            ge=0,
+            le=MAX_SWEEP_ITEMS,
+            description="job.batch (a batch or a sweep, up to 100,000 items): first item index.",
+        ),
     ] = 0,
     items_limit: Annotated[int, Query(ge=0, le=1000, description="job.batch: page size.")] = 100,
 ) -> RequestView:

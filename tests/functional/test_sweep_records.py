@@ -270,3 +270,20 @@ def test_pack_submits_runs_that_differ_only_in_their_environment_as_arrays(
     assert jobs[6].array == "0-1"
     batch = world.store.get(accepted["request_id"])
     assert (batch.counts, batch.state) == ({"SUBMITTED": 7}, RequestState.SUCCEEDED)
+
+
+def test_a_sweep_larger_than_a_batch_has_item_pages_to_its_last_item(
+    world: World,  # noqa: F811
+) -> None:
+    # GIVEN a sweep of 10,002 items, more than a batch may hold (10,000)
+    accepted = post(world, [{"PARAM_I": str(i)} for i in range(10_002)]).get_json()
+    # WHEN its last page is read
+    answer = world.api.get(f"/v1/requests/{accepted['request_id']}?items_from=10001")
+    # THEN it holds the last item (422 before: items_from stopped at 10,000)
+    assert answer.status_code == 200
+    page = answer.get_json()
+    assert [v["index"] for v in page["item_page"]] == [10_001]
+    assert page.get("next_items_from") is None
+    assert (
+        world.api.get(f"/v1/requests/{accepted['request_id']}?items_from=100001").status_code == 422
+    )
