@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from broker.adapters.dynamodb import batches as dynamo_batches
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse, SlurmJobStatus
 from broker.batches import sweeps as sweeps_module
 from broker.batches.arrays import SharedFields, SweepArray
@@ -287,3 +288,27 @@ def test_a_sweep_larger_than_a_batch_has_item_pages_to_its_last_item(
     assert (
         world.api.get(f"/v1/requests/{accepted['request_id']}?items_from=100001").status_code == 422
     )
+
+
+def test_many_arrays_of_a_chunk_are_recorded_in_several_writes_each_counted_once(
+    world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN at most 2 arrays a write, and a sweep of 100 in one chunk: 4 arrays of 30 positions
+    monkeypatch.setattr(dynamo_batches, "ARRAYS_PER_WRITE", 2)
+    # WHEN it is submitted, and delivered again
+    accepted, messages = submitted_sweep(world, 100)
+    again = ArraySlurm()
+    worker(world, again).handle(messages[0])
+    # THEN the redelivery asked the head node nothing; every item reads as its task, and the
+    # counts are exact
+    prefix = accepted["job_id_prefix"]
+    ids = [world.store.get_job(f"{prefix}{i:06x}").slurm_job_id for i in range(100)]
+    assert again.calls == []
+    assert (ids[0], ids[29], ids[30], ids[99]) == ("500_0", "500_29", "501_0", "503_9")
+    chunk = world.store.submitted_chunk(accepted["request_id"], 0)
+    assert chunk is not None
+    assert [a.slurm_id for a in chunk.arrays] == ["500", "501", "502", "503"]
+    batch = world.store.get(accepted["request_id"])
+    assert (batch.counts, batch.state) == ({"SUBMITTED": 100}, RequestState.SUCCEEDED)
+    assert world.store.backlog("CLUSTER", "local") == 0

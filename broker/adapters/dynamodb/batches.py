@@ -70,6 +70,11 @@ _MARKER_NAMES = {"#l": "lost", "#d": "reap_done"}
 #: plus three: two backlog counters and the batch's counts.
 MAX_TRANSACTION_ITEMS = 100
 COUNT_ITEMS = 3
+#: Arrays one marker write records: each adds about 60 characters to its update and condition
+#: expressions, which DynamoDB bounds at 4 KB. A chunk of 5,000 items is 5 arrays at Slurm's
+#: default MaxArraySize (1,001); a cluster with MaxArraySize 20 makes 250, in 13 writes. (At
+#: MaxArraySize 1, 5,000 one-task arrays would pass DynamoDB's 400 KB item: not supported.)
+ARRAYS_PER_WRITE = 25
 
 
 class DynamoBatchStore(TableStore):
@@ -195,6 +200,17 @@ class DynamoBatchStore(TableStore):
         ]  # fmt: skip
         for start in range(0, len(aliases), MAX_TRANSACTION_ITEMS):
             self._table.transact(aliases[start : start + MAX_TRANSACTION_ITEMS], "record arrays")
+        recorded: list[SweepArray] = []
+        for first in range(0, len(arrays), ARRAYS_PER_WRITE):
+            recorded += self._record_group(batch, chunk, arrays[first : first + ARRAYS_PER_WRITE],
+                                           shared)  # fmt: skip
+        return recorded
+
+    def _record_group(
+        self, batch: RequestRecord, chunk: int, arrays: list[SweepArray], shared: SharedFields
+    ) -> list[SweepArray]:
+        """``record_arrays`` for at most ARRAYS_PER_WRITE arrays: one transaction, sent again
+        without the arrays another delivery recorded meanwhile."""
         todo = list(arrays)
         while todo:
             names = {"#a": "arrays", "#l": "lost", "#c": "cluster", "#s": "shared",
