@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, AgentResponse
-from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray
+from broker.batches.arrays import PendingFields, SharedFields, SubmittedChunk, SweepArray
 from broker.clusters.models import ClusterMessage
 from broker.clusters.records import (
     ClusterInfo,
@@ -224,6 +224,10 @@ class BatchStore(Protocol):
 
         Raises TransientError when the chunk was not started.
         """
+
+    def record_pending(self, chunk: SubmittedChunk, pending: dict[str, PendingFields]) -> None:
+        """Write what Slurm says of some of the chunk's arrays' pending tasks (by array key):
+        what its items without a record show while they wait."""
 
     def settle_chunk(self, chunk: SubmittedChunk) -> bool:
         """Take a sweep chunk out of the attention index (every item of its arrays has a record

@@ -12,7 +12,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse
-from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray, submitted_item
+from broker.batches.arrays import (
+    PendingFields,
+    SharedFields,
+    SubmittedChunk,
+    SweepArray,
+    submitted_item,
+)
 from broker.batches.items import batch_id_of, chunk_item_ids, unrecorded_item
 from broker.errors import (
     BackpressureError,
@@ -213,6 +219,14 @@ class InMemoryStore:
             )
         self.writes += 1
         return new
+
+    def record_pending(self, chunk: SubmittedChunk, pending: dict[str, PendingFields]) -> None:
+        key = (chunk.batch_id, chunk.chunk)
+        current = self.arrays.get(key)
+        if current is not None and pending:
+            merged = {**current.pending, **pending}
+            self.arrays[key] = current.model_copy(update={"pending": merged})
+            self.writes += 1
 
     def settle_chunk(self, chunk: SubmittedChunk) -> bool:
         key = (chunk.batch_id, chunk.chunk)

@@ -8,10 +8,12 @@ is what makes a sweep of 10,000 items one write per array rather than 10,000 wri
 
 From then on an item without a record of its own reads as PENDING in its array
 (``submitted_item``): position ``p`` of the chunk is task ``p - first`` of the array whose
-span holds it. An item gets its own record when Slurm moves it on (the status sweep writes it
-with its new state) or when an earlier writer gave it one (cancelled or failed before the chunk
-was submitted: those positions are no task, and their record wins). A chunk with items still
-reading from its arrays stays in the status sweep's attention index (``SubmittedChunk``).
+span holds it, with what Slurm last said of the array's pending tasks (``PendingFields``,
+written by the status sweep once per array when it changes). An item gets its own record
+when Slurm moves it on (the status sweep writes it with its new state) or when an earlier
+writer gave it one (cancelled or failed before the chunk was submitted: those positions are no
+task, and their record wins). A chunk with items still reading from its arrays stays in the
+status sweep's attention index (``SubmittedChunk``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ class SharedFields(BaseModel):
         return cls(**{name: getattr(template, name) for name in cls.model_fields})
 
 
+class PendingFields(BaseModel):
+    """What Slurm last said of an array's pending tasks (one of them, read by the status
+    sweep): what its items without a record show while they wait."""
+
+    slurm_state: str | None = None
+    reason: str | None = None
+    submit_time: str | None = None
+
+
 class SubmittedChunk(BaseModel):
     """A sweep chunk's recorded arrays, as its marker holds them."""
 
@@ -64,6 +75,14 @@ class SubmittedChunk(BaseModel):
     cluster: str
     arrays: list[SweepArray]
     shared: SharedFields = Field(default_factory=SharedFields)
+    pending: dict[str, PendingFields] = Field(
+        default_factory=dict, description="By array key: Slurm's word on its pending tasks."
+    )
+
+    def array_of(self, slurm_job_id: str) -> SweepArray | None:
+        """The array a task id (``<array>_<task>``) belongs to."""
+        base = slurm_job_id.partition("_")[0]
+        return next((a for a in self.arrays if a.slurm_id == base), None)
 
     def holding(self, position: int) -> SweepArray | None:
         """The array whose span holds ``position`` (None: no recorded array does)."""
@@ -119,6 +138,7 @@ def _task(
             "state": JobState.PENDING,
             "slurm_job_id": f"{array.slurm_id}_{position - array.first}",
             "updated_at": array.at,
+            **dict(chunk.pending.get(array.key(), PendingFields())),
         }
     )
 

@@ -15,10 +15,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from broker.agent.protocol import AgentRequest, SlurmJobStatus
-from broker.batches.arrays import SubmittedChunk, submitted_items
+from broker.batches.arrays import PendingFields, SubmittedChunk, submitted_items
 from broker.batches.items import chunk_item_ids
 from broker.errors import BrokerError
 from broker.jobs.records import JobRecord, is_sweep_task, observe
@@ -86,6 +86,8 @@ class Sweeper:
         self._announce = announcer
         self._now = now
         self._follower = follower
+        #: This sweep's chunks whose items read from their arrays, by (batch id, chunk).
+        self._chunks: dict[tuple[str, int], SubmittedChunk] = {}
         self._repairs = Repairs(
             store, announcer, now, queue=queue, requeue_after=requeue_after,
             requeue_limit=requeue_limit, batch_lost_after=batch_lost_after,
@@ -95,6 +97,7 @@ class Sweeper:
         """Reconcile every active job with Slurm, publish overdue events, re-send lost
         messages, fail the items of batch chunks never sent."""
         report = SweepReport()
+        self._chunks = {}
         jobs, requests, chunks = self._store.attention()
         unrecorded = self._unrecorded(chunks)
         jobs = [*jobs, *unrecorded.values()]
@@ -143,7 +146,16 @@ class Sweeper:
             if not items:
                 self._store.settle_chunk(chunk)
             found.update((job.job_id, job) for job in items)
+            self._chunks[(chunk.batch_id, chunk.chunk)] = chunk
         return found
+
+    def _record_pending(self, waiting: dict[tuple[str, int], dict[str, PendingFields]]) -> None:
+        """Slurm's word on each array's pending tasks, on its chunk's marker where it changed
+        (one write a chunk, none in a steady sweep)."""
+        for key, fields in waiting.items():
+            chunk = self._chunks[key]
+            changed = {k: f for k, f in fields.items() if chunk.pending.get(k) != f}
+            self._store.record_pending(chunk, changed)
 
     def _sweep_cluster(
         self, cluster: str, jobs: list[JobRecord], report: SweepReport, unrecorded: set[str]
@@ -176,15 +188,20 @@ class Sweeper:
             about[status.job_id].append(status)
             if status.base_id != status.job_id:
                 about[status.base_id].append(status)
+        waiting: dict[tuple[str, int], dict[str, PendingFields]] = defaultdict(dict)
         for job in jobs:
             mine = about.get(job.slurm_job_id or "", [])
             seen = observe(job, mine, accounting=accounting, now=now)
-            if seen is None:
-                continue
             recorded = job.job_id not in unrecorded
-            if not recorded and seen.new_state is job.state and "final_seen_at" not in seen.changes:
+            if not recorded and (
+                seen is None
+                or (seen.new_state is job.state and "final_seen_at" not in seen.changes)
+            ):
                 # A sweep item still pending in its array: its array is its record until Slurm
-                # moves it (Slurm's pending reason and times are not written per item).
+                # moves it; Slurm's word on its pending tasks is written once for the array.
+                self._wait_in_array(job, seen.changes if seen else {}, waiting)
+                continue
+            if seen is None:
                 continue
             changes = dict(seen.changes)
             if (
@@ -201,6 +218,26 @@ class Sweeper:
                 report.field_updates += 1
             if seen.new_state.final:
                 report.announced += int(self._announce.job(job.job_id, job.state))
+        self._record_pending(waiting)
+
+    def _wait_in_array(
+        self,
+        job: JobRecord,
+        changes: dict[str, Any],
+        waiting: dict[tuple[str, int], dict[str, PendingFields]],
+    ) -> None:
+        """Note what Slurm says of a pending item as its array's word: the array's first item
+        still pending without a record speaks for it (always the same one while it waits, so
+        two tasks told apart by Slurm never take turns writing)."""
+        key = (job.batch_id or "", job.batch_chunk or 0)
+        chunk = self._chunks.get(key)
+        array = None if chunk is None else chunk.array_of(job.slurm_job_id or "")
+        if array is None or array.key() in waiting[key]:
+            return
+        fields = {
+            name: changes.get(name, getattr(job, name)) for name in PendingFields.model_fields
+        }
+        waiting[key][array.key()] = PendingFields(**fields)
 
 
 def sweep_for(

@@ -12,7 +12,7 @@ import pytest
 from broker.adapters.dynamodb import batches as dynamo_batches
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse, SlurmJobStatus
 from broker.batches import sweeps as sweeps_module
-from broker.batches.arrays import SharedFields, SweepArray
+from broker.batches.arrays import PendingFields, SharedFields, SubmittedChunk, SweepArray
 from broker.batches.sweeps import JobSweepMessage
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.records import JobState
@@ -70,6 +70,20 @@ class StatusSlurm:
 
     def runner_for(self, mode: str) -> StatusSlurm:
         return self
+
+
+def pending_writes(world: World, monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:  # noqa: F811
+    """The array keys of each write of Slurm's word on pending tasks (none: nothing changed)."""
+    writes: list[set[str]] = []
+    record = world.store.record_pending
+
+    def spy(chunk: SubmittedChunk, pending: dict[str, PendingFields]) -> None:
+        if pending:
+            writes.append(set(pending))
+        record(chunk, pending)
+
+    monkeypatch.setattr(world.store, "record_pending", spy)
+    return writes
 
 
 def job_events(notifier: RecordingNotifier) -> list[JobEvent]:
@@ -168,17 +182,28 @@ def test_a_dead_letter_of_a_recorded_sweep_chunk_fails_none_of_its_items(
 
 def test_the_status_sweep_records_an_item_when_slurm_moves_it_and_then_lets_the_chunk_go(
     world: World,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # GIVEN a sweep of 40: arrays 500 (30 tasks) and 501 (10 tasks), in Slurm
     accepted, _ = submitted_sweep(world, 40)
     prefix = accepted["job_id_prefix"]
     slurm = StatusSlurm({"500": 30, "501": 10})
     notifier = RecordingNotifier()
+    writes = pending_writes(world, monkeypatch)
     # WHEN a sweep sees every task pending
     report = sweeper(world, slurm, notifier).sweep()
-    # THEN it asked for the 2 arrays in 1 command and wrote nothing (pending: the array is
-    # their record)
+    # THEN it asked for the 2 arrays in 1 command and wrote no item (pending: the array is
+    # their record), but one word per array on the chunk: what a pending item shows
     assert (report.head_node_commands, report.active_jobs, report.transitions) == (1, 40, 0)
+    assert job_items(world, prefix) == 0
+    assert writes == [{"0", "30"}]
+    waiting = world.api.get(f"/v1/clusters/local/jobs/{prefix}{35:06x}").get_json()
+    assert (waiting["state"], waiting["slurm_job_id"]) == ("PENDING", "501_5")
+    assert (waiting["slurm_state"], waiting["reason"]) == ("PENDING", "Priority")
+    assert waiting["submit_time"] == "2026-12-04T08:00:00"
+    # AND a steady sweep writes nothing at all
+    sweeper(world, slurm, notifier).sweep()
+    assert writes == [{"0", "30"}]
     assert job_items(world, prefix) == 0
     # WHEN task 0 runs and task 1 completes, and two sweeps read the same
     slurm.states = {"500_0": ("RUNNING", None), "500_1": ("COMPLETED", 0)}

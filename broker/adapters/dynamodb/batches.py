@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from broker.adapters.dynamodb.clusters import not_ready_error, ready_check
+from broker.adapters.dynamodb.markers import arrays_update, pending_update
 from broker.adapters.dynamodb.table import (
     RETENTION,
     Table,
@@ -42,7 +43,7 @@ from broker.adapters.dynamodb.table import (
     submitted_chunk_of,
     value_of,
 )
-from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray
+from broker.batches.arrays import PendingFields, SharedFields, SubmittedChunk, SweepArray
 from broker.batches.items import chunk_item_ids
 from broker.errors import (
     BackpressureError,
@@ -155,9 +156,10 @@ class DynamoBatchStore(TableStore):
         started = self._table.conditional(
             "start chunk", self._table.client.update_item, TableName=self._table.name,
             Key=chunk_key(batch_id, chunk),
-            UpdateExpression="SET expires_at = :e, #a = if_not_exists(#a, :none)",
+            UpdateExpression="SET expires_at = :e, #a = if_not_exists(#a, :none), "
+                             "#p = if_not_exists(#p, :none)",
             ConditionExpression="attribute_not_exists(#l)",
-            ExpressionAttributeNames={"#l": "lost", "#a": "arrays"},
+            ExpressionAttributeNames={"#l": "lost", "#a": "arrays", "#p": "pending"},
             ExpressionAttributeValues={":e": {"N": str(expires)}, ":none": {"M": {}}},
             ReturnValues="ALL_NEW",
         )  # fmt: skip
@@ -213,29 +215,7 @@ class DynamoBatchStore(TableStore):
         without the arrays another delivery recorded meanwhile."""
         todo = list(arrays)
         while todo:
-            names = {"#a": "arrays", "#l": "lost", "#c": "cluster", "#s": "shared",
-                     "#gp": "gsi2pk", "#gs": "gsi2sk"}  # fmt: skip
-            values: dict[str, Any] = {
-                ":c": {"S": batch.cluster},
-                ":s": {"S": shared.model_dump_json(exclude_none=True)},
-                ":gp": {"S": f"ACTIVE#{batch.cluster}"},
-                ":gs": {"S": f"CHUNK#{batch.request_id}#{chunk}"},
-            }
-            sets = ["#c = :c", "#s = :s", "#gp = :gp", "#gs = :gs"]
-            conditions = ["attribute_exists(pk)", "attribute_not_exists(#l)"]
-            for i, array in enumerate(todo):
-                names[f"#k{i}"] = array.key()
-                values[f":v{i}"] = {"S": array.model_dump_json()}
-                sets.append(f"#a.#k{i} = :v{i}")
-                conditions.append(f"attribute_not_exists(#a.#k{i})")
-            marker = {
-                "TableName": self._table.name,
-                "Key": chunk_key(batch.request_id, chunk),
-                "UpdateExpression": "SET " + ", ".join(sets),
-                "ConditionExpression": " AND ".join(conditions),
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-            }
+            marker = arrays_update(self._table.name, batch, chunk, todo, shared)
             tasks = sum(a.tasks for a in todo)
             items = [{"Update": marker}, *self._count_items(batch, -tasks, {"SUBMITTED": tasks})]
             if not self._transact_outcomes(items):
@@ -251,6 +231,16 @@ class DynamoBatchStore(TableStore):
                                      "could not be recorded", code="WRITE_CONFLICT")  # fmt: skip
             todo = [a for a in todo if a.key() not in done]
         return []
+
+    def record_pending(self, chunk: SubmittedChunk, pending: dict[str, PendingFields]) -> None:
+        """Write what Slurm says of some arrays' pending tasks on their chunk's marker (by
+        array key). Unconditional but for the marker's existence: it only describes, and the
+        next sweep writes it again if an overlapping one wrote an older word."""
+        if pending:
+            request = pending_update(self._table.name, chunk.batch_id, chunk.chunk, pending)
+            self._table.conditional(
+                "record pending tasks", self._table.client.update_item, **request
+            )
 
     def settle_chunk(self, chunk: SubmittedChunk) -> bool:
         """Take a sweep chunk out of the attention index: every item of its arrays has a record

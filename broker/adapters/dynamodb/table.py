@@ -6,8 +6,9 @@ Items (single table; the capability modules say what each condition on them mean
     alias    pk "SLURM#<cluster>#<slurm id>", sk "ALIAS" -> job_id (a job by its Slurm id)
     chunk    pk "CHUNK#<batch id>#<n>", sk "CHUNK": a worker started the batch's chunk n; with
              ``lost``, the sweep claimed it was never delivered (``reap_done``: its items failed);
-             a sweep chunk's ``arrays`` (key -> JSON ``SweepArray``), ``shared`` and ``cluster``
-             are its submitted items' record (``broker.batches.arrays``)
+             a sweep chunk's ``arrays`` (key -> JSON ``SweepArray``), ``shared``, ``cluster``
+             and ``pending`` (key -> JSON ``PendingFields``) are its submitted items' record
+             (``broker.batches.arrays``)
     counter  pk "COUNT#CLUSTER|OWNER#<name>", sk "COUNT": submissions not yet in Slurm
     cluster  pk "CLUSTER#<name>", sk "CLUSTER"; gsi1 "CLUSTERS#<owner>" / "<name>"
 The sparse index gsi2 ("ACTIVE#<cluster>" / "REQ#<id>" | "JOB#<id>" | "CLUSTER#<name>" |
@@ -35,7 +36,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.adapters.aws import condition_failures, error_code, translate
-from broker.batches.arrays import SharedFields, SubmittedChunk, SweepArray
+from broker.batches.arrays import PendingFields, SharedFields, SubmittedChunk, SweepArray
 from broker.errors import ConflictError, InvalidNextTokenError, NotFoundError
 from broker.jobs.records import JobRecord
 from broker.requests.models import RequestRecord
@@ -211,6 +212,7 @@ def submitted_chunk_of(item: Mapping[str, Any]) -> SubmittedChunk | None:
         return None
     _, batch_id, chunk = item["pk"]["S"].split("#")
     shared = item.get("shared", {}).get("S")
+    pending = item.get("pending", {}).get("M", {})
     return SubmittedChunk(
         batch_id=batch_id,
         chunk=int(chunk),
@@ -218,6 +220,7 @@ def submitted_chunk_of(item: Mapping[str, Any]) -> SubmittedChunk | None:
         arrays=sorted((SweepArray.model_validate_json(a["S"]) for a in arrays.values()),
                       key=lambda a: a.first),
         shared=SharedFields.model_validate_json(shared) if shared else SharedFields(),
+        pending={k: PendingFields.model_validate_json(v["S"]) for k, v in pending.items()},
     )  # fmt: skip
 
 
