@@ -151,21 +151,26 @@ def accept_batch(
     batch_id, prefix, ids = batch_ids(len(body.jobs))
     base = JobBatchMessage(request_id=batch_id, owner=owner, cluster=cluster, user=user,
                            items=[], chunk=0)  # fmt: skip
-    runs = _runs(valid) if body.pack else [valid]
     messages: list[JobBatchMessage | JobSweepMessage] = []
-    for run in runs:
+    plain: list[BatchItem] = []  # jobs not packed, in index order, chunked together
+
+    def flush() -> None:
+        messages.extend(
+            base.model_copy(update={"items": chunk, "chunk": len(messages) + n})
+            for n, chunk in enumerate(chunk_items(plain))
+        )
+        plain.clear()
+
+    for run in _runs(valid) if body.pack else [valid]:
         if body.pack and len(run) >= MIN_PACKED_RUN:
+            flush()
             sweep = JobSweepMessage(request_id=batch_id, owner=owner, cluster=cluster,
                                     user=user, chunk=len(messages), indexes=[], parameters=[],
                                     template=as_template(run[0][1]))  # fmt: skip
-            own = [(i, dict(spec.environment or {})) for i, spec in run]
-            messages.extend(sweep_chunks(sweep, own))
-            continue
-        items = [BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in run]
-        messages.extend(
-            base.model_copy(update={"items": chunk, "chunk": len(messages) + n})
-            for n, chunk in enumerate(chunk_items(items))
-        )
+            messages.extend(sweep_chunks(sweep, [(i, dict(s.environment or {})) for i, s in run]))
+        else:
+            plain.extend(BatchItem(index=i, job_id=ids[i], spec=spec) for i, spec in run)
+    flush()
     pending = _Pending(batch_id, owner, cluster, user, len(body.jobs), len(valid), rejected)
     _record_and_send(store, queue, pending, messages, limits=limits, ready_cluster=ready_cluster)
     return pending.answer(prefix)

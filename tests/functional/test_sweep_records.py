@@ -13,6 +13,7 @@ from broker.adapters.dynamodb import batches as dynamo_batches
 from broker.agent.protocol import AgentJobResult, AgentRequest, AgentResponse, SlurmJobStatus
 from broker.batches import sweeps as sweeps_module
 from broker.batches.arrays import PendingFields, SharedFields, SubmittedChunk, SweepArray
+from broker.batches.models import JobBatchMessage
 from broker.batches.sweeps import JobSweepMessage
 from broker.jobs.dead_letters import DeadLetterService
 from broker.jobs.records import JobState
@@ -337,3 +338,18 @@ def test_many_arrays_of_a_chunk_are_recorded_in_several_writes_each_counted_once
     batch = world.store.get(accepted["request_id"])
     assert (batch.counts, batch.state) == ({"SUBMITTED": 100}, RequestState.SUCCEEDED)
     assert world.store.backlog("CLUSTER", "local") == 0
+
+
+def test_pack_keeps_jobs_it_cannot_pack_together_in_one_chunk(
+    world: World,  # noqa: F811
+) -> None:
+    # GIVEN a packed batch of 3 jobs that differ in more than their environment, then a run of 2
+    others = [{"script": SCRIPT, "name": f"other-{i}"} for i in range(3)]
+    run = [{"script": SCRIPT, "name": "p", "environment": {"PARAM_I": str(i)}} for i in range(2)]
+    # WHEN it is accepted
+    world.post({"pack": True, "jobs": others + run})
+    # THEN the 3 go in one batch chunk (not one chunk each), the run in one sweep chunk
+    messages = world.drain()
+    assert [(m.kind, m.chunk) for m in messages] == [("job.batch", 0), ("job.sweep", 1)]
+    assert isinstance(messages[0], JobBatchMessage)
+    assert [item.index for item in messages[0].items] == [0, 1, 2]
