@@ -18,6 +18,8 @@ status sweep's attention index (``SubmittedChunk``).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from datetime import datetime
 
 from pydantic import BaseModel, Field
@@ -92,11 +94,13 @@ class SubmittedChunk(BaseModel):
         """The chunk's item ids (``ids``, in position order) within an array's span, with the
         Slurm id they would have as its task. A position whose item has a record of its own
         (no task there) is in the answer too: callers read records first."""
-        return {
-            ids[p]: f"{array.slurm_id}_{p - array.first}"
-            for array in self.arrays
-            for p in range(array.first, min(array.last, len(ids) - 1) + 1)
-        }
+        return {ids[p]: f"{array.slurm_id}_{p - array.first}" for p, array in self.spans(ids)}
+
+    def spans(self, ids: list[str]) -> Iterator[tuple[int, SweepArray]]:
+        """Each position of the chunk's items ``ids`` that an array's span holds, with it."""
+        for array in self.arrays:
+            for position in range(array.first, min(array.last, len(ids) - 1) + 1):
+                yield position, array
 
 
 def submitted_item(
@@ -104,10 +108,10 @@ def submitted_item(
 ) -> JobRecord | None:
     """The PENDING view of a sweep item without a record of its own, from its chunk's arrays
     (None: not an item of the chunk, or no recorded array holds it). ``ids`` are the chunk's
-    items in position order (``chunk_item_ids``)."""
-    if job_id not in ids:
+    items in position order (``chunk_item_ids``): ascending ids, so found by bisection."""
+    position = bisect_left(ids, job_id)
+    if position == len(ids) or ids[position] != job_id:
         return None
-    position = ids.index(job_id)
     array = chunk.holding(position)
     return None if array is None else _task(batch, chunk, ids, position, array)
 
@@ -119,8 +123,7 @@ def submitted_items(
     items that have a record of their own)."""
     return [
         job
-        for array in chunk.arrays
-        for position in range(array.first, min(array.last, len(ids) - 1) + 1)
+        for position, array in chunk.spans(ids)
         if ids[position] not in without
         and (job := _task(batch, chunk, ids, position, array)) is not None
     ]

@@ -101,6 +101,7 @@ class Sweeper:
         jobs, requests, chunks = self._store.attention()
         unrecorded = self._unrecorded(chunks)
         jobs = [*jobs, *unrecorded.values()]
+        read_from_arrays = set(unrecorded)
         stale = self._now() - REANNOUNCE_AFTER
         for record in requests:
             if record.notify_pending and record.updated_at < stale:
@@ -116,7 +117,7 @@ class Sweeper:
             report.clusters += 1
             report.active_jobs += len(active)
             try:
-                self._sweep_cluster(cluster, active, report, set(unrecorded))
+                self._sweep_cluster(cluster, active, report, read_from_arrays)
             except BrokerError as exc:
                 # One cluster's trouble (head node down, throttled) must not stop the others.
                 report.errors[cluster] = str(exc)
@@ -141,7 +142,7 @@ class Sweeper:
                 logger.warning("sweep chunk without its batch", extra={"batch": chunk.batch_id})
                 continue
             ids = chunk_item_ids(batch, chunk.chunk)
-            recorded = self._store.job_states(list(chunk.covered(ids)))
+            recorded = self._store.job_states([ids[p] for p, _ in chunk.spans(ids)])
             items = submitted_items(batch, chunk, ids, set(recorded))
             if not items:
                 self._store.settle_chunk(chunk)
